@@ -1,0 +1,21 @@
+"""Rollout engines: group sampling with token ids, log-probs and finish reasons.
+
+Usable on its own (no dependency on `rlvr` or `verifiers`).
+"""
+
+from rollouts.types import Completion, Engine, Group, SamplingConfig
+
+__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "make_engine"]
+
+
+def make_engine(kind: str, model_dir: str, **kwargs):
+    """Build an engine by name: ``"hf"`` or ``"vllm"``."""
+    if kind == "hf":
+        from rollouts.hf_engine import HFEngine
+
+        return HFEngine(model_dir, **kwargs)
+    if kind == "vllm":
+        from rollouts.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, **kwargs)
+    raise ValueError(f"unknown engine {kind!r}; expected 'hf' or 'vllm'")

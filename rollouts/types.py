@@ -1,0 +1,58 @@
+"""Engine-neutral rollout types shared by every engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample. ``n`` completions per prompt form one group."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: force equal lengths across engines
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class Completion:
+    """One sampled continuation. ``logprobs[i]`` is log p(token_ids[i]) under the engine's
+    sampling distribution *before* temperature/top-p (i.e. the model's own log-prob)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+
+
+@dataclass
+class Group:
+    prompt: str
+    prompt_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def close(self) -> None: ...

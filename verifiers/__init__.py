@@ -1,0 +1,11 @@
+"""rlvr reward verifiers: usable on their own, without torch.
+
+Note: the import name ``verifiers`` is also used by an unrelated PyPI package (an
+RL-environments library); the two cannot be installed in one environment.
+"""
+
+from verifiers.base import Rubric, Score, Verifier
+from verifiers.batch import score_batch
+from verifiers.registry import ENTRY_POINT_GROUP, available, get, register
+
+__all__ = ["Score", "Verifier", "Rubric", "get", "register", "available", "score_batch", "ENTRY_POINT_GROUP"]

@@ -1,0 +1,74 @@
+"""Verifier registry: built-ins, ``@register`` and Python entry points (group ``rlvr.verifiers``).
+
+A plugin package declares, in its pyproject::
+
+    [project.entry-points."rlvr.verifiers"]
+    my-checker = "my_pkg.module:MyVerifier"
+
+and ``verifiers.get("my-checker")`` then works with no code change. The entry point names a
+class or factory; ``get`` calls it with the keyword arguments it was given.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from verifiers.base import Verifier
+
+ENTRY_POINT_GROUP = "rlvr.verifiers"
+
+# Built-ins are imported lazily so `import verifiers` stays cheap (no sympy until asked).
+_BUILTINS: dict[str, str] = {
+    "arith": "verifiers.arith:ArithVerifier",
+    "r1_format": "verifiers.format:R1FormatVerifier",
+}
+_REGISTERED: dict[str, Callable[..., Verifier]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
+    """Decorator: register a verifier class or factory under ``name``."""
+
+    def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
+        if name in _REGISTERED and _REGISTERED[name] is not factory:
+            raise ValueError(f"verifier {name!r} is already registered")
+        _REGISTERED[name] = factory
+        return factory
+
+    return deco
+
+
+def _load(target: str) -> Callable[..., Verifier]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """Names ``get`` accepts: built-ins, registered and installed plugins."""
+    return sorted(set(_BUILTINS) | set(_REGISTERED) | set(_plugins()))
+
+
+def get(name: str, **kwargs: Any) -> Verifier:
+    """Instantiate the verifier called ``name`` (kwargs go to its constructor)."""
+    if name in _REGISTERED:
+        factory = _REGISTERED[name]
+    elif name in _BUILTINS:
+        factory = _load(_BUILTINS[name])
+    else:
+        plugins = _plugins()
+        if name not in plugins:
+            raise KeyError(f"unknown verifier {name!r}; available: {', '.join(available())}")
+        try:
+            factory = plugins[name].load()
+        except Exception as exc:
+            raise ImportError(f"verifier plugin {name!r} ({plugins[name].value}) failed to load: {exc}") from exc
+    verifier = factory(**kwargs)
+    if not isinstance(verifier, Verifier):
+        raise TypeError(f"verifier {name!r} does not implement score(completion, task) and name")
+    return verifier
