@@ -24,6 +24,8 @@ ENTRY_POINT_GROUP = "rlvr.verifiers"
 _BUILTINS: dict[str, str] = {
     "arith": "verifiers.arith:ArithVerifier",
     "r1_format": "verifiers.format:R1FormatVerifier",
+    "math": "verifiers.math:MathVerifier",
+    "code": "verifiers.code:CodeVerifier",
 }
 _REGISTERED: dict[str, Callable[..., Verifier]] = {}
 

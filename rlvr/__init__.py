@@ -1,0 +1,1 @@
+"""rlvr: RL with verifiable rewards."""

@@ -1,0 +1,50 @@
+"""The ``rlvr`` command. Arguments are parsed before torch or vLLM are imported, so
+``--help`` answers at once; each subcommand module imports its heavy libraries inside
+``run(args)``.
+
+Each subcommand lives in a module with ``configure(parser)`` (cheap: argparse only) and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules must not import torch at import time.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("rlvr.commands.pretrain", "Build a tokenizer and pretrain a tiny base model from random init."),
+    "train": ("rlvr.commands.train", "RL-train a policy (GRPO & co.) from a YAML config."),
+    "eval": ("rlvr.commands.eval", "Evaluate a checkpoint on a task's held-out split."),
+    "demo": ("rlvr.commands.demo", "Pretrain (or reuse) -> eval base -> RL-Zero -> eval -> before/after table."),
+    "verify": ("rlvr.commands.verify", "Score a JSONL of completions with a verifier (audit / compare)."),
+    "bench": ("rlvr.commands.bench", "Benchmark rollout throughput of engines side by side."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlvr", description="RL with verifiable rewards: pretrain, train, eval, verify, bench.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
