@@ -1,0 +1,57 @@
+"""The labelled corpus (tests/data/math_corpus.jsonl): every case through the real `math`
+verifier (worker processes, extraction, equivalence), in one batch."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import verifiers
+
+CORPUS = Path(__file__).parent / "data" / "math_corpus.jsonl"
+ROWS = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+
+# Every category the issue names, including each named false-positive class.
+REQUIRED_CATEGORIES = {
+    "extraction", "integer_separators", "decimals", "fractions", "percentages", "scientific_notation",
+    "sqrt", "pi", "powers", "mixed_numbers", "negative_signs", "units_and_text", "symbolic", "equations",
+    "tuples_ordered", "unordered_sets", "intervals", "matrices", "plain_text",
+    "fp_constant_e", "fp_factorial", "fp_tiny_difference", "fp_ldots", "fp_malformed_sqrt",
+    "fp_degenerate_equation", "fp_float_rounding",
+}
+
+
+def test_corpus_shape():
+    assert len(ROWS) >= 200
+    counts = Counter(r["category"] for r in ROWS)
+    assert REQUIRED_CATEGORIES <= set(counts), REQUIRED_CATEGORIES - set(counts)
+    for cat in REQUIRED_CATEGORIES:
+        assert counts[cat] >= 5, (cat, counts[cat])
+    # Each false-positive class holds cases that must be rejected.
+    for cat in (c for c in REQUIRED_CATEGORIES if c.startswith("fp_")):
+        assert any(r["expected"] is False for r in ROWS if r["category"] == cat), cat
+
+
+@pytest.fixture(scope="module")
+def scores():
+    v = verifiers.get("math", timeout=10.0)
+    completions = [r["prediction"] for r in ROWS]
+    tasks = [{"answer": r["reference"]} for r in ROWS]
+    return verifiers.score_batch(v, completions, tasks, workers=2)
+
+
+def test_corpus_all_pass(scores):
+    wrong = []
+    for row, s in zip(ROWS, scores):
+        if s.error is not None or bool(s.correct) is not row["expected"]:
+            wrong.append(f"[{row['category']}] {row['prediction']!r} vs {row['reference']!r}: "
+                         f"expected {row['expected']}, got correct={s.correct} error={s.error}")
+    assert not wrong, f"{len(wrong)}/{len(ROWS)} corpus cases fail:\n" + "\n".join(wrong)
+
+
+def test_reward_matches_correct(scores):
+    for s in scores:
+        assert s.reward == (1.0 if s.correct else 0.0)

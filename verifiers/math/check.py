@@ -1,0 +1,70 @@
+"""The check that runs inside a worker process: extract, parse, compare -> `Score`.
+
+Importing this module imports sympy and latex2sympy2_extended; the trainer process never
+needs to (it talks to workers through `verifiers.pool`). `is_equivalent` runs the same logic
+in-process, for tests and notebooks, *without* a time bound.
+"""
+
+from __future__ import annotations
+
+from verifiers.base import Score
+from verifiers.math.compare import equal
+from verifiers.math.extract import DEFAULT_PRIORITY, extract, find_boxed
+from verifiers.math.parse import Rejected, parse_answer, parse_value
+
+
+def reference_answer(reference: str) -> str:
+    """A dataset reference may be a full solution: take its boxed or ``####`` answer."""
+    boxed = find_boxed(reference)
+    if boxed is not None:
+        return boxed
+    if "####" in reference:
+        return reference.rsplit("####", 1)[1].strip()
+    return reference
+
+
+def is_equivalent(prediction: str, reference: str) -> bool:
+    """In-process equivalence of two bare answers (no extraction, no time bound)."""
+    p_norm, p_val = parse_answer(prediction)
+    r_norm, r_val = parse_answer(reference_answer(reference))
+    return p_norm == r_norm or equal(p_val, r_val)
+
+
+def check(completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_PRIORITY) -> Score:
+    try:
+        r_norm, r_val = parse_answer(reference_answer(reference))
+    except Rejected as exc:
+        return Score(0.0, None, {"extracted": 0.0}, f"reference {exc.kind}")
+    found = extract(completion, priority)
+    if found is None:
+        return Score(0.0, False, {"extracted": 0.0})
+    try:
+        p_norm, p_val = parse_answer(found.answer)
+    except Rejected as exc:
+        if exc.kind == "empty":
+            return Score(0.0, False, {"extracted": 0.0})
+        return Score(0.0, None, {"extracted": 1.0}, exc.kind)
+    if p_norm == r_norm:
+        ok = True
+    else:
+        try:
+            ok = equal(p_val, r_val)
+        except Rejected as exc:
+            return Score(0.0, None, {"extracted": 1.0}, exc.kind)
+        except (RecursionError, MemoryError):
+            raise
+        except Exception as exc:  # a sympy failure is the checker's, counted as an error
+            return Score(0.0, None, {"extracted": 1.0}, f"compare failed: {type(exc).__name__}: {str(exc)[:200]}")
+    return Score(1.0 if ok else 0.0, ok, {"extracted": 1.0})
+
+
+def _warm_up() -> None:
+    # First use of the ANTLR parser builds its tables; do it at import (in the forkserver),
+    # so no worker pays for it inside a check's time limit.
+    try:
+        equal(parse_value("\\frac{1}{2}+x"), parse_value("x+0.5"))
+    except Exception:
+        pass
+
+
+_warm_up()
