@@ -43,8 +43,9 @@ class Rubric:
 
     ``Rubric([(get("arith"), 1.0), (get("r1_format"), 0.1)])``. A weight of 0 logs the
     verifier's reward as a metric without rewarding it. ``correct`` comes from the first
-    verifier that judges correctness. An exception raised by a verifier is recorded as
-    ``Score.error`` (and reward 0 for the whole rubric) so the run counts it.
+    verifier that judges correctness. An exception raised by a verifier, or an error it
+    reports (a timeout), is recorded as ``Score.error`` (reward 0 for the whole rubric, and
+    ``metrics["<name>/error"] = 1``) so the run counts it.
     """
 
     name = "rubric"
@@ -58,16 +59,31 @@ class Rubric:
         self.parts = list(parts)
 
     def score(self, completion: str, task: Mapping[str, Any]) -> Score:
-        reward, correct, metrics, errors = 0.0, None, {}, []
-        for verifier, weight in self.parts:
+        scores = []
+        for verifier, _ in self.parts:
             try:
-                s = verifier.score(completion, task)
+                scores.append(verifier.score(completion, task))
             except Exception as exc:  # recorded, counted, never a silent 0
-                s = Score(0.0, None, {}, f"crash in {verifier.name}: {type(exc).__name__}: {exc}")
+                scores.append(Score(0.0, None, {}, f"crash in {verifier.name}: {type(exc).__name__}: {exc}"))
+        return self._combine(scores)
+
+    def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
+        """Batch form of `score`: each part scores the whole batch (in parallel where it can)."""
+        from verifiers.batch import score_batch  # batch imports this module
+
+        per_part = [score_batch(verifier, completions, tasks, workers) for verifier, _ in self.parts]
+        return [self._combine(list(row)) for row in zip(*per_part)]
+
+    def _combine(self, scores: Sequence[Score]) -> Score:
+        reward, correct, metrics, errors = 0.0, None, {}, []
+        for (verifier, weight), s in zip(self.parts, scores):
+            if not isinstance(s, Score):
+                s = Score(0.0, None, {}, f"crash in {verifier.name}: score() returned {type(s).__name__}, not Score")
             metrics[verifier.name] = float(s.reward)
             metrics.update({f"{verifier.name}/{k}": float(v) for k, v in s.metrics.items()})
             if s.error is not None:
-                errors.append(s.error)
+                errors.append(s.error if s.error.startswith("crash in") else f"{verifier.name}: {s.error}")
+                metrics[f"{verifier.name}/error"] = 1.0
             reward += weight * float(s.reward)
             if correct is None and s.correct is not None:
                 correct = bool(s.correct)

@@ -1,19 +1,36 @@
-"""Batch scoring used by the training loop."""
+"""Batch scoring used by the training loop, and the error counts a run logs."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from verifiers.base import Score, Verifier
 
 
+@runtime_checkable
+class BatchVerifier(Protocol):
+    """Optional: a verifier that scores many rows itself (e.g. on its own worker processes)."""
+
+    name: str
+
+    def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]: ...
+
+
+def crash_score(verifier: Verifier, exc: BaseException) -> Score:
+    return Score(0.0, None, {}, f"crash in {getattr(verifier, 'name', type(verifier).__name__)}: {type(exc).__name__}: {exc}")
+
+
 def _safe_score(verifier: Verifier, completion: str, task: Mapping[str, Any]) -> Score:
     try:
-        return verifier.score(completion, task)
+        s = verifier.score(completion, task)
     except Exception as exc:  # recorded as an error, counted by the caller
-        return Score(0.0, None, {}, f"crash in {verifier.name}: {type(exc).__name__}: {exc}")
+        return crash_score(verifier, exc)
+    if not isinstance(s, Score):
+        return Score(0.0, None, {}, f"crash in {verifier.name}: score() returned {type(s).__name__}, not Score")
+    return s
 
 
 def score_batch(
@@ -22,14 +39,60 @@ def score_batch(
     tasks: Sequence[Mapping[str, Any]],
     workers: int = 1,
 ) -> list[Score]:
-    """Score ``completions[i]`` against ``tasks[i]``; order is preserved.
+    """Score ``completions[i]`` against ``tasks[i]``; order is preserved; never raises for a
+    verifier's failure (it becomes ``Score.error``, see `summarize`).
 
-    Verifiers that need hard time bounds run their own killable workers; here ``workers``
-    only parallelises calls (threads), which helps verifiers that wait on subprocesses.
+    A verifier with ``score_many`` (the ``math`` verifier, a `Rubric`) gets the whole batch
+    and runs it on ``workers`` of its own killable processes; for any other verifier
+    ``workers`` threads call ``score``.
     """
     if len(completions) != len(tasks):
         raise ValueError(f"score_batch: {len(completions)} completions but {len(tasks)} tasks")
+    if not completions:
+        return []
+    if isinstance(verifier, BatchVerifier):
+        try:
+            scores = list(verifier.score_many(completions, tasks, max(1, workers)))
+        except Exception as exc:
+            return [crash_score(verifier, exc)] * len(completions)
+        if len(scores) != len(completions):
+            raise RuntimeError(f"{verifier.name}.score_many returned {len(scores)} scores for {len(completions)} rows")
+        return scores
     if workers <= 1 or len(completions) <= 1:
         return [_safe_score(verifier, c, t) for c, t in zip(completions, tasks)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda ct: _safe_score(verifier, *ct), zip(completions, tasks)))
+
+
+_KINDS = ("timeout", "worker_died", "memory", "input_too_large", "answer_too_large", "too_large", "too_deep", "compare_failed")
+
+
+def error_kind(error: str) -> str:
+    """``"crash"``, ``"timeout"``, ``"too_large"``, ... or ``"other"``, for counting."""
+    if error.startswith("crash") or ": crash" in error:
+        return "crash"
+    for kind in _KINDS:
+        if kind in error:
+            return kind
+    return "other"
+
+
+def summarize(scores: Sequence[Score], prefix: str = "") -> dict[str, float]:
+    """Counts to log for a batch: reward mean, accuracy over judged rows, and the errors.
+
+    ``errors`` counts every row whose check failed (timeouts, crashes, refused inputs), so a
+    crashing verifier shows up as a number, never as a run of silent zero rewards.
+    """
+    n = len(scores)
+    judged = [s for s in scores if s.correct is not None and s.error is None]
+    kinds = Counter(error_kind(s.error) for s in scores if s.error is not None)
+    out = {
+        "n": float(n),
+        "reward_mean": sum(s.reward for s in scores) / n if n else 0.0,
+        "accuracy": sum(bool(s.correct) for s in judged) / n if n else 0.0,
+        "errors": float(sum(kinds.values())),
+        "error_rate": sum(kinds.values()) / n if n else 0.0,
+        "timeouts": float(kinds.get("timeout", 0)),
+    }
+    out.update({f"errors/{k}": float(v) for k, v in kinds.items()})
+    return {prefix + k: v for k, v in out.items()}

@@ -26,6 +26,8 @@ _BUILTINS: dict[str, str] = {
     "r1_format": "verifiers.format:R1FormatVerifier",
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
+    # Optional (needs `pip install math-verify`): the reference checker, for audits.
+    "math_verify": "verifiers.math.mathverify:MathVerifyVerifier",
 }
 _REGISTERED: dict[str, Callable[..., Verifier]] = {}
 
@@ -48,7 +50,14 @@ def _load(target: str) -> Callable[..., Verifier]:
 
 
 def _plugins() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ImportError(
+                f"two installed plugins register verifier {ep.name!r}: {found[ep.name].value} and {ep.value}"
+            )
+        found[ep.name] = ep
+    return found
 
 
 def available() -> list[str]:
@@ -71,6 +80,6 @@ def get(name: str, **kwargs: Any) -> Verifier:
         except Exception as exc:
             raise ImportError(f"verifier plugin {name!r} ({plugins[name].value}) failed to load: {exc}") from exc
     verifier = factory(**kwargs)
-    if not isinstance(verifier, Verifier):
+    if not isinstance(verifier, Verifier):  # checked here so a bad plugin fails loudly, once
         raise TypeError(f"verifier {name!r} does not implement score(completion, task) and name")
     return verifier

@@ -54,7 +54,7 @@ def check(completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_P
         except (RecursionError, MemoryError):
             raise
         except Exception as exc:  # a sympy failure is the checker's, counted as an error
-            return Score(0.0, None, {"extracted": 1.0}, f"compare failed: {type(exc).__name__}: {str(exc)[:200]}")
+            return Score(0.0, None, {"extracted": 1.0}, f"compare_failed: {type(exc).__name__}: {str(exc)[:200]}")
     return Score(1.0 if ok else 0.0, ok, {"extracted": 1.0})
 
 

@@ -17,18 +17,21 @@ from verifiers.pool import DEFAULT_MEMORY_MB, WorkerPool
 MAX_INPUT_CHARS = 200_000  # completions or references longer than this are refused unread
 _CHECK = "verifiers.math.check:check"
 
-_pools: dict[int | None, WorkerPool] = {}
+_pools: dict[tuple, WorkerPool] = {}
 _pools_lock = threading.Lock()
 
 
-def shared_pool(workers: int, memory_mb: int | None = DEFAULT_MEMORY_MB) -> WorkerPool:
-    """One pool per process (per memory limit), grown to the largest size asked for, so that
-    calling ``verifiers.get("math")`` many times does not start many pools."""
+def shared_pool(
+    workers: int, memory_mb: int | None = DEFAULT_MEMORY_MB, preload: tuple[str, ...] = ("verifiers.math.check",)
+) -> WorkerPool:
+    """One pool per process (per preload and memory limit), grown to the largest size asked
+    for, so that calling ``verifiers.get("math")`` many times does not start many pools."""
+    key = (preload, memory_mb)
     with _pools_lock:
-        pool = _pools.get(memory_mb)
+        pool = _pools.get(key)
         if pool is None:
-            pool = WorkerPool(size=workers, preload=("verifiers.math.check",), memory_mb=memory_mb)
-            _pools[memory_mb] = pool
+            pool = WorkerPool(size=workers, preload=preload, memory_mb=memory_mb)
+            _pools[key] = pool
             return pool
     pool.grow(workers)
     return pool
