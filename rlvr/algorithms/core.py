@@ -1,4 +1,4 @@
-"""Advantage estimators, policy losses, loss aggregation and KL estimators.
+"""Registries, their input records, masked reductions and loss aggregation.
 
 Two registries, one signature each:
 
@@ -6,7 +6,8 @@ Two registries, one signature each:
 * ``POLICY_LOSSES[name](inp: LossInputs, cfg: AlgorithmConfig) -> (Tensor [B, T], dict[str, Tensor])``
 
 Per-token policy losses are reduced by ``agg_loss(values, mask, mode)``; nothing else
-branches on algorithm names.
+branches on algorithm names. The estimators live in ``advantages.py``, the losses in
+``losses.py``; importing ``rlvr.algorithms`` registers them all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.algorithms.kl import kl_penalty  # noqa: F401  (re-exported: its historical home)
 
 
 @dataclass
@@ -25,15 +27,19 @@ class AdvantageInputs:
     rewards: Tensor  # [B] one scalar reward per completion
     group_ids: Tensor  # [B] long; completions of the same prompt share an id
     mask: Tensor  # [B, T] 1.0 on response tokens
-    values: Tensor | None = None  # [B, T] critic values (gae only)
+    values: Tensor | None = None  # [B, T] critic values V(s_t) at sampling time (gae only)
+    token_rewards: Tensor | None = None  # [B, T] per-token rewards (gae, reinforce_pp); None: reward at last token
 
 
 @dataclass
 class LossInputs:
     logp: Tensor  # [B, T] current policy log-probs of the taken tokens
-    old_logp: Tensor  # [B, T] log-probs at sampling time (behaviour policy)
+    old_logp: Tensor  # [B, T] log-probs at sampling time (behaviour policy, as the trainer computes them)
     advantages: Tensor  # [B, T]
     mask: Tensor  # [B, T]
+    ref_logp: Tensor | None = None  # [B, T] reference log-probs (policy_objective's KL term)
+    entropy: Tensor | None = None  # [B, T] per-token policy entropy (policy_objective's bonus)
+    is_weights: Tensor | None = None  # [B, T] truncated IS weights multiplying the per-token loss; None: 1
 
 
 AdvantageFn = Callable[[AdvantageInputs, AlgorithmConfig], Tensor]
@@ -58,40 +64,17 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
     return deco
 
 
-def group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-element mean and (unbiased, like torch.std) std of its group. Shapes [B]."""
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
-    mean = (sums / counts)[inverse]  # [B]
-    sq = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, (rewards - mean) ** 2)
-    var = sq / (counts - 1).clamp(min=1)  # a group of 1 has std 0
-    return mean, var.sqrt()[inverse]
-
-
-@register_advantage("grpo")
-def grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
-    """(r - mean_group) / (std_group + eps), or just r - mean_group with scale_std off."""
-    mean, std = group_stats(inp.rewards, inp.group_ids)
-    adv = inp.rewards - mean  # [B]
-    if cfg.scale_std:
-        adv = adv / (std + cfg.std_eps)
-    return adv[:, None] * inp.mask  # [B, T]
-
-
-@register_policy_loss("ppo_clip")
-def ppo_clip_loss(inp: LossInputs, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """-min(ratio * A, clip(ratio, 1-eps_low, 1+eps_high) * A) per token."""
-    ratio = (inp.logp - inp.old_logp).exp()  # [B, T]
-    clipped = ratio.clamp(1 - cfg.clip_eps_low, 1 + cfg.clip_eps_high)
-    loss = -torch.minimum(ratio * inp.advantages, clipped * inp.advantages)  # [B, T]
-    with torch.no_grad():
-        was_clipped = ((ratio * inp.advantages) > (clipped * inp.advantages)).float()
-        clip_frac = masked_mean(was_clipped, inp.mask)
-    return loss, {"clip_frac": clip_frac}
-
-
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (0 when the mask is empty)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """(v - mean) / (std + eps) over masked positions, std unbiased like ``torch.std``; 0 off the mask."""
+    n = mask.sum()
+    mean = (values * mask).sum() / n.clamp(min=1)
+    var = (((values - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (values - mean) / (var.sqrt() + eps) * mask
 
 
 def agg_loss(values: Tensor, mask: Tensor, mode: str, norm_const: float | None = None) -> Tensor:
@@ -101,6 +84,9 @@ def agg_loss(values: Tensor, mask: Tensor, mode: str, norm_const: float | None =
     seq-mean-token-mean:     mean_b( sum_t(v*m) / sum_t(m) ) (every sequence weighs the same)
     seq-mean-token-sum:      mean_b( sum_t(v*m) )
     seq-mean-token-sum-norm: sum(v*m) / (B * norm_const)    (Dr.GRPO; norm_const defaults to T)
+
+    The learner passes ``cfg.loss_agg_norm`` as ``norm_const``. With micro-batches, every mode
+    here is a mean over *this* micro-batch; sum micro-batch losses weighted accordingly.
     """
     if mode == "token-mean":
         return masked_mean(values, mask)
@@ -115,13 +101,10 @@ def agg_loss(values: Tensor, mask: Tensor, mode: str, norm_const: float | None =
     raise ValueError(f"unknown loss aggregation mode {mode!r}")
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3)."""
-    log_ratio = logp - ref_logp  # log pi/pi_ref
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    if kind == "k3":
-        return (-log_ratio).exp() - 1 + log_ratio
-    raise ValueError(f"unknown KL estimator {kind!r}")
+def last_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Place each scalar reward [B] on the last response token of its row: [B, T]."""
+    t = torch.arange(mask.shape[-1], device=mask.device)
+    last = (t * (mask > 0)).amax(-1)  # [B] index of the last masked position (0 if none)
+    out = torch.zeros_like(mask, dtype=rewards.dtype)
+    out[torch.arange(mask.shape[0]), last] = rewards
+    return out * mask
