@@ -7,14 +7,15 @@ process of its own that the parent kills (SIGKILL) the moment a check passes its
 replacement is started in the background, so the caller gets its answer within
 ``timeout`` plus a few milliseconds, from any thread, and the pool keeps serving.
 
-Each worker is a fresh interpreter (``python -m verifiers.pool``, like multiprocessing's
-``spawn``), never a ``fork`` of the caller: a trainer may hold torch threads and locks that a
-forked child would inherit, and a worker must not inherit the trainer's memory. Unlike
-multiprocessing's spawn/forkserver it does not re-run the caller's ``__main__``, so a plain
-script without a main guard can use it. Modules named in ``preload`` are imported (and warmed
-up) before a worker reports ready, so start-up time never counts against a check's timeout.
-Each worker runs in its own session with an address-space limit (``memory_mb``); killing it
-kills its process group.
+Workers are never forked from the caller: a trainer may hold torch threads and locks that a
+forked child would inherit, and a worker must not inherit the trainer's memory. Instead the
+pool starts one *zygote*, a fresh interpreter (``python -m verifiers.pool``) that imports the
+``preload`` modules (sympy, the parser) once, warms them up, and then forks a worker whenever
+the pool asks, so a killed worker is replaced in milliseconds, not in the second it takes to
+import sympy. This is multiprocessing's forkserver idea, done by hand because multiprocessing's
+spawn/forkserver re-run the caller's ``__main__`` in each child, which breaks any script
+without a main guard. Each worker runs in its own session under an address-space limit
+(``memory_mb``); killing it kills its process group.
 
 Checks are named as ``"module:function"`` strings and their arguments and results must be
 picklable plain data. The worker never unpickles anything but the parent's requests.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
 import os
 import queue
 import signal
@@ -104,26 +107,84 @@ def _worker_main(conn: Any, preload: Sequence[str], memory_mb: int | None) -> No
 
 
 def _child_path() -> str:
-    """The parent's import path, so a worker imports the same modules (and plugins)."""
+    """The parent's import path, so workers import the same modules (and plugins)."""
     return os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path)
 
 
-class _Worker:
-    """One worker: a fresh interpreter (``python -m verifiers.pool``), talking over a socket.
+def _zygote_main(conn: Any, preload: Sequence[str], memory_mb: int | None) -> None:
+    """Import ``preload`` once, then fork one worker per request (runs in its own interpreter)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    for module in preload:
+        importlib.import_module(module)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped automatically
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if msg != "spawn":
+            os._exit(0)
+        fd = reduction.recv_handle(conn)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.setsid()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                conn.close()
+                _worker_main(Connection(fd), (), memory_mb)
+            finally:
+                os._exit(0)
+        os.close(fd)
+        conn.send(pid)
 
-    A fresh interpreter rather than ``multiprocessing``'s spawn/forkserver: those re-run the
-    caller's ``__main__`` in every child, which breaks any script without a main guard.
-    """
 
+class _Zygote:
     def __init__(self, preload: Sequence[str], memory_mb: int | None):
         parent, child = mp.Pipe(duplex=True)
         env = dict(os.environ, PYTHONPATH=_child_path())
         cmd = [sys.executable, "-m", "verifiers.pool", str(child.fileno()), ",".join(preload), str(memory_mb or 0)]
-        self.proc = subprocess.Popen(
-            cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )
+        self.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         child.close()
         self.conn = parent
+        self.lock = threading.Lock()
+        if not self.conn.poll(_STARTUP_TIMEOUT):
+            self.close()
+            raise RuntimeError(f"verifier zygote did not start within {_STARTUP_TIMEOUT:.0f}s")
+        try:
+            self.conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self.proc.wait()
+            raise RuntimeError(f"verifier zygote failed to start (exit code {code}; preload {list(preload)})") from exc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def spawn(self) -> _Worker:
+        parent, child = mp.Pipe(duplex=True)
+        with self.lock:
+            self.conn.send("spawn")
+            reduction.send_handle(self.conn, child.fileno(), self.proc.pid)
+            pid = self.conn.recv()
+        child.close()
+        return _Worker(parent, pid)
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.conn.close()
+
+
+class _Worker:
+    """A forked worker: its pid (= its process group) and our end of its socket."""
+
+    def __init__(self, conn: Any, pid: int):
+        self.conn = conn
+        self.pid = pid
 
     def wait_ready(self, timeout: float) -> None:
         if not self.conn.poll(timeout):
@@ -133,37 +194,37 @@ class _Worker:
             tag, _ = self.conn.recv()
         except (EOFError, OSError) as exc:
             self.kill()
-            raise RuntimeError(f"verifier worker died while starting (exit code {self.proc.poll()})") from exc
+            raise RuntimeError("verifier worker died while starting") from exc
         if tag != "ready":
             self.kill()
             raise RuntimeError(f"verifier worker sent {tag!r} instead of ready")
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
-        except (ProcessLookupError, PermissionError):
-            pass
+        for kill in (os.killpg, os.kill):  # its group (anything it started), then itself
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.conn.close()
 
-    def reap(self) -> None:
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    def reap(self) -> None:  # the zygote reaps its children (SIGCHLD ignored)
+        pass
 
     def stop(self) -> None:
         try:
             self.conn.send(None)
-            self.proc.wait(timeout=1)
         except Exception:
             pass
-        if self.proc.poll() is None:
-            self.kill()
-            self.reap()
-        self.conn.close()
+        self.kill()
 
 
 class WorkerPool:
@@ -190,15 +251,22 @@ class WorkerPool:
         self.memory_mb = memory_mb
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
+        self._zygote_lock = threading.Lock()
+        self._zygote: _Zygote | None = None
         self._size = 0
         self._closed = False
         self._starting_error: BaseException | None = None
         self.replaced = 0  # workers killed and replaced so far (timeouts and deaths)
+        self.zygote_starts = 0
         self.grow(size)
 
     @property
     def size(self) -> int:
         return self._size
+
+    def idle(self) -> int:
+        """Workers ready for a check right now."""
+        return self._idle.qsize()
 
     def grow(self, size: int) -> None:
         """Make sure at least ``size`` workers exist (starts the missing ones, in parallel)."""
@@ -207,10 +275,18 @@ class WorkerPool:
             self._size = max(self._size, size)
         if missing <= 0:
             return
-        workers = [_Worker(self.preload, self.memory_mb) for _ in range(missing)]
-        for w in workers:
-            w.wait_ready(_STARTUP_TIMEOUT)
-            self._idle.put(w)
+        for _ in range(missing):
+            self._idle.put(self._new_worker())
+
+    def _new_worker(self) -> _Worker:
+        with self._zygote_lock:
+            if self._zygote is None or not self._zygote.alive():
+                self._zygote = _Zygote(self.preload, self.memory_mb)
+                self.zygote_starts += 1
+            zygote = self._zygote
+        w = zygote.spawn()
+        w.wait_ready(_STARTUP_TIMEOUT)
+        return w
 
     def _replace(self, dead: _Worker) -> None:
         """Start a fresh worker in the background so the caller is not delayed."""
@@ -221,8 +297,7 @@ class WorkerPool:
             if self._closed:
                 return
             try:
-                w = _Worker(self.preload, self.memory_mb)
-                w.wait_ready(_STARTUP_TIMEOUT)
+                w = self._new_worker()
             except BaseException as exc:
                 self._starting_error = exc
                 return
@@ -266,7 +341,7 @@ class WorkerPool:
         except (EOFError, OSError) as exc:
             worker.kill()
             self._replace(worker)
-            raise WorkerDied(f"worker exited during the check (exit code {worker.proc.poll()})") from exc
+            raise WorkerDied("worker exited during the check") from exc
         if tag == "ok":
             self._idle.put(worker)
             return payload
@@ -285,7 +360,7 @@ class WorkerPool:
         except CheckTimeout:
             return Score(0.0, None, {}, "timeout")
         except WorkerDied as exc:
-            return Score(0.0, None, {}, f"worker died: {exc}")
+            return Score(0.0, None, {}, f"worker_died: {exc}")
         except CheckFailed as exc:
             if exc.remote_type == "MemoryError":
                 return Score(0.0, None, {}, "memory")
@@ -298,6 +373,10 @@ class WorkerPool:
                 self._idle.get_nowait().stop()
             except queue.Empty:
                 break
+        with self._zygote_lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -312,8 +391,6 @@ class WorkerPool:
             pass
 
 
-if __name__ == "__main__":  # python -m verifiers.pool FD PRELOAD MEMORY_MB (started by _Worker)
-    from multiprocessing.connection import Connection
-
+if __name__ == "__main__":  # python -m verifiers.pool FD PRELOAD MEMORY_MB (started by _Zygote)
     _fd, _preload, _memory = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    _worker_main(Connection(int(_fd)), [m for m in _preload.split(",") if m], _memory or None)
+    _zygote_main(Connection(int(_fd)), [m for m in _preload.split(",") if m], _memory or None)

@@ -207,7 +207,10 @@ def _split_relation(s: str) -> tuple[list[str], list[str]] | None:
 def _bits(e: sympy.Basic) -> float:
     """Upper estimate of log2|e| for numeric sub-trees; raises `Rejected` when too large."""
     if e.is_Integer:
-        return max(1.0, float(abs(int(e)).bit_length()))
+        n = abs(int(e))
+        if n < 2:
+            return 1.0
+        return max(1.0, math.log2(n) if n < 2**64 else float(n.bit_length() - 1))
     if e.is_Rational:
         return float(max(abs(e.p).bit_length(), e.q.bit_length()))
     if e.is_Float or e.is_NumberSymbol or e.is_Symbol or not e.args:
@@ -254,6 +257,7 @@ def guard(e: sympy.Basic) -> None:
 
 _FRACTION = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)\s*/\s*([+-]?\d+)$")
 _MIXED = re.compile(r"^([+-]?)(\d+)\s+(\d+)\s*/\s*(\d+)$|^([+-]?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
+_REPEATING = re.compile(r"^([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}$")
 _FUNCTION_WORDS = frozenset(
     "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp sqrt frac pi infty "
     "min max gcd lcm det mod binom cdot times div pm mp theta alpha beta gamma delta lambda mu phi omega "
@@ -265,10 +269,10 @@ _FUNCTION_WORDS = frozenset(
 def _decimal(s: str, percent: bool) -> Num:
     mant, _, exp = s.partition("e")
     e = int(exp) if exp else 0
-    digits = len(mant.split(".", 1)[1]) if "." in mant else 0
-    value = Fraction(mant) * Fraction(10) ** e
     if abs(e) > 10_000:
         raise Rejected("too_large", "exponent too large")
+    digits = len(mant.split(".", 1)[1]) if "." in mant else 0
+    value = Fraction(mant) * Fraction(10) ** e
     tol = None
     if "." in mant or exp:
         tol = Fraction(1, 2) * Fraction(10) ** (e - digits)
@@ -329,6 +333,12 @@ def parse_leaf(s: str):
         s = s[:-1].strip()
     if is_plain_number(s):
         return _decimal(s, percent)
+    m = _REPEATING.match(s)
+    if m:  # 0.1\overline{6} = 1/6 exactly
+        sign, whole, fixed, rep = m.groups()
+        head = Fraction(int(whole or "0")) + (Fraction(int(fixed), 10 ** len(fixed)) if fixed else 0)
+        value = head + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed))
+        return Num(-value if sign == "-" else value, None, percent)
     m = _FRACTION.match(s)
     if m:
         sign, a, b = (m.group(1), m.group(2), m.group(3)) if m.group(2) else ("", m.group(4), m.group(5))
