@@ -20,6 +20,7 @@ class SamplingConfig:
     stop: Sequence[str] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: force equal lengths across engines
+    detokenize: bool = True  # benchmarks of random-init models: token ids only, text left empty
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -1,0 +1,57 @@
+"""`rlvr bench rollouts`: generation throughput of rollout engines, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["rollouts"], help="what to benchmark")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local Hugging Face model directory")
+    src.add_argument("--random-init", metavar="CONFIG_JSON",
+                     help="build a randomly initialised model of this architecture (e.g. benchmarks/configs/llama-75m.json)")
+    p.add_argument("--tokenizer", default="artifacts/tiny-base", help="tokenizer directory for --random-init")
+    p.add_argument("--engines", default="vllm,hf", help="comma-separated engines (vllm, hf)")
+    p.add_argument("--prompts", type=int, default=64, help="prompts per run")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="engine dtype")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per engine (best is reported)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from rlvr.commands._common import fail
+    from rollouts.bench import build_random_model, format_table, plot, run_bench
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ("vllm", "hf")]
+    if bad:
+        return fail(f"--engines: unknown engine(s) {bad}; choose from vllm, hf")
+    model = args.model
+    tmp = None
+    if args.random_init:
+        if not Path(args.random_init).is_file():
+            return fail(f"--random-init: no such file {args.random_init!r}")
+        if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+            return fail(f"--tokenizer: no tokenizer in {args.tokenizer!r} (run `rlvr pretrain` first)")
+        tmp = tempfile.TemporaryDirectory(prefix="rlvr-bench-")
+        model = build_random_model(args.random_init, args.tokenizer, tmp.name)
+    elif not (Path(model) / "config.json").is_file():
+        return fail(f"--model: {model!r} is not a Hugging Face model directory")
+    results = run_bench(model, engines, args.prompts, args.n, args.max_tokens, args.dtype, args.repeats)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(format_table(results))
+    if args.plot:
+        plot(results, args.plot)
+    if tmp is not None:
+        tmp.cleanup()
+    return 0

@@ -1,0 +1,25 @@
+"""`rlvr pretrain`: tokenizer + random init + pretraining of the tiny base model."""
+
+from __future__ import annotations
+
+import argparse
+
+from rlvr.commands._common import add_config_args, fail
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, "configs/tiny_pretrain.yaml")
+    p.add_argument("--force", action="store_true", help="rebuild even if a cached model with the same config exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlvr.config import ConfigError, PretrainConfig, load_config
+
+    try:
+        cfg = load_config(PretrainConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        return fail(str(exc))
+    from rlvr.pretrain import pretrain
+
+    pretrain(cfg, force=args.force)
+    return 0

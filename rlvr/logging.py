@@ -1,0 +1,68 @@
+"""Run logging: JSONL metrics, TensorBoard events and the reward/accuracy plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to ``run_dir/metrics.jsonl`` (+ TensorBoard)."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._fh = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        record = {"kind": kind, "step": step, **{k: float(v) for k, v in metrics.items()}}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path) -> Path:
+    """Training reward and held-out greedy pass@1 against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], label="train reward (mean)", alpha=0.8)
+        ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train accuracy", alpha=0.6)
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-", label="held-out greedy pass@1")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(-0.02, 1.12)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("RL-Zero from the pretrained base")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,180 @@
+"""Stage 0 → 1: random init → pretraining of a tiny base model, saved in Hugging Face format.
+
+The corpus is procedural: R1-Zero prompts for training-split arithmetic chains followed by
+one of two kinds of response, the way web text mixes careful and careless solutions:
+
+* *reasoning*: ``7+5=12 12-3=9 </think> <answer>9</answer>`` — step by step, correct;
+* *guessing*:  ``quick guess </think> <answer>11</answer>`` (or untagged ``11``) — an
+  answer off by 1..``guess_noise``, never exact.
+
+How often a document reasons depends on the chain length (``corpus.reason_prob``): short
+chains mostly reason, long ones mostly guess. The base model therefore *can* solve long
+chains (it sampled the reasoning mode in pretraining) but greedy decoding usually guesses,
+so pass@1 is low while pass@8 is high: the headroom that RL-Zero turns into pass@1, the same
+story as R1-Zero eliciting long chains of thought that the base model rarely chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+from rlvr.config import PretrainConfig
+from rlvr.tasks import ArithProblem, sample_problem, split_of
+
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+STAMP = "rlvr_pretrain.json"
+
+
+def reasoning_response(p: ArithProblem) -> str:
+    steps = " ".join(f"{a}{op}{d}={r}" for a, op, d, r in p.steps())
+    return f" {steps} </think> <answer>{p.answer}</answer>"
+
+
+def guess_response(p: ArithProblem, rng: random.Random, noise: int, untagged_prob: float) -> str:
+    off = rng.randint(1, noise) * rng.choice((-1, 1))
+    guess = p.answer + off if p.answer + off >= 0 else p.answer + abs(off)
+    if rng.random() < untagged_prob:
+        return f" quick guess </think> {guess}"
+    return f" quick guess </think> <answer>{guess}</answer>"
+
+
+def build_corpus(cfg: PretrainConfig) -> list[str]:
+    """Documents = prompt + response + EOS, over training-split problems only."""
+    rng = random.Random(cfg.train.seed)
+    task, corpus = cfg.task, cfg.corpus
+    docs: list[str] = []
+    while len(docs) < corpus.num_docs:
+        p = sample_problem(rng, task)
+        if split_of(p.question, task.test_fraction) != "train":
+            continue  # held-out problems never appear in pretraining
+        reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
+        if rng.random() < reason_p:
+            response = reasoning_response(p)
+        else:
+            response = guess_response(p, rng, corpus.guess_noise, corpus.untagged_guess_prob)
+        docs.append(task.template.format(question=p.question) + response + EOS)
+    return docs
+
+
+def build_tokenizer(docs: list[str], vocab_size: int):
+    """Byte-level BPE with digits split one per token and the R1 tags as single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs[:5000], trainer=trainer)
+    tok.add_tokens(TAG_TOKENS)  # ordinary (non-special) tokens: they survive decoding
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+
+
+def config_hash(cfg: PretrainConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_cached(cfg: PretrainConfig) -> bool:
+    stamp = Path(cfg.out_dir) / STAMP
+    return stamp.is_file() and json.loads(stamp.read_text()).get("config_hash") == config_hash(cfg)
+
+
+def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) -> Path:
+    """Build tokenizer + model, pretrain, save to ``cfg.out_dir``; skip if cached."""
+    out = Path(cfg.out_dir)
+    if not force and is_cached(cfg):
+        print(f"pretrain: reusing cached base model in {out} (config unchanged; --force to rebuild)")
+        return out
+
+    import torch
+    from tqdm import tqdm
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    t0 = time.time()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    docs = build_corpus(cfg)
+    tokenizer = build_tokenizer(docs, cfg.vocab_size)
+    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    m = cfg.model
+    if m.hidden_size % m.num_heads:
+        raise ValueError("model.hidden_size must be divisible by model.num_heads")
+    longest = max(len(ids) for ids in encoded)
+    if longest > m.max_position_embeddings:
+        raise ValueError(f"corpus documents reach {longest} tokens > model.max_position_embeddings={m.max_position_embeddings}")
+    model_cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=False,  # vLLM 0.32 in-place reload leaves a tied lm_head stale
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(model_cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pretrain: {len(docs)} docs, {sum(map(len, encoded))} tokens, vocab {len(tokenizer)}, "
+          f"{n_params / 1e6:.2f}M params, longest doc {longest} tokens")
+
+    tc = cfg.train
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < tc.warmup_steps:
+            return tc.lr * (step + 1) / tc.warmup_steps
+        frac = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+        return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    rng = random.Random(tc.seed)
+    order: list[int] = []
+    pad_id = tokenizer.pad_token_id
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.dtype == "bfloat16")
+    model.train()
+    bar = tqdm(range(tc.steps), desc="pretrain", disable=not progress, mininterval=2)
+    loss_ema = None
+    for step in bar:
+        if len(order) < tc.batch_size:
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+        idx, order = order[: tc.batch_size], order[tc.batch_size :]
+        batch = [encoded[i] for i in idx]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        attn = (ids != pad_id).long()
+        labels = ids.masked_fill(attn == 0, -100)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        with autocast:
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id, bos_token_id=tokenizer.eos_token_id).save_pretrained(out)
+    elapsed = time.time() - t0
+    (out / STAMP).write_text(json.dumps({
+        "config_hash": config_hash(cfg), "params": n_params, "final_loss": loss_ema,
+        "seconds": round(elapsed, 1), "config": cfg.model_dump(mode="json"),
+    }, indent=1))
+    print(f"pretrain: done in {elapsed:.0f}s, final loss {loss_ema:.3f}, saved to {out}")
+    return out

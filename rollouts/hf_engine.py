@@ -1,0 +1,135 @@
+"""Reference rollout engine on plain transformers: batched group sampling with a KV cache.
+
+The sampling loop is written out (rather than ``model.generate``) so that every returned
+log-prob is exactly the model's log-softmax of the sampled token *before* temperature and
+top-p, the quantity a learner recomputes, and so stop strings, seeds and finish reasons
+behave the same way as in the vLLM engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from rollouts.types import Completion, Group, SamplingConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sample_next(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+    """Pick next tokens from ``logits`` [B, V] with temperature and top-p. Returns [B]."""
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    scaled = logits.float() / sampling.temperature
+    probs = scaled.softmax(-1)  # [B, V]
+    if sampling.top_p < 1.0:
+        sorted_p, sorted_idx = probs.sort(-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+class HFEngine:
+    """``Engine`` on transformers. ``max_batch`` bounds sequences decoded together."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0, model=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype])
+        self.model.eval()
+        self.max_batch = max_batch
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.startup_s = time.perf_counter() - t0
+        self.last_sync_s = 0.0
+        self.last_group_latencies: list[float] = []
+
+    # -- Engine protocol -------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        gen = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % 2**63)
+        flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
+        results: list[Completion] = []
+        finished_at: list[float] = []
+        t0 = time.perf_counter()
+        for start in range(0, len(flat), self.max_batch):
+            chunk = [ids for _, ids in flat[start : start + self.max_batch]]
+            results.extend(self._decode(chunk, sampling, gen))
+            finished_at.extend([time.perf_counter() - t0] * len(chunk))
+        # a group is done when its last sample's decode batch is done (static batching)
+        self.last_group_latencies = [finished_at[(g + 1) * sampling.n - 1] for g in range(len(prompts))]
+        groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
+        for (g, _), comp in zip(flat, results):
+            groups[g].completions.append(comp)
+        return groups
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        t0 = time.perf_counter()
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"load_weights: unknown parameter {name!r}")
+            params[name].copy_(tensor)
+        self.last_sync_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.model = None
+
+    # -- internals --------------------------------------------------------------------
+    @torch.no_grad()
+    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen: torch.Generator) -> list[Completion]:
+        from transformers import DynamicCache
+
+        B, width = len(prompt_ids), max(map(len, prompt_ids))
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, width), dtype=torch.long)
+        for i, seq in enumerate(prompt_ids):  # left padding
+            ids[i, width - len(seq) :] = torch.tensor(seq)
+            attn[i, width - len(seq) :] = 1
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out_ids: list[list[int]] = [[] for _ in range(B)]
+        out_lp: list[list[float]] = [[] for _ in range(B)]
+        finish = [""] * B
+        texts = [""] * B
+        alive = torch.ones(B, dtype=torch.bool)
+        step_input, step_pos = ids, positions
+        for _ in range(sampling.max_tokens):
+            logits = self.model(input_ids=step_input, attention_mask=attn, position_ids=step_pos,
+                                past_key_values=cache, use_cache=True).logits[:, -1].float()  # [B, V]
+            logprobs = logits.log_softmax(-1)
+            nxt = sample_next(logits, sampling, gen)  # [B]
+            lp = logprobs.gather(-1, nxt[:, None]).squeeze(-1)
+            for i in torch.nonzero(alive).flatten().tolist():
+                tok = int(nxt[i])
+                out_ids[i].append(tok)
+                out_lp[i].append(float(lp[i]))
+                if tok == self.eos_id and not sampling.ignore_eos:
+                    finish[i], alive[i] = "stop", False
+                elif sampling.stop:
+                    texts[i] = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
+                    if any(s in texts[i] for s in sampling.stop):
+                        finish[i], alive[i] = "stop", False
+            if not alive.any():
+                break
+            nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
+            step_input = nxt[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            attn = torch.cat([attn, alive[:, None].long()], dim=1)
+        completions = []
+        for i in range(B):
+            text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True) if sampling.detokenize else ""
+            for s in sampling.stop:  # like vLLM: the stop string is not part of the text
+                if s in text:
+                    text = text[: text.index(s)]
+            completions.append(Completion(text, out_ids[i], out_lp[i], finish[i] or "length"))
+        return completions

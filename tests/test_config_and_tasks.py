@@ -1,0 +1,108 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlvr.config import ConfigError, PretrainConfig, TaskConfig, TrainConfig, load_config
+from rlvr.tasks import load_task, split_of
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: m\ntrain:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.stepz: unknown key"):
+        load_config(TrainConfig, path)
+
+
+def test_wrong_type_and_bounds_are_named(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: m\nsampling:\n  n: many\n")
+    with pytest.raises(ConfigError, match=r"sampling\.n"):
+        load_config(TrainConfig, path)
+    with pytest.raises(ConfigError, match=r"algorithm\.clip_eps_low"):
+        load_config(TrainConfig, None, ["model=m", "algorithm.clip_eps_low=-1"])
+
+
+def test_missing_file_and_overrides(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: 'nope.yaml'"):
+        load_config(TrainConfig, "nope.yaml")
+    cfg = load_config(TrainConfig, None, ["model=m", "train.steps=7", "optim.lr=3e-5", "engine.kind=hf"])
+    assert (cfg.train.steps, cfg.optim.lr, cfg.engine.kind) == (7, 3e-5, "hf")
+    with pytest.raises(ConfigError, match=r"task\.path: no such file 'missing.jsonl'"):
+        load_config(TrainConfig, None, ["model=m", "task.name=file", "task.path=missing.jsonl"])
+
+
+def test_shipped_configs_validate():
+    load_config(PretrainConfig, "configs/tiny_pretrain.yaml")
+    load_config(TrainConfig, "configs/tiny_r1zero.yaml")
+
+
+def test_arith_splits_are_disjoint_and_seeded():
+    cfg = TaskConfig(train_size=500, test_size=100)
+    a, b = load_task(cfg), load_task(cfg)
+    assert a["train"]["prompt"] == b["train"]["prompt"]
+    train_q, test_q = set(a["train"]["question"]), set(a["test"]["question"])
+    assert len(train_q) == 500 and len(test_q) == 100 and not train_q & test_q
+    assert all(split_of(q, cfg.test_fraction) == "test" for q in test_q)
+    for row in a["test"]:
+        assert row["prompt"].endswith("<think>") and row["question"] in row["prompt"]
+        # the reference is the left-to-right value of the chain
+        expr = row["question"].removeprefix("Compute ").removesuffix(".")
+        total, num, op = 0, "", "+"
+        for ch in expr + "+":
+            if ch.isdigit():
+                num += ch
+            else:
+                total = total + int(num) if op == "+" else total - int(num)
+                num, op = "", ch
+        assert str(total) == row["answer"]
+
+
+def test_pretraining_corpus_excludes_test_problems():
+    from rlvr.pretrain import build_corpus
+
+    cfg = PretrainConfig()
+    cfg.corpus.num_docs = 3000
+    test_q = set(load_task(cfg.task)["test"]["question"])
+    docs = build_corpus(cfg)
+    seen = {d.split("User: ")[1].split("\n")[0] for d in docs}
+    assert not seen & test_q
+    assert any("</think> <answer>" in d for d in docs) and any("quick guess" in d for d in docs)
+
+
+def test_file_task_with_column_mapping(tmp_path):
+    rows = [{"q": f"What is {i}+1?", "a": str(i + 1)} for i in range(30)]
+    path = write(tmp_path, "gsm.jsonl", "\n".join(json.dumps(r) for r in rows))
+    cfg = TaskConfig(name="file", path=path, prompt_column="q", answer_column="a", test_size=5)
+    data = load_task(cfg)
+    assert len(data["train"]) == 25 and len(data["test"]) == 5
+    assert data["train"][0]["prompt"].endswith("<think>")
+
+
+def test_row_without_reference_names_the_row(tmp_path):
+    rows = [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}, {"q": "3+3"}]
+    path = write(tmp_path, "bad.jsonl", "\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"row 2 has no 'a'"):
+        load_task(TaskConfig(name="file", path=path, prompt_column="q", answer_column="a"))
+
+
+def test_missing_model_dir_is_named(tmp_path):
+    from rlvr.cli import main
+
+    code = main(["train", "--config", "configs/tiny_r1zero.yaml", f"model={tmp_path}/nowhere"])
+    assert code == 2
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys; from rlvr.cli import build_parser; build_parser();"
+            "heavy = [m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules];"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for args in (["--help"], ["train", "--help"], ["pretrain", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True, check=True)
+        assert "usage: rlvr" in out.stdout
