@@ -1,0 +1,156 @@
+"""Code verifier: run model-written Python against tests in a local, isolated sandbox.
+
+``verifiers.get("code").score(completion, task)`` with either
+
+* a function task (HumanEval / MBPP): ``prompt``, ``test``, ``entry_point`` (or
+  ``test_list``); the completion is the body that continues the prompt, or a whole program,
+  possibly in a fenced block (the last one wins);
+* a stdin/stdout task (APPS / CodeContests): ``inputs`` and ``outputs`` lists (or APPS'
+  ``input_output``), compared ``exact``, ``whitespace`` (default) or ``float``.
+
+Every Score carries ``metrics["status/<status>"] = 1.0`` with status one of ``STATUSES``,
+plus ``tests_passed`` / ``tests_total``. A sandbox failure is ``Score.error``, never a
+silent 0. Isolation model and fallbacks: ``docs/code_sandbox.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from verifiers.base import Score
+from verifiers.code.client import ForkServer, SandboxUnavailable, shared_server
+from verifiers.code.program import build_program, extract_code, function_test, io_cases
+
+STATUSES = ("passed", "failed", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
+COMPARE_MODES = ("exact", "whitespace", "float")
+
+
+def status_of(score: Score) -> str:
+    """The sandbox status recorded in a Score from ``CodeVerifier``."""
+    for key in score.metrics:
+        if key.startswith("status/"):
+            return key[len("status/"):]
+    return "sandbox_error" if score.error else "unknown"
+
+
+class CodeVerifier:
+    """Scores Python completions by running them in the sandbox.
+
+    timeout:    wall-clock seconds per sample (function tests) or per case (stdin/stdout);
+                a task's own ``timeout`` field overrides it. CPU time is capped at
+                ``ceil(timeout) + 1`` seconds per process.
+    memory_mb:  address-space limit of the candidate process.
+    reward:     ``binary`` (1 only if every test passes) or ``fraction`` (share of tests).
+    compare:    default stdin/stdout comparison (a task's ``compare`` overrides).
+    isolation:  ``auto`` (strongest available), ``root``, ``userns`` or ``none``.
+    max_parallel: samples in flight at once (default: CPU count), so that wall-clock
+                timeouts are not tripped by oversubscription.
+    """
+
+    name = "code"
+
+    def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, reward: str = "binary",
+                 compare: str = "whitespace", float_tol: float = 1e-6, isolation: str = "auto",
+                 max_output_bytes: int = 1 << 20, file_mb: int = 16, nproc: int = 32,
+                 max_parallel: int | None = None):
+        if reward not in ("binary", "fraction"):
+            raise ValueError(f"reward must be 'binary' or 'fraction', got {reward!r}")
+        if compare not in COMPARE_MODES:
+            raise ValueError(f"compare must be one of {COMPARE_MODES}, got {compare!r}")
+        if timeout <= 0 or memory_mb < 64:
+            raise ValueError("timeout must be > 0 and memory_mb >= 64")
+        self.timeout, self.memory_mb, self.reward = float(timeout), int(memory_mb), reward
+        self.compare, self.float_tol = compare, float(float_tol)
+        self.max_output_bytes, self.file_mb, self.nproc = int(max_output_bytes), int(file_mb), int(nproc)
+        self.isolation = isolation
+        self._server = shared_server(isolation) if max_parallel is None else ForkServer(isolation, max_parallel)
+
+    # -- public API ------------------------------------------------------------------------
+    def score(self, completion: str, task: Mapping[str, Any]) -> Score:
+        try:
+            job, budget = self._job(completion, task)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            return _score({"status": "sandbox_error", "passed": 0, "total": 0,
+                           "detail": f"bad task: {type(exc).__name__}: {exc}"}, self.reward)
+        try:
+            verdict = self._server.run(job, budget)
+        except SandboxUnavailable as exc:
+            verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc)}
+        return _score(verdict, job["reward"])
+
+    def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+                   workers: int | None = None) -> list[Score]:
+        """Score many samples concurrently (order preserved); ``workers`` threads feed the
+        fork server, each sample still runs in fresh processes."""
+        if len(completions) != len(tasks):
+            raise ValueError(f"{len(completions)} completions but {len(tasks)} tasks")
+        workers = workers or self._server.max_parallel
+        if workers <= 1:
+            return [self.score(c, t) for c, t in zip(completions, tasks)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.score, completions, tasks))
+
+    def capabilities(self) -> dict:
+        self._server.start()
+        return dict(self._server.capabilities, attempts=dict(self._server.attempts))
+
+    # -- internals -------------------------------------------------------------------------
+    def _job(self, completion: str, task: Mapping[str, Any]) -> tuple[dict, float]:
+        if not isinstance(completion, str):
+            raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+        timeout = float(task.get("timeout") or self.timeout)
+        reward = task.get("reward") or self.reward
+        limits = {"cpu_s": math.ceil(timeout) + 1, "memory_mb": int(task.get("memory_mb") or self.memory_mb),
+                  "file_mb": self.file_mb, "nofile": 64, "nproc": self.nproc,
+                  "max_output_bytes": self.max_output_bytes}
+        job = {"timeout": timeout, "limits": limits, "reward": reward}
+        cases = io_cases(task)
+        if cases is not None:
+            compare = task.get("compare") or self.compare
+            if compare not in COMPARE_MODES:
+                raise ValueError(f"compare must be one of {COMPARE_MODES}, got {compare!r}")
+            job.update(mode="io", program=extract_code(completion), inputs=cases[0], outputs=cases[1],
+                       compare=compare, float_tol=float(task.get("float_tol") or self.float_tol))
+            return job, (timeout + 2.0) * len(cases[0]) + 10.0
+        test = function_test(task)
+        if test is None:
+            raise ValueError("task has neither tests (test / test_list) nor inputs/outputs")
+        job.update(mode="function", program=build_program(completion, task), prompt=str(task.get("prompt") or ""),
+                   test=test[0], names=test[1], entry_point=task.get("entry_point"))
+        return job, timeout + 10.0
+
+
+def _score(verdict: dict, reward_mode: str) -> Score:
+    status = verdict.get("status")
+    if status not in STATUSES:
+        status, verdict = "sandbox_error", {"detail": f"malformed verdict {verdict!r}"[:300]}
+    passed, total = int(verdict.get("passed", 0)), int(verdict.get("total", 0))
+    metrics = {f"status/{status}": 1.0, "tests_passed": float(passed), "tests_total": float(total)}
+    if status == "sandbox_error":
+        return Score(0.0, None, metrics, f"sandbox_error: {verdict.get('detail', '')}")
+    ok = status == "passed"
+    if reward_mode == "fraction":
+        reward = passed / total if total else float(ok)
+    else:
+        reward = float(ok)
+    return Score(reward, ok, metrics, None)
+
+
+def sandbox_capabilities(isolation: str = "auto") -> dict:
+    """What the sandbox achieves on this machine: ``mode`` (root / userns / none) and which
+    layers are active (netns, mountns, chroot, uid_isolation, rlimits, audit_guard), plus
+    ``attempts``: why stronger modes were not used."""
+    server = shared_server(isolation)
+    try:
+        server.start()
+    except SandboxUnavailable as exc:
+        return {"mode": None, "error": str(exc), "attempts": dict(server.attempts)}
+    return dict(server.capabilities, attempts=dict(server.attempts))
+
+
+__all__ = ["CodeVerifier", "sandbox_capabilities", "status_of", "STATUSES", "build_program", "extract_code"]
+
