@@ -169,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
     import verifiers
 
     try:
-        rows = read_rows(args.data, args.limit)
         main = verifiers.get(args.verifier, **_kwargs(args.settings))
         other = verifiers.get(args.compare, **_kwargs(args.compare_settings)) if args.compare else None
+        rows = read_rows(args.data, args.limit)
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         print(f"rlvr verify: {exc}", file=sys.stderr)
         return 2
