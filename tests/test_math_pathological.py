@@ -20,6 +20,7 @@ PATHOLOGICAL = {
     "deep_nesting_10000": "\\boxed{" + "(" * 10_000 + "1" + ")" * 10_000 + "}",
     "one_megabyte": "\\boxed{" + "1" * 1_000_000 + "}",
     "one_megabyte_bare": "7" * 1_000_000,
+    "deep_nesting_50": "\\boxed{" + "(" * 50 + "1" + ")" * 50 + "}",  # short, but too deep
     "frac_chain_nested": "\\boxed{" + "\\frac{1}{" * 5_000 + "2" + "}" * 5_000 + "}",
     "frac_chain_flat": "\\boxed{" + "+".join(["\\frac{1}{\\frac{1}{\\frac{1}{3}}}"] * 200) + "}",
     "huge_factorial": "\\boxed{(10^{10})!}",
