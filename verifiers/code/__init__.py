@@ -48,7 +48,10 @@ class CodeVerifier:
     compare:    default stdin/stdout comparison (a task's ``compare`` overrides).
     isolation:  ``auto`` (strongest available), ``root``, ``userns`` or ``none``.
     max_parallel: samples in flight at once (default: CPU count), so that wall-clock
-                timeouts are not tripped by oversubscription.
+                timeouts are not tripped by oversubscription. Given explicitly, the
+                verifier gets a fork server of its own instead of the shared one.
+    guard:      the in-process audit-hook layer (default on). Turning it off is for tests
+                that check what the OS layer alone holds.
     """
 
     name = "code"
@@ -56,7 +59,7 @@ class CodeVerifier:
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, reward: str = "binary",
                  compare: str = "whitespace", float_tol: float = 1e-6, isolation: str = "auto",
                  max_output_bytes: int = 1 << 20, file_mb: int = 16, nproc: int = 32,
-                 max_parallel: int | None = None):
+                 max_parallel: int | None = None, guard: bool = True):
         if reward not in ("binary", "fraction"):
             raise ValueError(f"reward must be 'binary' or 'fraction', got {reward!r}")
         if compare not in COMPARE_MODES:
@@ -66,21 +69,26 @@ class CodeVerifier:
         self.timeout, self.memory_mb, self.reward = float(timeout), int(memory_mb), reward
         self.compare, self.float_tol = compare, float(float_tol)
         self.max_output_bytes, self.file_mb, self.nproc = int(max_output_bytes), int(file_mb), int(nproc)
-        self.isolation = isolation
+        self.isolation, self.guard = isolation, bool(guard)
         self._server = shared_server(isolation) if max_parallel is None else ForkServer(isolation, max_parallel)
 
     # -- public API ------------------------------------------------------------------------
     def score(self, completion: str, task: Mapping[str, Any]) -> Score:
+        return _score(self.verdict(completion, task), task.get("reward") or self.reward)
+
+    def verdict(self, completion: str, task: Mapping[str, Any]) -> dict:
+        """The sandbox's raw verdict: ``status``, ``passed``, ``total`` and ``detail`` (the
+        first failure, for debugging; it can quote expected values, so keep it away from
+        the policy's prompts)."""
         try:
             job, budget = self._job(completion, task)
         except (ValueError, TypeError, SyntaxError) as exc:
-            return _score({"status": "sandbox_error", "passed": 0, "total": 0,
-                           "detail": f"bad task: {type(exc).__name__}: {exc}"}, self.reward)
+            return {"status": "sandbox_error", "passed": 0, "total": 0,
+                    "detail": f"bad task: {type(exc).__name__}: {exc}"}
         try:
-            verdict = self._server.run(job, budget)
+            return self._server.run(job, budget)
         except SandboxUnavailable as exc:
-            verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc)}
-        return _score(verdict, job["reward"])
+            return {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc)}
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]],
                    workers: int | None = None) -> list[Score]:
@@ -104,10 +112,12 @@ class CodeVerifier:
             raise TypeError(f"completion must be a str, got {type(completion).__name__}")
         timeout = float(task.get("timeout") or self.timeout)
         reward = task.get("reward") or self.reward
+        if reward not in ("binary", "fraction"):
+            raise ValueError(f"reward must be 'binary' or 'fraction', got {reward!r}")
         limits = {"cpu_s": math.ceil(timeout) + 1, "memory_mb": int(task.get("memory_mb") or self.memory_mb),
                   "file_mb": self.file_mb, "nofile": 64, "nproc": self.nproc,
                   "max_output_bytes": self.max_output_bytes}
-        job = {"timeout": timeout, "limits": limits, "reward": reward}
+        job = {"timeout": timeout, "limits": limits, "reward": reward, "guard": self.guard}
         cases = io_cases(task)
         if cases is not None:
             compare = task.get("compare") or self.compare

@@ -274,6 +274,7 @@ class Sample:
         self.deadline = 0.0
         self.alarm_armed = False
         self.cache: dict[str, list] = {}
+        self.detail = ""  # first failure, for humans (never shown to the candidate)
 
     # -- process plumbing ---------------------------------------------------------------
     def start_zygote(self, close_in_child: tuple[int, ...]) -> None:
@@ -404,7 +405,8 @@ class Sample:
         _wire.send(self.r2z, {"mode": "function"}, time.monotonic() + SETUP_S)
         self.deadline = time.monotonic() + float(job["timeout"])
         try:
-            _wire.send(self.r2c, {"program": job["program"], "limits": job["limits"]}, self.deadline)
+            _wire.send(self.r2c, {"program": job["program"], "limits": job["limits"], "guard": job["guard"]},
+                       self.deadline)
             first = _wire.recv(self.c2r, self.deadline)
         except _wire.Deadline:
             return self._verdict("timeout", 0, 1, "timed out while loading the program")
@@ -442,7 +444,7 @@ class Sample:
         if self.dead or self.timed_out:  # whatever the test made of it, a lost candidate fails
             passed = min(passed, len(units) - 1)
             first_bad = first_bad or ("timeout" if self.timed_out else self._death_status())
-        return self._verdict(first_bad or "passed", passed, len(units), "")
+        return self._verdict(first_bad or "passed", passed, len(units), self.detail)
 
     def _on_alarm(self, signum, frame):
         self.timed_out = True
@@ -457,6 +459,8 @@ class Sample:
         except _BadTest:
             raise
         except BaseException as exc:
+            if not self.detail:
+                self.detail = f"{type(exc).__name__}: {exc}"[:500]
             origin = getattr(exc, "_rlvr_from_candidate", None)
             if origin == "MemoryError":
                 return "memory"
@@ -519,7 +523,7 @@ class Sample:
     # -- stdin/stdout tests -----------------------------------------------------------------
     def run_io(self, job: dict) -> dict:
         _wire.send(self.r2z, {"mode": "io", "program": job["program"], "limits": job["limits"],
-                              "timeout": job["timeout"]}, time.monotonic() + SETUP_S)
+                              "timeout": job["timeout"], "guard": job["guard"]}, time.monotonic() + SETUP_S)
         passed, first_bad, total = 0, None, len(job["inputs"])
         for stdin_text, expected in zip(job["inputs"], job["outputs"]):
             _wire.send(self.r2z, {"input": stdin_text}, time.monotonic() + SETUP_S)
@@ -527,6 +531,8 @@ class Sample:
             if not res.get("setup_ok"):
                 raise RuntimeError("the candidate process could not enter the sandbox")
             status = _io_status(res, expected, job)
+            if status != "passed" and not self.detail:
+                self.detail = f"case {passed}: {status}; stderr: {res['stderr'][-300:]}"
             if status == "passed":
                 passed += 1
             elif first_bad is None:
@@ -537,7 +543,7 @@ class Sample:
             _wire.send(self.r2z, {"stop": True}, time.monotonic() + 1.0)
         except _wire.WireError:
             pass
-        return self._verdict(first_bad or "passed", passed, total, "")
+        return self._verdict(first_bad or "passed", passed, total, self.detail)
 
     def _verdict(self, status: str, passed: int, total: int, detail: str) -> dict:
         return {"status": status, "passed": passed, "total": total, "detail": detail}

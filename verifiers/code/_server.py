@@ -40,7 +40,9 @@ def capabilities(cfg: dict) -> dict:
         "mountns": ns("mnt") != cfg["host_ns"]["mnt"] and ns("mnt") != "?",
         "userns": in_userns,
         "chroot": bool(root) and os.path.isdir(root + "/tmp"),
-        "uid_isolation": os.geteuid() == 0 and not in_userns,
+        # "none" is the plain fallback: even as root it keeps the caller's uid, since
+        # without the chroot the stdlib may live where another uid cannot read it
+        "uid_isolation": os.geteuid() == 0 and not in_userns and cfg["mode"] != "none",
         "rlimits": True,
         "audit_guard": True,
         "python": sys.version.split()[0],
