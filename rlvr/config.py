@@ -74,6 +74,10 @@ class CorpusConfig(Section):
     )
     guess_noise: int = Field(3, ge=1, description="A guessed answer is off by 1..guess_noise from the truth.")
     untagged_guess_prob: float = Field(0.5, ge=0, le=1, description="Share of guesses written without <answer> tags.")
+    practice_frac: float = Field(
+        0.3, ge=0, lt=1,
+        description="Share of short worked-arithmetic documents without the R1 template (teach the steps cheaply).",
+    )
 
 
 class PretrainTrainConfig(Section):
@@ -168,7 +172,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+    try:  # YAML typing (3 -> int, true -> bool, [a, b] -> list); anything unparsable stays a string
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -53,6 +53,9 @@ def build_corpus(cfg: PretrainConfig) -> list[str]:
         p = sample_problem(rng, task)
         if split_of(p.question, task.test_fraction) != "train":
             continue  # held-out problems never appear in pretraining
+        if rng.random() < corpus.practice_frac:  # a worked example outside the R1 template
+            docs.append(p.question.removeprefix("Compute ").rstrip(".") + ":" + reasoning_response(p).split(" </think>")[0] + EOS)
+            continue
         reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
         if rng.random() < reason_p:
             response = reasoning_response(p)

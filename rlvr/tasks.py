@@ -21,8 +21,7 @@ if TYPE_CHECKING:  # datasets is imported lazily: it is slow to import
     from rlvr.config import TaskConfig
 
 R1_TEMPLATE = (
-    "A conversation between User and Assistant. The Assistant thinks in <think> </think>, "
-    "then answers in <answer> </answer>.\n"
+    "Assistant thinks in <think> </think>, then answers in <answer> </answer>.\n"
     "User: {question}\nAssistant: <think>"
 )
 
