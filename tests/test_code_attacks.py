@@ -294,6 +294,11 @@ def test_leftover_background_processes(verifier):
             pass
         return -1
     """), statuses={"failed"})
+    # stdin/stdout programs may start threads (RLIMIT_NPROC 32), so forks are possible there
+    # once the guard is off: everything the sample's uid owns must still die with it
+    daemon = ("import os, time\ntry:\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
+              "            time.sleep(1000)\n        os._exit(0)\nexcept Exception:\n    pass\nprint(-1)\n")
+    assert_attack_fails(verifier, daemon, task=IO_TASK, statuses={"failed"})
 
 
 def test_ctypes_crash(verifier):

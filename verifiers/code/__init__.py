@@ -50,6 +50,10 @@ class CodeVerifier:
     max_parallel: samples in flight at once (default: CPU count), so that wall-clock
                 timeouts are not tripped by oversubscription. Given explicitly, the
                 verifier gets a fork server of its own instead of the shared one.
+    nproc:      RLIMIT_NPROC of the candidate (processes *and threads* of its uid). Default:
+                1 for function tests (no threads, no subprocesses: killing the candidate
+                ends the sample), 32 for stdin/stdout programs (threads allowed, e.g. the
+                usual ``threading.stack_size`` trick for deep recursion).
     guard:      the in-process audit-hook layer (default on). Turning it off is for tests
                 that check what the OS layer alone holds.
     """
@@ -58,7 +62,7 @@ class CodeVerifier:
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, reward: str = "binary",
                  compare: str = "whitespace", float_tol: float = 1e-6, isolation: str = "auto",
-                 max_output_bytes: int = 1 << 20, file_mb: int = 16, nproc: int = 32,
+                 max_output_bytes: int = 1 << 20, file_mb: int = 16, nproc: int | None = None,
                  max_parallel: int | None = None, guard: bool = True):
         if reward not in ("binary", "fraction"):
             raise ValueError(f"reward must be 'binary' or 'fraction', got {reward!r}")
@@ -68,7 +72,8 @@ class CodeVerifier:
             raise ValueError("timeout must be > 0 and memory_mb >= 64")
         self.timeout, self.memory_mb, self.reward = float(timeout), int(memory_mb), reward
         self.compare, self.float_tol = compare, float(float_tol)
-        self.max_output_bytes, self.file_mb, self.nproc = int(max_output_bytes), int(file_mb), int(nproc)
+        self.max_output_bytes, self.file_mb = int(max_output_bytes), int(file_mb)
+        self.nproc = None if nproc is None else int(nproc)
         self.isolation, self.guard = isolation, bool(guard)
         self._server = shared_server(isolation) if max_parallel is None else ForkServer(isolation, max_parallel)
 
@@ -119,6 +124,8 @@ class CodeVerifier:
                   "max_output_bytes": self.max_output_bytes}
         job = {"timeout": timeout, "limits": limits, "reward": reward, "guard": self.guard}
         cases = io_cases(task)
+        if limits["nproc"] is None:
+            limits["nproc"] = 32 if cases is not None else 1
         if cases is not None:
             compare = task.get("compare") or self.compare
             if compare not in COMPARE_MODES:

@@ -16,7 +16,10 @@ import fcntl
 import io
 import os
 import resource
+import select
+import signal
 import sys
+import time
 
 import _wire
 
@@ -74,8 +77,11 @@ def enter_sandbox(job: dict, fd_map: dict[int, int]) -> None:
     sys.path[:] = [p for p in sys.path if "site-packages" not in p and "dist-packages" not in p]
 
 
-def apply_limits(limits: dict, own_uid: bool) -> None:
-    """rlimits of the candidate process (lowering limits needs no privilege)."""
+def apply_limits(limits: dict) -> None:
+    """rlimits of a candidate process (lowering limits needs no privilege).
+
+    RLIMIT_NPROC counts every process *and thread* of the real uid: at 1 (the default for
+    function tests) the candidate can start neither, so killing it is a complete cleanup."""
     cpu = int(limits["cpu_s"])
     mem = int(limits["memory_mb"]) << 20
     fsize = int(limits["file_mb"]) << 20
@@ -84,8 +90,7 @@ def apply_limits(limits: dict, own_uid: bool) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if own_uid:  # a per-uid count: only meaningful when the uid is the sample's alone
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
 
 
 def install_guard(workdir: str) -> None:
@@ -148,15 +153,22 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return name, msg
 
 
-def function_main(setup: dict) -> None:
-    """Serve calls to the program's functions over the RPC pipes, plain values only.
-
-    The process is forked and sandboxed before any sample exists; the program and its
-    limits arrive as the first message."""
-    send, recv, encode, decode = _wire.send, _wire.recv, _wire.encode, _wire.decode
+def candidate_main(setup: dict) -> int:
+    """The pre-forked candidate process: sandboxed before any sample exists, it gets its
+    job (program, limits) as the first message and returns its exit code."""
     _signal_ready()
-    job = recv(RPC_IN_FD)
-    apply_limits(job["limits"], setup.get("uid") is not None)
+    job = _wire.recv(RPC_IN_FD)
+    if job.get("mode") == "io":
+        io_launcher(setup, job)
+    else:
+        function_main(setup, job)
+    return 0
+
+
+def function_main(setup: dict, job: dict) -> None:
+    """Serve calls to the program's functions over the RPC pipes, plain values only."""
+    send, recv, encode, decode = _wire.send, _wire.recv, _wire.encode, _wire.decode
+    apply_limits(job["limits"])
     try:
         code = compile(job["program"], "solution.py", "exec")
     except MemoryError:
@@ -173,8 +185,6 @@ def function_main(setup: dict) -> None:
     except BaseException as exc:
         send(RPC_OUT_FD, ["load_error", *_describe(exc)])
         return
-    send(RPC_OUT_FD, ["ready"])
-
     def call(name, args, kwargs):
         try:
             fn = ns.get(name) if type(ns) is dict else None
@@ -193,26 +203,117 @@ def function_main(setup: dict) -> None:
         except BaseException as exc:
             return ["bad_return", "%s: %s" % _describe(exc)]
 
+    # calls whose arguments are literals in the test, answered with the "ready" message
+    reply = ["ready", [call(*c) for c in job.get("batch") or ()]]
     while True:
-        msg = recv(RPC_IN_FD)
-        if msg[0] == "batch":  # calls whose arguments are literals in the test, in order
-            reply = ["batch", [call(*c) for c in msg[1]]]
-        else:
-            reply = call(*msg[1:])
         try:
             send(RPC_OUT_FD, reply)
         except _wire.WireError:
             send(RPC_OUT_FD, ["bad_return", "reply too large"])
+        msg = recv(RPC_IN_FD)
+        reply = call(*msg[1:])
+
+
+def io_launcher(setup: dict, job: dict) -> None:
+    """stdin/stdout tests: run one fresh child per case and report what it printed.
+
+    This process runs no candidate code itself; it holds the program and the inputs, never
+    the expected outputs, and the grader trusts nothing it says beyond "this was printed"."""
+    while True:
+        msg = _wire.recv(RPC_IN_FD)
+        if msg.get("stop"):
+            return
+        _wire.send(RPC_OUT_FD, run_case(setup, job, msg["input"]))
+
+
+def _kill_case(setup: dict, pid: int) -> None:
+    try:
+        if setup.get("uid") is not None:
+            os.kill(-1, signal.SIGKILL)  # as the sample's uid: all its processes but this one
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_case(setup: dict, job: dict, stdin_text: str) -> dict:
+    limits = job["limits"]
+    stdin = os.memfd_create("stdin")
+    _wire.write_all(stdin, stdin_text.encode("utf-8", "surrogateescape"))
+    os.lseek(stdin, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        exit_now = os._exit  # bound before candidate code can patch os
+        code = 1
+        try:
+            os.setsid()
+            for target, src in ((0, stdin), (1, out_w), (2, err_w)):
+                os.dup2(src, target)
+            os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            code = io_main(job)
+        except BaseException:
+            pass
+        while True:
+            exit_now(code)
+    for fd in (stdin, out_w, err_w):
+        os.close(fd)
+    out, err, cap = bytearray(), bytearray(), int(limits["max_output_bytes"])
+    timed_out = overflow = False
+    reaped = None
+    deadline = time.monotonic() + float(job["timeout"])
+    poller = select.poll()
+    open_fds = {out_r, err_r}
+    for fd in open_fds:
+        os.set_blocking(fd, False)
+        poller.register(fd)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for fd, _ev in poller.poll(max(1, int(min(left, 0.1) * 1000))):
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+            elif fd == out_r:
+                out += chunk
+                overflow = len(out) > cap
+            else:
+                err = (err + chunk)[-2000:]
+        if overflow:
+            break
+        if reaped is None:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                reaped = status
+                _kill_case(setup, pid)  # leftovers may hold the pipes open
+    _kill_case(setup, pid)
+    if reaped is None:
+        _, reaped = os.waitpid(pid, 0)
+    for fd in (out_r, err_r):
+        os.close(fd)
+    if os.WIFSIGNALED(reaped):
+        info = {"exit": None, "signal": os.WTERMSIG(reaped)}
+    else:
+        info = {"exit": os.WEXITSTATUS(reaped), "signal": None}
+    info.update(timed_out=timed_out, overflow=overflow,
+                stdout=bytes(out[:cap]).decode("utf-8", "replace"), stderr=bytes(err).decode("utf-8", "replace"))
+    return info
 
 
 def io_main(job: dict) -> int:
-    """Run the program as a script on stdin/stdout; returns the exit code."""
+    """Run the program as a script on stdin/stdout (in a per-case child); the exit code."""
+    apply_limits(job["limits"])
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8", errors="replace")
     sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
                                   errors="replace", line_buffering=True)
-    apply_limits(job["limits"], job.get("uid") is not None)
-    _signal_ready()
     try:
         code = compile(job["program"], "solution.py", "exec")
     except MemoryError:
@@ -221,7 +322,7 @@ def io_main(job: dict) -> int:
         print("%s: %s" % _describe(exc), file=sys.stderr)
         return SYNTAX_EXIT
     if job.get("guard", True):
-        install_guard(job["workdir"])
+        install_guard(os.getcwd())
     ns = {"__name__": "__main__", "__builtins__": builtins}
     status = 0
     try:

@@ -1,20 +1,21 @@
 """The per-sample processes of the fork server.
 
-    fork server ──fork──> runner R ──fork──> zygote Z ──fork──> candidate C (one per run)
+    fork server ──fork──> runner R ──fork──> candidate process C
 
-R is forked when a sample arrives but *before* it reads the sample, and forks Z at once,
-so Z (and every C it forks) never holds the tests, the expected outputs or any other
-sample. R then reads the sample, sends Z the program (and stdin inputs), and judges:
+R is forked, and forks C, *before* any sample exists, so C never holds the tests, the
+expected outputs or any other sample. C enters the sandbox at once (``_candidate``: own
+session, chroot, a uid of its own, scrubbed env) and waits. When R gets its one sample, it
+sends C the program and judges:
 
-* function tests: R executes the task's prompt and test code itself, in its own process;
-  the entry point in R's namespace is a proxy that sends plain arguments to C and gets
-  a plain value back (``_wire``). Every comparison runs in R on fresh builtins.
-* stdin/stdout tests: Z runs C once per case and hands R the captured output; R compares.
+* function tests: R executes the task's prompt and test code itself; the entry point in
+  R's namespace is a proxy that sends plain arguments to C and gets a plain value back
+  (``_wire``). Every comparison runs in R on fresh builtins. C may start no thread or
+  process (RLIMIT_NPROC = 1), so killing C ends the sample.
+* stdin/stdout tests: C, still running no candidate code, forks one child per case and
+  reports what it printed; R compares with the expected output, which C never sees.
 
-C is the only process that runs candidate code. It is confined by ``_candidate.enter_sandbox``
-(own session, chroot, a uid of its own, rlimits, scrubbed env) plus the guard hook. R kills
-everything the sample started (every process of its uid, and its process group), removes
-its directory and only then sends the verdict.
+R kills everything the sample started and removes its directory before it sends the
+verdict.
 
 Stdlib-only: imported by the fork server as a top-level module.
 """
@@ -66,152 +67,6 @@ def kill_sandbox(uid: int | None, pgid: int | None) -> None:
             pass
 
 
-def _exit_info(status: int) -> dict:
-    if os.WIFSIGNALED(status):
-        return {"exit": None, "signal": os.WTERMSIG(status)}
-    return {"exit": os.WEXITSTATUS(status), "signal": None}
-
-
-def _spawn(job: dict, fd_map: dict[int, int]) -> tuple[int, bool]:
-    """Fork one candidate process; return (pid, whether its sandbox setup succeeded)."""
-    st_r, st_w = os.pipe()
-    fd_map = dict(fd_map)
-    fd_map[_candidate.STATUS_FD] = st_w
-    pid = os.fork()
-    if pid == 0:
-        exit_now = os._exit  # bound before candidate code can patch os
-        code = _candidate.SETUP_FAILED_EXIT
-        try:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _candidate.enter_sandbox(job, fd_map)
-            code = 1  # from here on, a failure is the candidate's
-            if job["mode"] == "function":
-                _candidate.function_main(job)
-                code = 0
-            else:
-                code = _candidate.io_main(job)
-        except BaseException:
-            pass
-        while True:
-            exit_now(code)
-    os.close(st_w)
-    try:
-        ok = _wire._read_exact(st_r, 1, time.monotonic() + SETUP_S) == _candidate.READY
-    except _wire.WireError:
-        ok = False
-    os.close(st_r)
-    return pid, ok
-
-
-# --------------------------------------------------------------------------- zygote
-
-
-def zygote_main(setup: dict, ctl_in: int, ctl_out: int, rpc_in: int, rpc_out: int) -> None:
-    """Z: fork a function-mode candidate at once (it waits, sandboxed, for its program),
-    then follow R's decision. Z runs no candidate code and never sees the tests."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    pid, ok = _spawn(dict(setup, mode="function"), {0: devnull, 1: devnull, 2: devnull,
-                                                    _candidate.RPC_IN_FD: rpc_in, _candidate.RPC_OUT_FD: rpc_out})
-    os.close(rpc_in)
-    os.close(rpc_out)
-    _wire.send(ctl_out, {"spawned": pid, "setup_ok": ok})
-    try:
-        job = _wire.recv(ctl_in)
-    except _wire.WireError:
-        job = {"mode": "abort"}
-    try:
-        if job["mode"] != "function":
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)  # function mode: R kills the candidate when done
-        if job["mode"] == "function":
-            _wire.send(ctl_out, _exit_info(status))
-        elif job["mode"] == "io":
-            job = dict(setup, **job)
-            while True:
-                msg = _wire.recv(ctl_in)
-                if msg.get("stop"):
-                    break
-                _wire.send(ctl_out, _run_case(job, msg["input"], ctl_out))
-    except _wire.WireError:
-        pass  # R is done with us
-    finally:
-        final_kill(setup.get("uid"), pid)
-
-
-def final_kill(uid: int | None, pgid: int) -> None:
-    """Z's last act: become the sample's uid and kill everything it owns (no extra fork)."""
-    if uid is None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
-        return
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    for _ in range(3):
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-
-
-def _run_case(job: dict, stdin_text: str, ctl_out: int) -> dict:
-    limits = job["limits"]
-    stdin = os.memfd_create("stdin")
-    _wire.write_all(stdin, stdin_text.encode("utf-8", "surrogateescape"))
-    os.lseek(stdin, 0, os.SEEK_SET)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid, ok = _spawn(job, {0: stdin, 1: out_w, 2: err_w})
-    for fd in (stdin, out_w, err_w):
-        os.close(fd)
-    _wire.send(ctl_out, {"spawned": pid, "setup_ok": ok})
-    out, err, cap = bytearray(), bytearray(), int(limits["max_output_bytes"])
-    timed_out = overflow = False
-    reaped = None
-    deadline = time.monotonic() + float(job["timeout"])
-    poller = select.poll()
-    open_fds = {out_r, err_r}
-    for fd in open_fds:
-        os.set_blocking(fd, False)
-        poller.register(fd)
-    while open_fds:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        for fd, _ev in poller.poll(max(1, int(min(left, 0.1) * 1000))):
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                poller.unregister(fd)
-                open_fds.discard(fd)
-            elif fd == out_r:
-                out += chunk
-                overflow = len(out) > cap
-            else:
-                err = (err + chunk)[-2000:]
-        if overflow:
-            break
-        if reaped is None:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                reaped = status
-                kill_sandbox(job.get("uid"), pid)  # leftovers may hold the pipes open
-    kill_sandbox(job.get("uid"), pid)
-    if reaped is None:
-        _, reaped = os.waitpid(pid, 0)
-    for fd in (out_r, err_r):
-        os.close(fd)
-    info = _exit_info(reaped)
-    info.update(setup_ok=ok, timed_out=timed_out, overflow=overflow,
-                stdout=bytes(out[:cap]).decode("utf-8", "replace"), stderr=bytes(err).decode("utf-8", "replace"))
-    return info
-
-
 # --------------------------------------------------------------------------- runner / judge
 
 
@@ -252,7 +107,7 @@ def _rebuild_exception(name: str, msg: str) -> BaseException:
 
 
 class Sample:
-    """The runner's view of one sample: its directory, uid, zygote and candidate."""
+    """The runner's view of one sample: its directory, uid and candidate process."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -266,9 +121,8 @@ class Sample:
         if self.uid is not None:
             os.chown(self.host_dir, self.uid, self.uid)
         self.cand_pid: int | None = None
-        self.cand_pidfd: int | None = None
-        self.zpid: int | None = None
-        self.r2z: int | None = None
+        self.exit_status: int | None = None
+        self.spawned_extra = False  # whether C may have started processes of its own
         self.dead = self.timed_out = False
         self.death: dict | None = None
         self.deadline = 0.0
@@ -277,62 +131,66 @@ class Sample:
         self.detail = ""  # first failure, for humans (never shown to the candidate)
 
     # -- process plumbing ---------------------------------------------------------------
-    def start_zygote(self, close_in_child: tuple[int, ...]) -> None:
-        """Fork Z (which forks the function-mode candidate) and wait until it is ready.
-        Runs before any sample is read."""
-        r2z_r, self.r2z = os.pipe()
-        self.z2r, z2r_w = os.pipe()
+    def start_candidate(self, close_in_child: tuple[int, ...]) -> None:
+        """Fork C and wait until it is inside the sandbox. Runs before any sample is read."""
         r2c_r, self.r2c = os.pipe()
         self.c2r, c2r_w = os.pipe()
+        st_r, st_w = os.pipe()
         setup = {"uid": self.uid, "chroot": self.cfg.get("chroot") or None, "workdir": self.inner_dir}
         pid = os.fork()
         if pid == 0:
+            exit_now = os._exit  # bound before candidate code can patch os
+            code = _candidate.SETUP_FAILED_EXIT
             try:
-                for fd in (*close_in_child, self.r2z, self.z2r, self.r2c, self.c2r):
+                for fd in (*close_in_child, self.r2c, self.c2r, st_r):
                     os.close(fd)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                zygote_main(setup, r2z_r, z2r_w, r2c_r, c2r_w)
-            finally:
-                os._exit(0)
-        self.zpid = pid
-        for fd in (r2z_r, z2r_w, r2c_r, c2r_w):
+                devnull = os.open(os.devnull, os.O_RDWR)
+                _candidate.enter_sandbox(setup, {0: devnull, 1: devnull, 2: devnull, _candidate.STATUS_FD: st_w,
+                                                 _candidate.RPC_IN_FD: r2c_r, _candidate.RPC_OUT_FD: c2r_w})
+                code = 1  # from here on, a failure is the candidate's
+                code = _candidate.candidate_main(setup)
+            except BaseException:
+                pass
+            while True:
+                exit_now(code)
+        self.cand_pid = pid
+        for fd in (r2c_r, c2r_w, st_w):
             os.close(fd)
-        self._zygote_msg(time.monotonic() + SETUP_S, skip_spawned=False)
+        try:
+            ready = _wire._read_exact(st_r, 1, time.monotonic() + SETUP_S) == _candidate.READY
+        except _wire.WireError:
+            ready = False
+        os.close(st_r)
+        if not ready:
+            raise RuntimeError("the candidate process could not enter the sandbox")
 
     def cleanup(self) -> None:
-        """Kill the candidate, let Z kill everything of the sample's uid and exit, remove
-        the directory. Runs before the verdict is sent."""
+        """Kill everything the sample started, then remove its directory. Runs before the
+        verdict is sent."""
+        self.alarm_armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        if self.cand_pidfd is not None:  # a pidfd cannot hit a recycled pid
-            try:
-                signal.pidfd_send_signal(self.cand_pidfd, signal.SIGKILL)
-            except OSError:
-                pass
-        if self.r2z is not None:
-            os.close(self.r2z)  # Z sees EOF if it still waits for a decision
-            self.r2z = None
-        if self.zpid is not None:
-            zfd = os.pidfd_open(self.zpid)
-            exited = select.select([zfd], [], [], SETUP_S)[0]
-            os.close(zfd)
-            if not exited:  # Z is stuck: kill it and do its work from here
-                os.kill(self.zpid, signal.SIGKILL)
-                kill_sandbox(self.uid, self.cand_pid if self.uid is None else None)
-            os.waitpid(self.zpid, 0)
-            self.zpid = None
+        if self.cand_pid is not None:
+            if self.exit_status is None:  # C is our child and unreaped: its pid cannot be recycled
+                try:
+                    os.kill(self.cand_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                _, self.exit_status = os.waitpid(self.cand_pid, 0)
+            if self.spawned_extra or self.uid is None:
+                kill_sandbox(self.uid, self.cand_pid)
         shutil.rmtree(self.host_dir, onerror=_force_remove)
 
-    def _zygote_msg(self, deadline: float, skip_spawned: bool = True) -> dict:
-        """Next message from Z; "spawned" notices are recorded (and skipped unless asked)."""
-        while True:
-            msg = _wire.recv(self.z2r, deadline)
-            if "spawned" in msg:
-                self.cand_pid = msg["spawned"]
-                if not msg["setup_ok"]:
-                    raise RuntimeError("the candidate process could not enter the sandbox")
-                if skip_spawned:
-                    continue
-            return msg
+    def _reap(self, timeout: float) -> int | None:
+        """C's wait status, waiting up to ``timeout`` for it to exit."""
+        if self.exit_status is None:
+            fd = os.pidfd_open(self.cand_pid)
+            try:
+                if select.select([fd], [], [], timeout)[0]:
+                    _, self.exit_status = os.waitpid(self.cand_pid, 0)
+            finally:
+                os.close(fd)
+        return self.exit_status
 
     # -- function tests --------------------------------------------------------------------
     def _rpc(self, payload):
@@ -351,25 +209,26 @@ class Sample:
             self.dead = True
             raise _Gone() from None
 
-    def prefetch(self, calls: list) -> None:
-        """Evaluate, in one round trip, the calls whose arguments are literals in the test
-        (most HumanEval asserts); the test then finds their replies here. Same values as
-        calling one by one for any candidate that is a function of its arguments, and a
-        candidate gains nothing from seeing the arguments early: expected values stay here."""
+    @staticmethod
+    def _encode_batch(calls: list) -> list:
+        """The calls whose arguments are literals in the test (most HumanEval asserts),
+        evaluated by the candidate right after loading, in one round trip; the test then
+        finds their replies in the cache. Same values as calling one by one for any
+        candidate that is a function of its arguments, and a candidate gains nothing from
+        seeing the arguments early: expected values never leave this process."""
         encoded = []
         for name, args, kwargs in calls:
             try:
                 encoded.append([name, [_wire.encode(a) for a in args], [[k, _wire.encode(v)] for k, v in kwargs]])
             except (TypeError, ValueError):
                 continue
-        if not encoded:
+        return encoded
+
+    def _store_batch(self, batch: list, replies) -> None:
+        if type(replies) is not list or len(replies) != len(batch):
+            self.dead = True  # protocol violation: every call will report a lost candidate
             return
-        reply = self._rpc(["batch", encoded])
-        if type(reply) is not list or len(reply) != 2 or reply[0] != "batch" or type(reply[1]) is not list \
-                or len(reply[1]) != len(encoded):
-            self.dead = True
-            raise _Gone()
-        for (name, args, kwargs), answer in zip(encoded, reply[1]):
+        for (name, args, kwargs), answer in zip(batch, replies):
             self.cache[_call_key(name, args, kwargs)] = answer
 
     def call(self, name: str, args: tuple, kwargs: dict):
@@ -400,37 +259,38 @@ class Sample:
         raise _Gone()
 
     def run_function(self, job: dict) -> dict:
-        # the candidate already waits, sandboxed; Z and it were forked before this sample
-        self.cand_pidfd = os.pidfd_open(self.cand_pid)
-        _wire.send(self.r2z, {"mode": "function"}, time.monotonic() + SETUP_S)
-        self.deadline = time.monotonic() + float(job["timeout"])
         try:
-            _wire.send(self.r2c, {"program": job["program"], "limits": job["limits"], "guard": job["guard"]},
-                       self.deadline)
-            first = _wire.recv(self.c2r, self.deadline)
-        except _wire.Deadline:
-            return self._verdict("timeout", 0, 1, "timed out while loading the program")
-        except _wire.WireError:
-            return self._verdict(self._death_status(), 0, 1, "the program died while loading")
-        if first == ["ready"]:
-            pass
+            return self._run_function(job)
+        finally:
+            self.alarm_armed = False  # first: a late alarm is then ignored
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _run_function(self, job: dict) -> dict:
+        # The tests are prepared first (trusted code, no candidate involved), so that the
+        # program and the literal calls travel to the candidate in a single message.
+        units, ns, literal_calls = self._test_units(job)
+        batch = self._encode_batch(literal_calls)
+        # the candidate already waits, sandboxed, forked before this sample existed
+        self.spawned_extra = int(job["limits"]["nproc"]) > 1
+        self.deadline = time.monotonic() + float(job["timeout"])
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
+        self.alarm_armed = True
+        try:
+            first = self._rpc({"mode": "function", "program": job["program"], "limits": job["limits"],
+                               "guard": job["guard"], "batch": batch})
+        except _Gone:
+            return self._verdict(self._death_status(), 0, len(units), "lost the program while loading")
+        if type(first) is list and len(first) == 2 and first[0] == "ready":
+            self._store_batch(batch, first[1])
         elif type(first) is list and first and first[0] == "syntax_error":
-            return self._verdict("syntax_error", 0, 1, str(first[1:])[:300])
+            return self._verdict("syntax_error", 0, len(units), str(first[1:])[:300])
         elif type(first) is list and first and first[0] == "load_error":
             status = "memory" if first[1:2] == ["MemoryError"] else "runtime_error"
-            return self._verdict(status, 0, 1, str(first[1:])[:300])
+            return self._verdict(status, 0, len(units), str(first[1:])[:300])
         else:
-            return self._verdict("runtime_error", 0, 1, "protocol violation while loading")
-
-        units, ns, literal_calls = self._test_units(job)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - time.monotonic()))
-        self.alarm_armed = True
+            return self._verdict("runtime_error", 0, len(units), "protocol violation while loading")
         passed, first_bad = 0, None
-        try:
-            self.prefetch(literal_calls)
-        except _Gone:
-            pass  # every unit will now report the lost candidate
         for code, unit_ns in units:
             status = self._run_unit(code, unit_ns)
             if status == "passed":
@@ -439,16 +299,17 @@ class Sample:
                 first_bad = status
                 if job["reward"] == "binary":
                     break
-        signal.setitimer(signal.ITIMER_REAL, 0)
         self.alarm_armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
         if self.dead or self.timed_out:  # whatever the test made of it, a lost candidate fails
             passed = min(passed, len(units) - 1)
             first_bad = first_bad or ("timeout" if self.timed_out else self._death_status())
         return self._verdict(first_bad or "passed", passed, len(units), self.detail)
 
     def _on_alarm(self, signum, frame):
-        self.timed_out = True
-        raise _Gone()
+        if self.alarm_armed:
+            self.timed_out = True
+            raise _Gone()
 
     def _run_unit(self, code, ns: dict) -> str:
         try:
@@ -475,10 +336,14 @@ class Sample:
         module when there is no ``check``)."""
         ns = {"__name__": "__rlvr_test__", "__builtins__": builtins}
         prompt = job.get("prompt") or ""
-        try:
-            prompt_code = compile(prompt, "<prompt>", "exec") if prompt.strip() else None
-        except (SyntaxError, ValueError):
-            prompt_code = None  # a natural-language prompt
+        prompt_code = None
+        if prompt.strip():  # a signature without a body gets one; prose does not compile
+            for text in (prompt, prompt.rstrip() + "\n    ...\n"):
+                try:
+                    prompt_code = compile(text, "<prompt>", "exec")
+                    break
+                except (SyntaxError, ValueError):
+                    pass
         try:
             if prompt_code is not None:
                 exec(prompt_code, ns)  # helpers the tests use (e.g. poly, encode_cyclic)
@@ -510,37 +375,39 @@ class Sample:
     def _death_status(self) -> str:
         if self.timed_out:
             return "timeout"
-        if self.death is None:
-            try:
-                self.death = self._zygote_msg(time.monotonic() + 1.0)
-            except (_wire.WireError, RuntimeError):
-                self.death = {}
+        status = self._reap(1.0)
         # SIGXCPU at the soft CPU limit, SIGKILL at the hard one (if SIGXCPU was ignored)
-        if self.death.get("signal") in (signal.SIGXCPU, signal.SIGKILL):
+        if status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
             return "timeout"
         return "runtime_error"
 
     # -- stdin/stdout tests -----------------------------------------------------------------
     def run_io(self, job: dict) -> dict:
-        _wire.send(self.r2z, {"mode": "io", "program": job["program"], "limits": job["limits"],
-                              "timeout": job["timeout"], "guard": job["guard"]}, time.monotonic() + SETUP_S)
+        self.spawned_extra = True  # C forks a child per case
+        per_case = float(job["timeout"]) + SETUP_S
+        _wire.send(self.r2c, {"mode": "io", "program": job["program"], "limits": job["limits"],
+                              "timeout": job["timeout"], "guard": job["guard"]}, time.monotonic() + per_case)
         passed, first_bad, total = 0, None, len(job["inputs"])
         for stdin_text, expected in zip(job["inputs"], job["outputs"]):
-            _wire.send(self.r2z, {"input": stdin_text}, time.monotonic() + SETUP_S)
-            res = self._zygote_msg(time.monotonic() + SETUP_S + float(job["timeout"]) + 2.0)
-            if not res.get("setup_ok"):
-                raise RuntimeError("the candidate process could not enter the sandbox")
-            status = _io_status(res, expected, job)
+            try:
+                _wire.send(self.r2c, {"input": stdin_text}, time.monotonic() + per_case)
+                res = _wire.recv(self.c2r, time.monotonic() + per_case)
+                status = _io_status(res, expected, job)
+            except _wire.Deadline:
+                status = "timeout"
+            except (_wire.WireError, KeyError, TypeError, ValueError):
+                status = "runtime_error"  # the launcher was killed or lied in a malformed way
             if status != "passed" and not self.detail:
-                self.detail = f"case {passed}: {status}; stderr: {res['stderr'][-300:]}"
+                self.detail = f"case {passed}: {status}; stderr: {str(res.get('stderr', ''))[-300:]}" \
+                    if status not in ("timeout", "runtime_error") else f"case {passed}: {status}"
             if status == "passed":
                 passed += 1
             elif first_bad is None:
                 first_bad = status
-                if job["reward"] == "binary":
+                if job["reward"] == "binary" or status in ("timeout", "runtime_error"):
                     break
         try:
-            _wire.send(self.r2z, {"stop": True}, time.monotonic() + 1.0)
+            _wire.send(self.r2c, {"stop": True}, time.monotonic() + 1.0)
         except _wire.WireError:
             pass
         return self._verdict(first_bad or "passed", passed, total, self.detail)
@@ -641,7 +508,7 @@ def runner_main(ctrl, taken_w: int, cfg: dict) -> None:
     sample, setup_error = None, None
     try:
         sample = Sample(cfg)
-        sample.start_zygote(close_in_child=(ctrl.fileno(), taken_w))
+        sample.start_candidate(close_in_child=(ctrl.fileno(), taken_w))
     except BaseException as exc:
         setup_error = f"sandbox setup failed: {type(exc).__name__}: {exc}"
     try:

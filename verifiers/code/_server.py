@@ -1,7 +1,7 @@
 """Fork server: started from a clean interpreter (``python -I``), never from the trainer.
 
 It imports the harness once, says hello with its capabilities, and keeps a pool of idle
-runners, each of which has already forked its zygote and a sandboxed candidate process.
+runners, each of which has already forked its sandboxed candidate process.
 A sample arrives as a socket passed over the control socket (SCM_RIGHTS) and is taken by
 one idle runner, which tells the server to fork a replacement. The server never reads a
 sample, so no sample's data ever enters its memory (or that of the processes it forks).
@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
@@ -59,6 +60,10 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the trainer is the trainer's
     ctrl.send(_wire.pack({"hello": caps}))
+    # Everything imported so far is shared, copy-on-write, with every fork: keep the
+    # collector from walking (and so copying) it in each runner and candidate.
+    gc.collect()
+    gc.freeze()
     taken_r, taken_w = os.pipe()
 
     def fork_runner() -> None:
