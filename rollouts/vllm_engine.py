@@ -66,12 +66,14 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
         """Submit every prompt, step the engine to completion, record when each group finished."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         def params(i: int) -> SamplingParams:  # one seed per prompt: a shared seed correlates the groups
             return SamplingParams(
                 n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
                 stop=list(sampling.stop) or None, seed=None if sampling.seed is None else sampling.seed * 1_000_003 + i,
                 logprobs=0, ignore_eos=sampling.ignore_eos, skip_special_tokens=True, detokenize=sampling.detokenize,
+                output_kind=RequestOutputKind.FINAL_ONLY,  # one output per group, when all n samples are done
             )
 
         engine = self.llm.llm_engine
@@ -80,23 +82,29 @@ class VLLMEngine:
         self._next_id += len(prompts)
         for i, prompt in enumerate(prompts):
             engine.add_request(str(base + i), prompt, params(i))
-        done: dict[int, object] = {}
+        samples: list[dict[int, object]] = [{} for _ in prompts]
+        prompt_ids: list[list[int]] = [[] for _ in prompts]
         latencies = [0.0] * len(prompts)
         while engine.has_unfinished_requests():
             for out in engine.step():
-                if out.finished:
-                    idx = int(out.request_id) - base
-                    done[idx], latencies[idx] = out, time.perf_counter() - t0
+                if not out.finished:
+                    continue
+                idx = int(out.request_id) - base
+                prompt_ids[idx] = list(out.prompt_token_ids)
+                for c in out.outputs:
+                    samples[idx][c.index] = c
+                latencies[idx] = time.perf_counter() - t0
         self.last_group_latencies = latencies
         groups = []
         for i, prompt in enumerate(prompts):
-            out = done[i]
+            if len(samples[i]) != sampling.n:
+                raise RuntimeError(f"vLLM returned {len(samples[i])} samples for prompt {i}, expected {sampling.n}")
             comps = []
-            for c in sorted(out.outputs, key=lambda c: c.index):
+            for _, c in sorted(samples[i].items()):
                 ids = list(c.token_ids)
                 lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids)]
                 comps.append(Completion(c.text or "", ids, lps, "length" if c.finish_reason == "length" else "stop"))
-            groups.append(Group(prompt, list(out.prompt_token_ids), comps))
+            groups.append(Group(prompt, prompt_ids[i], comps))
         return groups
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

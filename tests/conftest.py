@@ -16,8 +16,9 @@ def micro_pretrain_cfg(tmp_path_factory):
     out = tmp_path_factory.mktemp("micro-base")
     cfg = PretrainConfig(out_dir=str(out))
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.intermediate_size = 64, 2, 1, 128
-    cfg.corpus.num_docs = 2000
-    cfg.train.steps, cfg.train.batch_size, cfg.train.warmup_steps = 40, 32, 5
+    # enough steps that completions are well-formed and sometimes right, so rewards vary in a group
+    cfg.corpus.num_docs = 4000
+    cfg.train.steps, cfg.train.batch_size, cfg.train.warmup_steps, cfg.train.lr = 150, 32, 10, 1e-2
     return cfg
 
 
