@@ -280,7 +280,7 @@ class Sample:
             first = self._rpc({"mode": "function", "program": job["program"], "limits": job["limits"],
                                "guard": job["guard"], "batch": batch})
         except _Gone:
-            return self._verdict(self._death_status(), 0, len(units), "lost the program while loading")
+            return self._verdict(self._death_status(), 0, len(units), "no answer to loading the program and its batched calls")
         if type(first) is list and len(first) == 2 and first[0] == "ready":
             self._store_batch(batch, first[1])
         elif type(first) is list and first and first[0] == "syntax_error":
