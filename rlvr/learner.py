@@ -59,7 +59,7 @@ class Learner:
         logp, entropy = token_logp_and_entropy(self.model, mb.input_ids, mb.attention_mask)
         old = logp.detach() if old_logp is None else old_logp  # first pass: on-policy, ratio == 1
         ref_logp = None
-        if self.ref_model is not None:
+        if self.algo.loss_kl_coef > 0:  # KL in the reward needs no reference forward here
             with torch.no_grad():
                 ref_logp, _ = token_logp_and_entropy(self.ref_model, mb.input_ids, mb.attention_mask)
         is_w = None
@@ -71,6 +71,21 @@ class Learner:
         stats = {k: float(v) for k, v in extra.items()}
         stats.update(loss=float(loss), entropy=float(masked_mean(entropy.detach(), mb.response_mask)))
         return logp.detach(), stats
+
+    @torch.no_grad()
+    def policy_and_reference_logp(self, batch: RLBatch) -> tuple[Tensor, Tensor]:
+        """Log-probs [B, T] of the batch's tokens under the current policy and the reference,
+        without gradient: the inputs of a KL penalty in the reward (``kl_reward_penalty``).
+        One extra forward of each model, spent only when that penalty is on."""
+        if self.ref_model is None:
+            raise ValueError("KL in the reward needs a reference model")
+        self.model.eval()
+        out = []
+        for model in (self.model, self.ref_model):
+            chunks = [token_logp_and_entropy(model, mb.input_ids, mb.attention_mask)[0]
+                      for mb in (batch.slice(s, s + self.micro) for s in range(0, len(batch), self.micro))]
+            out.append(torch.cat(chunks) * batch.response_mask)
+        return out[0], out[1]
 
     def step(self, batch: RLBatch) -> dict[str, float]:
         """One or more optimiser passes over ``batch``; returns averaged metrics."""
