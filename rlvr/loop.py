@@ -15,8 +15,9 @@ Simplifications of the textbook algorithms, on purpose:
   the reward likewise uses the learner's log-probs (one extra no-grad forward of the policy
   and the reference, only then).
 * No reference model and no KL unless ``algorithm.kl_coef > 0`` (R1-Zero recipes drop it).
-* DAPO dynamic sampling draws whole rounds of ``prompts_per_step`` prompts; when
-  ``max_sampling_rounds`` runs out, dropped groups top the batch up (see ``sample_groups``).
+* DAPO dynamic sampling draws only as many extra prompts as the batch seems to need (not whole
+  batches); when ``max_sampling_rounds`` runs out, dropped groups top the batch up (see
+  ``sample_groups``).
   Rollout metrics (reward, accuracy, length) cover every group drawn in the step.
 * PPO's critic updates after the policy, on the same batch and micro-batches; it is not
   saved with the checkpoint.
@@ -26,6 +27,7 @@ Simplifications of the textbook algorithms, on purpose:
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -103,22 +105,25 @@ class ScoredGroup:
         return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
 
 
-def sample_groups(draw: Callable[[int], list[ScoredGroup]], want: int, dynamic: bool,
+def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dynamic: bool,
                   max_rounds: int) -> tuple[list[ScoredGroup], list[ScoredGroup], dict[str, float]]:
-    """The step's groups: ``(batch, drawn, stats)``; ``draw(round)`` generates and scores one round.
+    """The step's groups: ``(batch, drawn, stats)``; ``draw(round, k)`` generates and scores ``k`` prompts.
 
-    Without ``dynamic`` sampling this is one round, used as is. With it (DAPO), groups whose
-    rewards are all equal (no signal for a group-relative advantage) are dropped and rounds are
-    drawn until ``want`` informative groups are kept or ``max_rounds`` rounds ran; the excess is
-    trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they carry no
-    group-relative advantage), so a step never trains on an empty batch.
+    Without ``dynamic`` sampling this is one round of ``want`` prompts, used as is. With it
+    (DAPO), groups whose rewards are all equal (no signal for a group-relative advantage) are
+    dropped, and further rounds draw the missing number of prompts, scaled up by the share of
+    informative groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
+    excess is trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they
+    carry no group-relative advantage), so a step never trains on an empty batch.
     """
     if not dynamic:
-        drawn = draw(0)
+        drawn = draw(0, want)
         return drawn, drawn, {}
     kept, dropped, drawn, rounds = [], [], [], 0
     while len(kept) < want and rounds < max_rounds:
-        new = draw(rounds)
+        informative_frac = len(kept) / len(drawn) if drawn else 1.0
+        k = want if not drawn else min(want, math.ceil((want - len(kept)) / max(informative_frac, 1 / want)))
+        new = draw(rounds, k)
         rounds += 1
         rewards = torch.cat([sg.rewards for sg in new])  # [B]
         sizes = torch.tensor([len(sg.scores) for sg in new])
@@ -128,7 +133,7 @@ def sample_groups(draw: Callable[[int], list[ScoredGroup]], want: int, dynamic: 
             (kept if informative else dropped).append(sg)
         drawn += new
     padded = max(0, want - len(kept))
-    stats = {"sampling_rounds": float(rounds), "groups_dropped": float(len(dropped)),
+    stats = {"sampling_rounds": float(rounds), "groups_drawn": float(len(drawn)), "groups_dropped": float(len(dropped)),
              "groups_padded": float(padded), "informative_frac": len(kept) / len(drawn)}
     return kept[:want] + dropped[:padded], drawn, stats
 
@@ -234,10 +239,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     ev = cfg.eval
     timer: dict[str, float] = {}
 
-    def draw(step: int, rnd: int) -> list[ScoredGroup]:
-        """One generation round: sample ``n`` completions for fresh prompts and score them."""
+    def draw(step: int, rnd: int, k: int) -> list[ScoredGroup]:
+        """One generation round: sample ``n`` completions for ``k`` fresh prompts and score them."""
         t0 = time.perf_counter()
-        rows = [train_rows[i] for i in sampler.next(tc.prompts_per_step)]
+        rows = [train_rows[i] for i in sampler.next(k)]
         sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                   max_tokens=cfg.sampling.max_tokens, seed=tc.seed * 100_003 + step + rnd * 1_000_003)
         groups = engine.generate([r["prompt"] for r in rows], sampling)
@@ -264,7 +269,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     for step in bar:
         t0 = time.perf_counter()
         timer.clear()
-        scored, drawn, metrics = sample_groups(lambda rnd: draw(step, rnd), tc.prompts_per_step,
+        scored, drawn, metrics = sample_groups(lambda rnd, k: draw(step, rnd, k), tc.prompts_per_step,
                                                algo.dynamic_sampling, algo.max_sampling_rounds)
         t2 = time.perf_counter()
         batch, adv_in = build_batch(scored, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)

@@ -36,7 +36,7 @@ class LengthParity:
 
 PRESET_METRICS = {
     "grpo": {"kl"},  # k3 KL in the loss against the reference model
-    "dapo": {"sampling_rounds", "groups_dropped", "groups_padded", "informative_frac"},
+    "dapo": {"sampling_rounds", "groups_drawn", "groups_dropped", "groups_padded", "informative_frac"},
     "ppo": {"value_loss", "value_mean", "explained_variance", "value_clip_frac", "critic_grad_norm"},
 }
 CASES = [(p, []) for p in PRESETS] + [
@@ -93,34 +93,48 @@ def scored_group(rewards, lengths=None, finish=None, prompt_len=3) -> ScoredGrou
 def test_sample_groups_without_dynamic_sampling_is_one_round():
     calls = []
 
-    def draw(rnd):
-        calls.append(rnd)
+    def draw(rnd, k):
+        calls.append((rnd, k))
         return [scored_group([1, 1]), scored_group([0, 1])]
 
     batch, drawn, stats = sample_groups(draw, want=2, dynamic=False, max_rounds=5)
-    assert calls == [0] and len(batch) == 2 and drawn == batch and stats == {}
+    assert calls == [(0, 2)] and len(batch) == 2 and drawn == batch and stats == {}
 
 
 def test_sample_groups_draws_rounds_until_full_then_trims():
-    rounds = [[scored_group([1, 1]), scored_group([0, 1]), scored_group([0, 0])],  # 1 informative
-              [scored_group([0.5, 0.5]), scored_group([1, 0]), scored_group([0, 0.1])]]  # 2 informative
-    batch, drawn, stats = sample_groups(lambda r: rounds[r], want=2, dynamic=True, max_rounds=3)
-    assert [sg.rewards.tolist() for sg in batch] == [[0, 1], [1, 0]]  # the third informative group trimmed
-    assert len(drawn) == 6
-    assert stats == {"sampling_rounds": 2.0, "groups_dropped": 3.0, "groups_padded": 0.0, "informative_frac": 0.5}
+    rounds = [[scored_group([1, 1]), scored_group([0, 1]), scored_group([2, 1])],  # 2 of 3 informative
+              [scored_group([1, 0]), scored_group([0, 0.1]), scored_group([0.5, 0.5])]]
+    calls = []
+
+    def draw(rnd, k):
+        calls.append((rnd, k))
+        return rounds[rnd][:k]
+
+    batch, drawn, stats = sample_groups(draw, want=3, dynamic=True, max_rounds=3)
+    # round 1: 1 missing / informative share 2/3 -> 2 prompts, both informative; one trimmed
+    assert calls == [(0, 3), (1, 2)]
+    assert [sg.rewards.tolist() for sg in batch] == [[0, 1], [2, 1], [1, 0]]
+    assert len(drawn) == 5
+    assert stats == {"sampling_rounds": 2.0, "groups_drawn": 5.0, "groups_dropped": 1.0, "groups_padded": 0.0,
+                     "informative_frac": 0.8}
 
 
 def test_sample_groups_tops_up_with_dropped_groups_when_rounds_run_out():
     calls = []
 
-    def draw(rnd):
-        calls.append(rnd)
-        return [scored_group([1, 1]), scored_group([0, 1]), scored_group([0, 0])]
+    def draw(rnd, k):
+        calls.append((rnd, k))
+        return [scored_group([1, 1]), scored_group([0, 1]), scored_group([0, 0])][:k]
 
     batch, drawn, stats = sample_groups(draw, want=3, dynamic=True, max_rounds=2)
-    assert calls == [0, 1] and len(drawn) == 6
+    assert calls == [(0, 3), (1, 3)] and len(drawn) == 6  # 2 missing / (1/3) = 6, capped at 3
     assert [sg.rewards.tolist() for sg in batch] == [[0, 1], [0, 1], [1, 1]]  # 2 informative + 1 padding
     assert stats["groups_padded"] == 1.0 and stats["groups_dropped"] == 4.0 and stats["sampling_rounds"] == 2.0
+
+
+def test_sample_groups_with_nothing_informative_pads_the_whole_batch():
+    batch, _, stats = sample_groups(lambda rnd, k: [scored_group([1, 1])] * k, want=2, dynamic=True, max_rounds=3)
+    assert len(batch) == 2 and stats["groups_padded"] == 2.0 and stats["sampling_rounds"] == 3.0
 
 
 def test_build_batch_alignment_and_dapo_overlong_shaping():
