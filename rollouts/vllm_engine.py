@@ -26,8 +26,6 @@ def _on_gpu() -> bool:
 
 
 def _configure_cpu_env(kv_cache_gib: float, threads: int) -> None:
-    # In-process engine: no engine-core subprocess, fastest start-up and no IPC per step on 2 cores.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
     n = threads or os.cpu_count() or 1
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{n - 1}" if n > 1 else "0")
@@ -43,8 +41,8 @@ class VLLMEngine:
                  max_num_seqs: int = 256, max_model_len: int | None = None, threads: int = 0,
                  separate_process: bool = False):
         t0 = time.perf_counter()
-        if separate_process:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+        # In-process engine core by default: fastest start-up and no IPC per step on 2 cores.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if separate_process else "0"
         if not _on_gpu():
             _configure_cpu_env(kv_cache_gib, threads)
         from vllm import LLM
@@ -57,6 +55,10 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        # vLLM 0.32's in-place reload skips a tied lm_head and restores its old tensor, so a
+        # tied model would sample from stale output weights after a sync. Refuse loudly.
+        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.separate_process = separate_process
         self.startup_s = time.perf_counter() - t0
         self.last_sync_s = 0.0
@@ -108,6 +110,12 @@ class VLLMEngine:
         return groups
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.tied_embeddings:
+            raise NotImplementedError(
+                "VLLMEngine.load_weights: the model ties lm_head to the input embeddings "
+                "(tie_word_embeddings=true); vLLM 0.32's in-place reload leaves the tied head stale. "
+                "Untie the model (save it with tie_word_embeddings=false) or use engine.kind=hf."
+            )
         t0 = time.perf_counter()
         if self.separate_process:
             from rollouts.shm_sync import send_weights_via_shm

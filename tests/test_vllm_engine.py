@@ -82,3 +82,23 @@ def test_sync_after_perturbation_matches_hf(micro_model, engines):
     sampled = vllm_engine.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_tokens=16, seed=2))
     assert check_logprobs(sampled, hf.model) <= 1e-4
     assert vllm_engine.last_sync_s > 0
+
+
+def test_separate_process_engine_syncs_through_shared_memory(micro_model):
+    """Isolation mode: the engine core runs in its own process; weights go through shm."""
+    from rollouts.vllm_engine import VLLMEngine
+
+    hf = HFEngine(micro_model)
+    torch.manual_seed(1)
+    perturbed = {n: p.detach() + 0.2 * torch.randn_like(p) for n, p in hf.model.named_parameters()}
+    hf.load_weights(perturbed.items())
+    engine = VLLMEngine(micro_model, dtype="float32", seed=0, separate_process=True)
+    try:
+        engine.load_weights(perturbed.items())
+        greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
+        v = engine.generate(PROMPTS[:8], greedy)
+        h = hf.generate(PROMPTS[:8], greedy)
+        assert [g.completions[0].token_ids for g in v] == [g.completions[0].token_ids for g in h]
+        assert engine.last_sync_s > 0
+    finally:
+        engine.close()
