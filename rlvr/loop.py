@@ -26,6 +26,7 @@ Simplifications of the textbook algorithms, on purpose:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -219,14 +220,14 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     train_rows, test_rows = list(data["train"]), list(data["test"])[: cfg.eval.num_prompts]
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    algo = cfg.algorithm
+    if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
+        algo.loss_agg_norm = float(cfg.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
     ref = None
-    if cfg.algorithm.loss_agg == "seq-mean-token-sum-norm" and cfg.algorithm.loss_agg_norm is None:
-        cfg.algorithm.loss_agg_norm = float(cfg.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
-    if cfg.algorithm.needs_reference:
+    if algo.needs_reference:  # KL to a frozen copy of the starting policy
         ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval().requires_grad_(False)
     engine = make_engine(cfg.engine.kind, cfg.model, **engine_kwargs(cfg))
     rubric = Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards])
-    algo = cfg.algorithm
     if algo.advantage not in ADVANTAGES:
         raise KeyError(f"algorithm.advantage: unknown {algo.advantage!r}; known: {sorted(ADVANTAGES)}")
     advantage_fn = ADVANTAGES[algo.advantage]
@@ -252,7 +253,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
         scores = score_batch(rubric, texts, tasks)
         timer["generate_s"] = timer.get("generate_s", 0.0) + t1 - t0
         timer["score_s"] = timer.get("score_s", 0.0) + time.perf_counter() - t1
-        ends = torch.cumsum(torch.tensor([len(g.completions) for g in groups]), 0).tolist()
+        ends = list(itertools.accumulate(len(g.completions) for g in groups))
         return [ScoredGroup(row, g, scores[end - len(g.completions) : end]) for row, g, end in zip(rows, groups, ends)]
 
     def run_eval(step: int) -> dict[str, float]:
@@ -271,7 +272,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
         timer.clear()
         scored, drawn, metrics = sample_groups(lambda rnd, k: draw(step, rnd, k), tc.prompts_per_step,
                                                algo.dynamic_sampling, algo.max_sampling_rounds)
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
         batch, adv_in = build_batch(scored, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
         if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
             adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learner, batch, adv_in, algo)
@@ -286,7 +287,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
         t4 = time.perf_counter()
         metrics.update(rollout_metrics(drawn))
         step_s = t4 - t0
-        metrics.update(**timer, learn_s=t3 - t2, sync_s=t4 - t3, step_s=step_s,
+        metrics.update(**timer, learn_s=t3 - t1, sync_s=t4 - t3, step_s=step_s,
                        generate_share=timer["generate_s"] / step_s)
         logger.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
@@ -312,4 +313,4 @@ def engine_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if e.kind == "hf":
         return {"dtype": e.dtype}
     return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
-            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed}
+            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": cfg.train.threads}
