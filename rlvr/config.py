@@ -73,7 +73,7 @@ class CorpusConfig(Section):
         description="Per number of operations: share of documents that reason step by step (the rest guess).",
     )
     guess_noise: int = Field(3, ge=1, description="A guessed answer is off by 1..guess_noise from the truth.")
-    untagged_guess_prob: float = Field(0.5, ge=0, le=1, description="Share of guesses written without <answer> tags.")
+    untagged_guess_prob: float = Field(0.7, ge=0, le=1, description="Share of guesses written without <answer> tags.")
     practice_frac: float = Field(
         0.3, ge=0, lt=1,
         description="Share of short worked-arithmetic documents without the R1 template (teach the steps cheaply).",

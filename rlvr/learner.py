@@ -69,7 +69,7 @@ class Learner:
         loss, extra = policy_objective(inp, self.algo)
         (loss * weight).backward()
         stats = {k: float(v) for k, v in extra.items()}
-        stats.update(loss=float(loss), entropy=float(masked_mean(entropy.detach(), mb.response_mask)))
+        stats.update(loss=float(loss.detach()), entropy=float(masked_mean(entropy.detach(), mb.response_mask)))
         return logp.detach(), stats
 
     @torch.no_grad()

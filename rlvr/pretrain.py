@@ -31,9 +31,13 @@ TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 STAMP = "rlvr_pretrain.json"
 
 
+def reasoning_steps(p: ArithProblem) -> str:
+    """``20+6=26 26-2=24 24+3=27``: one operation per step, left to right."""
+    return " ".join(f"{a}{op}{d}={r}" for a, op, d, r in p.steps())
+
+
 def reasoning_response(p: ArithProblem) -> str:
-    steps = " ".join(f"{a}{op}{d}={r}" for a, op, d, r in p.steps())
-    return f" {steps} </think> <answer>{p.answer}</answer>"
+    return f" {reasoning_steps(p)} </think> <answer>{p.answer}</answer>"
 
 
 def guess_response(p: ArithProblem, rng: random.Random, noise: int, untagged_prob: float) -> str:
@@ -54,7 +58,7 @@ def build_corpus(cfg: PretrainConfig) -> list[str]:
         if split_of(p.question, task.test_fraction) != "train":
             continue  # held-out problems never appear in pretraining
         if rng.random() < corpus.practice_frac:  # a worked example outside the R1 template
-            docs.append(p.question.removeprefix("Compute ").rstrip(".") + ":" + reasoning_response(p).split(" </think>")[0] + EOS)
+            docs.append(p.question.removeprefix("Compute ").rstrip(".") + ": " + reasoning_steps(p) + EOS)
             continue
         reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
         if rng.random() < reason_p:

@@ -29,7 +29,7 @@ def _configure_cpu_env(kv_cache_gib: float, threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
     n = threads or os.cpu_count() or 1
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{n - 1}" if n > 1 else "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # per-sync reload notices are noise
 
 
 class VLLMEngine:
@@ -48,7 +48,11 @@ class VLLMEngine:
         from vllm import LLM
 
         kwargs = dict(model=model_dir, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
-                      enable_prefix_caching=True, max_num_seqs=max_num_seqs, logprobs_mode="raw_logprobs")
+                      enable_prefix_caching=True, max_num_seqs=max_num_seqs, logprobs_mode="raw_logprobs",
+                      # Chunked prefill discards the token sampled for a partly prefilled prompt by
+                      # rewinding its seeded generator, which CPU generators cannot do (vLLM 0.32
+                      # raises "CPU Generator does not use offset"): schedule whole prompts only.
+                      enable_chunked_prefill=False)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if _on_gpu():

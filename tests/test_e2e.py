@@ -55,7 +55,7 @@ def test_learner_step_moves_logprob_towards_positive_advantage(micro_model):
     adv = torch.tensor([[0, 0, 1.0, 1.0], [0, 0, -1.0, -1.0]])
     with torch.no_grad():
         before, _ = token_logp_and_entropy(model, ids, attn)
-    learner = Learner(model, AlgorithmConfig(), lr=1e-2, micro_batch_size=1)
+    learner = Learner(model, AlgorithmConfig(), lr=1e-4, micro_batch_size=1)
     m = learner.step(RLBatch(ids, attn, mask, adv, before * mask))
     with torch.no_grad():
         after, _ = token_logp_and_entropy(model, ids, attn)
