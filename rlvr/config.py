@@ -106,6 +106,11 @@ class EngineConfig(Section):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
     enforce_eager: bool = Field(True, description="vLLM: skip graph compilation (faster start-up).")
+    max_logprob_diff: float = Field(
+        0.5, gt=0,
+        description="Parity gate: stop the run when any sampled token's engine log-prob differs from the "
+        "learner's recomputation by more than this many nats (float32 engines stay below 1e-4).",
+    )
 
 
 class SamplingSection(Section):

@@ -116,5 +116,8 @@ class Learner:
             lr=self.sched.get_last_lr()[0],
             logp_diff_mean=float(diff.sum() / tokens),
             logp_diff_max=float(diff.max()),
+            # importance ratio learner/engine per token: its spread is how off-policy the batch is
+            engine_ratio_min=float(torch.where(mask > 0, (old_logp - batch.engine_logp).exp(), 1.0).min()),
+            engine_ratio_max=float(torch.where(mask > 0, (old_logp - batch.engine_logp).exp(), 1.0).max()),
         )
         return metrics

@@ -280,6 +280,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
             adv_in.values = critic.values(batch)
         batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
         metrics.update(learner.step(batch))
+        check_logprob_parity(metrics, cfg)
         if critic is not None:
             metrics.update(critic.step(batch, adv_in))
         t3 = time.perf_counter()
@@ -306,6 +307,24 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     summary = {"before": before, "after": after, "checkpoint": str(final), "plot": str(plot)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+class LogprobParityError(RuntimeError):
+    """The rollout engine's log-probs disagree with the learner's: training would be off-policy."""
+
+
+def check_logprob_parity(metrics: dict[str, float], cfg: TrainConfig) -> None:
+    worst, bound = metrics["logp_diff_max"], cfg.engine.max_logprob_diff
+    if worst > bound:
+        raise LogprobParityError(
+            f"engine/learner log-prob mismatch: max |delta| = {worst:.3g} nats > engine.max_logprob_diff = {bound} "
+            f"(engine.kind={cfg.engine.kind}, engine.dtype={cfg.engine.dtype}, learner float32, "
+            f"sampling.temperature={cfg.sampling.temperature}, sampling.top_p={cfg.sampling.top_p}). "
+            + ("A bfloat16 engine samples from different numbers than the float32 learner: use engine.dtype=float32, "
+               "or keep bfloat16 with algorithm.is_cap set and a larger engine.max_logprob_diff."
+               if cfg.engine.dtype != "float32" else
+               "Both sides run float32, so the weights differ: check that the weight sync covers every parameter.")
+        )
 
 
 def engine_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -61,3 +61,19 @@ def test_learner_step_moves_logprob_towards_positive_advantage(micro_model):
         after, _ = token_logp_and_entropy(model, ids, attn)
     assert (after - before)[0, 2:].sum() > 0 > (after - before)[1, 2:].sum()
     assert m["logp_diff_max"] < 1e-5 and m["clip_frac"] == 0.0
+
+
+def test_logprob_parity_gate_stops_a_bfloat16_engine(micro_model, tmp_path):
+    """A bfloat16 engine samples from other numbers than the float32 learner: the gate names it."""
+    import pytest
+
+    from rlvr.loop import LogprobParityError
+
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
+        f"model={micro_model}", f"run_dir={tmp_path / 'run'}", "engine.kind=hf", "engine.dtype=bfloat16",
+        "engine.max_logprob_diff=0.001", "train.steps=1", "train.prompts_per_step=2", "sampling.n=2",
+        "sampling.max_tokens=8", "eval.num_prompts=2", "eval.k=1", "eval.max_tokens=4", "logging.progress=false",
+        "logging.tensorboard=false",
+    ])
+    with pytest.raises(LogprobParityError, match=r"engine\.dtype=bfloat16"):
+        train(cfg)
