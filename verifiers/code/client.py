@@ -14,6 +14,7 @@ allows, tried in order:
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
@@ -31,7 +32,10 @@ from verifiers.code import _wire
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_server.py")
 MODES = ("root", "userns", "none")
 UID_BASE = 1_500_000_000  # + runner pid: a uid nobody else uses, one per live sample
-CHROOT = "/tmp/rlvr-root"  # inside the server's own mount namespace (a private tmpfs on /tmp)
+# The server's private tmpfs is mounted on a directory of its own (not over /tmp, which would
+# hide a checkout or virtual environment living under /tmp, the server's own code included).
+MOUNT_POINT = os.path.join("/tmp", f"rlvr-sandbox-mnt-{os.getpid()}")
+CHROOT = MOUNT_POINT + "/root"  # inside that tmpfs, seen only in the server's mount namespace
 _ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -46,8 +50,8 @@ def _host_ns() -> dict:
 
 
 def _mount_script() -> str:
-    """Shell run by ``unshare`` before exec'ing the server: a private tmpfs on /tmp and,
-    inside it, a read-only root holding /usr, the stdlib and a few device nodes, with every
+    """Shell run by ``unshare`` before exec'ing the server: a private tmpfs on MOUNT_POINT
+    and, inside it, a read-only root holding /usr, the stdlib and a few device nodes, with every
     site-packages hidden (so no installed dataset such as HumanEval is readable)."""
     stdlib = sysconfig.get_paths()["stdlib"]
     binds = ["/usr"]
@@ -60,7 +64,7 @@ def _mount_script() -> str:
     q = shlex.quote
     lines = [
         "set -e",
-        "mount -t tmpfs -o mode=0755,size=256m rlvr-sandbox /tmp",
+        f"mount -t tmpfs -o mode=0755,size=256m rlvr-sandbox {q(MOUNT_POINT)}",
         f"R={q(CHROOT)}",
         'mkdir -p "$R/tmp" "$R/dev" && chmod 0711 "$R/tmp"',
         'ro() { mkdir -p "$R$1"; mount --bind "$1" "$R$1"; mount -o remount,bind,ro,nosuid,nodev "$R$1"; }',
@@ -79,7 +83,17 @@ def _mount_script() -> str:
     return "\n".join(lines)
 
 
+def _remove_mount_point() -> None:
+    try:  # empty on the host: the tmpfs was mounted only in the server's namespace
+        os.rmdir(MOUNT_POINT)
+    except OSError:
+        pass
+
+
 def _command(mode: str, ctrl_fd: int, pool: int) -> list[str]:
+    if mode != "none":
+        os.makedirs(MOUNT_POINT, mode=0o700, exist_ok=True)
+        atexit.register(_remove_mount_point)
     cfg = {"mode": mode, "host_ns": _host_ns(), "uid_base": UID_BASE, "chroot": CHROOT if mode != "none" else "",
            "pool": pool}
     server = [sys.executable, "-I", SERVER, str(ctrl_fd), json.dumps(cfg)]
