@@ -110,14 +110,16 @@ class Learner:
             self.sched.step()
             self.opt.zero_grad(set_to_none=True)
         metrics = {k: v / n_micro for k, v in sums.items()}
-        diff = (old_logp - batch.engine_logp).abs() * mask  # learner vs engine, same weights
+        log_ratio = old_logp - batch.engine_logp  # learner vs engine, same weights  [B, T]
+        diff = log_ratio.abs() * mask
+        # importance ratio learner/engine per token: its spread is how off-policy the batch is
+        ratio = torch.where(mask > 0, log_ratio.exp(), 1.0)
         metrics.update(
             grad_norm=float(grad_norm),
             lr=self.sched.get_last_lr()[0],
             logp_diff_mean=float(diff.sum() / tokens),
             logp_diff_max=float(diff.max()),
-            # importance ratio learner/engine per token: its spread is how off-policy the batch is
-            engine_ratio_min=float(torch.where(mask > 0, (old_logp - batch.engine_logp).exp(), 1.0).min()),
-            engine_ratio_max=float(torch.where(mask > 0, (old_logp - batch.engine_logp).exp(), 1.0).max()),
+            engine_ratio_min=float(ratio.min()),
+            engine_ratio_max=float(ratio.max()),
         )
         return metrics

@@ -172,7 +172,7 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

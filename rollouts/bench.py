@@ -70,8 +70,7 @@ def run_worker(kind: str, model_dir: str, prompts: int, n: int, max_tokens: int,
         weights.update(load_file(str(f)))
     syncs = []
     for _ in range(3):
-        perturbed = [(k, v + 0.0) for k, v in weights.items()]
-        engine.load_weights(perturbed)
+        engine.load_weights([(k, v.clone()) for k, v in weights.items()])  # fresh tensors, as a learner sends
         syncs.append(engine.last_sync_s)
     engine.close()
     best = min(runs)
