@@ -105,6 +105,7 @@ class EngineConfig(Section):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine dtype; float32 keeps log-probs in parity with the learner.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
+    threads: int = Field(0, ge=0, description="Engine threads (0: all cores; with `train.async`, the cores the learner leaves).")
     enforce_eager: bool = Field(True, description="vLLM: skip graph compilation (faster start-up).")
     max_logprob_diff: float = Field(
         0.5, gt=0,
@@ -135,12 +136,26 @@ class OptimConfig(Section):
 
 
 class TrainLoopConfig(Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     steps: int = Field(60, ge=1, description="RL steps (one batch of prompts each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; each is sampled `sampling.n` times.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch (>1 makes the ratio matter).")
     seed: int = Field(0, description="Seed for prompt order, sampling and init.")
-    threads: int = Field(0, ge=0, description="torch intra-op threads (0: all cores).")
+    threads: int = Field(0, ge=0, description="torch intra-op threads of the learner (0: all cores; half of them "
+                         "with `async`, the engine gets the rest).")
+    async_: bool = Field(
+        False, alias="async",
+        description="One-step-off-policy training: the engine samples step k+1 while the learner trains on step k "
+        "(truncated IS corrects the staleness; `algorithm.is_cap` defaults to 2 then).",
+    )
+    max_staleness: int = Field(1, ge=1, le=8, description="async: how many steps generation may run ahead of the learner.")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(20, ge=0, description="Full-state checkpoint every N steps (0: only at the end of the run).")
+    keep: int = Field(2, ge=1, description="Newest checkpoints kept in run_dir/checkpoints.")
 
 
 class EvalConfig(Section):
@@ -171,6 +186,13 @@ class TrainConfig(Section):
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _async_needs_is(self) -> TrainConfig:
+        if self.train.async_ and self.algorithm.is_cap is None:  # stale samples need the IS correction
+            self.algorithm.is_cap = 2.0
+        return self
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -228,4 +250,8 @@ def load_config(cls: type[Section], path: str | None, overrides: list[str] | Non
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
+
+
+def config_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

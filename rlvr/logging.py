@@ -10,7 +10,7 @@ from pathlib import Path
 class MetricsLogger:
     """Appends one JSON object per record to ``run_dir/metrics.jsonl`` (+ TensorBoard)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -19,7 +19,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            # purge_step: a resumed run drops the events logged after its checkpoint
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         record = {"kind": kind, "step": step, **{k: float(v) for k, v in metrics.items()}}

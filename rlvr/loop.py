@@ -29,14 +29,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rlvr.algorithms import (
     ADVANTAGES,
@@ -50,13 +54,23 @@ from rlvr.algorithms import (
     overlong_mask,
     soft_overlong_penalty,
 )
-from rlvr.config import TrainConfig, dump_config
+from rlvr.checkpoint import (
+    checkpoints_dir,
+    config_changes,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.critic import Critic
 from rlvr.evaluate import evaluate
 from rlvr.learner import Learner, RLBatch
 from rlvr.logging import MetricsLogger, plot_reward_accuracy
+from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
 from rlvr.tasks import load_task
-from rollouts import Group, SamplingConfig, make_engine
+from rollouts import SamplingConfig, make_engine
 from verifiers import Rubric, Score, score_batch
 from verifiers import get as get_verifier
 
@@ -92,18 +106,15 @@ class PromptSampler:
             self.pos += take
         return out
 
+    def state(self) -> dict[str, int]:
+        return {"n_rows": self.n_rows, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
 
-@dataclass
-class ScoredGroup:
-    """One prompt's group of completions with the rubric's score for each."""
-
-    row: dict[str, Any]
-    group: Group
-    scores: list[Score]
-
-    @property
-    def rewards(self) -> torch.Tensor:  # [n] the verifier rewards, before any shaping
-        return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
+    def load_state(self, state: dict[str, int]) -> None:
+        if (state["n_rows"], state["seed"]) != (self.n_rows, self.seed):
+            raise ValueError(f"resume: the checkpoint's prompt sampler saw {state['n_rows']} rows with seed "
+                             f"{state['seed']}, this run has {self.n_rows} rows with seed {self.seed}")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
 
 
 def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dynamic: bool,
@@ -200,33 +211,36 @@ def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
     }
 
 
-def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
-    """Run RL training as configured; returns {"before": eval, "after": eval, ...}."""
+def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run RL training as configured; returns {"before": eval, "after": eval, ...}.
+
+    ``resume``: continue from the newest checkpoint in ``cfg.run_dir`` (see rlvr.checkpoint).
+    """
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_dir(cfg.model)
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    tc, algo, ev = cfg.train, cfg.algorithm, cfg.eval
+    staleness = tc.max_staleness if tc.async_ else 0
+    learner_threads, engine_threads = thread_split(cfg)
+    if learner_threads:
+        torch.set_num_threads(learner_threads)
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    cfg_yaml = config_yaml(cfg)
+    ckpt = prepare_run_dir(run_dir, cfg_yaml, resume)
 
     data = load_task(cfg.task)
-    train_rows, test_rows = list(data["train"]), list(data["test"])[: cfg.eval.num_prompts]
+    train_rows, test_rows = list(data["train"]), list(data["test"])[: ev.num_prompts]
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    algo = cfg.algorithm
     if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
         algo.loss_agg_norm = float(cfg.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
         ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval().requires_grad_(False)
-    engine = make_engine(cfg.engine.kind, cfg.model, **engine_kwargs(cfg))
+    engine = make_engine(cfg.engine.kind, cfg.model, **engine_kwargs(cfg, engine_threads))
     rubric = Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards])
     if algo.advantage not in ADVANTAGES:
         raise KeyError(f"algorithm.advantage: unknown {algo.advantage!r}; known: {sorted(ADVANTAGES)}")
@@ -235,78 +249,198 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
                     micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
     learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref, **optim_kw)
     critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
-    logger = MetricsLogger(run_dir, cfg.logging.tensorboard)
     sampler = PromptSampler(len(train_rows), tc.seed)
-    ev = cfg.eval
-    timer: dict[str, float] = {}
 
-    def draw(step: int, rnd: int, k: int) -> list[ScoredGroup]:
-        """One generation round: sample ``n`` completions for ``k`` fresh prompts and score them."""
-        t0 = time.perf_counter()
-        rows = [train_rows[i] for i in sampler.next(k)]
-        sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                  max_tokens=cfg.sampling.max_tokens, seed=tc.seed * 100_003 + step + rnd * 1_000_003)
-        groups = engine.generate([r["prompt"] for r in rows], sampling)
-        t1 = time.perf_counter()
-        texts = [c.text for g in groups for c in g.completions]
-        tasks = [row for row, g in zip(rows, groups) for _ in g.completions]
-        scores = score_batch(rubric, texts, tasks)
-        timer["generate_s"] = timer.get("generate_s", 0.0) + t1 - t0
-        timer["score_s"] = timer.get("score_s", 0.0) + time.perf_counter() - t1
-        ends = list(itertools.accumulate(len(g.completions) for g in groups))
-        return [ScoredGroup(row, g, scores[end - len(g.completions) : end]) for row, g, end in zip(rows, groups, ends)]
+    def draw_step(step: int) -> StepRollouts:
+        """The rollouts of one step (every dynamic-sampling round), generated and scored."""
+        timings = {"generate_s": 0.0, "score_s": 0.0}
 
-    def run_eval(step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        m = evaluate(engine, test_rows, k=ev.k, temperature=ev.temperature, max_tokens=ev.max_tokens, seed=tc.seed + 7)
-        m["eval_s"] = time.perf_counter() - t0
-        logger.log(step, m, kind="eval")
-        return m
+        def draw(rnd: int, k: int) -> list[ScoredGroup]:
+            t0 = time.perf_counter()
+            rows = [train_rows[i] for i in sampler.next(k)]
+            sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature,
+                                      top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
+                                      seed=tc.seed * 100_003 + step + rnd * 1_000_003)
+            groups = engine.generate([r["prompt"] for r in rows], sampling)
+            t1 = time.perf_counter()
+            texts = [c.text for g in groups for c in g.completions]
+            scores = score_batch(rubric, texts, [row for row, g in zip(rows, groups) for _ in g.completions])
+            timings["generate_s"] += t1 - t0
+            timings["score_s"] += time.perf_counter() - t1
+            ends = list(itertools.accumulate(len(g.completions) for g in groups))
+            return [ScoredGroup(row, g, scores[end - len(g.completions): end]) for row, g, end in zip(rows, groups, ends)]
 
-    before = run_eval(0)
-    show = cfg.logging.progress if progress is None else progress
-    bar = tqdm(range(1, tc.steps + 1), desc="rl", disable=not show, mininterval=1)
-    evals = {0: before}
-    for step in bar:
-        t0 = time.perf_counter()
-        timer.clear()
-        scored, drawn, metrics = sample_groups(lambda rnd, k: draw(step, rnd, k), tc.prompts_per_step,
-                                               algo.dynamic_sampling, algo.max_sampling_rounds)
-        t1 = time.perf_counter()
-        batch, adv_in = build_batch(scored, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
-        if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
-            adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learner, batch, adv_in, algo)
-        if critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping
-            adv_in.values = critic.values(batch)
-        batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
-        metrics.update(learner.step(batch))
-        check_logprob_parity(metrics, cfg)
-        if critic is not None:
-            metrics.update(critic.step(batch, adv_in))
-        t3 = time.perf_counter()
-        engine.load_weights(policy.named_parameters())
-        t4 = time.perf_counter()
-        metrics.update(rollout_metrics(drawn))
-        step_s = t4 - t0
-        metrics.update(**timer, learn_s=t3 - t1, sync_s=t4 - t3, step_s=step_s,
-                       generate_share=timer["generate_s"] / step_s)
-        logger.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
-                        len=f"{metrics['response_len_mean']:.0f}")
-        if ev.every and step % ev.every == 0 and step != tc.steps:
-            evals[step] = run_eval(step)
-    after = run_eval(tc.steps)
-    evals[tc.steps] = after
+        batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
+        return StepRollouts(step, batch, drawn, stats, timings)
 
+    pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind == "hf" else 0)
+    try:
+        logger = MetricsLogger(run_dir, cfg.logging.tensorboard, purge_step=None if ckpt is None else ckpt.step + 1)
+
+        def run_eval(step: int) -> dict[str, float]:
+            t0 = time.perf_counter()
+            m = pipe.call(lambda: evaluate(engine, test_rows, k=ev.k, temperature=ev.temperature,
+                                           max_tokens=ev.max_tokens, seed=tc.seed + 7))
+            m["eval_s"] = time.perf_counter() - t0
+            logger.log(step, m, kind="eval")
+            return m
+
+        def save(step: int) -> None:
+            tensors = {"model": policy.state_dict(), "rng": rng_state(),
+                       "optim": {"policy": learner.opt.state_dict(), "sched": learner.sched.state_dict(),
+                                 "critic": critic.opt.state_dict() if critic is not None else None}}
+            if critic is not None:
+                tensors["critic"] = critic.model.state_dict()
+            if ref is not None:
+                tensors["reference"] = ref.state_dict()
+            pending = pipe.pending()  # async: rollouts already drawn for the next steps travel along
+            state = {"sampler": sampler.state(), "evals": {str(k): v for k, v in evals.items()},
+                     "pending": [r.to_json() for r in pending]}
+            save_checkpoint(run_dir, step, tensors=tensors, state=state, config_yaml=cfg_yaml, keep=cfg.checkpoint.keep)
+
+        if ckpt is None:
+            start, evals = 0, {0: run_eval(0)}
+        else:
+            start, evals = ckpt.step, restore_state(ckpt, policy, learner, critic, ref, sampler, pipe)
+            pipe.call(lambda: engine.load_weights(policy.named_parameters()))
+            set_rng_state(ckpt.tensors["rng"])
+        for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
+            if not pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
+                pipe.submit_draw(s, version=start)
+        synced_version = start  # learner updates contained in the weights the engine samples with
+        last_sync: Future | None = None
+        show = cfg.logging.progress if progress is None else progress
+        bar = tqdm(range(start + 1, tc.steps + 1), desc="rl", disable=not show, mininterval=1,
+                   initial=start, total=tc.steps)
+        for step in bar:
+            t0 = time.perf_counter()
+            if step + staleness <= tc.steps:
+                pipe.submit_draw(step + staleness, version=synced_version)
+            ro = pipe.take(step)  # staleness 0: drawn just now; else waits only if generation is behind
+            t1 = time.perf_counter()
+            metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
+            batch, adv_in = build_batch(ro.batch, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
+            if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
+                adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learner, batch, adv_in, algo)
+            if critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping
+                adv_in.values = critic.values(batch)
+            batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
+            metrics.update(learner.step(batch))
+            if ro.version == step - 1:  # a stale batch differs by the policy's own update, not by the engine
+                check_logprob_parity(metrics, cfg)
+            if critic is not None:
+                metrics.update(critic.step(batch, adv_in))
+            t2 = time.perf_counter()
+            if last_sync is not None:
+                metrics["sync_s"] = last_sync.result()  # async: the previous step's load, done by now
+            # async: the learner moves on while the engine loads, so it gets a copy of the weights
+            weights = [(n, p.detach().clone() if staleness else p) for n, p in policy.named_parameters()]
+            last_sync = pipe.submit(lambda w=weights: timed_load(engine, w))
+            synced_version = step
+            if not staleness:
+                metrics["sync_s"], last_sync = last_sync.result(), None
+            t3 = time.perf_counter()
+            metrics.update(rollout_metrics(ro.drawn), learn_s=t2 - t1, step_s=t3 - t0,
+                           engine_idle_s=max(0.0, (t3 - t0) - pipe.busy_s(t0, t3)))
+            metrics["generate_share"] = metrics["generate_s"] / metrics["step_s"]
+            logger.log(step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
+                            len=f"{metrics['response_len_mean']:.0f}")
+            if step == tc.steps or (ev.every and step % ev.every == 0):
+                evals[step] = run_eval(step)
+            if step == tc.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+                save(step)
+        after = evals.get(tc.steps) or run_eval(tc.steps)
+        evals[tc.steps] = after
+    finally:
+        pipe.close()
     final = run_dir / "final"
     policy.save_pretrained(final, safe_serialization=True)
     tokenizer.save_pretrained(final)
     plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png")
     logger.close()
     engine.close()
-    summary = {"before": before, "after": after, "checkpoint": str(final), "plot": str(plot)}
+    summary = {"before": evals[0], "after": after, "checkpoint": str(final), "plot": str(plot)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def timed_load(engine, weights) -> float:
+    t0 = time.perf_counter()
+    engine.load_weights(weights)
+    return time.perf_counter() - t0
+
+
+def thread_split(cfg: TrainConfig) -> tuple[int, int]:
+    """(learner, engine) thread counts; 0 leaves the library default (all cores).
+
+    With ``train.async`` the two sides run at the same time, so they split the cores: oversubscribed
+    OpenMP teams make CPU torch several times slower."""
+    tc, engine_threads = cfg.train, cfg.engine.threads or cfg.train.threads
+    if not tc.async_:
+        return tc.threads, engine_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    learner = tc.threads or max(1, cores // 2)
+    return learner, cfg.engine.threads or max(1, cores - learner)
+
+
+@dataclass
+class Resumed:
+    step: int
+    path: Path
+    tensors: dict[str, Any]
+    state: dict[str, Any]
+
+
+def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: bool) -> Resumed | None:
+    """Fresh run: an empty metrics file and no old checkpoints. Resume: the newest checkpoint,
+    after checking the config did not change in a way that matters; metrics past it are cut."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run_dir / "metrics.jsonl"
+    if not resume:
+        metrics.unlink(missing_ok=True)
+        shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
+        (run_dir / "config.yaml").write_text(cfg_yaml)
+        return None
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"resume: no checkpoint in {str(checkpoints_dir(run_dir))!r}")
+    changed = config_changes((path / "config.yaml").read_text(), yaml.safe_load(cfg_yaml))
+    if changed:
+        raise ConfigError(f"resume: the config of {str(run_dir)!r} changed in fields that matter "
+                          "(start a new run_dir instead):\n  " + "\n  ".join(changed))
+    tensors, state = load_checkpoint(path)
+    for stale in checkpoints_dir(run_dir).glob(".tmp-*"):  # a write cut short by a kill
+        shutil.rmtree(stale, ignore_errors=True)
+    if metrics.exists():  # records past the checkpoint are redone; a line cut by a kill is dropped
+        keep = []
+        for line in metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= state["step"]:
+                    keep.append(line + "\n")
+            except (json.JSONDecodeError, KeyError):
+                continue
+        metrics.write_text("".join(keep))
+    (run_dir / "config.yaml").write_text(cfg_yaml)
+    return Resumed(state["step"], path, tensors, state)
+
+
+def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None, ref, sampler: PromptSampler,
+                  pipe: RolloutPipeline) -> dict[int, dict[str, float]]:
+    """Load a checkpoint's model, optimiser, sampler and pending rollouts; returns the evaluations so far."""
+    t = ckpt.tensors
+    policy.load_state_dict(t["model"])
+    learner.opt.load_state_dict(t["optim"]["policy"])
+    learner.sched.load_state_dict(t["optim"]["sched"])
+    if critic is not None:
+        critic.model.load_state_dict(t["critic"])
+        critic.opt.load_state_dict(t["optim"]["critic"])
+    if ref is not None:
+        ref.load_state_dict(t["reference"])
+    sampler.load_state(ckpt.state["sampler"])
+    for pending in ckpt.state["pending"]:
+        pipe.restore(StepRollouts.from_json(pending))
+    return {int(k): v for k, v in ckpt.state["evals"].items()}
 
 
 class LogprobParityError(RuntimeError):
@@ -327,9 +461,14 @@ def check_logprob_parity(metrics: dict[str, float], cfg: TrainConfig) -> None:
         )
 
 
-def engine_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any]:
+    """Engine constructor arguments. With ``train.async`` vLLM runs in its own process (its
+    thread pool then cannot collide with the learner's); the HF engine's threads are set on
+    the rollout worker thread instead (see RolloutPipeline)."""
     e = cfg.engine
+    threads = cfg.train.threads if threads is None else threads
     if e.kind == "hf":
         return {"dtype": e.dtype}
     return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
-            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": cfg.train.threads}
+            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
+            "separate_process": cfg.train.async_}

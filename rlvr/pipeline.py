@@ -1,0 +1,163 @@
+"""Rollouts for upcoming steps, produced at most ``staleness`` steps ahead of the learner.
+
+``staleness == 0`` is the synchronous loop: a step's rollouts are drawn when the step asks for
+them, and weights are pushed into the engine right after the learner's update.
+
+``staleness == k > 0`` is k-step-off-policy (``train.async: true``; k = 1 is the usual
+one-step-off): one worker thread owns the rollout engine and runs its jobs in order: draw the
+rollouts of step s + k while the learner trains on step s, then load the weights the learner
+produced. Every job that touches the engine goes through that one queue (draws, weight loads,
+evaluations), so the engine never sees two callers. A batch trained at step s was sampled by
+the weights of step s - 1 - k; the learner corrects with truncated importance sampling.
+
+The worker spends its time waiting on the engine (a separate vLLM process, or torch kernels
+that release the GIL), so the overlap is real on CPU as long as each side has its own cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollouts import Completion, Group
+from verifiers import Score
+
+
+@dataclass
+class ScoredGroup:
+    """One prompt's group of completions with the rubric's score for each."""
+
+    row: dict[str, Any]
+    group: Group
+    scores: list[Score]
+
+    @property
+    def rewards(self):  # [n] the verifier rewards, before any shaping
+        import torch
+
+        return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "group": dataclasses.asdict(self.group),
+                "scores": [dataclasses.asdict(s) for s in self.scores]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ScoredGroup:
+        g = d["group"]
+        group = Group(g["prompt"], g["prompt_ids"], [Completion(**c) for c in g["completions"]])
+        return cls(d["row"], group, [Score(**s) for s in d["scores"]])
+
+
+@dataclass
+class StepRollouts:
+    """What one step trains on: the kept groups, every group drawn, sampling stats, timings."""
+
+    step: int
+    batch: list[ScoredGroup]
+    drawn: list[ScoredGroup]
+    stats: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # generate_s, score_s
+    version: int = 0  # learner updates in the weights that sampled it
+
+    def to_json(self) -> dict[str, Any]:
+        drawn_index = {id(sg): i for i, sg in enumerate(self.drawn)}
+        return {"step": self.step, "drawn": [sg.to_json() for sg in self.drawn], "version": self.version,
+                "batch": [drawn_index[id(sg)] for sg in self.batch], "stats": self.stats, "timings": self.timings}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StepRollouts:
+        drawn = [ScoredGroup.from_json(sg) for sg in d["drawn"]]
+        return cls(d["step"], [drawn[i] for i in d["batch"]], drawn, d["stats"], d["timings"], d["version"])
+
+
+class RolloutPipeline:
+    """Runs engine jobs inline (``staleness == 0``) or on one worker thread, in submission order."""
+
+    def __init__(self, draw_step: Callable[[int], StepRollouts], staleness: int, worker_threads: int = 0):
+        self.draw_step, self.staleness = draw_step, staleness
+        self._pending: dict[int, Future] = {}
+        self._busy: list[tuple[float, float]] = []  # (start, end) of every worker job, for the idle metric
+        self._running_since: float | None = None
+        self._lock = threading.Lock()
+        self._pool = None
+        if staleness > 0:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts", initializer=self._init_worker,
+                                            initargs=(worker_threads,))
+
+    @staticmethod
+    def _init_worker(threads: int) -> None:
+        if threads:  # OpenMP thread counts are per calling thread: set the worker's own
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def _timed(self, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        with self._lock:
+            self._running_since = start
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._running_since = None
+                self._busy.append((start, time.perf_counter()))
+
+    def _run(self, fn: Callable[[], Any]) -> Future:
+        if self._pool is None:
+            fut: Future = Future()
+            try:
+                fut.set_result(self._timed(fn))
+            except BaseException as exc:  # surfaces at .result(), like a worker's exception
+                fut.set_exception(exc)
+            return fut
+        return self._pool.submit(self._timed, fn)
+
+    # -- jobs ----------------------------------------------------------------------------
+    def submit_draw(self, step: int, version: int = 0) -> None:
+        """Queue the draw of ``step``'s rollouts; ``version``: learner updates in the engine's weights by then."""
+
+        def job() -> StepRollouts:
+            rollouts = self.draw_step(step)
+            rollouts.version = version
+            return rollouts
+
+        self._pending[step] = self._run(job)
+
+    def restore(self, rollouts: StepRollouts) -> None:
+        """A step's rollouts drawn before a checkpoint, put back as if just drawn."""
+        fut: Future = Future()
+        fut.set_result(rollouts)
+        self._pending[rollouts.step] = fut
+
+    def has(self, step: int) -> bool:
+        return step in self._pending
+
+    def take(self, step: int) -> StepRollouts:
+        return self._pending.pop(step).result()
+
+    def pending(self) -> list[StepRollouts]:
+        """Rollouts drawn for steps not trained yet (waits for them), oldest first."""
+        return [self._pending[s].result() for s in sorted(self._pending)]
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Any other engine job (weight load, evaluation), queued behind the draws."""
+        return self._run(fn)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        return self._run(fn).result()
+
+    def busy_s(self, since: float, until: float) -> float:
+        """Seconds the engine side spent on jobs within ``[since, until]``."""
+        with self._lock:
+            spans = list(self._busy) + ([(self._running_since, until)] if self._running_since is not None else [])
+            self._busy = [(a, b) for a, b in self._busy if b > since]  # older spans are never asked for again
+        return sum(max(0.0, min(b, until) - max(a, since)) for a, b in spans)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

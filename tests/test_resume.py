@@ -1,0 +1,158 @@
+"""Full-state checkpoints and resume: bit-identical continuation, config checks, a kill mid-write.
+
+Runs on the micro model with the HF engine (CPU, fixed seeds): a resumed run must reproduce
+the uninterrupted run exactly (every non-timing metric and every final parameter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.logging import read_metrics
+from rlvr.loop import train
+
+SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
+         "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
+         "logging.progress=false", "logging.tensorboard=false", "checkpoint.every=3"]
+
+
+def config(model: str, run_dir: Path, steps: int, *more: str, base: str = "configs/tiny_r1zero.yaml") -> TrainConfig:
+    return load_config(TrainConfig, base, [f"model={model}", f"run_dir={run_dir}", f"train.steps={steps}", *SMALL, *more])
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    """Per-step metrics without wall-clock timings (which differ between any two runs)."""
+    timing = {"generate_share"}
+    return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in timing}
+            for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_same_run(a: Path, b: Path, steps: int) -> None:
+    ra, rb = train_records(a), train_records(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, steps + 1))
+    for x, y in zip(ra, rb):
+        assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_three_steps_resume_three_steps_equals_six_steps(micro_model, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(config(micro_model, whole, 6))
+    train(config(micro_model, split, 3))
+    ckpt = latest_checkpoint(split)
+    assert ckpt is not None and ckpt.name == "step_000003"
+    at_three = load_checkpoint(ckpt)[0]["model"]
+    train(config(micro_model, split, 6), resume=True)
+    assert_same_run(whole, split, 6)
+    # the resumed half did train: parameters moved after the step-3 checkpoint
+    assert any(not torch.equal(at_three[k], v) for k, v in final_params(split).items())
+    assert [r["step"] for r in read_metrics(split / "metrics.jsonl") if r["kind"] == "eval"] == [0, 3, 6]
+
+
+@pytest.mark.parametrize("variant", ["async", "ppo"])
+def test_interrupted_run_resumes_identically(micro_model, tmp_path, variant):
+    """Async (rollouts drawn ahead travel in the checkpoint) and PPO (critic, reference, KL)."""
+    more, base = (["train.async=true"], "configs/tiny_r1zero.yaml") if variant == "async" else \
+        (["algorithm.kl_coef=0.05"], "configs/ppo.yaml")
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    train(config(micro_model, whole, 6, *more, base=base))
+    # a crash after step 4: the run dir holds metrics up to 4 and checkpoints 3 and 6 minus the last
+    shutil.copytree(whole, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step_000006")
+    (crashed / "final").rename(crashed / "final-old")
+    state = json.loads((crashed / "checkpoints" / "step_000003" / "state.json").read_text())
+    if variant == "async":
+        assert [p["step"] for p in state["pending"]] == [4]  # drawn ahead with step 2's weights
+        assert state["pending"][0]["version"] == 2
+    else:
+        assert {"critic", "reference", "optim"} <= {p.stem for p in (crashed / "checkpoints" / "step_000003").iterdir()}
+    train(config(micro_model, crashed, 6, *more, base=base), resume=True)
+    assert_same_run(whole, crashed, 6)
+    if variant == "async":
+        staleness = [r["staleness"] for r in train_records(whole)]
+        assert staleness == [0, 1, 1, 1, 1, 1]
+
+
+def test_resume_refuses_a_changed_config_and_names_the_fields(micro_model, tmp_path):
+    run = tmp_path / "run"
+    train(config(micro_model, run, 3))
+    with pytest.raises(ConfigError) as err:
+        train(config(micro_model, run, 3, "optim.lr=1e-2", "sampling.n=2"), resume=True)
+    assert "optim.lr: 0.0003 -> 0.01" in str(err.value) and "sampling.n: 4 -> 2" in str(err.value)
+    # fields that do not change training may differ: more steps, another log setting
+    train(config(micro_model, run, 4, "logging.tensorboard=true", "checkpoint.keep=1"), resume=True)
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
+    assert [p.name for p in list_checkpoints(run)] == ["step_000004"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(micro_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(config(micro_model, tmp_path / "empty", 2), resume=True)
+
+
+def rlvr_cli() -> list[str]:
+    return [sys.executable, "-c", "import sys; from rlvr.cli import main; sys.exit(main())"]
+
+
+def test_sigkill_during_checkpoint_write_keeps_the_previous_one(micro_model, tmp_path):
+    """Kill `rlvr train` while it writes a checkpoint (seen as its .tmp- directory): the previous
+    checkpoint loads, and `rlvr train --resume` continues from it and finishes the run."""
+    run = tmp_path / "run"
+    ckdir = run / "checkpoints"
+    args = [*SMALL, f"model={micro_model}", f"run_dir={run}", "train.steps=400", "checkpoint.every=1",
+            "checkpoint.keep=3", "train.threads=1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [*rlvr_cli(), "train", *args]
+    killed_mid_write = None
+    for _attempt in range(8):  # the write takes milliseconds; a kill can land just after the rename
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            names = [p.name for p in ckdir.iterdir()] if ckdir.is_dir() else []
+            if any(n.startswith(".tmp-") for n in names) and any(n.startswith("step_") for n in names):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.0003)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+        tmp = [p for p in ckdir.iterdir() if p.name.startswith(".tmp-")]
+        if tmp:
+            killed_mid_write = tmp[0]
+            break
+        cmd = [*rlvr_cli(), "train", "--resume", str(run)]  # it finished that write: try again further on
+    assert killed_mid_write is not None, "never caught a checkpoint write in progress"
+
+    previous = latest_checkpoint(run)
+    assert previous is not None
+    interrupted_step = int(killed_mid_write.name.split("_")[-1])
+    assert int(previous.name.split("_")[-1]) == interrupted_step - 1
+    tensors, state = load_checkpoint(previous)
+    assert state["step"] == interrupted_step - 1 and {"model", "optim", "rng"} <= tensors.keys()
+
+    target = state["step"] + 2
+    done = subprocess.run([*rlvr_cli(), "train", "--resume", str(run), f"train.steps={target}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p for p in ckdir.iterdir() if p.name.startswith(".tmp-")]
+    assert [r["step"] for r in train_records(run)] == list(range(1, target + 1))
+    assert latest_checkpoint(run).name == f"step_{target:06d}"
+    assert (run / "final" / "model.safetensors").is_file()
