@@ -8,7 +8,6 @@ tensors out and reloads them in place.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
 import torch
@@ -16,20 +15,27 @@ import torch
 Meta = list[tuple[str, str, tuple[int, ...], int, int]]  # name, dtype, shape, offset, nbytes
 
 
-def _load_from_shm(worker, shm_name: str, meta: Meta) -> None:
-    """Runs inside the engine's worker process (``self`` is the worker)."""
-    shm = SharedMemory(name=shm_name)
-    # Attaching registers the block with this process's resource tracker, which would try to
-    # unlink it at exit; the learner owns it.
-    resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
-    try:
-        buf = torch.frombuffer(shm.buf, dtype=torch.uint8)
-        weights = [(name, buf[off : off + nbytes].view(getattr(torch, dtype)).view(shape).clone())
-                   for name, dtype, shape, off, nbytes in meta]
-        del buf
-        worker.reload_weights(weights_iterator=iter(weights))
-    finally:
-        shm.close()
+class ShmWeightLoader:
+    """vLLM worker extension (``worker_extension_cls``): a worker method callable by name over
+    the engine's RPC socket, so nothing but strings, shapes and offsets is serialised (vLLM
+    refuses to pickle functions unless VLLM_ALLOW_INSECURE_SERIALIZATION is set)."""
+
+    def load_weights_from_shm(self, shm_name: str, meta: Meta) -> None:
+        # The engine core is a multiprocessing child, so it shares the learner's resource tracker:
+        # attaching re-registers the name (a set; no-op) and the learner's unlink unregisters it
+        # once. (Unregistering here too made the tracker raise KeyError on that unlink.)
+        shm = SharedMemory(name=shm_name)
+        try:
+            buf = torch.frombuffer(shm.buf, dtype=torch.uint8)
+            weights = [(name, buf[off : off + nbytes].view(getattr(torch, dtype)).view(shape).clone())
+                       for name, dtype, shape, off, nbytes in meta]
+            del buf
+            self.reload_weights(weights_iterator=iter(weights))
+        finally:
+            shm.close()
+
+
+WORKER_EXTENSION = f"{__name__}.{ShmWeightLoader.__qualname__}"
 
 
 def send_weights_via_shm(llm, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -46,7 +52,7 @@ def send_weights_via_shm(llm, named_tensors: Iterable[tuple[str, torch.Tensor]])
             meta.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, nbytes))
             offset += nbytes
         del buf
-        llm.collective_rpc(_load_from_shm, args=(shm.name, meta))
+        llm.collective_rpc("load_weights_from_shm", args=(shm.name, [list(m) for m in meta]))
     finally:
         shm.close()
         shm.unlink()

@@ -55,6 +55,10 @@ class VLLMEngine:
                       enable_chunked_prefill=False)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if separate_process:  # the engine core's worker gets a by-name method for shared-memory sync
+            from rollouts.shm_sync import WORKER_EXTENSION
+
+            kwargs["worker_extension_cls"] = WORKER_EXTENSION
         if _on_gpu():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
