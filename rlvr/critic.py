@@ -34,7 +34,8 @@ class Critic:
                  weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 32,
                  updates_per_batch: int = 1):
         self.model, self.algo = model, algo
-        self.opt = torch.optim.AdamW(model.parameters(), lr=algo.critic_lr, betas=betas, weight_decay=weight_decay)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=algo.critic_lr, betas=betas, weight_decay=weight_decay,
+                                     fused=True)
         self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
 
     @classmethod
