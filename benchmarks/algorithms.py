@@ -43,7 +43,7 @@ def run_one(preset: str, seed: int, args: argparse.Namespace) -> dict:
         "eval.k=1", "logging.progress=false", "logging.tensorboard=false", *args.override,
     ])
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, overwrite=True)  # a benchmark/demo run always starts afresh
     wall = time.perf_counter() - t0
     records = read_metrics(run_dir / "metrics.jsonl")
     trains = [r for r in records if r["kind"] == "train"]

@@ -155,7 +155,7 @@ def run_rlvr(s: Settings, out: Path, overrides: list[str]) -> dict[str, Any]:
 
     cfg = rlvr_config(s, str(out), overrides)
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, overwrite=True)  # a benchmark/demo run always starts afresh
     wall = time.perf_counter() - t0
     records = read_metrics(out / "metrics.jsonl")
     steps = []

@@ -58,6 +58,7 @@ from rlvr.checkpoint import (
     checkpoints_dir,
     config_changes,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -211,10 +212,13 @@ def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
     }
 
 
-def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run RL training as configured; returns {"before": eval, "after": eval, ...}.
 
     ``resume``: continue from the newest checkpoint in ``cfg.run_dir`` (see rlvr.checkpoint).
+    ``overwrite``: start afresh in a ``run_dir`` that holds an earlier run's checkpoints
+    (otherwise that is an error, so a forgotten ``--resume`` never deletes a run).
     """
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,7 +233,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False) 
     torch.manual_seed(tc.seed)
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
-    ckpt = prepare_run_dir(run_dir, cfg_yaml, resume)
+    ckpt = prepare_run_dir(run_dir, cfg_yaml, resume, overwrite)
 
     data = load_task(cfg.task)
     train_rows, test_rows = list(data["train"]), list(data["test"])[: ev.num_prompts]
@@ -392,12 +396,16 @@ class Resumed:
     state: dict[str, Any]
 
 
-def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: bool) -> Resumed | None:
+def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: bool, overwrite: bool = False) -> Resumed | None:
     """Fresh run: an empty metrics file and no old checkpoints. Resume: the newest checkpoint,
     after checking the config did not change in a way that matters; metrics past it are cut."""
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = run_dir / "metrics.jsonl"
     if not resume:
+        if list_checkpoints(run_dir) and not overwrite:
+            raise FileExistsError(
+                f"run_dir {str(run_dir)!r} holds checkpoints of an earlier run: continue it with "
+                f"`rlvr train --resume {run_dir}`, start over with --overwrite, or choose another run_dir")
         metrics.unlink(missing_ok=True)
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
         (run_dir / "config.yaml").write_text(cfg_yaml)

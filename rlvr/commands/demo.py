@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     pretrain(pcfg)
     t1 = time.time()
     print("== stage 2: RL-Zero (no SFT, no preference tuning) straight from the base ==")
-    summary = train(cfg)
+    summary = train(cfg, overwrite=True)  # a benchmark/demo run always starts afresh
     t2 = time.time()
     b, a = summary["before"], summary["after"]
     k = cfg.eval.k

@@ -16,6 +16,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                      "from its newest checkpoint, using RUN_DIR/config.yaml unless --config is given; overrides "
                      "may change only fields that do not alter training (e.g. train.steps to extend a run).")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if run_dir holds an earlier run's checkpoints (they are deleted)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from rlvr.loop import train
 
     try:
-        summary = train(cfg, resume=bool(args.resume))
-    except (FileNotFoundError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
+        summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
         return fail(str(exc).strip("'\""))
     b, a = summary["before"], summary["after"]
     print(f"held-out pass@1 {b['pass@1']:.3f} -> {a['pass@1']:.3f}; format {b['format_rate']:.3f} -> {a['format_rate']:.3f}")
