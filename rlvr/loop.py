@@ -22,6 +22,11 @@ Simplifications of the textbook algorithms, on purpose:
 * PPO's critic updates after the policy, on the same batch and micro-batches; it is not
   saved with the checkpoint.
 * Evaluation runs on the same engine as rollouts, with greedy decoding for pass@1.
+* ``train.async``: the step's rollouts come from a pipeline that runs one step ahead
+  (rlvr.pipeline); a stale batch's log-prob gap to the learner is its policy's drift, so the
+  parity gate only judges fresh batches, and truncated IS (``algorithm.is_cap``) reweights.
+* Checkpoints (rlvr.checkpoint) hold the full state, including rollouts already drawn ahead,
+  so ``--resume`` continues bit-identically on CPU.
 """
 
 from __future__ import annotations
