@@ -9,13 +9,17 @@ __all__ = ["SamplingConfig", "Completion", "Group", "Engine", "make_engine"]
 
 
 def make_engine(kind: str, model_dir: str, **kwargs):
-    """Build an engine by name: ``"hf"`` or ``"vllm"``."""
+    """Build an engine by name: ``"hf"``, ``"hf-generate"`` (transformers' ``generate``) or ``"vllm"``."""
     if kind == "hf":
         from rollouts.hf_engine import HFEngine
 
         return HFEngine(model_dir, **kwargs)
+    if kind == "hf-generate":
+        from rollouts.hf_generate import HFGenerateEngine
+
+        return HFGenerateEngine(model_dir, **kwargs)
     if kind == "vllm":
         from rollouts.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; expected 'hf' or 'vllm'")
+    raise ValueError(f"unknown engine {kind!r}; expected 'hf', 'hf-generate' or 'vllm'")

@@ -32,6 +32,27 @@ def _configure_cpu_env(kv_cache_gib: float, threads: int) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # per-sync reload notices are noise
 
 
+def _enable_cpu_rms_norm_kernels() -> dict:
+    """vLLM 0.32 registers its fused C RMSNorm kernels (``vllm_c``) as GPU-only and the CPU
+    platform's IR priority is ``native`` (a chain of PyTorch ops), though the CPU wheel ships
+    the same ``_C.rms_norm`` / ``_C.fused_add_rms_norm``. Mark them supported and put them first.
+    Process-local: a spawned engine-core process (separate_process=True) keeps ``native``."""
+    import torch
+    from vllm import ir
+    from vllm.platforms import current_platform
+
+    current_platform.import_ir_kernels()
+    if not (hasattr(torch.ops._C, "rms_norm") and hasattr(torch.ops._C, "fused_add_rms_norm")):
+        return {}
+    priority = {}
+    for op in ("rms_norm", "fused_add_rms_norm"):
+        impls = getattr(ir.ops, op).impls
+        if "vllm_c" in impls:
+            impls["vllm_c"].supported = True
+            priority[op] = ["vllm_c", "native"]
+    return priority
+
+
 class VLLMEngine:
     """``Engine`` on vLLM. ``separate_process=True`` runs the engine core in its own process
     (isolation); weights then travel through shared memory instead of in-process references."""
@@ -39,7 +60,7 @@ class VLLMEngine:
     def __init__(self, model_dir: str, dtype: str = "float32", kv_cache_gib: float = 1.0,
                  gpu_memory_utilization: float = 0.3, enforce_eager: bool = True, seed: int = 0,
                  max_num_seqs: int = 256, max_model_len: int | None = None, threads: int = 0,
-                 separate_process: bool = False):
+                 separate_process: bool = False, fused_rms_norm: bool = True, **llm_kwargs):
         t0 = time.perf_counter()
         # In-process engine core by default: fastest start-up and no IPC per step on 2 cores.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if separate_process else "0"
@@ -61,6 +82,9 @@ class VLLMEngine:
             kwargs["worker_extension_cls"] = WORKER_EXTENSION
         if _on_gpu():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        elif fused_rms_norm and not separate_process:
+            kwargs["ir_op_priority"] = _enable_cpu_rms_norm_kernels()
+        kwargs.update(llm_kwargs)  # anything else vLLM's LLM accepts (benchmarks: batch limits, block size)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config

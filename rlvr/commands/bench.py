@@ -12,7 +12,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     src.add_argument("--random-init", metavar="CONFIG_JSON",
                      help="build a randomly initialised model of this architecture (e.g. benchmarks/configs/llama-75m.json)")
     p.add_argument("--tokenizer", default="artifacts/tiny-base", help="tokenizer directory for --random-init")
-    p.add_argument("--engines", default="vllm,hf", help="comma-separated engines (vllm, hf)")
+    p.add_argument("--engines", default="vllm,hf",
+                   help="semicolon- or comma-separated engines: vllm, hf (our KV-cache loop), hf-generate "
+                        "(transformers' generate); options as kind:key=value,key=value, e.g. "
+                        "'vllm:enforce_eager=false;hf' (use ';' between engines when giving options)")
     p.add_argument("--prompts", type=int, default=64, help="prompts per run")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
@@ -30,10 +33,15 @@ def run(args: argparse.Namespace) -> int:
     from rlvr.commands._common import fail
     from rollouts.bench import build_random_model, format_table, plot, run_bench
 
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    bad = [e for e in engines if e not in ("vllm", "hf")]
-    if bad:
-        return fail(f"--engines: unknown engine(s) {bad}; choose from vllm, hf")
+    from rollouts.bench import parse_engine_spec
+
+    sep = ";" if ";" in args.engines or ":" in args.engines else ","
+    engines = [e.strip() for e in args.engines.split(sep) if e.strip()]
+    for e in engines:
+        try:
+            parse_engine_spec(e)
+        except ValueError as exc:
+            return fail(f"--engines: {exc}")
     model = args.model
     tmp = None
     if args.random_init:

@@ -1,0 +1,112 @@
+"""Baseline engine on transformers' own ``model.generate`` (benchmarks: "HF generate").
+
+``HFEngine`` is our hand-written KV-cache loop; this class is what most RL libraries call
+instead, so the throughput benchmark can report both. Log-probs come from
+``output_logits`` (the raw logits before temperature/top-p), gathered at the sampled tokens:
+the same quantity the other engines return. EOS is ignored through ``min_new_tokens``
+(transformers masks EOS until then), so every sample has exactly ``max_tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from rollouts.types import Completion, Group, SamplingConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFGenerateEngine:
+    """``Engine`` on ``model.generate``; ``max_batch`` sequences per ``generate`` call."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype]).eval()
+        self.max_batch = max_batch
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.startup_s = time.perf_counter() - t0
+        self.last_sync_s = 0.0
+        self.last_group_latencies: list[float] = []
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)  # generate samples from the global generator
+        flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
+        results: list[Completion] = []
+        finished_at: list[float] = []
+        t0 = time.perf_counter()
+        for start in range(0, len(flat), self.max_batch):
+            chunk = [ids for _, ids in flat[start : start + self.max_batch]]
+            results.extend(self._generate(chunk, sampling))
+            finished_at.extend([time.perf_counter() - t0] * len(chunk))
+        self.last_group_latencies = [finished_at[(g + 1) * sampling.n - 1] for g in range(len(prompts))]
+        groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
+        for (g, _), comp in zip(flat, results):
+            groups[g].completions.append(comp)
+        return groups
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        t0 = time.perf_counter()
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"load_weights: unknown parameter {name!r}")
+            params[name].copy_(tensor)
+        self.last_sync_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.model = None
+
+    @torch.no_grad()
+    def _generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        batch = self.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
+        width = batch["input_ids"].shape[1]
+        greedy = sampling.temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=sampling.max_tokens, pad_token_id=self.pad_id,
+                      eos_token_id=self.eos_id, return_dict_in_generate=True, output_logits=True)
+        if not greedy:  # top_k=0: the model's generation config must not add a top-50 filter
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = sampling.max_tokens
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        out = self.model.generate(**batch, **kwargs)
+        new = out.sequences[:, width:]  # [B, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [B, T, V] raw, before temperature/top-p
+        lps = logits.log_softmax(-1).gather(-1, new[..., None]).squeeze(-1)  # [B, T]
+        completions = []
+        for ids, lp in zip(new.tolist(), lps.tolist()):
+            finish = "length"
+            if not sampling.ignore_eos and self.eos_id in ids:
+                cut = ids.index(self.eos_id) + 1  # keep EOS, as vLLM and HFEngine do
+                ids, lp, finish = ids[:cut], lp[:cut], "stop"
+            if sampling.stop:  # a row that hit a stop string is padded afterwards: cut after the token that completed it
+                cut = self._stop_cut(ids, sampling.stop)
+                if cut is not None:
+                    ids, lp, finish = ids[:cut], lp[:cut], "stop"
+            text = self.tokenizer.decode(ids, skip_special_tokens=True) if sampling.detokenize else ""
+            for s in sampling.stop:  # like vLLM: the stop string is not part of the text
+                if s in text:
+                    text = text[: text.index(s)]
+            completions.append(Completion(text, ids, lp, finish))
+        return completions
+
+    def _stop_cut(self, ids: list[int], stop: Sequence[str]) -> int | None:
+        """Length of the shortest prefix of ``ids`` whose text contains a stop string."""
+        for k in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
+            if any(s in text for s in stop):
+                return k
+        return None

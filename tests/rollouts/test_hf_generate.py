@@ -1,0 +1,80 @@
+"""The `hf-generate` baseline (transformers' ``model.generate``) and the bench's engine specs."""
+
+import pytest
+import torch
+
+from rollouts import SamplingConfig, make_engine
+from rollouts.bench import parse_engine_spec, run_bench
+
+PROMPTS = ["User: Compute 3+4-2.\nAssistant: <think>", "User: Compute 12-5.\nAssistant: <think>", "Hello"]
+
+
+@pytest.fixture(scope="module")
+def engine(micro_model):
+    return make_engine("hf-generate", micro_model)
+
+
+def fresh_logprobs(model, prompt_ids, token_ids):
+    ids = torch.tensor([prompt_ids + token_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    return logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1 :]
+
+
+def test_ignore_eos_gives_exact_lengths_and_fresh_logprobs(engine):
+    """Left-padded batched generate: every sample has max_tokens tokens and its log-probs are the
+    model's own (before temperature) at each sampled token, as one plain float32 forward gives."""
+    groups = engine.generate(PROMPTS, SamplingConfig(n=3, temperature=0.7, max_tokens=20, ignore_eos=True, seed=2))
+    assert [g.prompt for g in groups] == PROMPTS
+    worst = 0.0
+    for g in groups:
+        assert g.prompt_ids == engine.tokenizer(g.prompt, add_special_tokens=False)["input_ids"]
+        assert len(g.completions) == 3
+        for c in g.completions:
+            assert len(c.token_ids) == len(c.logprobs) == 20 and c.finish_reason == "length"
+            worst = max(worst, (fresh_logprobs(engine.model, g.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item())
+    assert worst <= 1e-4
+
+
+def test_eos_stops_and_seed_reproduces(engine):
+    s = SamplingConfig(n=4, temperature=1.0, max_tokens=40, seed=7)
+    a = engine.generate(PROMPTS, s)
+    b = engine.generate(PROMPTS, s)
+    assert [c.token_ids for g in a for c in g.completions] == [c.token_ids for g in b for c in g.completions]
+    stopped = [c for g in a for c in g.completions if c.finish_reason == "stop"]
+    assert stopped, "the micro model ends some answers within 40 tokens"
+    for c in stopped:  # cut right after EOS: no padding after it
+        assert c.token_ids[-1] == engine.eos_id and engine.eos_id not in c.token_ids[:-1]
+        assert len(c.token_ids) == len(c.logprobs)
+    for c in (c for g in a for c in g.completions if c.finish_reason == "length"):
+        assert len(c.token_ids) == 40 and engine.eos_id not in c.token_ids
+
+
+def test_stop_string_cuts_tokens_and_text(engine):
+    groups = engine.generate(PROMPTS[:2], SamplingConfig(n=3, temperature=1.0, max_tokens=40, stop=["</think>"], seed=3))
+    hits = [c for g in groups for c in g.completions if c.finish_reason == "stop"]
+    assert hits
+    for c in hits:
+        full = engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        before = engine.tokenizer.decode(c.token_ids[:-1], skip_special_tokens=True)
+        assert "</think>" not in c.text and ("</think>" in full or c.token_ids[-1] == engine.eos_id)
+        assert "</think>" not in before  # the last token is the one that completed the stop string (or EOS)
+
+
+def test_parse_engine_spec():
+    assert parse_engine_spec("hf-generate") == ("hf-generate", {})
+    assert parse_engine_spec("vllm:enforce_eager=false,max_num_seqs=512,block_size=32,env.X=1") == (
+        "vllm", {"enforce_eager": False, "max_num_seqs": 512, "block_size": 32, "env.X": 1})
+    with pytest.raises(ValueError, match="unknown engine"):
+        parse_engine_spec("trt")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_engine_spec("vllm:eager")
+
+
+def test_bench_reports_both_ratios(micro_model):
+    res = run_bench(micro_model, ["hf", "hf-generate"], prompts=2, n=2, max_tokens=6, dtype="float32", repeats=1, progress=False)
+    assert [r["engine"] for r in res] == ["hf", "hf-generate"]
+    for r in res:
+        assert r["generated_tokens"] == 2 * 2 * 6 and r["tokens_per_cpu_s"] > 0
+    assert res[0]["ratio_vs_hf"] == 1.0 and res[1]["ratio_vs_hf_generate"] == 1.0
+    assert res[0]["ratio_vs_hf_generate"] == pytest.approx(res[0]["tokens_per_s"] / res[1]["tokens_per_s"])
