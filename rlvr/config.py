@@ -142,6 +142,12 @@ class TrainLoopConfig(Section):
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; each is sampled `sampling.n` times.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch (>1 makes the ratio matter).")
+    shared_prefix: bool = Field(
+        True,
+        description="Learner: run each group's shared prompt once per micro-batch and its KV cache for all `n` "
+        "completions, instead of the prompt once per completion (same update up to float rounding; micro-batches "
+        "then hold whole groups). Off: every row is run as prompt + completion.",
+    )
     seed: int = Field(0, description="Seed for prompt order, sampling and init.")
     threads: int = Field(0, ge=0, description="torch intra-op threads of the learner (0: all cores; half of them "
                          "with `async`, the engine gets the rest).")

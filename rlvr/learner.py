@@ -2,15 +2,24 @@
 rewards or engines: advantages arrive precomputed.
 
 All per-token tensors are in *target alignment*: shape [B, T] with T = L - 1, where
-column t describes token ``input_ids[:, t + 1]`` predicted from the prefix up to t.
+column t describes token ``input_ids[:, t + 1]`` predicted from the prefix up to t. A row is
+its prompt (``prompt_lens[i]`` tokens) followed by its completion, so completion targets are
+the columns ``prompt_lens[i] - 1`` onwards.
+
+Shared-prefix forward (GRPO's n completions of one prompt): a micro-batch of whole groups runs
+each group's prompt once, repeats its KV cache per completion and runs the completions on it;
+the gradient flows back through the cached keys and values. Same log-probs and update as the
+flat forward over every [prompt + completion] row, without recomputing the prompt n times.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from transformers import DynamicCache
 
 from rlvr.algorithms import POLICY_LOSSES, AlgorithmConfig, LossInputs, masked_mean, policy_objective, truncated_is_weights
 
@@ -22,23 +31,48 @@ class RLBatch:
     response_mask: Tensor  # [B, T] 1.0 where the target token was sampled by the policy
     advantages: Tensor  # [B, T]
     engine_logp: Tensor  # [B, T] log-probs the rollout engine reported (0 off-response)
+    # Optional group structure (enables the shared-prefix forward; None: flat forward only)
+    prompt_lens: Tensor | None = None  # [B] long: input_ids[i, :prompt_lens[i]] is row i's prompt
+    group_ids: Tensor | None = None  # [B] long: completions of one prompt share an id, in adjacent rows
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def _rows(self, index) -> RLBatch:
+        return RLBatch(*(None if t is None else t[index] for t in (getattr(self, f.name) for f in fields(self))))
+
     def slice(self, start: int, stop: int) -> RLBatch:
-        return RLBatch(*(t[start:stop] for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                                 self.advantages, self.engine_logp)))
+        return self._rows(slice(start, stop))
 
     def select(self, rows: Tensor) -> RLBatch:
-        return RLBatch(*(t[rows] for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                           self.advantages, self.engine_logp)))
+        return self._rows(rows)
 
     def trimmed(self) -> RLBatch:
         """Columns past the longest row's last real token dropped (rows are right-padded)."""
         width = max(2, int(self.attention_mask.sum(1).max()))
         return RLBatch(self.input_ids[:, :width], self.attention_mask[:, :width], self.response_mask[:, : width - 1],
-                       self.advantages[:, : width - 1], self.engine_logp[:, : width - 1])
+                       self.advantages[:, : width - 1], self.engine_logp[:, : width - 1], self.prompt_lens,
+                       self.group_ids)
+
+
+def group_spans(batch: RLBatch) -> list[tuple[int, int]] | None:
+    """Row ranges [start, stop) of the batch's groups, or None when the batch has no usable group
+    structure: no ``prompt_lens``/``group_ids``, a group split over non-adjacent rows, rows of a
+    group with different prompts, or an empty prompt."""
+    if batch.prompt_lens is None or batch.group_ids is None:
+        return None
+    g, P = batch.group_ids, batch.prompt_lens  # [B] each
+    starts = [0] + (torch.nonzero(g[1:] != g[:-1]).flatten() + 1).tolist()
+    if len(starts) != len(torch.unique(g)):
+        return None
+    stops = starts[1:] + [len(batch)]
+    first = torch.repeat_interleave(torch.tensor(starts), torch.tensor(stops) - torch.tensor(starts))  # [B]
+    past_prompt = torch.arange(batch.input_ids.shape[1]) >= P[:, None]  # [B, L]
+    same_prompt = ((batch.input_ids == batch.input_ids[first]) | past_prompt).all()
+    if not same_prompt or not bool((P == P[first]).all()) or bool((P < 1).any()) \
+            or bool((P > batch.attention_mask.sum(1)).any()):
+        return None
+    return list(zip(starts, stops))
 
 
 def token_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,12 +84,69 @@ def token_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor) -> 
     return logp, entropy
 
 
+def shared_prefix_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor, prompt_lens: Tensor,
+                                   group_ids: Tensor, completion_chunks: int | None = None) -> tuple[Tensor, Tensor]:
+    """``token_logp_and_entropy`` on the completion targets, each group's prompt run once.
+
+    Rows of a group are adjacent and share their prompt (see ``group_spans``). The prompts run
+    right-padded with ``use_cache``; its keys and values are gathered out to one copy per row (a
+    differentiable gather, so the prompt's weights get the completions' gradient) and the
+    right-padded completions run on them at positions ``prompt_len + t``, attending over
+    prompt mask ++ completion mask. The first completion token is scored by the prompt pass's
+    logits at its last real position. Completion lengths vary a lot inside a group, so the
+    completions run in ``completion_chunks`` passes of similar length, each cut to its own
+    width (default: chunks of >= 8 rows, at most 4; the prompt graph is shared by all). Returns [B, T] in target alignment, equal to the flat
+    forward on completion targets (columns >= prompt_len - 1) and 0 on prompt targets and padding.
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    new = torch.ones(B, dtype=torch.bool, device=dev)
+    new[1:] = group_ids[1:] != group_ids[:-1]
+    row_group = new.long().cumsum(0) - 1  # [B] index of the row's group in this batch
+    first = new.nonzero().squeeze(1)  # [G] each group's first row
+    P = prompt_lens.to(dev)  # [B]
+    C = attention_mask.sum(1) - P  # [B] completion lengths
+    Pg = P[first]  # [G]
+    Pm, Cm = int(Pg.max()), max(1, int(C.max()))
+    prompt_mask = (torch.arange(Pm, device=dev) < Pg[:, None]).long()  # [G, Pm]
+    keep = torch.unique(Pg - 1)  # prompt positions whose logits are needed (sorted)
+    out = model(input_ids=input_ids[first, :Pm], attention_mask=prompt_mask, use_cache=True, logits_to_keep=keep)
+    last = out.logits[torch.arange(len(first), device=dev), torch.searchsorted(keep, Pg - 1)]  # [G, V]
+    t = torch.arange(Cm, device=dev)
+    logp_c = torch.zeros(B, Cm, device=dev)  # [B, Cm] column t: completion token t
+    ent_c = torch.zeros(B, Cm, device=dev)
+    by_len = torch.argsort(C, descending=True, stable=True)
+    if completion_chunks is None:
+        completion_chunks = min(4, max(1, B // 8))
+    for rows in by_len.tensor_split(completion_chunks):  # rows of similar completion length, cut to their width
+        if len(rows) == 0:
+            continue
+        c, w = C[rows], max(1, int(C[rows].max()))
+        cache = DynamicCache([(layer.keys[row_group[rows]], layer.values[row_group[rows]])
+                              for layer in out.past_key_values.layers], config=model.config)
+        comp_ids = input_ids[rows].gather(1, (P[rows, None] + t[:w]).clamp(max=L - 1))  # [r, w]
+        mask = torch.cat([prompt_mask[row_group[rows]], (t[:w] < c[:, None]).long()], 1)  # [r, Pm + w]
+        comp_logits = model(input_ids=comp_ids, attention_mask=mask, position_ids=P[rows, None] + t[:w],
+                            past_key_values=cache, use_cache=True).logits
+        logits = torch.cat([last[row_group[rows], None], comp_logits[:, :-1]], 1).float()  # [r, w, V]
+        logsm = logits.log_softmax(-1)
+        logp_c = logp_c.index_copy(0, rows, F.pad(logsm.gather(-1, comp_ids[..., None]).squeeze(-1), (0, Cm - w)))
+        ent_c = ent_c.index_copy(0, rows, F.pad(-(logsm.exp() * logsm).sum(-1), (0, Cm - w)))
+    tok = torch.arange(L - 1, device=dev) - (P[:, None] - 1)  # [B, T] completion token index of target column
+    valid = (tok >= 0) & (tok < C[:, None])
+    idx = tok.clamp(0, Cm - 1)
+    return (torch.where(valid, logp_c.gather(1, idx), 0.0), torch.where(valid, ent_c.gather(1, idx), 0.0))
+
+
 class Learner:
-    """AdamW on the policy with micro-batching, gradient accumulation and clipping."""
+    """AdamW on the policy with micro-batching, gradient accumulation and clipping.
+
+    ``shared_prefix``: when the batch carries group structure, micro-batches hold whole groups and
+    run the shared-prefix forward (see the module docstring); otherwise the flat forward."""
 
     def __init__(self, model, algo: AlgorithmConfig, lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), grad_clip: float = 1.0, warmup_steps: int = 0,
-                 micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None):
+                 micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None, shared_prefix: bool = True):
         if algo.policy_loss not in POLICY_LOSSES:
             raise KeyError(f"algorithm.policy_loss: unknown {algo.policy_loss!r}; known: {sorted(POLICY_LOSSES)}")
         if algo.needs_reference and ref_model is None:
@@ -65,14 +156,46 @@ class Learner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
         self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
+        self.shared_prefix = shared_prefix
 
-    def _micro_loss(self, mb: RLBatch, old_logp: Tensor | None, weight: float) -> tuple[Tensor, dict]:
-        logp, entropy = token_logp_and_entropy(self.model, mb.input_ids, mb.attention_mask)
+    def plan(self, batch: RLBatch, by_length: bool) -> tuple[Tensor, list[tuple[int, int]], bool]:
+        """Row order, micro-batch row ranges in that order, and whether they run shared-prefix.
+
+        ``by_length``: longest rows (flat) or groups with the longest row (shared) first, so a
+        micro-batch cut to its own width carries little padding. Shared-prefix micro-batches pack
+        whole groups up to ``micro_batch_size`` rows (a larger group is a micro-batch of its own)."""
+        B = len(batch)
+        groups = group_spans(batch) if self.shared_prefix else None
+        if groups is None or max(b - a for a, b in groups) < 2:  # nothing shared: the flat forward is cheaper
+            lengths = batch.attention_mask.sum(1)
+            order = torch.argsort(lengths, descending=True, stable=True) if by_length else torch.arange(B)
+            return order, [(s, min(s + self.micro, B)) for s in range(0, B, self.micro)], False
+        if by_length:
+            longest = torch.stack([batch.attention_mask[a:b].sum(1).max() for a, b in groups])  # [G]
+            groups = [groups[i] for i in torch.argsort(longest, descending=True, stable=True).tolist()]
+        order = torch.cat([torch.arange(a, b) for a, b in groups])
+        bounds, start, rows = [], 0, 0
+        for a, b in groups:
+            if rows and rows + (b - a) > self.micro:
+                bounds.append((start, start + rows))
+                start, rows = start + rows, 0
+            rows += b - a
+        bounds.append((start, start + rows))
+        return order, bounds, True
+
+    @staticmethod
+    def _forward(model, mb: RLBatch, shared: bool) -> tuple[Tensor, Tensor]:
+        if shared:
+            return shared_prefix_logp_and_entropy(model, mb.input_ids, mb.attention_mask, mb.prompt_lens, mb.group_ids)
+        return token_logp_and_entropy(model, mb.input_ids, mb.attention_mask)
+
+    def _micro_loss(self, mb: RLBatch, old_logp: Tensor | None, weight: float, shared: bool) -> tuple[Tensor, dict]:
+        logp, entropy = self._forward(self.model, mb, shared)
         old = logp.detach() if old_logp is None else old_logp  # first pass: on-policy, ratio == 1
         ref_logp = None
         if self.algo.loss_kl_coef > 0:  # KL in the reward needs no reference forward here
             with torch.no_grad():
-                ref_logp, _ = token_logp_and_entropy(self.ref_model, mb.input_ids, mb.attention_mask)
+                ref_logp, _ = self._forward(self.ref_model, mb, shared)
         is_w = None
         if self.algo.is_cap is not None:  # correct for the engine sampling from slightly different numbers
             is_w = truncated_is_weights(old, mb.engine_logp, self.algo.is_cap)
@@ -91,40 +214,41 @@ class Learner:
         if self.ref_model is None:
             raise ValueError("KL in the reward needs a reference model")
         self.model.eval()
+        order, bounds, shared = self.plan(batch, by_length=False)
+        in_order = batch.select(order)
         out = []
         for model in (self.model, self.ref_model):
-            chunks = [token_logp_and_entropy(model, mb.input_ids, mb.attention_mask)[0]
-                      for mb in (batch.slice(s, s + self.micro) for s in range(0, len(batch), self.micro))]
-            out.append(torch.cat(chunks) * batch.response_mask)
+            logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in bounds])
+            logp[order] = logp.clone()  # back to the batch's row order
+            out.append(logp * batch.response_mask)
         return out[0], out[1]
 
     def step(self, batch: RLBatch) -> dict[str, float]:
         """One or more optimiser passes over ``batch``; returns averaged metrics.
 
-        Micro-batches hold rows of similar length (sorted by length) and are cut to their own
-        longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
+        Micro-batches hold rows (or, shared-prefix, whole groups) of similar length, sorted by
+        length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
         ``loss_agg_norm`` depends on the padded width; it keeps the full width."""
         self.model.train()
         mask = batch.response_mask
         tokens, seqs = mask.sum().clamp(min=1), len(batch)
         width_free = not (self.algo.loss_agg == "seq-mean-token-sum-norm" and self.algo.loss_agg_norm is None)
-        order = torch.argsort(batch.attention_mask.sum(1), descending=True, stable=True) if width_free \
-            else torch.arange(seqs)
+        order, bounds, shared = self.plan(batch, by_length=width_free)
         by_len = batch.select(order)
         old_logp = torch.zeros_like(batch.engine_logp)  # [B, T] in by_len order
         sums: dict[str, float] = {}
         n_micro = 0
         for update in range(self.updates):
-            for start in range(0, seqs, self.micro):
-                mb = by_len.slice(start, start + self.micro)
+            for start, stop in bounds:
+                mb = by_len.slice(start, stop)
                 if width_free:
                     mb = mb.trimmed()
                 T = mb.response_mask.shape[1]
                 share = (mb.response_mask.sum() / tokens) if self.algo.loss_agg == "token-mean" else len(mb) / seqs
-                old = None if update == 0 else old_logp[start : start + self.micro, :T]
-                logp, stats = self._micro_loss(mb, old, float(share))
+                old = None if update == 0 else old_logp[start:stop, :T]
+                logp, stats = self._micro_loss(mb, old, float(share), shared)
                 if update == 0:
-                    old_logp[start : start + self.micro, :T] = logp
+                    old_logp[start:stop, :T] = logp
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_micro += 1

@@ -177,6 +177,7 @@ def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
         mask[i, start : start + n] = 1.0
         elp[i, start : start + n] = torch.tensor(lp)
     group_ids = torch.tensor([g for g, sg in enumerate(scored) for _ in sg.group.completions])
+    prompt_lens = torch.tensor([len(sg.group.prompt_ids) for sg in scored for _ in sg.group.completions])
     rewards = torch.cat([sg.rewards for sg in scored])  # [B]
     comps = [c for sg in scored for c in sg.group.completions]
     if algo.overlong_buffer_frac > 0:  # DAPO soft overlong punishment, after the verifier's reward
@@ -185,7 +186,8 @@ def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                                                   algo.overlong_penalty_factor)
     if algo.overlong_filter:  # DAPO overlong filtering: truncated completions carry no loss
         mask = mask * overlong_mask([c.finish_reason for c in comps])[:, None]
-    return RLBatch(ids, attn, mask, torch.zeros_like(mask), elp), AdvantageInputs(rewards, group_ids, mask)
+    batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)  # groups: shared-prefix forward
+    return batch, AdvantageInputs(rewards, group_ids, mask)
 
 
 def kl_token_rewards(learner: Learner, batch: RLBatch, inp: AdvantageInputs,
@@ -256,7 +258,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     advantage_fn = ADVANTAGES[algo.advantage]
     optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
                     micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
-    learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref, **optim_kw)
+    learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref,
+                      shared_prefix=tc.shared_prefix, **optim_kw)
     critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
     sampler = PromptSampler(len(train_rows), tc.seed)
 
