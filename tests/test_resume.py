@@ -162,3 +162,22 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(micro_model, tmp
     assert [r["step"] for r in train_records(run)] == list(range(1, target + 1))
     assert latest_checkpoint(run).name == f"step_{target:06d}"
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    """Records past the checkpoint are redone by the resumed run; a line cut by a kill is dropped."""
+    from rlvr.checkpoint import save_checkpoint
+    from rlvr.config import config_yaml
+    from rlvr.loop import prepare_run_dir
+
+    run = tmp_path / "run"
+    cfg_yaml = config_yaml(TrainConfig(model="m", run_dir=str(run)))
+    save_checkpoint(run, 2, tensors={"model": {"w": torch.ones(2)}},
+                    state={"sampler": {}, "evals": {}, "pending": []}, config_yaml=cfg_yaml, keep=2)
+    (run / "checkpoints" / ".tmp-step_000003").mkdir()  # a write that was killed
+    lines = [json.dumps({"kind": "train", "step": s, "loss": 0.1 * s}) for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "train", "st')
+    resumed = prepare_run_dir(run, cfg_yaml, resume=True)
+    assert resumed.step == 2 and torch.equal(resumed.tensors["model"]["w"], torch.ones(2))
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    assert not (run / "checkpoints" / ".tmp-step_000003").exists()
