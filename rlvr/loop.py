@@ -241,6 +241,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
     ckpt = prepare_run_dir(run_dir, cfg_yaml, resume, overwrite)
+    if ckpt is not None and ckpt.step > tc.steps:
+        raise ConfigError(f"resume: train.steps={tc.steps} is below the checkpoint's step {ckpt.step} ({ckpt.path})")
 
     data = load_task(cfg.task)
     train_rows, test_rows = list(data["train"]), list(data["test"])[: ev.num_prompts]
@@ -362,16 +364,15 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                 evals[step] = run_eval(step)
             if step == tc.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 save(step)
-        after = evals.get(tc.steps) or run_eval(tc.steps)
-        evals[tc.steps] = after
+        after = evals[tc.steps]  # the last step always evaluates (also in a resumed, finished run)
     finally:
         pipe.close()
+        engine.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
     final = run_dir / "final"
     policy.save_pretrained(final, safe_serialization=True)
     tokenizer.save_pretrained(final)
     plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png")
     logger.close()
-    engine.close()
     summary = {"before": evals[0], "after": after, "checkpoint": str(final), "plot": str(plot)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

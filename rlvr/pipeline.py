@@ -24,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from rollouts import Completion, Group
 from verifiers import Score
 
@@ -37,9 +39,7 @@ class ScoredGroup:
     scores: list[Score]
 
     @property
-    def rewards(self):  # [n] the verifier rewards, before any shaping
-        import torch
-
+    def rewards(self) -> torch.Tensor:  # [n] the verifier rewards, before any shaping
         return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
 
     def to_json(self) -> dict[str, Any]:
@@ -92,8 +92,6 @@ class RolloutPipeline:
     @staticmethod
     def _init_worker(threads: int) -> None:
         if threads:  # OpenMP thread counts are per calling thread: set the worker's own
-            import torch
-
             torch.set_num_threads(threads)
 
     def _timed(self, fn: Callable[[], Any]) -> Any:

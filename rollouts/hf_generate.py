@@ -9,65 +9,25 @@ the same quantity the other engines return. EOS is ignored through ``min_new_tok
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
+from rollouts.hf_engine import HFEngine
 from rollouts.types import Completion, Group, SamplingConfig
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-class HFGenerateEngine:
-    """``Engine`` on ``model.generate``; ``max_batch`` sequences per ``generate`` call."""
-
-    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        t0 = time.perf_counter()
-        if threads:
-            torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype]).eval()
-        self.max_batch = max_batch
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        self.startup_s = time.perf_counter() - t0
-        self.last_sync_s = 0.0
-        self.last_group_latencies: list[float] = []
+class HFGenerateEngine(HFEngine):
+    """``Engine`` on ``model.generate``; ``max_batch`` sequences per ``generate`` call. Start-up,
+    chunking, grouping and weight loading are ``HFEngine``'s; only the chunk decode differs."""
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
-        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)  # generate samples from the global generator
-        flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
-        results: list[Completion] = []
-        finished_at: list[float] = []
-        t0 = time.perf_counter()
-        for start in range(0, len(flat), self.max_batch):
-            chunk = [ids for _, ids in flat[start : start + self.max_batch]]
-            results.extend(self._generate(chunk, sampling))
-            finished_at.extend([time.perf_counter() - t0] * len(chunk))
-        self.last_group_latencies = [finished_at[(g + 1) * sampling.n - 1] for g in range(len(prompts))]
-        groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
-        for (g, _), comp in zip(flat, results):
-            groups[g].completions.append(comp)
-        return groups
+            torch.manual_seed(sampling.seed)  # model.generate samples from the global generator
+        return super().generate(prompts, sampling)
 
-    @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        t0 = time.perf_counter()
-        params = dict(self.model.named_parameters())
-        for name, tensor in named_tensors:
-            if name not in params:
-                raise KeyError(f"load_weights: unknown parameter {name!r}")
-            params[name].copy_(tensor)
-        self.last_sync_s = time.perf_counter() - t0
-
-    def close(self) -> None:
-        self.model = None
+    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen: torch.Generator) -> list[Completion]:
+        return self._generate(prompt_ids, sampling)
 
     @torch.no_grad()
     def _generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:

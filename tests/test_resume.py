@@ -102,6 +102,8 @@ def test_resume_refuses_a_changed_config_and_names_the_fields(micro_model, tmp_p
     train(config(micro_model, run, 4, "logging.tensorboard=true", "checkpoint.keep=1"), resume=True)
     assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
     assert [p.name for p in list_checkpoints(run)] == ["step_000004"]
+    with pytest.raises(ConfigError, match="train.steps=2 is below the checkpoint's step 4"):
+        train(config(micro_model, run, 2), resume=True)
     # a fresh start over an earlier run's checkpoints is refused unless asked for
     with pytest.raises(FileExistsError, match="--resume"):
         train(config(micro_model, run, 2))
