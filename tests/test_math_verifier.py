@@ -117,6 +117,25 @@ def test_missing_answer_field_is_loud(v):
     assert s.error is not None and s.error.startswith("crash in math")
 
 
+def test_one_bad_row_does_not_crash_the_batch(v):
+    preds = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}"]
+    tasks = [{"answer": "1"}, {"reference": "2"}, {"answer": "3"}, {"answer": "5"}]
+    scores = verifiers.score_batch(v, preds, tasks, workers=2)
+    assert [s.correct for s in scores] == [True, None, True, False]
+    assert [s.error is None for s in scores] == [True, False, True, True]
+    assert scores[1].error.startswith("crash in math: KeyError") and "answer" in scores[1].error
+    one = verifiers.score_batch(v, preds[:2], tasks[:2], workers=1)
+    assert one[0].correct is True and one[1].error.startswith("crash in math")
+
+
+def test_requires_names_the_answer_key():
+    from verifiers.math import MathVerifier
+
+    assert MathVerifier.requires == ("answer",)
+    assert verifiers.get("math").requires == ("answer",)
+    assert verifiers.get("math", answer_key="solution").requires == ("solution",)
+
+
 def test_input_size_bound_rejects_without_parsing(v):
     from verifiers.math import MAX_INPUT_CHARS
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from verifiers.base import Score
+from verifiers.batch import crash_score
 from verifiers.math.extract import DEFAULT_PRIORITY, check_priority
 from verifiers.pool import DEFAULT_MEMORY_MB, WorkerPool
 
@@ -52,6 +53,7 @@ class MathVerifier:
     """
 
     name = "math"
+    requires: tuple[str, ...] = ("answer",)  # task keys `score` reads (see `verifiers.missing_keys`)
 
     def __init__(
         self,
@@ -65,6 +67,8 @@ class MathVerifier:
         self.workers = int(workers)
         self.priority = check_priority(tuple(priority))
         self.answer_key = answer_key
+        if answer_key != "answer":
+            self.requires = (answer_key,)
         self.memory_mb = memory_mb
 
     def _pool(self, workers: int | None = None) -> WorkerPool:
@@ -83,10 +87,20 @@ class MathVerifier:
         return self._pool().score(_CHECK, completion, reference, self.priority, timeout=self.timeout)
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
-        """Score in parallel on ``workers`` processes (used by `verifiers.score_batch`)."""
+        """Score in parallel on ``workers`` processes (used by `verifiers.score_batch`).
+
+        Errors are per row: a row that raises (a task without an answer, a completion that is
+        not a string) gets its own ``Score(error="crash in math: ...")``; the others are scored.
+        """
         workers = max(1, workers)
         self._pool(workers)
         if workers == 1 or len(completions) <= 1:
-            return [self.score(c, t) for c, t in zip(completions, tasks)]
+            return [self._score_row(c, t) for c, t in zip(completions, tasks)]
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(self.score, completions, tasks))
+            return list(ex.map(self._score_row, completions, tasks))
+
+    def _score_row(self, completion: str, task: Mapping[str, Any]) -> Score:
+        try:
+            return self.score(completion, task)
+        except Exception as exc:  # recorded for this row only, counted by the caller
+            return crash_score(self, exc)
