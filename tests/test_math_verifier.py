@@ -28,7 +28,7 @@ def test_find_boxed_nested_and_last():
         ("<answer>so \\boxed{5}</answer>", "5", "answer_tag"),
         ("work \\boxed{3} more \\boxed{7}", "7", "boxed"),
         ("Thus the answer is $\\frac{1}{2}$. Done.", "$\\frac{1}{2}$", "answer_is"),
-        ("Final answer: 12", "12", "answer_is"),
+        ("Final answer: 12", "12", "final_answer"),
         ("steps\n#### 1,234\n", "1,234", "hash"),
         ("  \\sqrt{2}  ", "\\sqrt{2}", "bare"),
     ],

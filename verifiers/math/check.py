@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from verifiers.base import Score
 from verifiers.math.compare import equal
-from verifiers.math.extract import DEFAULT_PRIORITY, extract, find_boxed
+from verifiers.math.extract import DEFAULT_PRIORITY, extract
 from verifiers.math.parse import Rejected, parse_answer, parse_value
 
 
+# A reference is usually a bare answer; it may also be a full solution (its boxed, ``####`` or
+# "final answer" answer is used).
+REFERENCE_PRIORITY = ("boxed", "hash", "bare", "final_answer", "answer_is", "last_math")
+
+
 def reference_answer(reference: str) -> str:
-    """A dataset reference may be a full solution: take its boxed or ``####`` answer."""
-    boxed = find_boxed(reference)
-    if boxed is not None:
-        return boxed
-    if "####" in reference:
-        return reference.rsplit("####", 1)[1].strip()
-    return reference
+    """The answer a dataset reference states (the reference itself when it is bare)."""
+    found = extract(reference, REFERENCE_PRIORITY)
+    return found.answer if found is not None else reference
 
 
 def is_equivalent(prediction: str, reference: str) -> bool:

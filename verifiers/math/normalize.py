@@ -29,6 +29,9 @@ _UNICODE = {
     "\u2026": ELLIPSIS,
     "\u00b0": "^\\circ",
     "\u00a0": " ",
+    "\u00b2": "^2",
+    "\u00b3": "^3",
+    "\u20ac": " ",  # euro sign
 }
 
 # Commands that only change presentation.
@@ -45,7 +48,7 @@ UNIT_WORDS = frozenset(
     sq square cubic units unit degree degrees deg rad radians
     second seconds sec s minute minutes min hour hours hr hrs h day days week weeks month months year years
     gram grams g kg kilogram kilograms mg lb lbs ounce ounces oz ton tons
-    liter liters litre litres l ml gallon gallons quart quarts cup cups
+    liter liters litre litres l ml gallon gallons quart quarts cup cups yuan
     mph kmh km/h m/s
     people persons students apples marbles cookies books points pages items boxes cars dogs cats
     times ways""".split()
@@ -121,7 +124,15 @@ _FRAC_HALF_SHORT = [re.compile(r"\\frac\s*(\d)\s*(?=\{)"), re.compile(r"\\frac(\
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACE_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _SCI = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
-_TRAILING_TEXT = re.compile(r"^(.*?)\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}\s*(\^\s*\{?[23]\}?)?$")
+_TRAILING_TEXT = re.compile(r"^(.*?)\s*\\(?:text|mbox|mathrm|textrm|textnormal|textbf|textit)\{([^{}]*)\}\s*(\^\s*\{?[23]\}?)?$")
+# A command written with a doubled backslash (``\\frac``, from an over-escaped string) is the command.
+_DOUBLED = re.compile(
+    r"(?<!\\)\\(?=\\(?:left|right|frac|dfrac|tfrac|sqrt|pi|le|leq|ge|geq|ne|neq|lt|gt|text|textbf|mathrm|boxed|"
+    r"cdot|times|infty|in|cup|cap|pm|mp|approx|circ|quad|qquad|sin|cos|tan|log|ln)(?![a-zA-Z]))"
+)
+_SIMPLE_WRAPPED = re.compile(
+    r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox)\{\s*([+-]?[\d.,]+|\(?[A-Za-z]\)?)\s*\}"
+)
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?%?$")
 
 
@@ -162,13 +173,29 @@ def _looks_numeric(s: str) -> bool:
     return is_plain_number(s) or bool(re.fullmatch(r"[+-]?\\frac\{\d+\}\{\d+\}|[+-]?\d+/\d+|[+-]?\d*\\sqrt\{\d+\}", s))
 
 
+def _approx(s: str) -> str:
+    """``x = 1/3 \\approx 0.33`` -> ``x = 1/3`` (an approximation after an exact value is
+    commentary); ``x \\approx 11`` -> ``x = 11``."""
+    i = s.find("\\approx")
+    if i < 0:
+        return s
+    if "=" in s[:i]:
+        return s[:i].rstrip()
+    return s.replace("\\approx", "=", 1)
+
+
 def normalize(answer: str) -> str:
     """Canonical string form of an answer (see module doc for what may be rewritten)."""
     s = answer.strip()
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
+    s = _DOUBLED.sub("", s)
     s = _strip_delimiters(s)
     s = s.replace("\\$", " ").replace("$", " ")
+    s = re.sub(r"\\lt(?![a-zA-Z])", "<", s)
+    s = re.sub(r"\\gt(?![a-zA-Z])", ">", s)
+    s = re.sub(r"\\q?quad(?=[a-zA-Z])", " ", s)  # "\quadx_2": a missing space
+    s = re.sub(r",\s*\\!\s*", ",", s)  # 11,\!111 is one number
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\le ", "\\le ").replace("\\leqslant", "\\le").replace("\\geqslant", "\\ge")
     s = _ELLIPSES.sub(lambda _m: " " + ELLIPSIS + " ", s)
@@ -178,6 +205,8 @@ def normalize(answer: str) -> str:
     s = s.replace("{,}", ",")
     for cmd in ("\\textbf", "\\mathbf", "\\boxed"):
         s = unwrap_command(s, cmd)
+    s = _SIMPLE_WRAPPED.sub(r"\1", s)  # \text{13} -> 13, \text{E} -> E
+    s = _approx(s)
     s = re.sub(r"\*\*(.+?)\*\*", r"\1", s)
     s = _fix_sqrt_parens(s)
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
@@ -187,7 +216,7 @@ def normalize(answer: str) -> str:
     s = re.sub(r"^(?:\\text\{\s*)?(?:final answer|answer)\s*[:=]\s*\}?\s*", "", s, flags=re.IGNORECASE)
     s = s.rstrip(" .;")
     s = _strip_delimiters(s)
-    s = re.sub(r"\s*(?:\\text\{\s*percent\s*\}|percent)$", "%", s)
+    s = re.sub(r"\s*(?:\\text\{\s*(?:percent|percentage|pct)\s*\}|percent|percentage|pct)$", "%", s)
     s = _strip_units(s)
     s = s.replace("\\%", "%").replace("\\percent", "%")
     s = re.sub(r"\s*%$", "%", s)
