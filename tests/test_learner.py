@@ -104,8 +104,8 @@ def test_shared_prefix_logp_and_entropy_equal_flat(micro_base):
     assert len(set(batch.prompt_lens.tolist())) > 2
     for lp, ent in runs:
         assert lp.shape == flat_lp.shape
-        torch.testing.assert_close(lp[on], flat_lp[on], rtol=0, atol=1e-5)
-        torch.testing.assert_close(ent[on], flat_ent[on], rtol=0, atol=1e-5)
+        torch.testing.assert_close(lp[on], flat_lp[on], rtol=1e-5, atol=5e-5)
+        torch.testing.assert_close(ent[on], flat_ent[on], rtol=1e-5, atol=5e-5)
         assert not lp[~on].any() and not ent[~on].any()  # prompt targets and padding: 0
 
 
@@ -163,8 +163,8 @@ def test_shared_prefix_with_reference_kl(micro_base):
         m = learner.step(batch)
         assert m["kl"] > 0
         models.append(model)
-    for a, b in zip(*kl_inputs):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(*kl_inputs):  # log-probs of size ~5: two forward orders round apart by ~1e-5 on AVX-512
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-5)
     for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
