@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import socket
 import sys
 import textwrap

@@ -83,10 +83,12 @@ class ArithVerifier:
     """Reward 1 when the answer equals ``task["answer"]`` exactly, else 0."""
 
     name = "arith"
+    requires: tuple = ("answer",)
 
     def __init__(self, allow_expressions: bool = False, answer_key: str = "answer"):
         self.allow_expressions = allow_expressions
         self.answer_key = answer_key
+        self.requires = (answer_key,)
 
     def score(self, completion: str, task: Mapping[str, Any]) -> Score:
         if self.answer_key not in task:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
+
+# One item of ``Verifier.requires``: a key, or alternative keys of which any one suffices.
+Requirement = Union[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,49 @@ class Score:
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Anything with a ``name`` and ``score(completion, task) -> Score``."""
+    """Anything with a ``name`` and ``score(completion, task) -> Score``.
+
+    Optionally, ``requires``: the task keys it reads, as a tuple whose items are a key or a
+    tuple of alternative keys (``("numbers", "target")``, ``(("test", "test_list"),)``), or
+    a ``missing_keys(task) -> list[str]`` method when a tuple cannot say it. A task loader
+    calls `missing_keys` on every row, so a dataset without the reference fails at load
+    time, naming the row and the key, instead of as crash scores in the middle of a run.
+    """
 
     name: str
 
     def score(self, completion: str, task: Mapping[str, Any]) -> Score: ...
+
+
+def _present(task: Mapping[str, Any], key: str) -> bool:
+    """A key counts as given when it holds something: a null column or an empty string or
+    list (how a missing field usually reaches us from a dataset) does not."""
+    if key not in task:
+        return False
+    value = task[key]
+    return value is not None and not (isinstance(value, (str, bytes, list, tuple, dict)) and len(value) == 0)
+
+
+def missing_from(requires: Sequence[Requirement], task: Mapping[str, Any]) -> list[str]:
+    """Names of the requirements ``task`` does not meet; alternatives read ``"a | b"``."""
+    missing = []
+    for item in requires:
+        options = (item,) if isinstance(item, str) else tuple(item)
+        if not any(_present(task, key) for key in options):
+            missing.append(" | ".join(options))
+    return missing
+
+
+def missing_keys(verifier: Any, task: Mapping[str, Any]) -> list[str]:
+    """Human-readable names of the task keys ``verifier`` needs and ``task`` lacks (empty
+    when the row is complete): the verifier's own ``missing_keys(task)`` if it has one,
+    else its ``requires``; a verifier that declares neither needs nothing."""
+    if not isinstance(task, Mapping):
+        return [f"a mapping of task fields (got {type(task).__name__})"]
+    own = getattr(verifier, "missing_keys", None)
+    if callable(own):
+        return list(own(task))
+    return missing_from(getattr(verifier, "requires", None) or (), task)
 
 
 class Rubric:
@@ -58,6 +99,21 @@ class Rubric:
             raise ValueError(f"Rubric verifiers must have distinct names, got {names}")
         self.parts = list(parts)
 
+    @property
+    def requires(self) -> tuple[Requirement, ...]:
+        """Union of the parts' declared ``requires`` (see `missing_keys` for the exact check)."""
+        out: list[Requirement] = []
+        for verifier, _ in self.parts:
+            out += [r for r in getattr(verifier, "requires", None) or () if r not in out]
+        return tuple(out)
+
+    def missing_keys(self, task: Mapping[str, Any]) -> list[str]:
+        """What any part misses in ``task``, each name once, in part order."""
+        out: list[str] = []
+        for verifier, _ in self.parts:
+            out += [k for k in missing_keys(verifier, task) if k not in out]
+        return out
+
     def score(self, completion: str, task: Mapping[str, Any]) -> Score:
         scores = []
         for verifier, _ in self.parts:
@@ -68,7 +124,9 @@ class Rubric:
         return self._combine(scores)
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
-        """Batch form of `score`: each part scores the whole batch (in parallel where it can)."""
+        """Batch form of `score`: each part scores the whole batch (in parallel where it can).
+        `score_batch` never raises and gives every row its own error, so one bad row costs
+        only that row."""
         from verifiers.batch import score_batch  # batch imports this module
 
         per_part = [score_batch(verifier, completions, tasks, workers) for verifier, _ in self.parts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,18 @@ class BatchVerifier(Protocol):
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]: ...
 
 
+def _name(verifier: Any) -> str:
+    return getattr(verifier, "name", type(verifier).__name__)
+
+
 def crash_score(verifier: Verifier, exc: BaseException) -> Score:
-    return Score(0.0, None, {}, f"crash in {getattr(verifier, 'name', type(verifier).__name__)}: {type(exc).__name__}: {exc}")
+    return Score(0.0, None, {}, f"crash in {_name(verifier)}: {type(exc).__name__}: {exc}")
+
+
+def _checked(verifier: Verifier, s: Any) -> Score:
+    if isinstance(s, Score):
+        return s
+    return Score(0.0, None, {}, f"crash in {_name(verifier)}: returned {type(s).__name__}, not Score")
 
 
 def _safe_score(verifier: Verifier, completion: str, task: Mapping[str, Any]) -> Score:
@@ -28,9 +39,7 @@ def _safe_score(verifier: Verifier, completion: str, task: Mapping[str, Any]) ->
         s = verifier.score(completion, task)
     except Exception as exc:  # recorded as an error, counted by the caller
         return crash_score(verifier, exc)
-    if not isinstance(s, Score):
-        return Score(0.0, None, {}, f"crash in {verifier.name}: score() returned {type(s).__name__}, not Score")
-    return s
+    return _checked(verifier, s)
 
 
 def score_batch(
@@ -42,9 +51,11 @@ def score_batch(
     """Score ``completions[i]`` against ``tasks[i]``; order is preserved; never raises for a
     verifier's failure (it becomes ``Score.error``, see `summarize`).
 
-    A verifier with ``score_many`` (the ``math`` verifier, a `Rubric`) gets the whole batch
-    and runs it on ``workers`` of its own killable processes; for any other verifier
-    ``workers`` threads call ``score``.
+    A verifier with ``score_many`` (``math``, ``code``, a `Rubric`) gets the whole batch
+    and runs it on its own workers; for any other verifier ``workers`` threads call
+    ``score``. Errors are per row: if ``score_many`` raises or returns the wrong number of
+    scores, the batch is scored again row by row, so one bad row gets its own error and
+    the others their normal scores (a batch call cannot say which row broke it).
     """
     if len(completions) != len(tasks):
         raise ValueError(f"score_batch: {len(completions)} completions but {len(tasks)} tasks")
@@ -54,10 +65,13 @@ def score_batch(
         try:
             scores = list(verifier.score_many(completions, tasks, max(1, workers)))
         except Exception as exc:
-            return [crash_score(verifier, exc)] * len(completions)
-        if len(scores) != len(completions):
-            raise RuntimeError(f"{verifier.name}.score_many returned {len(scores)} scores for {len(completions)} rows")
-        return scores
+            warnings.warn(f"{_name(verifier)}.score_many raised {type(exc).__name__}: {exc}; scoring row by row",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            if len(scores) == len(completions):
+                return [_checked(verifier, s) for s in scores]
+            warnings.warn(f"{_name(verifier)}.score_many returned {len(scores)} scores for {len(completions)} rows; "
+                          "scoring row by row", RuntimeWarning, stacklevel=2)
     if workers <= 1 or len(completions) <= 1:
         return [_safe_score(verifier, c, t) for c, t in zip(completions, tasks)]
     with ThreadPoolExecutor(max_workers=workers) as pool:

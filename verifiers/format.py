@@ -41,6 +41,7 @@ def extract_answer(text: str) -> str | None:
 
 class R1FormatVerifier:
     name = "r1_format"
+    requires: tuple = ()  # judges the completion alone
 
     def __init__(self, prefilled_think: bool = True):
         self.prefilled_think = prefilled_think

@@ -16,14 +16,14 @@ silent 0. Isolation model and fallbacks: ``docs/code_sandbox.md``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from verifiers.base import Score
-from verifiers.code.client import ForkServer, SandboxUnavailable, shared_server
-from verifiers.code.program import build_program, extract_code, function_test, io_cases
+from verifiers.batch import crash_score
+from verifiers.code.client import DEMOTE_AFTER_S, ForkServer, SandboxUnavailable, shared_server
+from verifiers.code.program import build_program, extract_code, function_test, io_cases, missing_task_keys
 
 STATUSES = ("passed", "failed", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
 COMPARE_MODES = ("exact", "whitespace", "float")
@@ -47,9 +47,13 @@ class CodeVerifier:
     reward:     ``binary`` (1 only if every test passes) or ``fraction`` (share of tests).
     compare:    default stdin/stdout comparison (a task's ``compare`` overrides).
     isolation:  ``auto`` (strongest available), ``root``, ``userns`` or ``none``.
-    max_parallel: samples in flight at once (default: CPU count), so that wall-clock
-                timeouts are not tripped by oversubscription. Given explicitly, the
-                verifier gets a fork server of its own instead of the shared one.
+    max_parallel: samples in flight at once (default: enough for a batch's infinite loops
+                to time out together, bounded by memory; see ``client.ForkServer``).
+    cpu_slots:  samples at full CPU priority (default: CPU count, at most max_parallel);
+                a sample older than ``min(0.1 s, timeout / 4)`` gives its slot back and
+                runs at nice 19 until its deadline, so loops do not slow honest samples.
+                Given explicitly, either makes the verifier a fork server of its own
+                instead of the shared one.
     nproc:      RLIMIT_NPROC of the candidate (processes *and threads* of its uid). Default:
                 1 for function tests (no threads, no subprocesses: killing the candidate
                 ends the sample), 32 for stdin/stdout programs (threads allowed, e.g. the
@@ -59,11 +63,13 @@ class CodeVerifier:
     """
 
     name = "code"
+    # coarse declaration; `missing_keys` is the exact rule (pairs and entry_point)
+    requires: tuple = (("test", "test_list", "inputs", "input_output"),)
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, reward: str = "binary",
                  compare: str = "whitespace", float_tol: float = 1e-6, isolation: str = "auto",
                  max_output_bytes: int = 1 << 20, file_mb: int = 16, nproc: int | None = None,
-                 max_parallel: int | None = None, guard: bool = True):
+                 max_parallel: int | None = None, cpu_slots: int | None = None, guard: bool = True):
         if reward not in ("binary", "fraction"):
             raise ValueError(f"reward must be 'binary' or 'fraction', got {reward!r}")
         if compare not in COMPARE_MODES:
@@ -75,7 +81,10 @@ class CodeVerifier:
         self.max_output_bytes, self.file_mb = int(max_output_bytes), int(file_mb)
         self.nproc = None if nproc is None else int(nproc)
         self.isolation, self.guard = isolation, bool(guard)
-        self._server = shared_server(isolation) if max_parallel is None else ForkServer(isolation, max_parallel)
+        if max_parallel is None and cpu_slots is None:
+            self._server = shared_server(isolation)
+        else:
+            self._server = ForkServer(isolation, max_parallel, cpu_slots)
 
     # -- public API ------------------------------------------------------------------------
     def score(self, completion: str, task: Mapping[str, Any]) -> Score:
@@ -97,15 +106,27 @@ class CodeVerifier:
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]],
                    workers: int | None = None) -> list[Score]:
-        """Score many samples concurrently (order preserved); ``workers`` threads feed the
-        fork server, each sample still runs in fresh processes."""
+        """Score many samples concurrently (order preserved); each sample runs in fresh
+        processes. The fork server's gates decide how many run at once (``workers`` may
+        only raise the number of feeding threads), so the default call lets a batch's
+        infinite loops time out together. A row that cannot be scored gets its own error."""
         if len(completions) != len(tasks):
             raise ValueError(f"{len(completions)} completions but {len(tasks)} tasks")
-        workers = workers or self._server.max_parallel
-        if workers <= 1:
-            return [self.score(c, t) for c, t in zip(completions, tasks)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self.score, completions, tasks))
+        threads = min(len(completions), max(int(workers or 1), self._server.max_parallel))
+        if threads <= 1:
+            return [self._score_row(c, t) for c, t in zip(completions, tasks)]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(self._score_row, completions, tasks))
+
+    def _score_row(self, completion: str, task: Mapping[str, Any]) -> Score:
+        try:
+            return self.score(completion, task)
+        except Exception as exc:  # this row's error, not the batch's
+            return crash_score(self, exc)
+
+    def missing_keys(self, task: Mapping[str, Any]) -> list[str]:
+        """Task keys this row lacks (for `verifiers.missing_keys`, checked at load time)."""
+        return missing_task_keys(task)
 
     def capabilities(self) -> dict:
         self._server.start()
@@ -122,7 +143,10 @@ class CodeVerifier:
         limits = {"cpu_s": math.ceil(timeout) + 1, "memory_mb": int(task.get("memory_mb") or self.memory_mb),
                   "file_mb": self.file_mb, "nofile": 64, "nproc": self.nproc,
                   "max_output_bytes": self.max_output_bytes}
-        job = {"timeout": timeout, "limits": limits, "reward": reward, "guard": self.guard}
+        job = {"timeout": timeout, "limits": limits, "reward": reward, "guard": self.guard,
+               # no demotion when the server admits no more samples than CPU slots anyway
+               "demote_after": min(DEMOTE_AFTER_S, timeout / 4) if self._server.max_parallel > self._server.cpu_slots
+               else 0.0}
         cases = io_cases(task)
         if limits["nproc"] is None:
             limits["nproc"] = 32 if cases is not None else 1

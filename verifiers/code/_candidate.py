@@ -248,7 +248,9 @@ def run_case(setup: dict, job: dict, stdin_text: str) -> dict:
         exit_now = os._exit  # bound before candidate code can patch os
         code = 1
         try:
-            os.setsid()
+            # own process group (killed as one), but C's session: a session of its own
+            # would also be a scheduler autogroup of its own, out of reach of demotion
+            os.setpgid(0, 0)
             for target, src in ((0, stdin), (1, out_w), (2, err_w)):
                 os.dup2(src, target)
             os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -268,7 +270,15 @@ def run_case(setup: dict, job: dict, stdin_text: str) -> dict:
     for fd in open_fds:
         os.set_blocking(fd, False)
         poller.register(fd)
+    child_nice = os.getpriority(os.PRIO_PROCESS, 0)
     while open_fds:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice != child_nice:  # the runner demoted this sample: the running case follows
+            child_nice = nice
+            try:
+                os.setpriority(os.PRIO_PGRP, pid, nice)
+            except OSError:
+                pass
         left = deadline - time.monotonic()
         if left <= 0:
             timed_out = True

@@ -37,6 +37,7 @@ import _wire
 
 STATUSES = ("passed", "failed", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
 SETUP_S = 10.0  # generous bound for fork + sandbox entry under load
+DEMOTED_NICE = 19  # a sample past its ``demote_after`` age (see client.ForkServer)
 
 
 # --------------------------------------------------------------------------- process control
@@ -127,6 +128,7 @@ class Sample:
         self.death: dict | None = None
         self.deadline = 0.0
         self.alarm_armed = False
+        self.demoted = False
         self.cache: dict[str, list] = {}
         self.detail = ""  # first failure, for humans (never shown to the candidate)
 
@@ -164,6 +166,49 @@ class Sample:
         os.close(st_r)
         if not ready:
             raise RuntimeError("the candidate process could not enter the sandbox")
+
+    def demote(self) -> None:
+        """Renice everything the sample runs to 19: it keeps running until its wall-clock
+        deadline, but no longer takes CPU from younger samples. The client gives its CPU
+        slot back at the same age. Lowering a priority needs no privilege, and the
+        candidate, without CAP_SYS_NICE, cannot raise it again."""
+        if self.demoted or self.cand_pid is None or self.exit_status is not None:
+            return  # once C is reaped its pid (and group id) may belong to someone else
+        self.demoted = True
+        targets = [(os.PRIO_PGRP, self.cand_pid)]  # C leads its own process group
+        if self.uid is not None:
+            targets.append((os.PRIO_USER, self.uid))  # every process of the sample's uid
+        for which, who in targets:
+            try:
+                os.setpriority(which, who, DEMOTED_NICE)
+            except OSError:
+                pass
+        # With scheduler autogroups (a desktop-kernel default) nice only ranks processes
+        # within one session, and C leads a session of its own: renice the session's group.
+        try:
+            with open(f"/proc/{self.cand_pid}/autogroup", "w") as f:
+                f.write(str(DEMOTED_NICE))
+        except OSError:
+            pass
+
+    def _arm(self, job: dict, deadline_too: bool) -> None:
+        """SIGALRM at the demotion age, then (function tests) at the deadline."""
+        timeout, demote_after = float(job["timeout"]), float(job.get("demote_after") or 0.0)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        self.alarm_armed = deadline_too
+        if 0 < demote_after < timeout:
+            signal.setitimer(signal.ITIMER_REAL, demote_after)
+        elif deadline_too:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+
+    def _on_alarm(self, signum, frame):
+        if self.alarm_armed:
+            left = self.deadline - time.monotonic()
+            if left <= 0.002:
+                self.timed_out = True
+                raise _Gone()
+            signal.setitimer(signal.ITIMER_REAL, left)  # the deadline comes next
+        self.demote()
 
     def cleanup(self) -> None:
         """Kill everything the sample started, then remove its directory. Runs before the
@@ -273,9 +318,7 @@ class Sample:
         # the candidate already waits, sandboxed, forked before this sample existed
         self.spawned_extra = int(job["limits"]["nproc"]) > 1
         self.deadline = time.monotonic() + float(job["timeout"])
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
-        self.alarm_armed = True
+        self._arm(job, deadline_too=True)
         try:
             first = self._rpc({"mode": "function", "program": job["program"], "limits": job["limits"],
                                "guard": job["guard"], "batch": batch})
@@ -305,11 +348,6 @@ class Sample:
             passed = min(passed, len(units) - 1)
             first_bad = first_bad or ("timeout" if self.timed_out else self._death_status())
         return self._verdict(first_bad or "passed", passed, len(units), self.detail)
-
-    def _on_alarm(self, signum, frame):
-        if self.alarm_armed:
-            self.timed_out = True
-            raise _Gone()
 
     def _run_unit(self, code, ns: dict) -> str:
         try:
@@ -385,6 +423,7 @@ class Sample:
     def run_io(self, job: dict) -> dict:
         self.spawned_extra = True  # C forks a child per case
         per_case = float(job["timeout"]) + SETUP_S
+        self._arm(job, deadline_too=False)  # per-case deadlines are the launcher's
         _wire.send(self.r2c, {"mode": "io", "program": job["program"], "limits": job["limits"],
                               "timeout": job["timeout"], "guard": job["guard"]}, time.monotonic() + per_case)
         passed, first_bad, total = 0, None, len(job["inputs"])

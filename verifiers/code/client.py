@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import socket
+import select
 import subprocess
 import sys
 import sysconfig
@@ -110,15 +111,54 @@ class SandboxUnavailable(RuntimeError):
     pass
 
 
-class ForkServer:
-    """One fork server process and a bounded number of samples in flight."""
+DEMOTE_AFTER_S = 0.1  # a sample older than this stops holding a CPU slot and runs at nice 19
+DEMOTED_NICE = 19
+MAX_IN_FLIGHT = 64
 
-    def __init__(self, isolation: str = "auto", max_parallel: int | None = None):
+
+def default_in_flight(cpu_slots: int, memory_mb: int = 1024) -> int:
+    """Samples in flight by default: enough that a batch's infinite loops (and sleepers)
+    all wait out their timeouts *together*, bounded by what the machine's memory could hold
+    if every one of them filled its address-space limit."""
+    try:
+        ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+    except (ValueError, OSError):
+        ram_mb = 16 << 10
+    return max(2 * cpu_slots, min(MAX_IN_FLIGHT, ram_mb // max(64, memory_mb)))
+
+
+class ForkServer:
+    """One fork server process and the admission of samples to it.
+
+    The per-sample timeout is wall-clock, so concurrency must neither serialise samples that
+    only wait (an infinite loop among 16 gets a time slice, a ``sleep`` none at all) nor
+    oversubscribe the CPU so that honest samples miss their deadline. Two gates do both:
+
+    * ``cpu_slots`` (default: CPU count): samples younger than ``demote_after`` seconds
+      (a job field; ``DEMOTE_AFTER_S`` at most). A fresh sample waits for one of these.
+    * ``max_parallel`` (default: `default_in_flight`): samples in flight at all. A sample
+      that outlives ``demote_after`` gives its CPU slot back and its processes are reniced
+      to 19 by its runner, so it keeps running until its own deadline without slowing the
+      fresh samples (CFS gives nice 19 about 1.5% of a nice-0 share).
+
+    So a batch with 16 infinite loops costs about one timeout, not 16 / CPUs of them. The
+    price: an honest sample that needs more than ``demote_after`` CPU-seconds gets only
+    the CPU left over by fresh samples, and can time out under load where it would pass on
+    an idle machine. For batches of heavy programs pass ``max_parallel`` = CPU count (every
+    sample then keeps a full share until its deadline).
+    """
+
+    def __init__(self, isolation: str = "auto", max_parallel: int | None = None, cpu_slots: int | None = None):
         if isolation not in ("auto", *MODES):
             raise ValueError(f"isolation must be 'auto' or one of {MODES}, got {isolation!r}")
         self.isolation = isolation
-        self.max_parallel = max_parallel or os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+        self.cpu_slots = int(cpu_slots or (min(cpus, max_parallel) if max_parallel else cpus))
+        self.max_parallel = int(max_parallel or default_in_flight(self.cpu_slots))
+        if self.cpu_slots < 1 or self.max_parallel < self.cpu_slots:
+            raise ValueError(f"need 1 <= cpu_slots <= max_parallel, got {self.cpu_slots} and {self.max_parallel}")
         self._slots = threading.BoundedSemaphore(self.max_parallel)
+        self._cpu = threading.BoundedSemaphore(self.cpu_slots)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._ctrl: socket.socket | None = None
@@ -134,7 +174,7 @@ class ForkServer:
     def _try_start(self, mode: str) -> bool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = subprocess.Popen(_command(mode, theirs.fileno(), self.max_parallel + 1), pass_fds=(theirs.fileno(),), env=dict(_ENV),
+            proc = subprocess.Popen(_command(mode, theirs.fileno(), self.cpu_slots + 2), pass_fds=(theirs.fileno(),), env=dict(_ENV),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     cwd="/", start_new_session=True)
         except OSError as exc:
@@ -190,29 +230,53 @@ class ForkServer:
 
     # -- samples ---------------------------------------------------------------------------
     def run(self, job: dict, budget_s: float) -> dict:
-        """Send one job; return the runner's verdict dict (status, passed, total, detail)."""
+        """Send one job; return the runner's verdict dict (status, passed, total, detail).
+        Safe to call from many threads at once: the gates above decide who runs."""
+        demote_after = float(job.get("demote_after") or 0.0)
         with self._slots:
-            for attempt in range(2):
-                self.start()
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    with self._lock:
-                        socket.send_fds(self._ctrl, [b"s"], [theirs.fileno()])
-                except OSError as exc:
-                    ours.close()
-                    theirs.close()
-                    if attempt == 0:
-                        continue
-                    return _sandbox_error(f"fork server unreachable: {exc}")
+            cpu = _Slot(self._cpu)
+            try:
+                return self._run(job, budget_s, demote_after, cpu)
+            finally:
+                cpu.release()
+
+    def _run(self, job: dict, budget_s: float, demote_after: float, cpu: "_Slot") -> dict:
+        for attempt in range(2):
+            self.start()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with self._lock:
+                    socket.send_fds(self._ctrl, [b"s"], [theirs.fileno()])
+            except OSError as exc:
+                ours.close()
                 theirs.close()
-                try:
-                    _wire.send(ours.fileno(), job, time.monotonic() + 30.0)
-                    return _wire.recv(ours.fileno(), time.monotonic() + budget_s + 30.0)
-                except _wire.WireError as exc:
-                    return _sandbox_error(f"no verdict from the sandbox: {exc}")
-                finally:
-                    ours.close()
+                if attempt == 0:
+                    continue
+                return _sandbox_error(f"fork server unreachable: {exc}")
+            theirs.close()
+            try:
+                _wire.send(ours.fileno(), job, time.monotonic() + 30.0)
+                if demote_after > 0 and not select.select([ours], [], [], demote_after)[0]:
+                    cpu.release()  # the runner demotes the sample at the same age
+                return _wire.recv(ours.fileno(), time.monotonic() + budget_s + 30.0)
+            except _wire.WireError as exc:
+                return _sandbox_error(f"no verdict from the sandbox: {exc}")
+            finally:
+                ours.close()
         return _sandbox_error("unreachable")
+
+
+class _Slot:
+    """A CPU slot held by one sample, released at most once (early, at demotion)."""
+
+    def __init__(self, sem: threading.BoundedSemaphore):
+        sem.acquire()
+        self._sem: threading.BoundedSemaphore | None = sem
+
+    def release(self) -> None:
+        sem, self._sem = self._sem, None
+        if sem is not None:
+            sem.release()
 
 
 def _sandbox_error(detail: str) -> dict:

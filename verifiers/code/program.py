@@ -77,6 +77,8 @@ def function_test(task: Mapping[str, Any]) -> tuple[str, list[str]] | None:
     if task.get("entry_point"):
         return test, [str(task["entry_point"])]
     tree = ast.parse(test)
+    if humaneval_style(tree):  # without the entry point nothing would call check: a free pass
+        raise ValueError("the test defines check(candidate) but the task has no entry_point")
     defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
     defined |= {t.id for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.For, ast.comprehension))
                 for t in ast.walk(n.target if not isinstance(n, ast.Assign) else n) if isinstance(t, ast.Name)
@@ -88,3 +90,36 @@ def function_test(task: Mapping[str, Any]) -> tuple[str, list[str]] | None:
     if not names:
         raise ValueError("task has no entry_point and its test calls no undefined function")
     return test, names
+
+
+def humaneval_style(test: str | ast.Module) -> bool:
+    """Whether the test defines ``check`` at top level and never calls it there (HumanEval:
+    the harness calls ``check(entry_point)``), so it needs the task's ``entry_point``."""
+    tree = ast.parse(test) if isinstance(test, str) else test
+    defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+    calls_check = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "check"
+                      for stmt in tree.body if not isinstance(stmt, ast.FunctionDef) for n in ast.walk(stmt))
+    return defines_check and not calls_check
+
+
+def missing_task_keys(task: Mapping[str, Any]) -> list[str]:
+    """What a code task lacks to be run: stdin/stdout cases (``inputs`` + ``outputs``, or
+    ``input_output``) or function tests (``test`` or ``test_list``; a HumanEval-style
+    ``test`` also needs ``entry_point``)."""
+    def given(key: str) -> bool:
+        value = task.get(key)
+        return value is not None and not (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+    if given("inputs") or given("outputs"):
+        return [k for k in ("inputs", "outputs") if not given(k)]
+    if given("input_output"):
+        return []
+    if given("test"):
+        try:
+            needs_entry = humaneval_style(str(task["test"]))
+        except (SyntaxError, ValueError):
+            return []  # a broken test is reported when it runs (sandbox_error), not as a missing key
+        return ["entry_point"] if needs_entry and not given("entry_point") else []
+    if given("test_list"):
+        return []
+    return ["test | test_list | inputs + outputs | input_output"]
