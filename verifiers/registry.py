@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "rlvr.verifiers"
 _BUILTINS: dict[str, str] = {
     "arith": "verifiers.arith:ArithVerifier",
     "r1_format": "verifiers.format:R1FormatVerifier",
+    "countdown": "verifiers.countdown:CountdownVerifier",
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
     # Optional (needs `pip install math-verify`): the reference checker, for audits.
