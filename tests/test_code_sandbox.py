@@ -205,3 +205,32 @@ def test_verifiers_code_never_imports_torch():
     code = "import sys, verifiers.code, verifiers.code.humaneval\nassert 'torch' not in sys.modules\n" \
            "assert 'rlvr' not in sys.modules and 'rollouts' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+NICE = {"prompt": "def nice(wait):\n", "entry_point": "nice",
+        "test": "def check(candidate):\n    assert candidate(0.0) == 0\n    assert candidate(0.6) == 19\n"}
+NICE_BODY = "    import os, time\n    t = time.monotonic()\n    while time.monotonic() - t < wait:\n        pass\n" \
+            "    return os.getpriority(os.PRIO_PROCESS, 0)\n"
+
+
+def test_a_sample_past_its_demotion_age_runs_at_nice_19():
+    """Old samples give their CPU slot back and are reniced, so that a batch's infinite
+    loops wait out their timeouts together without slowing fresh samples (the wall time
+    is measured by benchmarks/code_sandbox.py, not asserted here)."""
+    v = CodeVerifier(timeout=3.0, max_parallel=4, cpu_slots=1)
+    assert v.score(NICE_BODY, NICE).reward == 1.0
+    strict = CodeVerifier(timeout=3.0, max_parallel=1)  # as many slots as samples: nothing to demote
+    assert strict.score(NICE_BODY, NICE).reward == 0.0
+
+
+def test_concurrent_score_calls_from_many_threads(v):
+    """The training loop's scoring pool calls score() from many threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = ["    return a + b\n", "    while True: pass\n", "    return a - b\n"] * 6
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        statuses = [status_of(s) for s in pool.map(lambda b: v.score(b, ADD), bodies)]
+    assert statuses == ["passed", "timeout", "failed"] * 6
