@@ -29,6 +29,9 @@ import sympy
 from verifiers.math.parse import Dots, Expr, Matrix, Num, Rel, Seq, Text, Union, guard, text_key
 
 REL_TOL = sympy.Rational(1, 10**12)
+# A decimal prediction of an exact reference must carry at least this many significant digits
+# (``0.0833`` for 1/12, never ``0.08``); see `_rounds_to`. `check` may change it per call.
+MIN_SIG_DIGITS = 3
 _SAMPLE_POINTS = 6
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
 
@@ -49,7 +52,7 @@ def _num_alternatives(v) -> list:
     """A percentage ``50%`` may mean 50 or 0.5."""
     if getattr(v, "percent", False):
         if isinstance(v, Num):
-            return [v, Num(v.value / 100, v.tol / 100 if v.tol is not None else None, False, v.digits + 2)]
+            return [v, Num(v.value / 100, v.tol / 100 if v.tol is not None else None, False, v.digits + 2, v.sig)]
         return [v, Expr(v.expr / 100)]
     return [v]
 
@@ -142,6 +145,29 @@ def _within_tol(pred: sympy.Basic, ref: Num) -> bool:
         return False
 
 
+def degenerate(v) -> bool:
+    """An undefined value (``1/0``, ``zoo``, ``nan``): never equal to anything."""
+    return isinstance(v, Expr) and v.expr.has(sympy.zoo, sympy.nan)
+
+
+def _rounds_to(exact: sympy.Basic, pred: Num) -> bool:
+    """Is the decimal ``pred`` the exact value rounded to ``pred``'s own last digit (within half
+    a unit of it, either rounding of an exact tie), with at least `MIN_SIG_DIGITS` digits?"""
+    if pred.tol is None or pred.sig < MIN_SIG_DIGITS or exact.free_symbols:
+        return False
+    value = _rational(exact)
+    if value is not None:
+        return abs(value - pred.value) <= pred.tol
+    try:
+        v = sympy.N(exact, pred.sig + 30)
+        if not v.is_real or not isinstance(v, sympy.Float):
+            return False
+        diff = abs(sympy.Rational(str(v)) - sympy.Rational(pred.value.numerator, pred.value.denominator))
+        return diff < sympy.Rational(pred.tol.numerator, pred.tol.denominator)
+    except Exception:
+        return False
+
+
 def _more_precise(pred, ref: Num) -> bool:
     """Tolerance applies only when the prediction carries more precision than the reference."""
     if isinstance(pred, Num):
@@ -150,16 +176,22 @@ def _more_precise(pred, ref: Num) -> bool:
 
 
 def _scalar_equal(pred, ref) -> bool:
+    if degenerate(pred) or degenerate(ref):
+        return False
     if isinstance(pred, Num) and isinstance(ref, Num):
         if pred.value == ref.value:
             return True
-        return ref.tol is not None and _more_precise(pred, ref) and abs(pred.value - ref.value) < ref.tol
+        if ref.tol is None:
+            return _rounds_to(sympy.Rational(ref.value.numerator, ref.value.denominator), pred)
+        return _more_precise(pred, ref) and abs(pred.value - ref.value) < ref.tol
     a, b = _to_sympy(pred), _to_sympy(ref)
     if a is None or b is None:
         return False
     guard(a)
     guard(b)
     if a == b:
+        return True
+    if isinstance(pred, Num) and not isinstance(ref, Num) and _rounds_to(b, pred):
         return True
     if a.free_symbols or b.free_symbols:
         return _symbolic_equal(a, b)
@@ -247,20 +279,56 @@ def _rel_equal(p: Rel, r: Rel) -> bool:
     return False
 
 
+def _named(r: Rel, i: int) -> bool:
+    return bool(r.names and r.names[i]) or _single_symbol(r.parts[i])
+
+
 def _assigned_value(v):
-    """``x = 3`` -> 3 (a single variable or f(x) on one side, a value on the other)."""
-    if isinstance(v, Rel) and v.ops == ("=",):
+    """``x = 3`` -> 3: a name (``x``, ``f(x)``, ``AB``, ``(p, q)``) on one side, a value on
+    the other; in a chain ``x = 2 + 3 = 5`` (or ``1 = z = 0``) the last part is the value."""
+    if not isinstance(v, Rel) or any(o != "=" for o in v.ops):
+        return None
+    if len(v.parts) == 2:
         lhs, rhs = v.parts
-        if _single_symbol(lhs) and not isinstance(rhs, Rel):
+        if _named(v, 0) and not isinstance(rhs, Rel):
             return rhs
-        if _single_symbol(rhs) and _is_scalar(lhs) and not _single_symbol(lhs):
+        if _named(v, 1) and _is_scalar(lhs) and not _named(v, 0):
             return lhs
-    if isinstance(v, Rel) and len(v.parts) > 2 and all(o == "=" for o in v.ops) and _single_symbol(v.parts[0]):
-        return v.parts[-1]  # x = 2 + 3 = 5
+        return None
+    last = v.parts[-1]
+    if _named(v, 0) or (_is_scalar(last) and not (_to_sympy(last) is not None and _to_sympy(last).free_symbols)):
+        return last
     return None
 
 
+def _same_assignment(p: Rel, r: Rel) -> bool:
+    """``x = 5 + 6 = 11`` equals ``x = 11``: the same name, equal values."""
+    a, b = _assigned_value(p), _assigned_value(r)
+    return a is not None and b is not None and _named(p, 0) and _named(r, 0) and equal(p.parts[0], r.parts[0]) and equal(a, b)
+
+
+def _named_values(s: Seq) -> tuple | None:
+    """``a = 4, b = 5`` -> (4, 5): every item names a different component."""
+    if not s.items or not all(isinstance(it, Rel) and _named(it, 0) and _assigned_value(it) is not None for it in s.items):
+        return None
+    names = [str(it.parts[0]) for it in s.items]
+    if len(set(names)) != len(names):
+        return None
+    return tuple(_assigned_value(it) for it in s.items)
+
+
+def _dedupe(items: tuple) -> tuple:
+    out: list = []
+    for it in items:
+        if not any(equal(it, o) for o in out):
+            out.append(it)
+    return tuple(out)
+
+
 def _unordered_equal(ps: tuple, rs: tuple) -> bool:
+    """Set equality: ``1, 2, 2`` equals ``2, 1`` (a repeated solution is one solution)."""
+    if len(ps) <= 12 and len(rs) <= 12:
+        ps, rs = _dedupe(ps), _dedupe(rs)
     if len(ps) != len(rs):
         return False
     if len(ps) > 8:  # greedy matching; exact matching is factorial in the length
@@ -290,6 +358,15 @@ def _flatten_solutions(s: Seq) -> Seq:
 
 
 def _seq_equal(p: Seq, r: Seq) -> bool:
+    if p.open == "" or r.open == "":
+        pv, rv = _named_values(p) if p.open == "" else None, _named_values(r) if r.open == "" else None
+        if (pv is None) != (rv is None) and {p.open, r.open} <= {"", "(", "g"}:
+            a, b = pv if pv is not None else p.items, rv if rv is not None else r.items
+            return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))  # a=4, b=5 vs (4, 5)
+    if "g" in (p.open, r.open):  # {1, 3}: a tuple against a tuple, a set against anything else
+        other = r.open if p.open == "g" else p.open
+        kind = ("(", ")") if other == "(" else ("{", "}")
+        p, r = Seq(*kind, p.items) if p.open == "g" else p, Seq(*kind, r.items) if r.open == "g" else r
     unordered = {"", "{"}
     has_dots = any(isinstance(x, Dots) for x in p.items + r.items)
     if p.open in unordered and r.open in unordered and not has_dots:
@@ -333,9 +410,14 @@ def _real_set(v) -> sympy.Set | None:
             if any(x is None for x in values):
                 return None
             syms = [i for i, x in enumerate(values) if x.free_symbols]
-            if len(syms) != 1 or not values[syms[0]].is_Symbol:
+            if len(syms) != 1 or len(values[syms[0]].free_symbols) != 1:
                 return None
             x = values[syms[0]]
+            if not x.is_Symbol:
+                if isinstance(x, sympy.core.function.AppliedUndef):  # 0 < f(x) < 1: the range of f
+                    x = values[syms[0]] = sympy.Dummy("t", real=True)
+                else:  # 1 <= |z| <= 3/2: the set of z
+                    x = next(iter(x.free_symbols))
             result = sympy.S.Reals
             for (a, op, b) in zip(values, v.ops, values[1:]):
                 result = result.intersect(sympy.solveset(sympy.sympify(f"a {op} b", locals={"a": a, "b": b}), x, sympy.S.Reals))
@@ -355,10 +437,14 @@ def equal(pred, ref) -> bool:
         if pk is not None and rk is not None:
             return pk == rk
         return False
+    if isinstance(pred, Seq) and pred.comma_decimal is not None and _is_scalar(ref):
+        return equal(pred.comma_decimal, ref)  # 1,22 vs 1.22
+    if isinstance(ref, Seq) and ref.comma_decimal is not None and _is_scalar(pred):
+        return equal(pred, ref.comma_decimal)
     if _is_scalar(pred) and _is_scalar(ref):
         return any(_scalar_equal(p, r) for p in _num_alternatives(pred) for r in _num_alternatives(ref))
     if isinstance(pred, Rel) and isinstance(ref, Rel):
-        if _rel_equal(pred, ref):
+        if _rel_equal(pred, ref) or _same_assignment(pred, ref):
             return True
     if isinstance(pred, Rel) and not isinstance(ref, Rel):
         value = _assigned_value(pred)

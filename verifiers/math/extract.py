@@ -90,6 +90,7 @@ _JOINER_NOISE = re.compile(
 def _is_joiner(between: str) -> bool:
     """Is the text between two boxes only a list joiner (``, `` / ``\\quad\\text{and}\\quad`` /
     "papers and")? A sentence ("first, then correct it:") is not."""
+    between = re.sub(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*[$]?\s*$", "", between)  # "\) and \( y_2 = "
     if len(between) > 60 or re.search(r"\d|=|\\boxed", between):
         return False
     rest = _JOINER_NOISE.sub(lambda m: " " + (m.group(1) or m.group(2) or "") + " ", between)

@@ -121,7 +121,7 @@ def _fix_sqrt_parens(s: str) -> str:
 
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT = [re.compile(r"\\frac\s*(\d)\s*(?=\{)"), re.compile(r"\\frac(\{[^{}]*\})\s*(\d)")]
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")  # 0,111 is not a thousand
 _SPACE_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _SCI = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _TRAILING_TEXT = re.compile(r"^(.*?)\s*\\(?:text|mbox|mathrm|textrm|textnormal|textbf|textit)\{([^{}]*)\}\s*(\^\s*\{?[23]\}?)?$")
@@ -207,7 +207,8 @@ def normalize(answer: str) -> str:
         s = unwrap_command(s, cmd)
     s = _SIMPLE_WRAPPED.sub(r"\1", s)  # \text{13} -> 13, \text{E} -> E
     s = _approx(s)
-    s = re.sub(r"\*\*(.+?)\*\*", r"\1", s)
+    s = re.sub(r"(?<=[)\]])\s*(?:or|and)\s*(?=[(\[])", ", ", s)  # (11,7)or(7,11)
+    s = re.sub(r"(?<![\w)])\*\*(?=\S)(.+?)(?<=\S)\*\*(?![\w(])", r"\1", s)  # markdown bold, not 2**10
     s = _fix_sqrt_parens(s)
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF_SHORT[0].sub(r"\\frac{\1}", s)

@@ -19,7 +19,13 @@ from fractions import Fraction
 import sympy
 from latex2sympy2_extended import NormalizationConfig, latex2sympy
 
-from verifiers.math.normalize import ELLIPSIS, is_plain_number, normalize
+from verifiers.math.normalize import (
+    ELLIPSIS,
+    _matching_brace,
+    is_plain_number,
+    normalize,
+)
+from verifiers.math.plain import looks_plain, parse_plain
 
 MAX_ANSWER_CHARS = 1000
 MAX_DEPTH = 40
@@ -59,6 +65,7 @@ class Num:
     tol: Fraction | None = None
     percent: bool = False
     digits: int = 0  # decimal places written (for "is the prediction more precise?")
+    sig: int = 0  # significant digits written (0 for integers and fractions)
 
 
 @dataclass(frozen=True)
@@ -69,19 +76,25 @@ class Expr:
 
 @dataclass(frozen=True)
 class Rel:
-    """``parts[0] ops[0] parts[1] ops[1] ...`` with ops in = < <= > >= !=."""
+    """``parts[0] ops[0] parts[1] ops[1] ...`` with ops in = < <= > >= !=. ``names[i]`` is
+    True when part i is written as a name (``x``, ``f(x)``, ``AB``, ``(p, q)``, ``V_1:V_2``)."""
 
     ops: tuple[str, ...]
     parts: tuple
+    names: tuple = ()
 
 
 @dataclass(frozen=True)
 class Seq:
-    """Bracketed or bare list: ``open``/``close`` in ``( [ { ""`` / ``) ] } ""``."""
+    """Bracketed or bare list: ``open``/``close`` in ``( [ { ""`` / ``) ] } ""``; ``g`` for a
+    TeX group ``{1, 3}`` (a tuple against a tuple, a set against a set); ``:`` for a ratio.
+    ``comma_decimal`` is the value of ``1,22`` read with a decimal comma (only for two
+    integers joined by a comma without a space)."""
 
     open: str
     close: str
     items: tuple
+    comma_decimal: Num | None = None
 
 
 @dataclass(frozen=True)
@@ -274,9 +287,11 @@ def _decimal(s: str, percent: bool) -> Num:
     digits = len(mant.split(".", 1)[1]) if "." in mant else 0
     value = Fraction(mant) * Fraction(10) ** e
     tol = None
+    sig = 0
     if "." in mant or exp:
         tol = Fraction(1, 2) * Fraction(10) ** (e - digits)
-    return Num(value, tol, percent, digits - e)
+        sig = len(mant.lstrip("+-").replace(".", "").lstrip("0")) or 1
+    return Num(value, tol, percent, digits - e, sig)
 
 
 def _is_text(s: str) -> bool:
@@ -302,22 +317,44 @@ def text_key(s: str) -> str:
 
 
 def _sympy_leaf(s: str, percent: bool) -> Expr | Text:
-    try:
-        e = latex2sympy(s, normalization_config=_L2S_CONFIG)
-    except Exception:
-        return Text(s)
+    e = parse_plain(s) if looks_plain(s) else None  # pi/2, sqrt(2)/2, 2**10: see `plain`
+    if e is None:
+        try:
+            e = latex2sympy(s, normalization_config=_L2S_CONFIG)
+        except Exception:
+            return Text(s)
     if not isinstance(e, sympy.Basic) or isinstance(e, (sympy.Set, sympy.Tuple)) or (
         isinstance(e, sympy.logic.boolalg.Boolean) and not isinstance(e, sympy.Expr)
     ):
         return Text(s)  # sets / tuples / relations are split at the top level, not here
-    if isinstance(e, sympy.MatrixBase):
-        return Text(s)
+    if getattr(e, "is_Matrix", False):
+        return _matrix_value(e, s)
     guard(e)
     swaps = {f: sympy.Rational(str(f)) for f in e.atoms(sympy.Float)}  # decimals stay exact
     swaps.update({x: sympy.I for x in e.free_symbols if x.name == "i"})  # i is the imaginary unit
     if swaps:
         e = e.xreplace(swaps)
     return Expr(e, percent)
+
+
+MAX_MATRIX_ENTRIES = 100
+
+
+def _matrix_value(e, s: str):
+    """A matrix expression (``A + B``, ``A B``) evaluated to its entries, within bounds."""
+    for sub in sympy.preorder_traversal(e):
+        if isinstance(sub, sympy.MatPow) and not (sub.exp.is_Integer and abs(int(sub.exp)) <= 64):
+            raise Rejected("too_large", "matrix power")
+        if isinstance(sub, sympy.MatrixBase) and sub.rows * sub.cols > MAX_MATRIX_ENTRIES:
+            raise Rejected("too_large", "matrix too large")
+    try:
+        m = e.doit() if not isinstance(e, sympy.MatrixBase) else e
+        rows = [[m[i, j] for j in range(m.cols)] for i in range(m.rows)]
+    except Exception:
+        return Text(s)
+    for entry in (x for row in rows for x in row):
+        guard(entry)
+    return Matrix(tuple(tuple(Expr(sympy.nsimplify(x) if x.is_Float else x) for x in row) for row in rows))
 
 
 def parse_leaf(s: str):
@@ -343,7 +380,7 @@ def parse_leaf(s: str):
     if m:
         sign, a, b = (m.group(1), m.group(2), m.group(3)) if m.group(2) else ("", m.group(4), m.group(5))
         if int(b) == 0:
-            return Text(s)
+            return Expr(sympy.zoo)  # undefined: never equal to anything
         value = Fraction(int(a), int(b)) * (-1 if sign == "-" else 1)
         return Num(value, None, percent)
     m = _MIXED.match(s)
@@ -366,21 +403,50 @@ def _parse_matrix(body: str) -> Matrix:
     return Matrix(tuple(tuple(parse_value(c) for c in row.split("&")) for row in rows))
 
 
+_NAME_NOISE = re.compile(r"_\{[^{}]*\}|_\w|\\[a-zA-Z]+|[{}|:/(),\s']")
+
+
+def is_name(s: str) -> bool:
+    """Is ``s`` written as a name rather than a value: ``x``, ``f(x)``, ``AB``, ``|AB|``,
+    ``\\frac{NO}{BO}``, ``V_1:V_2``, ``(p, q)``? (No digits outside subscripts, no operators.)"""
+    rest = _NAME_NOISE.sub("", s)
+    return bool(rest) and rest.isalpha() and rest.isascii()
+
+
+def _comma_decimal(s: str) -> Num | None:
+    """``1,22`` / ``0,111`` read with a decimal comma (``1,000`` was already read as 1000)."""
+    m = re.fullmatch(r"-?\d+,\d+", s)
+    return _decimal(s.replace(",", "."), False) if m else None
+
+
+_SEPARATORS = (",", ";", "\\text{ or }", "\\text{ and }", "\\text{or}", "\\text{and}", " or ", " and ")
+
+
+def _brace_group(s: str) -> str | None:
+    """Inner text of a plain TeX group ``{…}`` that spans all of ``s``."""
+    if not s.startswith("{") or _matching_brace(s, 0) != len(s) - 1:
+        return None
+    return s[1:-1]
+
+
 def parse_value(s: str):
     """Structured value of an (already normalised) answer string."""
     s = s.strip()
     if not s:
         raise Rejected("empty")
     m = _MATRIX.match(s)
-    if m:
+    if m and m.group(1) not in ("vmatrix", "Vmatrix") and "\\begin{" not in m.group(2):  # |A| is a determinant: a number
         return _parse_matrix(m.group(2))
     s = _IN_PREFIX.sub("", s)
     union = split_top(s, ("\\cup",))
     if len(union) > 1:
         return Union(tuple(parse_value(p) for p in union))
-    items = [p for p in split_top(s, (",", ";", "\\text{ or }", "\\text{ and }", "\\text{or}", "\\text{and}", " or ", " and ")) if p.strip()]
+    groups = [p for p in split_top(s, (";",)) if p.strip()]
+    if len(groups) > 1 and any(len(split_top(g, (",",))) > 1 for g in groups):
+        return Seq("", "", tuple(parse_value(g) for g in groups))  # p=5,q=2; p=7,q=2
+    items = [p for p in split_top(s, _SEPARATORS) if p.strip()]
     if len(items) > 1:
-        return Seq("", "", tuple(parse_value(p) for p in items))
+        return Seq("", "", tuple(parse_value(p) for p in items), _comma_decimal(s))
     group = _outer_group(s)
     if group is not None:
         opener, inner, closer = group
@@ -388,8 +454,14 @@ def parse_value(s: str):
         if len(inner_items) > 1 or opener == "\\{":
             values = tuple(parse_value(p) for p in inner_items if p.strip())
             return Seq(opener.lstrip("\\"), closer.lstrip("\\"), values)
-        if opener == "(" and closer == ")":
-            return parse_value(inner)
+        if (opener, closer) in (("(", ")"), ("[", "]")) and (opener == "(" or _MATRIX.match(inner.strip())):
+            return parse_value(inner)  # (x + 1), [\begin{array}…\end{array}]
+    inner = _brace_group(s)
+    if inner is not None:
+        inner_items = [p for p in split_top(inner, (",", ";")) if p.strip()]
+        if len(inner_items) > 1:
+            return Seq("g", "g", tuple(parse_value(p) for p in inner_items))
+        return parse_value(inner)
     if s.count("\\pm") == 1 and split_top(s, ("\\pm",)) != [s]:
         # a \pm b  ->  the two values a + b, a - b (an unordered pair)
         plus, minus = s.replace("\\pm", "+"), s.replace("\\pm", "-")
@@ -398,7 +470,10 @@ def parse_value(s: str):
     if rel is not None:
         parts, ops = rel
         if all(p.strip() for p in parts):
-            return Rel(tuple(ops), tuple(parse_value(p) for p in parts))
+            return Rel(tuple(ops), tuple(parse_value(p) for p in parts), tuple(is_name(p) for p in parts))
+    ratio = split_top(s, (":",))
+    if len(ratio) > 1 and all(p.strip() for p in ratio):
+        return Seq(":", ":", tuple(parse_value(p) for p in ratio))  # 7:32, 12:00
     return parse_leaf(s)
 
 
