@@ -22,10 +22,15 @@ REQUIRED_CATEGORIES = {
     "fp_constant_e", "fp_factorial", "fp_tiny_difference", "fp_ldots", "fp_malformed_sqrt",
     "fp_degenerate_equation", "fp_float_rounding",
 }
+# The recall categories: each holds positives and near-miss negatives (a wrong value in the same form).
+RECALL_CATEGORIES = {
+    "unmarked_answers", "plain_expressions", "text_wrappers", "relations", "several_answers",
+    "matrices_vectors", "decimal_vs_exact", "undefined_values",
+}
 
 
 def test_corpus_shape():
-    assert len(ROWS) >= 200
+    assert len(ROWS) >= 428
     counts = Counter(r["category"] for r in ROWS)
     assert REQUIRED_CATEGORIES <= set(counts), REQUIRED_CATEGORIES - set(counts)
     for cat in REQUIRED_CATEGORIES:
@@ -33,6 +38,9 @@ def test_corpus_shape():
     # Each false-positive class holds cases that must be rejected.
     for cat in (c for c in REQUIRED_CATEGORIES if c.startswith("fp_")):
         assert any(r["expected"] is False for r in ROWS if r["category"] == cat), cat
+    for cat in RECALL_CATEGORIES:
+        labels = [r["expected"] for r in ROWS if r["category"] == cat]
+        assert len(labels) >= 15 and True in labels and False in labels, (cat, len(labels))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ in-process, for tests and notebooks, *without* a time bound.
 from __future__ import annotations
 
 from verifiers.base import Score
-from verifiers.math.compare import equal
+from verifiers.math import compare
+from verifiers.math.compare import degenerate, equal
 from verifiers.math.extract import DEFAULT_PRIORITY, extract
 from verifiers.math.parse import Rejected, parse_answer, parse_value
 
@@ -28,10 +29,13 @@ def is_equivalent(prediction: str, reference: str) -> bool:
     """In-process equivalence of two bare answers (no extraction, no time bound)."""
     p_norm, p_val = parse_answer(prediction)
     r_norm, r_val = parse_answer(reference_answer(reference))
-    return p_norm == r_norm or equal(p_val, r_val)
+    return (p_norm == r_norm and not degenerate(p_val)) or equal(p_val, r_val)
 
 
-def check(completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_PRIORITY) -> Score:
+def check(
+    completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_PRIORITY, min_sig_digits: int = 3
+) -> Score:
+    compare.MIN_SIG_DIGITS = min_sig_digits  # a worker runs one check at a time
     try:
         r_norm, r_val = parse_answer(reference_answer(reference))
     except Rejected as exc:
@@ -45,7 +49,7 @@ def check(completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_P
         if exc.kind == "empty":
             return Score(0.0, False, {"extracted": 0.0})
         return Score(0.0, None, {"extracted": 1.0}, exc.kind)
-    if p_norm == r_norm:
+    if p_norm == r_norm and not degenerate(p_val):
         ok = True
     else:
         try:

@@ -146,8 +146,19 @@ def _within_tol(pred: sympy.Basic, ref: Num) -> bool:
 
 
 def degenerate(v) -> bool:
-    """An undefined value (``1/0``, ``zoo``, ``nan``): never equal to anything."""
-    return isinstance(v, Expr) and v.expr.has(sympy.zoo, sympy.nan)
+    """An undefined value (``1/0``, ``zoo``, ``nan``, ``\\tan(\\pi/2)``): never equal to anything."""
+    if not isinstance(v, Expr):
+        return False
+    e = v.expr
+    if e.has(sympy.zoo, sympy.nan):
+        return True
+    if e.free_symbols or e.is_Atom:
+        return False
+    try:
+        guard(e)
+        return e.doit().has(sympy.zoo, sympy.nan)
+    except Exception:
+        return False
 
 
 def _rounds_to(exact: sympy.Basic, pred: Num) -> bool:

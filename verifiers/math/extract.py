@@ -178,13 +178,19 @@ def _last_value(text: str) -> tuple[int, str] | None:
 
 
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+# Words that are notation, not prose: plain function names, "and", percent spelled out.
+_MATH_WORDS = frozenset(
+    "and sqrt exp log sin cos tan cot sec csc arcsin arccos arctan asin acos atan abs "
+    "pi inf nan zoo percent percentage pct".split()
+)
 _TEXT_CMD = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname|begin|end|mathbb|mathcal)\{[^{}]*\}")
 
 
 def _words(text: str) -> list[str]:
     from verifiers.math.normalize import UNIT_WORDS  # pure Python; imported late to keep this module light
 
-    return [w for w in _PROSE_WORD.findall(_TEXT_CMD.sub(" ", text)) if w.lower() not in UNIT_WORDS and w.lower() != "and"]
+    words = _PROSE_WORD.findall(_TEXT_CMD.sub(" ", text))
+    return [w for w in words if w.lower() not in UNIT_WORDS and w.lower() not in _MATH_WORDS]
 
 
 def _span_is_prose(inner: str) -> bool:

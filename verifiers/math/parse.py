@@ -390,6 +390,8 @@ def parse_leaf(s: str):
         if int(b) != 0:
             value = (int(whole) + Fraction(int(a), int(b))) * (-1 if sign == "-" else 1)
             return Num(value, None, percent)
+    if s.lower() in ("nan", "zoo", "\\text{nan}"):
+        return Expr(sympy.nan)  # a checker's "not a number": never equal to anything
     if _is_text(s):
         return Text(s)
     return _sympy_leaf(s, percent)

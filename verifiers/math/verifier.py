@@ -46,6 +46,9 @@ class MathVerifier:
     timeout: seconds per check; a check that runs longer returns ``Score(error="timeout")``.
     workers: worker processes started on first use (``score_batch`` may grow the pool).
     priority: order in which answer sources are tried (see `verifiers.math.extract`).
+    min_sig_digits: a decimal prediction of an exact reference (``0.0833`` for ``1/12``) is
+        accepted when it is the reference rounded to its own last digit and carries at least
+        this many significant digits (docs/verifiers.md, "decimals against exact values").
 
     ``metrics["extracted"]`` is 0 when no answer was found (an ordinary wrong answer);
     ``error`` is set for timeouts, refused inputs (``input_too_large``, ``answer_too_large``,
@@ -62,7 +65,11 @@ class MathVerifier:
         priority: Sequence[str] = DEFAULT_PRIORITY,
         answer_key: str = "answer",
         memory_mb: int | None = DEFAULT_MEMORY_MB,
+        min_sig_digits: int = 3,
     ):
+        if min_sig_digits < 1:
+            raise ValueError(f"min_sig_digits must be >= 1, got {min_sig_digits}")
+        self.min_sig_digits = int(min_sig_digits)
         self.timeout = float(timeout)
         self.workers = int(workers)
         self.priority = check_priority(tuple(priority))
@@ -84,7 +91,7 @@ class MathVerifier:
             return Score(0.0, None, {"extracted": 0.0}, "input_too_large")
         if len(reference) > MAX_INPUT_CHARS:
             return Score(0.0, None, {"extracted": 0.0}, "reference input_too_large")
-        return self._pool().score(_CHECK, completion, reference, self.priority, timeout=self.timeout)
+        return self._pool().score(_CHECK, completion, reference, self.priority, self.min_sig_digits, timeout=self.timeout)
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
         """Score in parallel on ``workers`` processes (used by `verifiers.score_batch`).
