@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/verify_math.py [--data tests/data/math_corpus.jsonl] [--workers 2] [--repeat 3]
 
 Prints checks/s for each with the same number of worker processes, how often each agrees
-with the labels, and how often they agree with each other. Ours runs every check in a
+with the labels, how often they agree with each other on the whole corpus, and the
+disagreements (with the labels, and between the two) by category. Ours runs every check in a
 killable worker (`verifiers.pool`, hard timeout); math-verify runs natively in a
 multiprocessing pool, each process calling ``verify(parse(gold), parse(pred))`` with its own
 ``signal.alarm`` timeouts, which is how it is usually deployed. Start-up (importing sympy,
@@ -17,6 +18,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,23 @@ def run_math_verify(rows: list[dict], workers: int, repeat: int) -> tuple[list, 
     return verdicts, len(rows) * repeat / elapsed
 
 
+def print_by_category(rows: list[dict], ours: list, theirs: list) -> None:
+    """Per category: cases, and how many disagree with the labels (ours, math-verify) and
+    with each other. Only categories with a disagreement are listed."""
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for row, a, b in zip(rows, ours, theirs):
+        st = stats[row.get("category", "-")]
+        st[0] += 1
+        label = row.get("expected")
+        st[1] += isinstance(label, bool) and a is not label
+        st[2] += isinstance(label, bool) and b is not label
+        st[3] += a != b
+    print(f"\n{'category':26}{'cases':>6}{'ours wrong':>12}{'m-v wrong':>11}{'ours != m-v':>13}")
+    for cat, (n, ow, tw, dis) in sorted(stats.items(), key=lambda kv: (-kv[1][3], kv[0])):
+        if ow or tw or dis:
+            print(f"{cat:26}{n:>6}{ow:>12}{tw:>11}{dis:>13}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "math_corpus.jsonl"))
@@ -105,6 +124,7 @@ def main() -> int:
     print(f"{'math-verify':14}{theirs_rate:>10.1f}  {errors(theirs):>6}  {vs_labels(theirs)}")
     print(f"speed ratio ours / math-verify: {ours_rate / theirs_rate:.2f}x")
     print(f"agreement ours vs math-verify: {agree}/{len(rows)} ({100 * agree / len(rows):.1f}%)")
+    print_by_category(rows, ours, theirs)
     return 0
 
 

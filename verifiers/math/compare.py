@@ -152,7 +152,7 @@ def degenerate(v) -> bool:
     e = v.expr
     if e.has(sympy.zoo, sympy.nan):
         return True
-    if e.free_symbols or e.is_Atom:
+    if e.free_symbols or e.is_Atom or e.has(sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative):
         return False
     try:
         guard(e)
