@@ -163,11 +163,15 @@ _NUMBER_TOKEN = re.compile(r"(?<![A-Za-z\d.,])-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\
 
 def _last_value(text: str) -> tuple[int, str] | None:
     """The last math span or number in ``text`` (whichever ends later) as (end, answer)."""
-    spans = math_spans(text)
+    spans = [sp for sp in math_spans(text) if sp[2] is not None and sp[2].strip() and not _span_is_prose(sp[2])]
     best = None
-    for start, end, inner in spans:
-        if inner is not None and inner.strip() and not _span_is_prose(inner):
-            best = (end, inner.strip())
+    if spans:
+        group = [spans[-1]]  # "$(1, 4)$ and $(4, 1)$": spans joined by a joiner are one list
+        for prev in reversed(spans[:-1]):
+            if not _is_joiner(text[prev[1] : group[0][0]]):
+                break
+            group.insert(0, prev)
+        best = (spans[-1][1], ", ".join(sp[2].strip() for sp in group))
     plain = _outside(text)
     num = None
     for m in _NUMBER_TOKEN.finditer(plain):
@@ -213,7 +217,7 @@ def _is_prose(text: str) -> bool:
     return has_value and bool(_words(outside))
 
 
-_VERB = re.compile(r"\s(?:is|are|was|equals|be|becomes)\s+(?:equal\s+to\s+|approximately\s+|about\s+)?|=|\\approx", re.IGNORECASE)
+_VERB = re.compile(r"\s(?:is|are|was|equals|be|becomes)(?:\s+(?:equal\s+to|approximately|about))?(?=\s)|=|\\approx", re.IGNORECASE)
 
 
 def reduce_phrase(phrase: str) -> str:
@@ -227,11 +231,25 @@ def reduce_phrase(phrase: str) -> str:
         cut = m
     if cut is not None:
         rest = phrase[cut.end() :].strip()
-        if rest and not _is_prose(rest):
+        if _is_value(rest):
             return rest
         phrase = rest or phrase
     found = _last_value(phrase)
     return found[1] if found else phrase
+
+
+def _is_value(s: str) -> bool:
+    """Not prose, and holding a number, math, a plain expression or one single token."""
+    if not s or _is_prose(s):
+        return False
+    return bool(re.search(r"\d|\\|\$", s)) or len(s.split()) == 1
+
+
+def _last_sentence(text: str) -> str:
+    body = text.rstrip().rstrip(".").rstrip()
+    outside = _outside(body)
+    cut = max(outside.rfind(". "), outside.rfind("\n"), outside.rfind("! "), outside.rfind("? "))
+    return body[cut + 1 :].strip()
 
 
 _FINAL = re.compile(r"final\s+answer\s*(?:is|:)\s*(?:the\s+final\s+answer\s+is\s*:?)?", re.IGNORECASE)
@@ -313,6 +331,12 @@ def _bare(text: str) -> str | None:
 
 def _last_math(text: str) -> str | None:
     tail = text[-TAIL_CHARS:] if len(text) > TAIL_CHARS else text
+    sentence = _last_sentence(tail)
+    cut = None
+    for m in _VERB.finditer(_outside(sentence)):
+        cut = m
+    if cut is not None and _is_value(sentence[cut.end() :].strip()):
+        return sentence[cut.end() :].strip()  # "So the result is sqrt(2)/2."
     found = _last_value(tail)
     return found[1] if found else None
 

@@ -157,6 +157,9 @@ def _strip_units(s: str) -> str:
             head = m.group(1).strip()
             if _looks_numeric(head):
                 return head
+    glued = re.fullmatch(r"([+-]?[\d,]*\.?\d+)\s*([a-zA-Z/]+)\s*(?:\^\s*\{?[23]\}?)?", s)  # 12cm, 1,000.99m^2
+    if glued and glued.group(2).lower() in UNIT_WORDS:
+        return glued.group(1)
     parts = s.rsplit(None, 3)
     for n in (3, 2, 1):
         if len(parts) <= n:
@@ -195,6 +198,7 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\\lt(?![a-zA-Z])", "<", s)
     s = re.sub(r"\\gt(?![a-zA-Z])", ">", s)
     s = re.sub(r"\\q?quad(?=[a-zA-Z])", " ", s)  # "\quadx_2": a missing space
+    s = re.sub(r"(?<=[)\]])\s*\\q?quad\s*(?=[(\[])", ", ", s)  # (1, 4) \quad (4, 1)
     s = re.sub(r",\s*\\!\s*", ",", s)  # 11,\!111 is one number
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\le ", "\\le ").replace("\\leqslant", "\\le").replace("\\geqslant", "\\ge")
