@@ -193,6 +193,7 @@ def normalize(answer: str) -> str:
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
     s = _DOUBLED.sub("", s)
+    s = re.sub(r'^(?:\\?"|\u201c)\s*(.*?)\s*(?:\\?"|\u201d)$', r"\1", s.strip(), flags=re.DOTALL)  # "quoted"
     s = _strip_delimiters(s)
     s = s.replace("\\$", " ").replace("$", " ")
     s = re.sub(r"\\lt(?![a-zA-Z])", "<", s)
