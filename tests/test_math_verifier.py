@@ -10,7 +10,6 @@ import verifiers
 from verifiers.math.extract import extract, find_boxed
 from verifiers.math.normalize import normalize
 
-
 # ---- extraction (pure Python) ------------------------------------------------------------
 
 

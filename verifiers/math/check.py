@@ -13,7 +13,6 @@ from verifiers.math.compare import degenerate, equal
 from verifiers.math.extract import DEFAULT_PRIORITY, extract
 from verifiers.math.parse import Rejected, parse_answer, parse_value
 
-
 # A reference is usually a bare answer; it may also be a full solution (its boxed, ``####`` or
 # "final answer" answer is used).
 REFERENCE_PRIORITY = ("boxed", "hash", "bare", "final_answer", "answer_is", "last_math")
