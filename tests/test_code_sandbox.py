@@ -234,3 +234,9 @@ def test_concurrent_score_calls_from_many_threads(v):
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         statuses = [status_of(s) for s in pool.map(lambda b: v.score(b, ADD), bodies)]
     assert statuses == ["passed", "timeout", "failed"] * 6
+
+
+def test_cpu_time_tells_a_starved_timeout_from_a_spinning_one(v):
+    sleeper = v.score("    import time\n    time.sleep(10)\n", ADD)
+    assert status_of(sleeper) == "timeout" and 0.0 <= sleeper.metrics["cpu_s"] < 0.5
+    assert "cpu_s" in v.score("    return a + b\n", ADD).metrics

@@ -171,6 +171,8 @@ def _score(verdict: dict, reward_mode: str) -> Score:
         status, verdict = "sandbox_error", {"detail": f"malformed verdict {verdict!r}"[:300]}
     passed, total = int(verdict.get("passed", 0)), int(verdict.get("total", 0))
     metrics = {f"status/{status}": 1.0, "tests_passed": float(passed), "tests_total": float(total)}
+    if isinstance(verdict.get("cpu_s"), (int, float)):  # the candidate process's CPU time
+        metrics["cpu_s"] = float(verdict["cpu_s"])
     if status == "sandbox_error":
         return Score(0.0, None, metrics, f"sandbox_error: {verdict.get('detail', '')}")
     ok = status == "passed"

@@ -123,6 +123,7 @@ class Sample:
             os.chown(self.host_dir, self.uid, self.uid)
         self.cand_pid: int | None = None
         self.exit_status: int | None = None
+        self.cpu_s: float | None = None
         self.spawned_extra = False  # whether C may have started processes of its own
         self.dead = self.timed_out = False
         self.death: dict | None = None
@@ -221,10 +222,16 @@ class Sample:
                     os.kill(self.cand_pid, signal.SIGKILL)
                 except OSError:
                     pass
-                _, self.exit_status = os.waitpid(self.cand_pid, 0)
+                self._wait4()
             if self.spawned_extra or self.uid is None:
                 kill_sandbox(self.uid, self.cand_pid)
         shutil.rmtree(self.host_dir, onerror=_force_remove)
+
+    def _wait4(self) -> None:
+        """Reap C; keep its CPU time (its reaped children's included), so that a timeout
+        can be read as spun (CPU time near the timeout) or starved (far below it)."""
+        _, self.exit_status, usage = os.wait4(self.cand_pid, 0)
+        self.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
 
     def _reap(self, timeout: float) -> int | None:
         """C's wait status, waiting up to ``timeout`` for it to exit."""
@@ -232,7 +239,7 @@ class Sample:
             fd = os.pidfd_open(self.cand_pid)
             try:
                 if select.select([fd], [], [], timeout)[0]:
-                    _, self.exit_status = os.waitpid(self.cand_pid, 0)
+                    self._wait4()
             finally:
                 os.close(fd)
         return self.exit_status
@@ -584,6 +591,8 @@ def runner_main(ctrl, taken_w: int, cfg: dict) -> None:
                 sample.cleanup()
             except BaseException as exc:
                 verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": f"cleanup: {exc}"}
+            if sample.cpu_s is not None and isinstance(verdict, dict):
+                verdict["cpu_s"] = sample.cpu_s
     try:
         _wire.send(client_fd, verdict, time.monotonic() + 10.0)
     except _wire.WireError:

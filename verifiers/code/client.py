@@ -256,7 +256,7 @@ class ForkServer:
             theirs.close()
             try:
                 _wire.send(ours.fileno(), job, time.monotonic() + 30.0)
-                if demote_after > 0 and not select.select([ours], [], [], demote_after)[0]:
+                if demote_after > 0 and not _readable(ours, demote_after):
                     cpu.release()  # the runner demotes the sample at the same age
                 return _wire.recv(ours.fileno(), time.monotonic() + budget_s + 30.0)
             except _wire.WireError as exc:
@@ -264,6 +264,12 @@ class ForkServer:
             finally:
                 ours.close()
         return _sandbox_error("unreachable")
+
+
+def _readable(sock: socket.socket, timeout_s: float) -> bool:
+    poller = select.poll()  # not select(): a trainer may hold more than FD_SETSIZE fds
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(max(1, int(timeout_s * 1000))))
 
 
 class _Slot:
