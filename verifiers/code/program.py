@@ -12,11 +12,18 @@ from typing import Any
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
 def extract_code(completion: str) -> str:
-    """The last fenced Python block if there is one (an unterminated last fence counts,
-    as a truncated generation), else the completion itself."""
+    """The code of a completion. An R1-style completion's last closed ``<answer>...</answer>``
+    block wins (a fenced block inside it, else its raw content); otherwise the last fenced
+    Python block (an unterminated last fence counts, as a truncated generation), else the
+    completion itself."""
+    answers = _ANSWER.findall(completion)
+    if answers:  # "<answer>\ndef f..." or "<answer> def f...": the code starts at its first line
+        first, _, rest = answers[-1].partition("\n")
+        completion = (rest if not first.strip() else first.lstrip(" \t") + "\n" + rest).rstrip() + "\n"
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(completion)]
     py = [body for lang, body in blocks if lang in _PY_LANGS]
     return py[-1] if py else completion
