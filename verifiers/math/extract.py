@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 DEFAULT_PRIORITY = ("answer_tag", "final_answer", "boxed", "answer_is", "hash", "bare", "last_math")
 ALL_SOURCES = (*DEFAULT_PRIORITY, "last_number")
+MAX_BOXES = 32
 BARE_MAX_CHARS = 1000  # a longer completion with no marker has no bare answer
 TAIL_CHARS = 600  # ``last_math`` looks only at the end of a completion (its closing sentences)
 _SPECIAL_TOKENS = re.compile(r"<\|[a-z_]+\|>|</s>|<eos>|<\|endoftext\|>")
@@ -43,7 +44,8 @@ class Extraction:
 def _boxes(text: str) -> list[tuple[int, int, str]]:
     """Every complete ``\\boxed{…}`` / ``\\fbox{…}`` as (start, end, content), in order."""
     out = []
-    for m in re.finditer(r"\\(?:boxed|fbox)(?![a-zA-Z])", text):
+    # Only the last boxes can be the answer; scanning each is linear, so bound how many.
+    for m in list(re.finditer(r"\\(?:boxed|fbox)(?![a-zA-Z])", text))[-MAX_BOXES:]:
         start = m.end()
         while start < len(text) and text[start] == " ":
             start += 1
@@ -109,7 +111,8 @@ def _boxed(text: str) -> str | None:
         if not _is_joiner(text[prev[1] : group[0][0]]):
             break
         group.insert(0, prev)
-    return ", ".join(b[2] for b in group)
+    joined = ", ".join(b[2] for b in group)
+    return joined if len(joined) <= BARE_MAX_CHARS else boxes[-1][2]
 
 
 def _answer_tag(text: str) -> str | None:
@@ -133,19 +136,21 @@ def math_spans(text: str) -> list[tuple[int, int, str | None]]:
     """Math spans as (start, end, content); content is None for a broken inline span (one
     that crosses a line break), whose numbers must not be read as an answer."""
     spans, i, n = [], 0, len(text)
+    unclosed: set[str] = set()  # closers not found after some position: not found later either
     while i < n:
         if text[i] not in "$\\" or (i > 0 and text[i - 1] == "\\"):
             i += 1
             continue
         for opener, closer, multiline in _SPAN_OPEN:
             if text.startswith(opener, i):
-                j = i + len(opener)
-                while True:
+                j = i + len(opener) if closer not in unclosed else -1
+                while j >= 0:
                     j = text.find(closer, j)
                     if j < 0 or text[j - 1] != "\\" or closer != "$":
                         break
                     j += 1
                 if j < 0:
+                    unclosed.add(closer)
                     i = n if opener in ("$$", "\\[") else i + len(opener)
                     break
                 inner = text[i + len(opener) : j]
