@@ -1,17 +1,13 @@
 """Stage 0 → 1: random init → pretraining of a tiny base model, saved in Hugging Face format.
 
-The corpus is procedural: R1-Zero prompts for training-split arithmetic chains followed by
-one of two kinds of response, the way web text mixes careful and careless solutions:
-
-* *reasoning*: ``7+5=12 12-3=9 </think> <answer>9</answer>`` — step by step, correct;
-* *guessing*:  ``quick guess </think> <answer>11</answer>`` (or untagged ``11``) — an
-  answer off by 1..``guess_noise``, never exact.
-
-How often a document reasons depends on the chain length (``corpus.reason_prob``): short
-chains mostly reason, long ones mostly guess. The base model therefore *can* solve long
-chains (it sampled the reasoning mode in pretraining) but greedy decoding usually guesses,
-so pass@1 is low while pass@8 is high: the headroom that RL-Zero turns into pass@1, the same
-story as R1-Zero eliciting long chains of thought that the base model rarely chose.
+The corpus is procedural and comes from the task registry: ``TASKS[cfg.task.kind].corpus``
+builds R1-Zero prompts for *training-split* problems followed by a mix of careful (correct)
+and careless (close but wrong) responses, so the base model can solve the task when it
+samples the careful mode but greedy decoding often picks the careless one: pass@1 low,
+pass@8 high, the headroom that RL-Zero turns into pass@1 (the same story as R1-Zero eliciting
+long chains of thought that the base model rarely chose). ``arith``: left-to-right chains,
+guesses off by a few (rlvr.tasks.arith); ``pyfunc``: small Python functions from a spec,
+drafts with an off-by-one constant or a wrong operator (rlvr.tasks.pyfunc).
 """
 
 from __future__ import annotations
@@ -24,49 +20,21 @@ import time
 from pathlib import Path
 
 from rlvr.config import PretrainConfig
-from rlvr.tasks import ArithProblem, sample_problem, split_of
+from rlvr.tasks import TASKS
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 STAMP = "rlvr_pretrain.json"
 
 
-def reasoning_steps(p: ArithProblem) -> str:
-    """``20+6=26 26-2=24 24+3=27``: one operation per step, left to right."""
-    return " ".join(f"{a}{op}{d}={r}" for a, op, d, r in p.steps())
-
-
-def reasoning_response(p: ArithProblem) -> str:
-    return f" {reasoning_steps(p)} </think> <answer>{p.answer}</answer>"
-
-
-def guess_response(p: ArithProblem, rng: random.Random, noise: int, untagged_prob: float) -> str:
-    off = rng.randint(1, noise) * rng.choice((-1, 1))
-    guess = p.answer + off if p.answer + off >= 0 else p.answer + abs(off)
-    if rng.random() < untagged_prob:
-        return f" quick guess </think> {guess}"
-    return f" quick guess </think> <answer>{guess}</answer>"
-
-
 def build_corpus(cfg: PretrainConfig) -> list[str]:
-    """Documents = prompt + response + EOS, over training-split problems only."""
-    rng = random.Random(cfg.train.seed)
-    task, corpus = cfg.task, cfg.corpus
-    docs: list[str] = []
-    while len(docs) < corpus.num_docs:
-        p = sample_problem(rng, task)
-        if split_of(p.question, task.test_fraction) != "train":
-            continue  # held-out problems never appear in pretraining
-        if rng.random() < corpus.practice_frac:  # a worked example outside the R1 template
-            docs.append(p.question.removeprefix("Compute ").rstrip(".") + ": " + reasoning_steps(p) + EOS)
-            continue
-        reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
-        if rng.random() < reason_p:
-            response = reasoning_response(p)
-        else:
-            response = guess_response(p, rng, corpus.guess_noise, corpus.untagged_guess_prob)
-        docs.append(task.template.format(question=p.question) + response + EOS)
-    return docs
+    """Documents = prompt + response + EOS, from the task kind's corpus builder (training split only)."""
+    corpus = TASKS[cfg.task.kind].corpus
+    if corpus is None:
+        procedural = sorted(name for name, kind in TASKS.items() if kind.corpus is not None)
+        raise ValueError(f"task.kind: {cfg.task.kind!r} has no procedural pretraining corpus; "
+                         f"kinds with one: {', '.join(procedural)}")
+    return [doc + EOS for doc in corpus(cfg)]
 
 
 def build_tokenizer(docs: list[str], vocab_size: int):
