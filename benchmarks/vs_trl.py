@@ -14,7 +14,7 @@ pass@1. Writes ``<out>/results.json`` (and each side's per-step records under ``
 Identical settings on both sides (``Settings`` below; printed in the output, checked by the test):
 
 * model ``artifacts/tiny-base`` (1.45M-parameter Llama, float32, untied head); task rlvr ``arith``
-  (``TaskConfig()`` defaults, R1-Zero template), and the *same prompts in the same order*: the TRL
+  (``ArithTask()`` defaults, R1-Zero template), and the *same prompts in the same order*: the TRL
   dataset is rlvr's ``PromptSampler`` order for seed 0, with TRL's shuffling off;
 * reward = 1.0 * ``verifiers.get("arith")`` + 0.1 * ``verifiers.get("r1_format")``: rlvr's
   ``Rubric``; TRL gets two ``reward_funcs`` calling the same verifiers, ``reward_weights=[1.0, 0.1]``;
@@ -214,13 +214,15 @@ def reward_funcs(names: list[str]) -> list:
 
 def trl_dataset(s: Settings):
     """rlvr's training prompts in the order rlvr's PromptSampler draws them (TRL does not shuffle)."""
-    from rlvr.config import TaskConfig
-    from rlvr.loop import PromptSampler
-    from rlvr.tasks import load_task
+    from datasets import Dataset
 
-    train = load_task(TaskConfig())["train"]
+    from rlvr.loop import PromptSampler
+    from rlvr.tasks import ArithTask, load_task, render
+
+    cfg = ArithTask()
+    train = [dict(r, prompt=render(r["question"], cfg)) for r in load_task(cfg).train]
     order = PromptSampler(len(train), s.seed).next(s.steps * s.prompts_per_step)
-    return train.select(order)
+    return Dataset.from_list([train[i] for i in order])
 
 
 def timed_trainer_class():
@@ -348,21 +350,26 @@ def run_trl(s: Settings, gen: str, out: Path) -> dict[str, Any]:
 def run_eval(s: Settings, checkpoints: dict[str, str]) -> dict[str, dict[str, float]]:
     """Greedy pass@1 / format rate / length on the held-out split, the same vLLM engine for all."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.config import TaskConfig
     from rlvr.evaluate import evaluate
-    from rlvr.tasks import load_task
+    from rlvr.tasks import ArithTask, Splits, load_task, prepare_rows
     from rollouts import make_engine
+    from verifiers import Rubric, get
 
     torch.set_num_threads(s.threads)
-    rows = list(load_task(TaskConfig())["test"])[: s.eval_prompts]
+    cfg = ArithTask()
+    data = load_task(cfg)
+    data = Splits(data.train[:1], data.test[: s.eval_prompts])
+    prepare_rows(data, cfg, AutoTokenizer.from_pretrained(s.model), 1 << 30)
+    rows = data.test
+    rubric = Rubric([(get(k), w) for k, w in s.reward_weights.items()])
     engine = make_engine("vllm", s.model, dtype="float32", seed=s.seed, threads=s.threads)
     out = {}
     for name, path in checkpoints.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         engine.load_weights(model.named_parameters())
-        out[name] = evaluate(engine, rows, k=1, max_tokens=s.max_tokens, seed=s.seed + 7)
+        out[name] = evaluate(engine, rows, rubric, k=1, max_tokens=s.max_tokens, seed=s.seed + 7)
     engine.close()
     return out
 
@@ -435,7 +442,7 @@ def settings_table(s: Settings, trl_args, cfg) -> list[tuple[str, Any, Any]]:
         ("ratio clip eps", trl_args.epsilon, cfg.algorithm.clip_eps_low),
         ("updates per batch", trl_args.num_iterations, cfg.train.updates_per_batch),
         ("KL coefficient", trl_args.beta, cfg.algorithm.kl_coef),
-        ("reward weights", tuple(trl_args.reward_weights), tuple(t.weight for t in cfg.rewards)),
+        ("reward weights", tuple(trl_args.reward_weights), tuple(t.weight for t in cfg.rewards.terms)),
         ("steps", trl_args.max_steps, cfg.train.steps),
         ("seed", trl_args.seed, cfg.train.seed),
     ]

@@ -37,6 +37,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 RESUME_MAY_CHANGE = (
     "run_dir", "train.steps", "train.threads", "logging.", "checkpoint.", "eval.every",
     "engine.kv_cache_gib", "engine.max_logprob_diff", "engine.threads", "engine.gpu_memory_utilization",
+    "rewards.workers", "alarms.",
 )
 
 

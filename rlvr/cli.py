@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlvr.commands.train", "RL-train a policy (GRPO & co.) from a YAML config."),
     "eval": ("rlvr.commands.eval", "Evaluate a checkpoint on a task's held-out split."),
     "demo": ("rlvr.commands.demo", "Pretrain (or reuse) -> eval base -> RL-Zero -> eval -> before/after table."),
+    "config": ("rlvr.commands.config", "Print every config field with its type, default and description."),
     "verify": ("rlvr.commands.verify", "Score a JSONL of completions with a verifier (audit / compare)."),
     "bench": ("rlvr.commands.bench", "Benchmark rollout throughput of engines side by side."),
 }

@@ -7,14 +7,15 @@ names the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlvr.algorithms.config import AlgorithmConfig
-from rlvr.tasks import R1_TEMPLATE
+from rlvr.tasks import TASKS, ArithTask, default_verifier
 
 
 class Section(BaseModel):
@@ -25,37 +26,33 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and field."""
 
 
-class TaskConfig(Section):
-    name: Literal["arith", "file"] = Field("arith", description="'arith': procedural integer chains; 'file': local JSONL/parquet.")
-    seed: int = Field(0, description="Seed for problem sampling and the train/test shuffle.")
-    min_ops: int = Field(2, ge=1, le=8, description="arith: fewest +/- operations in a chain.")
-    max_ops: int = Field(4, ge=1, le=8, description="arith: most +/- operations in a chain.")
-    max_start: int = Field(20, ge=1, description="arith: the first number is drawn from [1, max_start].")
-    max_operand: int = Field(9, ge=1, description="arith: each operand is drawn from [1, max_operand].")
-    max_value: int = Field(40, ge=1, description="arith: every intermediate value stays in [0, max_value].")
-    test_fraction: float = Field(0.1, gt=0, lt=1, description="arith: share of the problem space (by hash) reserved for test.")
-    train_size: int = Field(4000, ge=1, description="Number of training prompts (arith).")
-    test_size: int = Field(200, ge=1, description="Number of held-out prompts.")
-    template: str = Field(R1_TEMPLATE, description="Prompt template with a {question} slot (R1-Zero style).")
-    path: str | None = Field(None, description="file: JSONL or parquet with one problem per row.")
-    test_path: str | None = Field(None, description="file: separate held-out file (else a split of `path`).")
-    prompt_column: str = Field("question", description="file: column holding the question.")
-    answer_column: str = Field("answer", description="file: column holding the reference answer.")
+def _task_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        if "name" in value and "kind" not in value:
+            raise ValueError("task.name was renamed task.kind (arith, countdown, gsm8k, math, code, hf)")
+        return value.get("kind", "arith")
+    return getattr(value, "kind", "arith")
 
-    @model_validator(mode="after")
-    def _check(self) -> TaskConfig:
-        if self.min_ops > self.max_ops:
-            raise ValueError("task.min_ops must be <= task.max_ops")
-        if "{question}" not in self.template:
-            raise ValueError("task.template must contain '{question}'")
-        if self.name == "file":
-            if self.path is None:
-                raise ValueError("task.path is required when task.name is 'file'")
-            for key in ("path", "test_path"):
-                value = getattr(self, key)
-                if value is not None and not Path(value).is_file():
-                    raise ValueError(f"task.{key}: no such file {value!r}")
-        return self
+
+def _task_union() -> Any:
+    """``task:`` is a union of the registered kinds' configs, keyed on ``kind`` (default arith)."""
+    from pydantic import Discriminator, Tag
+
+    members = tuple(Annotated[kind.config, Tag(name)] for name, kind in sorted(TASKS.items()))
+    return Annotated[Union[members], Discriminator(_task_kind)]  # noqa: UP007 (a runtime-built union)
+
+
+TaskConfig = _task_union()
+
+
+def check_task_kind(data: Any) -> Any:
+    """Before validation: an unknown ``task.kind`` is one line naming the known kinds."""
+    task = data.get("task") if isinstance(data, dict) else None
+    if isinstance(task, dict):
+        kind = _task_kind(task)
+        if kind not in TASKS:
+            raise ValueError(f"task.kind: unknown task kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    return data
 
 
 class ModelArchConfig(Section):
@@ -94,7 +91,8 @@ class PretrainTrainConfig(Section):
 class PretrainConfig(Section):
     out_dir: str = Field("artifacts/tiny-base", description="Where the Hugging Face model directory is written.")
     vocab_size: int = Field(384, ge=300, description="BPE vocabulary size (byte-level, digits split).")
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskConfig = Field(default_factory=ArithTask, description="The task whose training split the corpus "
+                             "is built from (procedural kinds).")
     model: ModelArchConfig = Field(default_factory=ModelArchConfig)
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
@@ -125,6 +123,25 @@ class RewardTerm(Section):
     verifier: str = Field(description="Registered verifier name (see `verifiers.available()`).")
     weight: float = Field(1.0, description="Weight in the reward sum; 0 logs without rewarding.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for the verifier.")
+
+
+class RewardsConfig(Section):
+    terms: list[RewardTerm] | None = Field(
+        None, description="Weighted verifiers composing the reward. None: the task's verifier (weight 1) plus "
+        "r1_format (weight 0.1). A bare list under `rewards:` means this field.")
+    workers: int = Field(4, ge=1, description="Scoring workers: groups are scored on these as soon as they finish "
+                         "generating (the math and code verifiers run each check in their own processes).")
+
+
+class AlarmsConfig(Section):
+    zero_reward_steps: int = Field(
+        10, ge=0, description="Stop when every reward was exactly 0 for this many consecutive steps, naming the "
+        "verifier and showing a sample (0: off).")
+    max_error_rate: float = Field(
+        0.5, gt=0, le=1, description="Stop when more than this share of a step's checks failed in the verifier "
+        "(timeouts, crashes, sandbox errors), as opposed to wrong answers.")
+    zero_grad_steps: int = Field(5, ge=0, description="Warn when the gradient was exactly 0 for this many "
+                                 "consecutive steps (no group had a reward spread; 0: off).")
 
 
 class OptimConfig(Section):
@@ -174,19 +191,21 @@ class EvalConfig(Section):
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to run_dir/tb.")
-    progress: bool = Field(True, description="Show a progress bar.")
+    progress: bool = Field(True, description="Show progress bars (training and evaluation).")
+    samples_every: int = Field(10, ge=0, description="Every N steps, write a few completions with their rewards to "
+                               "run_dir/samples.jsonl and TensorBoard text (0: never).")
+    samples_per_step: int = Field(4, ge=1, description="Completions logged each time (from different prompts).")
 
 
 class TrainConfig(Section):
     model: str = Field(description="Hugging Face model directory of the starting policy.")
     run_dir: str = Field("runs/tiny-r1zero", description="Output directory: metrics, TensorBoard, checkpoint, plot.")
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskConfig = Field(default_factory=ArithTask, description="What to train on: `kind` picks the task "
+                             "(arith, countdown, gsm8k, math, code, hf); see `rlvr config task`.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
-    rewards: list[RewardTerm] = Field(
-        default_factory=lambda: [RewardTerm(verifier="arith", weight=1.0), RewardTerm(verifier="r1_format", weight=0.1)],
-        description="Weighted verifiers composing the reward.",
-    )
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers and workers.")
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="When a run stops itself.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
@@ -194,11 +213,64 @@ class TrainConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("rewards"), list):  # `rewards: [...]` = rewards.terms
+            data = {**data, "rewards": {"terms": data["rewards"]}}
+        return check_task_kind(data)
+
     @model_validator(mode="after")
-    def _async_needs_is(self) -> TrainConfig:
+    def _derive(self) -> TrainConfig:
+        """Values derived from others are filled here, so the dumped config is what the run used."""
+        if self.rewards.terms is None:
+            self.rewards.terms = [RewardTerm(verifier=default_verifier(self.task), weight=1.0),
+                                  RewardTerm(verifier="r1_format", weight=0.1)]
         if self.train.async_ and self.algorithm.is_cap is None:  # stale samples need the IS correction
             self.algorithm.is_cap = 2.0
+        algo = self.algorithm
+        if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
+            algo.loss_agg_norm = float(self.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
         return self
+
+    @model_validator(mode="after")
+    def _refuse_degenerate(self) -> TrainConfig:
+        """Configs that would train nothing, every step, are refused here rather than run to exit 0."""
+        from rlvr.algorithms.config import GROUP_ADVANTAGES
+
+        algo = self.algorithm
+        group_relative = algo.advantage in GROUP_ADVANTAGES or (algo.advantage == "reinforce_pp" and algo.group_baseline)
+        if self.sampling.n < 2 and group_relative:
+            raise ValueError(f"sampling.n: {algo.advantage} compares completions within a group, so n=1 gives every "
+                             "advantage 0 and trains nothing; use n >= 2 (8 is usual) or a non-group estimator")
+        if all(t.weight == 0 for t in self.rewards.terms):
+            raise ValueError("rewards.terms: every weight is 0, so every reward is 0 and nothing is learned")
+        check_reward_terms(self.rewards.terms)
+        return self
+
+
+def check_reward_terms(terms: list[RewardTerm]) -> None:
+    """Unknown verifier names and constructor arguments are config errors, before any model loads."""
+    import inspect
+
+    from verifiers import available
+    from verifiers.registry import factory_of
+
+    names = available()
+    for i, term in enumerate(terms):
+        if term.verifier not in names:
+            raise ValueError(f"rewards.terms.{i}.verifier: unknown verifier {term.verifier!r}; available: {', '.join(names)}")
+        try:
+            params = inspect.signature(factory_of(term.verifier)).parameters
+        except (TypeError, ValueError):  # a C callable or similar: nothing to check against
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
+        for key in term.kwargs:
+            if key not in accepted:
+                raise ValueError(f"rewards.terms.{i}.kwargs.{key}: {term.verifier!r} takes no argument {key!r}; "
+                                 f"accepted: {', '.join(accepted) or '(none)'}")
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -227,11 +299,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _format_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
+        if re.match(r"^[a-z_]+(\.[\w]+)*: ", msg):
+            lines.append(f"  {msg}")  # the validator's message already starts with the field it names
+        else:
+            lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -248,6 +323,8 @@ def load_config(cls: type[Section], path: str | None, overrides: list[str] | Non
             raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config {path!r} must be a mapping at the top level")
+    if isinstance(data.get("rewards"), list):  # the shorthand `rewards: [...]`, so `rewards.workers=` can override
+        data["rewards"] = {"terms": data["rewards"]}
     data = apply_overrides(data, overrides or [])
     try:
         return cls.model_validate(data)

@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, CriticModel, gae_advantages_and_returns, masked_mean, value_loss
+from rlvr.algorithms import (
+    AdvantageInputs,
+    AlgorithmConfig,
+    CriticModel,
+    gae_advantages_and_returns,
+    masked_mean,
+    value_loss,
+)
 from rlvr.learner import RLBatch
 
 

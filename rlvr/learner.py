@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
-from rlvr.algorithms import POLICY_LOSSES, AlgorithmConfig, LossInputs, masked_mean, policy_objective, truncated_is_weights
+from rlvr.algorithms import (
+    POLICY_LOSSES,
+    AlgorithmConfig,
+    LossInputs,
+    masked_mean,
+    policy_objective,
+    truncated_is_weights,
+)
 
 
 @dataclass

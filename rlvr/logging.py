@@ -32,18 +32,50 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
             self._tb.flush()
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_text(tag, text, step)
+            self._tb.flush()
+
     def close(self) -> None:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
 
 
+class SampleLogger:
+    """Every ``every`` steps, ``per_step`` completions (one per prompt) with their rewards go to
+    ``run_dir/samples.jsonl`` and TensorBoard text, so what the policy writes can be read."""
+
+    def __init__(self, run_dir: str | Path, every: int, per_step: int, metrics: MetricsLogger | None = None):
+        self.path, self.every, self.per_step, self.metrics = Path(run_dir) / "samples.jsonl", every, per_step, metrics
+
+    def log(self, step: int, scored: list) -> None:
+        if not self.every or step % self.every:
+            return
+        records = []
+        for sg in scored[: self.per_step]:
+            comp, score = sg.group.completions[0], sg.scores[0]
+            context = {k: v for k, v in sg.row.items() if k not in ("prompt_text", "prompt_ids", "question")}
+            records.append({"step": step, "question": sg.row.get("question"), "completion": comp.text,
+                            "reward": score.reward, "correct": score.correct, "error": score.error,
+                            "reference": str(context)[:500]})
+        with self.path.open("a") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec) + "\n")
+        if self.metrics is not None:
+            body = "\n\n".join(f"**reward {r['reward']:.2f}** ({r['reference'][:120]})\n\n    {r['completion'][:600]}"
+                                 for r in records)
+            self.metrics.text("samples", body, step)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path) -> Path:
-    """Training reward and held-out greedy pass@1 against step."""
+def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path, title: str = "RL run") -> Path:
+    """Training reward and held-out greedy pass@1 against step; mean response length beside them
+    (the R1-Zero signature is that it grows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +84,7 @@ def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path) -> Path:
     records = read_metrics(metrics_path)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, ax_len) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     if train:
         ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], label="train reward (mean)", alpha=0.8)
         ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train accuracy", alpha=0.6)
@@ -62,7 +94,13 @@ def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path) -> Path:
     ax.set_ylim(-0.02, 1.12)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title("RL-Zero from the pretrained base")
+    ax.set_title(f"{title}: reward and held-out accuracy")
+    if train:
+        ax_len.plot([r["step"] for r in train], [r["response_len_mean"] for r in train], color="tab:purple")
+    ax_len.set_xlabel("RL step")
+    ax_len.set_ylabel("mean response length (tokens)")
+    ax_len.grid(alpha=0.3)
+    ax_len.set_title("response length")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -31,10 +31,8 @@ Simplifications of the textbook algorithms, on purpose:
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -47,6 +45,7 @@ from typing import Any
 import torch
 import yaml
 
+from rlvr.alarms import Alarms
 from rlvr.algorithms import (
     ADVANTAGES,
     AdvantageInputs,
@@ -69,30 +68,25 @@ from rlvr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from rlvr.components import build_rubric, engine_kwargs, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.critic import Critic
 from rlvr.evaluate import evaluate
 from rlvr.learner import Learner, RLBatch
-from rlvr.logging import MetricsLogger, plot_reward_accuracy
+from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
+from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
-from rlvr.tasks import load_task
+from rlvr.scoring import Scorer, generate_and_score
 from rollouts import SamplingConfig, make_engine
-from verifiers import Rubric, Score, score_batch
 from verifiers import get as get_verifier
-
-
-def check_model_dir(path: str) -> None:
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"model: no such directory {path!r} (run `rlvr pretrain` first?)")
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"model: {path!r} is not a Hugging Face model directory (no config.json)")
 
 
 class PromptSampler:
     """Shuffled epochs over the training rows; its position is plain state (for resume)."""
 
     def __init__(self, n_rows: int, seed: int):
+        if n_rows < 1:
+            raise ValueError("the training split is empty: nothing to sample prompts from")
         self.n_rows, self.seed, self.epoch, self.pos = n_rows, seed, 0, 0
         self._order = self._shuffle()
 
@@ -201,6 +195,8 @@ def kl_token_rewards(learner: Learner, batch: RLBatch, inp: AdvantageInputs,
 
 
 def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
+    """Rollout statistics of every group drawn; the format rate is the strict R1 check whatever the rewards are."""
+    fmt = get_verifier("r1_format")
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
@@ -210,12 +206,13 @@ def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
         "accuracy": sum(bool(s.correct) for s in scores) / len(scores),
-        "format_rate": sum(s.metrics.get("r1_format", 0.0) for s in scores) / len(scores),
+        "format_rate": sum(fmt.score(c.text, {}).reward for c in comps) / len(comps),
         "response_len_mean": sum(lengths) / len(lengths),
         "response_len_max": float(max(lengths)),
         "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
         "solved_none_frac": float((per_group.max(1).values == per_group.min(1).values).float().mean()),
         "verifier_errors": float(sum(s.error is not None for s in scores)),
+        "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
     }
 
 
@@ -226,37 +223,33 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     ``resume``: continue from the newest checkpoint in ``cfg.run_dir`` (see rlvr.checkpoint).
     ``overwrite``: start afresh in a ``run_dir`` that holds an earlier run's checkpoints
     (otherwise that is an error, so a forgotten ``--resume`` never deletes a run).
+    Everything that can be checked is checked before anything is written or any model loads.
     """
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_model_dir(cfg.model)
     tc, algo, ev = cfg.train, cfg.algorithm, cfg.eval
+    model_dir = resolve_model(cfg.model)
+    rubric = build_rubric(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = load_rows(cfg, tokenizer, rubric, model_dir)
+    train_rows, test_rows = data.train, data.test
+    run_dir = Path(cfg.run_dir)
+    cfg_yaml = config_yaml(cfg)
+    ckpt = find_resume_point(run_dir, cfg_yaml, resume, overwrite, tc.steps)
+    prepare_run_dir(run_dir, cfg_yaml, ckpt)  # the first write
+
     staleness = tc.max_staleness if tc.async_ else 0
     learner_threads, engine_threads = thread_split(cfg)
     if learner_threads:
         torch.set_num_threads(learner_threads)
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    run_dir = Path(cfg.run_dir)
-    cfg_yaml = config_yaml(cfg)
-    ckpt = prepare_run_dir(run_dir, cfg_yaml, resume, overwrite)
-    if ckpt is not None and ckpt.step > tc.steps:
-        raise ConfigError(f"resume: train.steps={tc.steps} is below the checkpoint's step {ckpt.step} ({ckpt.path})")
-
-    data = load_task(cfg.task)
-    train_rows, test_rows = list(data["train"]), list(data["test"])[: ev.num_prompts]
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
-        algo.loss_agg_norm = float(cfg.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
-        ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval().requires_grad_(False)
-    engine = make_engine(cfg.engine.kind, cfg.model, **engine_kwargs(cfg, engine_threads))
-    rubric = Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards])
-    if algo.advantage not in ADVANTAGES:
-        raise KeyError(f"algorithm.advantage: unknown {algo.advantage!r}; known: {sorted(ADVANTAGES)}")
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
+    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg, engine_threads))
     advantage_fn = ADVANTAGES[algo.advantage]
     optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
                     micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
@@ -264,37 +257,37 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                       shared_prefix=tc.shared_prefix, **optim_kw)
     critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
     sampler = PromptSampler(len(train_rows), tc.seed)
+    scorer = Scorer(rubric, cfg.rewards.workers)
+    alarms = Alarms(cfg.alarms, [v.name for v, _ in rubric.parts])
 
     def draw_step(step: int) -> StepRollouts:
-        """The rollouts of one step (every dynamic-sampling round), generated and scored."""
-        timings = {"generate_s": 0.0, "score_s": 0.0}
+        """The rollouts of one step (every dynamic-sampling round), generated and scored as groups finish."""
+        timings = {"generate_s": 0.0, "score_s": 0.0, "score_wait_s": 0.0, "score_hidden_s": 0.0}
 
         def draw(rnd: int, k: int) -> list[ScoredGroup]:
-            t0 = time.perf_counter()
             rows = [train_rows[i] for i in sampler.next(k)]
             sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature,
                                       top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
                                       seed=tc.seed * 100_003 + step + rnd * 1_000_003)
-            groups = engine.generate([r["prompt"] for r in rows], sampling)
-            t1 = time.perf_counter()
-            texts = [c.text for g in groups for c in g.completions]
-            scores = score_batch(rubric, texts, [row for row, g in zip(rows, groups) for _ in g.completions])
-            timings["generate_s"] += t1 - t0
-            timings["score_s"] += time.perf_counter() - t1
-            ends = list(itertools.accumulate(len(g.completions) for g in groups))
-            return [ScoredGroup(row, g, scores[end - len(g.completions): end]) for row, g, end in zip(rows, groups, ends)]
+            groups, scores, t = generate_and_score(engine, rows, sampling, scorer)
+            for key in timings:
+                timings[key] += t[key]
+            return [ScoredGroup(row, g, sc) for row, g, sc in zip(rows, groups, scores)]
 
         batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
         return StepRollouts(step, batch, drawn, stats, timings)
 
     pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind == "hf" else 0)
+    show = cfg.logging.progress if progress is None else progress
     try:
         logger = MetricsLogger(run_dir, cfg.logging.tensorboard, purge_step=None if ckpt is None else ckpt.step + 1)
+        samples = SampleLogger(run_dir, cfg.logging.samples_every, cfg.logging.samples_per_step, logger)
 
         def run_eval(step: int) -> dict[str, float]:
             t0 = time.perf_counter()
-            m = pipe.call(lambda: evaluate(engine, test_rows, k=ev.k, temperature=ev.temperature,
-                                           max_tokens=ev.max_tokens, seed=tc.seed + 7))
+            m = pipe.call(lambda: evaluate(engine, test_rows, rubric, k=ev.k, temperature=ev.temperature,
+                                           max_tokens=ev.max_tokens, seed=tc.seed + 7, workers=cfg.rewards.workers,
+                                           progress=show))
             m["eval_s"] = time.perf_counter() - t0
             logger.log(step, m, kind="eval")
             return m
@@ -323,7 +316,6 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                 pipe.submit_draw(s, version=start)
         synced_version = start  # learner updates contained in the weights the engine samples with
         last_sync: Future | None = None
-        show = cfg.logging.progress if progress is None else progress
         bar = tqdm(range(start + 1, tc.steps + 1), desc="rl", disable=not show, mininterval=1,
                    initial=start, total=tc.steps)
         for step in bar:
@@ -357,7 +349,10 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             metrics.update(rollout_metrics(ro.drawn), learn_s=t2 - t1, step_s=t3 - t0,
                            engine_idle_s=max(0.0, (t3 - t0) - pipe.busy_s(t0, t3)))
             metrics["generate_share"] = metrics["generate_s"] / metrics["step_s"]
+            metrics["score_hidden_share"] = metrics["score_hidden_s"] / metrics["score_s"] if metrics["score_s"] else 1.0
             logger.log(step, metrics)
+            samples.log(step, ro.drawn)
+            alarms.check(step, ro.drawn, metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                             len=f"{metrics['response_len_mean']:.0f}")
             if step == tc.steps or (ev.every and step % ev.every == 0):
@@ -367,13 +362,15 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         after = evals[tc.steps]  # the last step always evaluates (also in a resumed, finished run)
     finally:
         pipe.close()
+        scorer.close()
         engine.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
     final = run_dir / "final"
     policy.save_pretrained(final, safe_serialization=True)
     tokenizer.save_pretrained(final)
-    plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png")
+    plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png", title=run_dir.name)
     logger.close()
-    summary = {"before": evals[0], "after": after, "checkpoint": str(final), "plot": str(plot)}
+    summary = {"before": evals[0], "after": after, "checkpoint": str(final), "plot": str(plot),
+               "data": data.notes}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -384,19 +381,6 @@ def timed_load(engine, weights) -> float:
     return time.perf_counter() - t0
 
 
-def thread_split(cfg: TrainConfig) -> tuple[int, int]:
-    """(learner, engine) thread counts; 0 leaves the library default (all cores).
-
-    With ``train.async`` the two sides run at the same time, so they split the cores: oversubscribed
-    OpenMP teams make CPU torch several times slower."""
-    tc, engine_threads = cfg.train, cfg.engine.threads or cfg.train.threads
-    if not tc.async_:
-        return tc.threads, engine_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    learner = tc.threads or max(1, cores // 2)
-    return learner, cfg.engine.threads or max(1, cores - learner)
-
-
 @dataclass
 class Resumed:
     step: int
@@ -405,19 +389,14 @@ class Resumed:
     state: dict[str, Any]
 
 
-def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: bool, overwrite: bool = False) -> Resumed | None:
-    """Fresh run: an empty metrics file and no old checkpoints. Resume: the newest checkpoint,
-    after checking the config did not change in a way that matters; metrics past it are cut."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run_dir / "metrics.jsonl"
+def find_resume_point(run_dir: Path, cfg_yaml: str, resume: bool, overwrite: bool, steps: int) -> Resumed | None:
+    """The checkpoint a resumed run continues from (None for a fresh run), after every check
+    that can refuse the command; reads only, so a refused command leaves the run as it was."""
     if not resume:
         if list_checkpoints(run_dir) and not overwrite:
             raise FileExistsError(
                 f"run_dir {str(run_dir)!r} holds checkpoints of an earlier run: continue it with "
                 f"`rlvr train --resume {run_dir}`, start over with --overwrite, or choose another run_dir")
-        metrics.unlink(missing_ok=True)
-        shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
-        (run_dir / "config.yaml").write_text(cfg_yaml)
         return None
     path = latest_checkpoint(run_dir)
     if path is None:
@@ -427,19 +406,33 @@ def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: bool, overwrite: bool 
         raise ConfigError(f"resume: the config of {str(run_dir)!r} changed in fields that matter "
                           "(start a new run_dir instead):\n  " + "\n  ".join(changed))
     tensors, state = load_checkpoint(path)
-    for stale in checkpoints_dir(run_dir).glob(".tmp-*"):  # a write cut short by a kill
-        shutil.rmtree(stale, ignore_errors=True)
-    if metrics.exists():  # records past the checkpoint are redone; a line cut by a kill is dropped
-        keep = []
-        for line in metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= state["step"]:
-                    keep.append(line + "\n")
-            except (json.JSONDecodeError, KeyError):
-                continue
-        metrics.write_text("".join(keep))
-    (run_dir / "config.yaml").write_text(cfg_yaml)
+    if state["step"] > steps:
+        raise ConfigError(f"resume: train.steps={steps} is below the checkpoint's step {state['step']} ({path})")
     return Resumed(state["step"], path, tensors, state)
+
+
+def prepare_run_dir(run_dir: Path, cfg_yaml: str, ckpt: Resumed | None) -> None:
+    """Fresh run: an empty metrics file and no old checkpoints. Resume: metrics past the
+    checkpoint are cut and a killed write's leftovers removed. Writes ``config.yaml``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run_dir / "metrics.jsonl"
+    if ckpt is None:
+        metrics.unlink(missing_ok=True)
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
+    else:
+        for stale in checkpoints_dir(run_dir).glob(".tmp-*"):  # a write cut short by a kill
+            shutil.rmtree(stale, ignore_errors=True)
+        if metrics.exists():  # records past the checkpoint are redone; a line cut by a kill is dropped
+            keep = []
+            for line in metrics.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= ckpt.step:
+                        keep.append(line + "\n")
+                except (json.JSONDecodeError, KeyError):
+                    continue
+            metrics.write_text("".join(keep))
+    (run_dir / "config.yaml").write_text(cfg_yaml)
 
 
 def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None, ref, sampler: PromptSampler,
@@ -476,16 +469,3 @@ def check_logprob_parity(metrics: dict[str, float], cfg: TrainConfig) -> None:
                if cfg.engine.dtype != "float32" else
                "Both sides run float32, so the weights differ: check that the weight sync covers every parameter.")
         )
-
-
-def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any]:
-    """Engine constructor arguments. With ``train.async`` vLLM runs in its own process (its
-    thread pool then cannot collide with the learner's); the HF engine's threads are set on
-    the rollout worker thread instead (see RolloutPipeline)."""
-    e = cfg.engine
-    threads = cfg.train.threads if threads is None else threads
-    if e.kind == "hf":
-        return {"dtype": e.dtype}
-    return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
-            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
-            "separate_process": cfg.train.async_}

@@ -3,9 +3,9 @@
 Usable on its own (no dependency on `rlvr` or `verifiers`).
 """
 
-from rollouts.types import Completion, Engine, Group, SamplingConfig
+from rollouts.types import Completion, Engine, Group, OnGroup, Prompt, SamplingConfig
 
-__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "make_engine"]
+__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "Prompt", "OnGroup", "make_engine"]
 
 
 def make_engine(kind: str, model_dir: str, **kwargs):

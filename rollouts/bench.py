@@ -85,7 +85,7 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
     engine.generate(texts[: min(4, prompts)], SamplingConfig(n=2, max_tokens=8, ignore_eos=True, detokenize=False))
     runs, latencies, tokens = [], [], 0
     cpu = []
-    for r in range(repeats):
+    for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
         groups = engine.generate(texts, sampling)
         runs.append(time.perf_counter() - t)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from rollouts.types import Completion, Group, SamplingConfig
+from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,22 +53,28 @@ class HFEngine:
         self.last_group_latencies: list[float] = []
 
     # -- Engine protocol -------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
-        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 on_group: OnGroup | None = None) -> list[Group]:
+        prompt_ids = [list(p) if not isinstance(p, str) else self.tokenizer(p, add_special_tokens=False)["input_ids"]
+                      for p in prompts]
+        texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         gen = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % 2**63)
         flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
         results: list[Completion] = []
         finished_at: list[float] = []
+        groups = [Group(p, ids, []) for p, ids in zip(texts, prompt_ids)]
+        done, n = 0, sampling.n  # groups complete so far: flat holds each group's n samples in a row
         t0 = time.perf_counter()
         for start in range(0, len(flat), self.max_batch):
             chunk = [ids for _, ids in flat[start : start + self.max_batch]]
             results.extend(self._decode(chunk, sampling, gen))
             finished_at.extend([time.perf_counter() - t0] * len(chunk))
-        # a group is done when its last sample's decode batch is done (static batching)
+            while done < len(groups) and (done + 1) * n <= len(results):  # static batching: whole chunks finish
+                groups[done].completions = results[done * n : (done + 1) * n]
+                if on_group is not None:
+                    on_group(done, groups[done])
+                done += 1
         self.last_group_latencies = [finished_at[(g + 1) * sampling.n - 1] for g in range(len(prompts))]
-        groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
-        for (g, _), comp in zip(flat, results):
-            groups[g].completions.append(comp)
         return groups
 
     @torch.no_grad()

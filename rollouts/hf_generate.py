@@ -14,17 +14,18 @@ from collections.abc import Sequence
 import torch
 
 from rollouts.hf_engine import HFEngine
-from rollouts.types import Completion, Group, SamplingConfig
+from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 
 
 class HFGenerateEngine(HFEngine):
     """``Engine`` on ``model.generate``; ``max_batch`` sequences per ``generate`` call. Start-up,
     chunking, grouping and weight loading are ``HFEngine``'s; only the chunk decode differs."""
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 on_group: OnGroup | None = None) -> list[Group]:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)  # model.generate samples from the global generator
-        return super().generate(prompts, sampling)
+        return super().generate(prompts, sampling, on_group)
 
     def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen: torch.Generator) -> list[Completion]:
         return self._generate(prompt_ids, sampling)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Union
 
 import torch
 
@@ -51,8 +51,17 @@ class Group:
     completions: list[Completion] = field(default_factory=list)
 
 
+# A prompt is text (the engine tokenizes it, adding no special tokens) or token ids, used as is:
+# ids let the caller guarantee the engine and the learner see the same prompt tokens.
+Prompt = Union[str, list[int]]  # noqa: UP007
+# Called with (prompt index, its finished group) as soon as a group is complete, so the caller can
+# start scoring it while the other groups still generate. Called from the generating thread.
+OnGroup = Callable[[int, Group], None]
+
+
 class Engine(Protocol):
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]: ...
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 on_group: OnGroup | None = None) -> list[Group]: ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from rollouts.types import Completion, Group, SamplingConfig
+from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 
 
 def _on_gpu() -> bool:
@@ -97,8 +97,10 @@ class VLLMEngine:
         self.last_group_latencies: list[float] = []
         self._next_id = 0
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Group]:
-        """Submit every prompt, step the engine to completion, record when each group finished."""
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 on_group: OnGroup | None = None) -> list[Group]:
+        """Submit every prompt, step the engine to completion, record when each group finished
+        (and hand it to ``on_group`` right then). Token-id prompts are used as is."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -115,10 +117,12 @@ class VLLMEngine:
         base = self._next_id
         self._next_id += len(prompts)
         for i, prompt in enumerate(prompts):
-            engine.add_request(str(base + i), prompt, params(i))
+            engine.add_request(str(base + i), prompt if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)},
+                               params(i))
         samples: list[dict[int, object]] = [{} for _ in prompts]
         prompt_ids: list[list[int]] = [[] for _ in prompts]
         latencies = [0.0] * len(prompts)
+        groups: list[Group | None] = [None] * len(prompts)
         while engine.has_unfinished_requests():
             for out in engine.step():
                 if not out.finished:
@@ -128,18 +132,24 @@ class VLLMEngine:
                 for c in out.outputs:
                     samples[idx][c.index] = c
                 latencies[idx] = time.perf_counter() - t0
+                groups[idx] = self._group(prompts[idx], prompt_ids[idx], samples[idx], sampling.n, idx)
+                if on_group is not None:
+                    on_group(idx, groups[idx])
         self.last_group_latencies = latencies
-        groups = []
-        for i, prompt in enumerate(prompts):
-            if len(samples[i]) != sampling.n:
-                raise RuntimeError(f"vLLM returned {len(samples[i])} samples for prompt {i}, expected {sampling.n}")
-            comps = []
-            for _, c in sorted(samples[i].items()):
-                ids = list(c.token_ids)
-                lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids)]
-                comps.append(Completion(c.text or "", ids, lps, "length" if c.finish_reason == "length" else "stop"))
-            groups.append(Group(prompt, prompt_ids[i], comps))
-        return groups
+        if any(g is None for g in groups):
+            raise RuntimeError(f"vLLM finished without {sum(g is None for g in groups)} of {len(groups)} groups")
+        return groups  # type: ignore[return-value]
+
+    def _group(self, prompt: Prompt, prompt_ids: list[int], samples: dict[int, object], n: int, i: int) -> Group:
+        if len(samples) != n:
+            raise RuntimeError(f"vLLM returned {len(samples)} samples for prompt {i}, expected {n}")
+        comps = []
+        for _, c in sorted(samples.items()):
+            ids = list(c.token_ids)
+            lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids)]
+            comps.append(Completion(c.text or "", ids, lps, "length" if c.finish_reason == "length" else "stop"))
+        text = prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt_ids)
+        return Group(text, prompt_ids, comps)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.tied_embeddings:

@@ -59,14 +59,13 @@ def test_overrides_pass_through(tmp_path):
 
 
 def test_trl_sees_rlvrs_prompts_and_rewards():
-    from rlvr.config import TaskConfig
     from rlvr.loop import PromptSampler
-    from rlvr.tasks import load_task
+    from rlvr.tasks import ArithTask, load_task, render
     from verifiers import Rubric, get
 
     s = vs_trl.Settings(steps=3)
     data = vs_trl.trl_dataset(s)
-    train = load_task(TaskConfig())["train"]
+    train = [dict(r, prompt=render(r["question"], ArithTask())) for r in load_task(ArithTask()).train]
     sampler = PromptSampler(len(train), s.seed)
     for step in range(3):  # TRL reads the dataset in order; rlvr draws these prompts at each step
         expected = [train[i]["prompt"] for i in sampler.next(s.prompts_per_step)]

@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from rlvr.config import ConfigError, PretrainConfig, TaskConfig, TrainConfig, load_config
-from rlvr.tasks import load_task, split_of
+from rlvr.config import ConfigError, PretrainConfig, TrainConfig, load_config
+from rlvr.tasks import ArithTask, load_task, render, split_of
+from rlvr.tasks.gsm8k import GSM8KTask
 
 
 def write(tmp_path, name, text):
@@ -33,8 +34,8 @@ def test_missing_file_and_overrides(tmp_path):
         load_config(TrainConfig, "nope.yaml")
     cfg = load_config(TrainConfig, None, ["model=m", "train.steps=7", "optim.lr=3e-5", "engine.kind=hf"])
     assert (cfg.train.steps, cfg.optim.lr, cfg.engine.kind) == (7, 3e-5, "hf")
-    with pytest.raises(ConfigError, match=r"task\.path: no such file 'missing.jsonl'"):
-        load_config(TrainConfig, None, ["model=m", "task.name=file", "task.path=missing.jsonl"])
+    with pytest.raises(ConfigError, match=r"task\.path: no such file or directory 'missing.jsonl'"):
+        load_config(TrainConfig, None, ["model=m", "task.kind=gsm8k", "task.path=missing.jsonl"])
 
 
 def test_shipped_configs_validate():
@@ -43,14 +44,15 @@ def test_shipped_configs_validate():
 
 
 def test_arith_splits_are_disjoint_and_seeded():
-    cfg = TaskConfig(train_size=500, test_size=100)
+    cfg = ArithTask(train_size=500, test_size=100)
     a, b = load_task(cfg), load_task(cfg)
-    assert a["train"]["prompt"] == b["train"]["prompt"]
-    train_q, test_q = set(a["train"]["question"]), set(a["test"]["question"])
+    assert a.train == b.train
+    train_q, test_q = {r["question"] for r in a.train}, {r["question"] for r in a.test}
     assert len(train_q) == 500 and len(test_q) == 100 and not train_q & test_q
     assert all(split_of(q, cfg.test_fraction) == "test" for q in test_q)
-    for row in a["test"]:
-        assert row["prompt"].endswith("<think>") and row["question"] in row["prompt"]
+    for row in a.test:
+        prompt = render(row["question"], cfg)
+        assert prompt.endswith("<think>") and row["question"] in prompt
         # the reference is the left-to-right value of the chain
         expr = row["question"].removeprefix("Compute ").removesuffix(".")
         total, num, op = 0, "", "+"
@@ -68,7 +70,7 @@ def test_pretraining_corpus_excludes_test_problems():
 
     cfg = PretrainConfig()
     cfg.corpus.num_docs = 3000
-    test_q = set(load_task(cfg.task)["test"]["question"])
+    test_q = {r["question"] for r in load_task(cfg.task).test}
     docs = build_corpus(cfg)
     def question(doc: str) -> str:  # R1 documents quote it; practice documents start with the chain
         return doc.split("User: ")[1].split("\n")[0] if "User: " in doc else "Compute " + doc.split(":")[0] + "."
@@ -79,19 +81,21 @@ def test_pretraining_corpus_excludes_test_problems():
 
 
 def test_file_task_with_column_mapping(tmp_path):
-    rows = [{"q": f"What is {i}+1?", "a": str(i + 1)} for i in range(30)]
+    rows = [{"q": f"What is {i}+1?", "a": f"{i} + 1 = {i + 1} #### {i + 1}"} for i in range(60)]
     path = write(tmp_path, "gsm.jsonl", "\n".join(json.dumps(r) for r in rows))
-    cfg = TaskConfig(name="file", path=path, prompt_column="q", answer_column="a", test_size=5)
+    cfg = GSM8KTask(path=path, columns={"question": "q", "answer": "a"}, test_fraction=0.2)
     data = load_task(cfg)
-    assert len(data["train"]) == 25 and len(data["test"]) == 5
-    assert data["train"][0]["prompt"].endswith("<think>")
+    assert len(data.train) + len(data.test) == 60 and data.test and data.train
+    assert all(split_of(r["question"], 0.2) == "test" for r in data.test)  # the hash split, not a shuffle
+    assert all(r["answer"] == str(int(r["question"].split()[2].split("+")[0]) + 1) for r in data.train)
+    assert "held out" in data.notes[0] and "60 rows" in data.notes[0]
 
 
 def test_row_without_reference_names_the_row(tmp_path):
     rows = [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}, {"q": "3+3"}]
     path = write(tmp_path, "bad.jsonl", "\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(ValueError, match=r"row 2 has no 'a'"):
-        load_task(TaskConfig(name="file", path=path, prompt_column="q", answer_column="a"))
+    with pytest.raises(ValueError, match=r"row 2 has no 'answer' \(column 'a'"):
+        load_task(GSM8KTask(path=path, columns={"question": "q", "answer": "a"}))
 
 
 def test_missing_model_dir_is_named(tmp_path):

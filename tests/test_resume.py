@@ -34,7 +34,7 @@ def config(model: str, run_dir: Path, steps: int, *more: str, base: str = "confi
 
 def train_records(run_dir: Path) -> list[dict]:
     """Per-step metrics without wall-clock timings (which differ between any two runs)."""
-    timing = {"generate_share"}
+    timing = {"generate_share", "score_hidden_share"}
     return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in timing}
             for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
@@ -170,7 +170,7 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
     """Records past the checkpoint are redone by the resumed run; a line cut by a kill is dropped."""
     from rlvr.checkpoint import save_checkpoint
     from rlvr.config import config_yaml
-    from rlvr.loop import prepare_run_dir
+    from rlvr.loop import find_resume_point, prepare_run_dir
 
     run = tmp_path / "run"
     cfg_yaml = config_yaml(TrainConfig(model="m", run_dir=str(run)))
@@ -179,7 +179,8 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
     (run / "checkpoints" / ".tmp-step_000003").mkdir()  # a write that was killed
     lines = [json.dumps({"kind": "train", "step": s, "loss": 0.1 * s}) for s in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "train", "st')
-    resumed = prepare_run_dir(run, cfg_yaml, resume=True)
+    resumed = find_resume_point(run, cfg_yaml, resume=True, overwrite=False, steps=10)
+    prepare_run_dir(run, cfg_yaml, resumed)
     assert resumed.step == 2 and torch.equal(resumed.tensors["model"]["w"], torch.ones(2))
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
     assert not (run / "checkpoints" / ".tmp-step_000003").exists()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Union, runtime_checkable
 
 # One item of ``Verifier.requires``: a key, or alternative keys of which any one suffices.
-Requirement = Union[str, tuple[str, ...]]
+Requirement = Union[str, tuple[str, ...]]  # noqa: UP007 (a runtime alias: `|` of these needs 3.10+ types)
 
 
 @dataclass(frozen=True)

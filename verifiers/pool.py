@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
-from multiprocessing import reduction
-from multiprocessing.connection import Connection
 import os
 import queue
 import signal
@@ -36,6 +34,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
 from typing import Any
 
 from verifiers.base import Score
@@ -316,7 +316,7 @@ class WorkerPool:
                 return self._idle.get(timeout=1.0)
             except queue.Empty:
                 if self._starting_error is not None:
-                    raise RuntimeError(f"verifier pool cannot start workers: {self._starting_error}")
+                    raise RuntimeError(f"verifier pool cannot start workers: {self._starting_error}") from None
 
     def call(self, target: str, *args: Any, timeout: float | None = None) -> Any:
         """Run ``target(*args)`` (``"module:function"``) in a worker; see class doc for errors."""

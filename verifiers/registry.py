@@ -66,21 +66,24 @@ def available() -> list[str]:
     return sorted(set(_BUILTINS) | set(_REGISTERED) | set(_plugins(strict=False)))
 
 
+def factory_of(name: str) -> Callable[..., Verifier]:
+    """The class or factory registered as ``name`` (not instantiated); KeyError if unknown."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _BUILTINS:
+        return _load(_BUILTINS[name])
+    plugins = _plugins()
+    if name not in plugins:
+        raise KeyError(f"unknown verifier {name!r}; available: {', '.join(available())}")
+    try:
+        return plugins[name].load()
+    except Exception as exc:
+        raise ImportError(f"verifier plugin {name!r} ({plugins[name].value}) failed to load: {exc}") from exc
+
+
 def get(name: str, **kwargs: Any) -> Verifier:
     """Instantiate the verifier called ``name`` (kwargs go to its constructor)."""
-    if name in _REGISTERED:
-        factory = _REGISTERED[name]
-    elif name in _BUILTINS:
-        factory = _load(_BUILTINS[name])
-    else:
-        plugins = _plugins()
-        if name not in plugins:
-            raise KeyError(f"unknown verifier {name!r}; available: {', '.join(available())}")
-        try:
-            factory = plugins[name].load()
-        except Exception as exc:
-            raise ImportError(f"verifier plugin {name!r} ({plugins[name].value}) failed to load: {exc}") from exc
-    verifier = factory(**kwargs)
+    verifier = factory_of(name)(**kwargs)
     if not isinstance(verifier, Verifier):  # checked here so a bad plugin fails loudly, once
         raise TypeError(f"verifier {name!r} does not implement score(completion, task) and name")
     return verifier

@@ -3,6 +3,12 @@
 Importing this package registers every estimator and loss (see docs/algorithms.md).
 """
 
+from rlvr.algorithms.advantages import (  # noqa: E402  (registers the estimators)
+    compute_gae,
+    discounted_returns,
+    gae_advantages_and_returns,
+    group_stats,
+)
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.algorithms.core import (
     ADVANTAGES,
@@ -16,17 +22,11 @@ from rlvr.algorithms.core import (
     register_advantage,
     register_policy_loss,
 )
-from rlvr.algorithms.kl import kl_penalty, kl_reward_penalty
-from rlvr.algorithms.advantages import (  # noqa: E402  (registers the estimators)
-    compute_gae,
-    discounted_returns,
-    gae_advantages_and_returns,
-    group_stats,
-)
-from rlvr.algorithms.losses import MAX_LOG_RATIO, policy_objective, truncated_is_weights
 from rlvr.algorithms.dapo import dynamic_sampling_filter, overlong_mask, soft_overlong_penalty
-from rlvr.algorithms.value import CriticModel, ValueHead, value_loss
+from rlvr.algorithms.kl import kl_penalty, kl_reward_penalty
+from rlvr.algorithms.losses import MAX_LOG_RATIO, policy_objective, truncated_is_weights
 from rlvr.algorithms.presets import PRESETS, resolve_algorithm
+from rlvr.algorithms.value import CriticModel, ValueHead, value_loss
 
 __all__ = [
     "AlgorithmConfig", "ADVANTAGES", "POLICY_LOSSES", "AdvantageInputs", "LossInputs",

@@ -16,6 +16,8 @@ KLKind = Literal["k1", "k2", "k3"]
 
 # Estimators that see token-level rewards, so a per-token KL can be subtracted from them.
 TOKEN_REWARD_ADVANTAGES = ("gae", "reinforce_pp")
+# Estimators whose baseline is the group: a group of one sample has advantage 0 everywhere.
+GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 
 
 class AlgorithmConfig(BaseModel):

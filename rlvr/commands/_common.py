@@ -11,7 +11,10 @@ def add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> N
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config fields, e.g. train.steps=10")
 
 
-def fail(message: str) -> int:
+def fail(message: str | BaseException) -> int:
+    """Print one ``error:`` line (an exception's own message, never its repr) and return exit status 2."""
+    if isinstance(message, BaseException):  # str(KeyError("x")) is "'x'": take the message itself
+        message = str(message.args[0]) if len(message.args) == 1 else str(message)
     print(f"error: {message}", file=sys.stderr)
     return 2
 

@@ -31,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rlvr.commands._common import fail
-    from rollouts.bench import build_random_model, format_table, plot, run_bench
-
-    from rollouts.bench import parse_engine_spec
+    from rollouts.bench import build_random_model, format_table, parse_engine_spec, plot, run_bench
 
     sep = ";" if ";" in args.engines or ":" in args.engines else ","
     engines = [e.strip() for e in args.engines.split(sep) if e.strip()]

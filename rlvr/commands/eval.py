@@ -1,4 +1,4 @@
-"""`rlvr eval`: evaluate any checkpoint on the configured task's held-out split."""
+"""`rlvr eval`: evaluate any checkpoint on the configured task's held-out split, with the run's rubric."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from rlvr.commands._common import add_config_args, fail
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model directory to evaluate")
+    p.add_argument("--model", required=True, help="Hugging Face model directory (or hub id) to evaluate")
     add_config_args(p, "configs/tiny_r1zero.yaml")
+    p.description = ("Evaluate --model on the held-out split of the config's task, scored by the config's rewards "
+                     "(the same task and reward settings as `rlvr train`): greedy pass@1, pass@k, format rate, "
+                     "response length and verifier errors.")
     p.add_argument("--engine", choices=["hf", "vllm"], default=None, help="override engine.kind")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
@@ -25,24 +28,30 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, overrides)
     except ConfigError as exc:
-        return fail(str(exc))
+        return fail(exc)
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_rubric, engine_kwargs, load_rows
     from rlvr.evaluate import evaluate
-    from rlvr.loop import check_model_dir, engine_kwargs
-    from rlvr.tasks import load_task
+    from rlvr.models import resolve_model
     from rollouts import make_engine
 
     try:
-        check_model_dir(cfg.model)
-    except FileNotFoundError as exc:
-        return fail(str(exc))
-    rows = list(load_task(cfg.task)["test"])[: cfg.eval.num_prompts]
-    engine = make_engine(cfg.engine.kind, cfg.model, **engine_kwargs(cfg))
-    m = evaluate(engine, rows, k=cfg.eval.k, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens,
-                 seed=cfg.train.seed + 7)
-    engine.close()
+        model_dir = resolve_model(cfg.model)
+        rubric = build_rubric(cfg)
+        rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=not args.json).test
+    except (FileNotFoundError, ValueError) as exc:
+        return fail(exc)
+    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg))
+    try:
+        m = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
+                     max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers,
+                     progress=not args.json)
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps(m))
     else:
         for k, v in m.items():
-            print(f"{k:>16}: {v:.4f}")
+            print(f"{k:>20}: {v:.4f}")
     return 0

@@ -18,6 +18,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if run_dir holds an earlier run's checkpoints (they are deleted)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    p.epilog = "Every config field, with its type, default and meaning: `rlvr config [SECTION]`."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,14 +37,31 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(TrainConfig, config or DEFAULT_CONFIG, overrides)
     except ConfigError as exc:
-        return fail(str(exc))
-    from rlvr.loop import train
+        return fail(exc)
+    if args.print_config:
+        from rlvr.config import config_yaml
+
+        print(config_yaml(cfg), end="")
+        return 0
+    from rlvr.alarms import RewardAlarm
+    from rlvr.loop import LogprobParityError, train
 
     try:
         summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
-        return fail(str(exc).strip("'\""))
-    b, a = summary["before"], summary["after"]
-    print(f"held-out pass@1 {b['pass@1']:.3f} -> {a['pass@1']:.3f}; format {b['format_rate']:.3f} -> {a['format_rate']:.3f}")
-    print(f"checkpoint: {summary['checkpoint']}  plot: {summary['plot']}")
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, RewardAlarm, LogprobParityError) as exc:
+        return fail(exc)  # ConfigError is a ValueError
+    print_summary(summary, cfg.eval.k)
     return 0
+
+
+def print_summary(summary: dict, k: int) -> None:
+    from rlvr.commands._common import print_table
+
+    b, a = summary["before"], summary["after"]
+    rows = [(name, f"{b[key]:.3f}", f"{a[key]:.3f}", f"{a[key] - b[key]:+.3f}")
+            for name, key in (("greedy pass@1", "pass@1"), (f"pass@{k}", f"pass@{k}"), ("format rate", "format_rate"),
+                              ("response length", "response_len"), ("verifier errors", "verifier_errors"))
+            if key in a and key in b]
+    print(f"\nheld-out results ({int(a.get('num_prompts', 0))} prompts never trained on):")
+    print_table(rows, ("metric", "before", "after", "change"))
+    print(f"checkpoint: {summary['checkpoint']}  plot: {summary['plot']}")

@@ -13,9 +13,9 @@ recipe for code. Documents are R1 prompts for training-split problems followed b
 
 * *a plan*: ``multiply x by 3, then add 2 </think> <answer>\\ndef f(x):\\n    return x * 3 + 2\\n</answer>``
   (correct), or
-* *a quick draft*: ``quick draft </think> <answer>...`` with a close but wrong body (an
-  off-by-one constant, a wrong operator or comparison, min for max, the wrong slice), checked
-  to fail the problem's tests; sometimes without the ``<answer>`` tags.
+* *a quick draft*: ``quick draft </think> <answer>...`` with a close but wrong body (a
+  constant off by one or two, or a wrong comparison, always in the same slot of a template),
+  checked to fail the problem's tests; sometimes without the ``<answer>`` tags.
 
 How often a document plans depends on the problem's level (``corpus.reason_prob``, keyed 1..3):
 easy templates mostly plan, hard ones mostly draft, so greedy decoding drafts on most held-out
@@ -89,59 +89,61 @@ def family(name: str, level: int, arg: str) -> Callable:
 
 
 def _off(v: int, lo: int = 0) -> list[int]:
-    """v-1 and v+1, the off-by-one constants (those >= lo)."""
-    return [w for w in (v - 1, v + 1) if w >= lo]
+    """The near misses of a constant: v-2, v-1, v+1, v+2 (those >= lo)."""
+    return [w for w in (v - 2, v - 1, v + 1, v + 2) if w >= lo]
 
+
+# Every draft of a template is wrong in the same slot (one constant, or one operator), with
+# several wrong values there: the canonical token never appears in that slot of any draft, so
+# greedy decoding of the draft mode cannot stitch the right answer out of drafts wrong in
+# different places.
 
 # -- ints -------------------------------------------------------------------------------------
 @family("add", 1, "x")
 def _add(r: random.Random) -> Spec:
     a = r.randint(1, 99)
-    return Spec(f"Return x plus {a}.", f"x + {a}", f"add {a} to x",
-                (*(f"x + {w}" for w in _off(a)), f"x - {a}", f"x * {a}"), (a,))
+    return Spec(f"Return x plus {a}.", f"x + {a}", f"add {a} to x", tuple(f"x + {w}" for w in _off(a)), (a,))
 
 
 @family("mul", 1, "x")
 def _mul(r: random.Random) -> Spec:
     a = r.randint(2, 19)
-    return Spec(f"Return x times {a}.", f"x * {a}", f"multiply x by {a}",
-                (*(f"x * {w}" for w in _off(a, 1)), f"x + {a}"), (a,))
+    return Spec(f"Return x times {a}.", f"x * {a}", f"multiply x by {a}", tuple(f"x * {w}" for w in _off(a, 1)), (a,))
 
 
 @family("greater", 1, "x")
 def _greater(r: random.Random) -> Spec:
     a = r.randint(0, 99)
     return Spec(f"Return True if x is greater than {a}.", f"x > {a}", f"compare x with {a}",
-                (f"x >= {a}", f"x < {a}", f"x > {a + 1}"), (a,))
+                (f"x >= {a}", f"x < {a}", f"x <= {a}"), (a,))
 
 
 @family("affine", 2, "x")
 def _affine(r: random.Random) -> Spec:
     a, b = r.randint(2, 9), r.randint(1, 40)
     return Spec(f"Return x times {a} plus {b}.", f"x * {a} + {b}", f"multiply x by {a}, then add {b}",
-                (*(f"x * {a} + {w}" for w in _off(b)), f"x * {a} - {b}", f"(x + {b}) * {a}",
-                 *(f"x * {w} + {b}" for w in _off(a, 1))), (a, b))
+                tuple(f"x * {a} + {w}" for w in _off(b)), (a, b))
 
 
 @family("submul", 2, "x")
 def _submul(r: random.Random) -> Spec:
     a, b = r.randint(1, 20), r.randint(2, 9)
     return Spec(f"Return x minus {a}, then times {b}.", f"(x - {a}) * {b}", f"subtract {a} from x, then multiply by {b}",
-                (f"x - {a} * {b}", f"(x + {a}) * {b}", *(f"(x - {w}) * {b}" for w in _off(a))), (a, b))
+                tuple(f"(x - {w}) * {b}" for w in _off(a)), (a, b))
 
 
 @family("mod", 2, "x")
 def _mod(r: random.Random) -> Spec:
     a = r.randint(2, 12)
     return Spec(f"Return the remainder of x divided by {a}.", f"x % {a}", f"take x modulo {a}",
-                (f"x // {a}", *(f"x % {w}" for w in _off(a, 2))), (a,))
+                tuple(f"x % {w}" for w in _off(a, 2)), (a,))
 
 
 @family("clamp", 3, "x")
 def _clamp(r: random.Random) -> Spec:
     a = r.randint(0, 99)
     return Spec(f"Return x, but at most {a}.", f"min(x, {a})", f"the smaller of x and {a}",
-                (f"max(x, {a})", *(f"min(x, {w})" for w in _off(a))), (a,))
+                tuple(f"min(x, {w})" for w in _off(a)), (a,))
 
 
 @family("between", 3, "x")
@@ -149,8 +151,7 @@ def _between(r: random.Random) -> Spec:
     a = r.randint(0, 30)
     b = a + r.randint(2, 20)
     return Spec(f"Return True if x is between {a} and {b} inclusive.", f"{a} <= x <= {b}",
-                f"check {a} <= x and x <= {b}",
-                (f"{a} < x < {b}", f"{a} <= x < {b}", f"{a} < x <= {b}"), (a, b))
+                f"check {a} <= x and x <= {b}", (f"{a} < x < {b}", f"{a} < x <= {b}"), (a, b))
 
 
 # -- lists of ints ----------------------------------------------------------------------------
@@ -158,14 +159,14 @@ def _between(r: random.Random) -> Spec:
 def _sum_plus(r: random.Random) -> Spec:
     a = r.randint(1, 99)
     return Spec(f"Return the sum of xs plus {a}.", f"sum(xs) + {a}", f"add up xs, then add {a}",
-                (*(f"sum(xs) + {w}" for w in _off(a)), f"sum(xs) - {a}", f"len(xs) + {a}"), (a,))
+                tuple(f"sum(xs) + {w}" for w in _off(a)), (a,))
 
 
 @family("max_plus", 2, "xs")
 def _max_plus(r: random.Random) -> Spec:
     a = r.randint(1, 60)
     return Spec(f"Return the largest number in xs plus {a}.", f"max(xs) + {a}", f"take the max of xs, then add {a}",
-                (f"min(xs) + {a}", *(f"max(xs) + {w}" for w in _off(a)), f"max(xs) * {a}"), (a,))
+                tuple(f"max(xs) + {w}" for w in _off(a)), (a,))
 
 
 @family("count_gt", 2, "xs")
@@ -173,16 +174,14 @@ def _count_gt(r: random.Random) -> Spec:
     a = r.randint(0, 20)
     return Spec(f"Return how many numbers in xs are greater than {a}.", f"len([v for v in xs if v > {a}])",
                 f"keep v > {a}, then count them",
-                (f"len([v for v in xs if v >= {a}])", f"len([v for v in xs if v < {a}])",
-                 f"sum([v for v in xs if v > {a}])"), (a,))
+                tuple(f"len([v for v in xs if v {op} {a}])" for op in (">=", "<", "<=")), (a,))
 
 
 @family("map_add", 2, "xs")
 def _map_add(r: random.Random) -> Spec:
     a = r.randint(1, 60)
     return Spec(f"Return a list of each number in xs plus {a}.", f"[v + {a} for v in xs]", f"add {a} to each v",
-                (*(f"[v + {w} for v in xs]" for w in _off(a)), f"[v - {a} for v in xs]", f"[v * {a} for v in xs]"),
-                (a,))
+                tuple(f"[v + {w} for v in xs]" for w in _off(a)), (a,))
 
 
 @family("sum_gt", 3, "xs")
@@ -190,17 +189,14 @@ def _sum_gt(r: random.Random) -> Spec:
     a = r.randint(0, 20)
     return Spec(f"Return the sum of the numbers in xs that are greater than {a}.", f"sum([v for v in xs if v > {a}])",
                 f"keep v > {a}, then add them up",
-                (f"sum([v for v in xs if v >= {a}])", f"sum([v for v in xs if v < {a}])",
-                 f"len([v for v in xs if v > {a}])"), (a,))
+                tuple(f"sum([v for v in xs if v {op} {a}])" for op in (">=", "<", "<=")), (a,))
 
 
 @family("map_affine", 3, "xs")
 def _map_affine(r: random.Random) -> Spec:
     a, b = r.randint(2, 9), r.randint(1, 40)
     return Spec(f"Return a list of each number in xs times {a} plus {b}.", f"[v * {a} + {b} for v in xs]",
-                f"multiply each v by {a}, then add {b}",
-                (f"[(v + {b}) * {a} for v in xs]", f"[v * {a} - {b} for v in xs]",
-                 *(f"[v * {a} + {w} for v in xs]" for w in _off(b))), (a, b))
+                f"multiply each v by {a}, then add {b}", tuple(f"[v * {a} + {w} for v in xs]" for w in _off(b)), (a, b))
 
 
 @family("count_between", 3, "xs")
@@ -209,17 +205,14 @@ def _count_between(r: random.Random) -> Spec:
     b = a + r.randint(2, 15)
     return Spec(f"Return how many numbers in xs are between {a} and {b} inclusive.",
                 f"len([v for v in xs if {a} <= v <= {b}])", f"keep {a} <= v <= {b}, then count them",
-                (f"len([v for v in xs if {a} < v < {b}])", f"len([v for v in xs if {a} <= v < {b}])",
-                 f"sum([v for v in xs if {a} <= v <= {b}])"), (a, b))
+                (f"len([v for v in xs if {a} < v < {b}])", f"len([v for v in xs if {a} < v <= {b}])"), (a, b))
 
 
 @family("filter_div", 3, "xs")
 def _filter_div(r: random.Random) -> Spec:
     a = r.randint(2, 9)
     return Spec(f"Return the numbers in xs that are divisible by {a}.", f"[v for v in xs if v % {a} == 0]",
-                f"keep v with v % {a} == 0",
-                (f"[v for v in xs if v % {a} != 0]", f"[v // {a} for v in xs]",
-                 *(f"[v for v in xs if v % {w} == 0]" for w in _off(a, 2))), (a,))
+                f"keep v with v % {a} == 0", tuple(f"[v for v in xs if v % {w} == 0]" for w in _off(a, 2)), (a,))
 
 
 # -- strings ----------------------------------------------------------------------------------
@@ -227,35 +220,35 @@ def _filter_div(r: random.Random) -> Spec:
 def _first(r: random.Random) -> Spec:
     a = r.randint(1, 6)
     return Spec(f"Return the first {a} characters of s.", f"s[:{a}]", f"slice s up to {a}",
-                (*(f"s[:{w}]" for w in _off(a, 1)), f"s[{a}:]", f"s[-{a}:]"), (a,))
+                tuple(f"s[:{w}]" for w in _off(a, 1)), (a,))
 
 
 @family("repeat", 1, "s")
 def _repeat(r: random.Random) -> Spec:
     a = r.randint(2, 9)
     return Spec(f"Return s repeated {a} times.", f"s * {a}", f"repeat s {a} times",
-                (*(f"s * {w}" for w in _off(a, 1)), f"s + '{a}'"), (a,))
+                tuple(f"s * {w}" for w in _off(a, 1)), (a,))
 
 
 @family("last", 2, "s")
 def _last(r: random.Random) -> Spec:
     a = r.randint(1, 6)
     return Spec(f"Return the last {a} characters of s.", f"s[-{a}:]", f"slice s from -{a}",
-                (f"s[:{a}]", f"s[{a}:]", *(f"s[-{w}:]" for w in _off(a, 1))), (a,))
+                tuple(f"s[-{w}:]" for w in _off(a, 1)), (a,))
 
 
 @family("count_char", 2, "s")
 def _count_char(r: random.Random) -> Spec:
-    c, d = r.sample(LETTERS, 2)
+    c = r.choice(LETTERS)
     return Spec(f"Return how many times '{c}' occurs in s.", f"s.count('{c}')", f"count '{c}' in s",
-                (f"s.find('{c}')", f"s.count('{d}')", "len(s)"), (c,))
+                tuple(f"s.count('{d}')" for d in LETTERS if d != c), (c,))
 
 
 @family("drop", 3, "s")
 def _drop(r: random.Random) -> Spec:
     a = r.randint(1, 6)
     return Spec(f"Return s without its first {a} characters.", f"s[{a}:]", f"slice s from {a}",
-                (f"s[:{a}]", f"s[-{a}:]", *(f"s[{w}:]" for w in _off(a, 1))), (a,))
+                tuple(f"s[{w}:]" for w in _off(a, 1)), (a,))
 
 
 @family("replace", 3, "s")
@@ -263,7 +256,7 @@ def _replace(r: random.Random) -> Spec:
     c, d = r.sample(LETTERS, 2)
     return Spec(f"Return s with every '{c}' replaced by '{d}'.", f"s.replace('{c}', '{d}')",
                 f"replace '{c}' with '{d}' in s",
-                (f"s.replace('{d}', '{c}')", f"s.replace('{c}', '{d}', 1)", f"s.replace('{c}', '')"), (c, d))
+                tuple(f"s.replace('{c}', '{e}')" for e in LETTERS if e not in (c, d)), (c, d))
 
 
 # -- problems -------------------------------------------------------------------------------

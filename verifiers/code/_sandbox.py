@@ -87,7 +87,7 @@ class CandidateError(Exception):
 class _Candidate:
     """Callable stand-in for a candidate function: plain values in, plain values out."""
 
-    def __init__(self, sample: "Sample", name: str):
+    def __init__(self, sample: Sample, name: str):
         self._sample, self._name = sample, name
 
     def __call__(self, *args, **kwargs):

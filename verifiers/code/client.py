@@ -18,10 +18,10 @@ import atexit
 import glob
 import json
 import os
+import select
 import shlex
 import shutil
 import socket
-import select
 import subprocess
 import sys
 import sysconfig
@@ -240,7 +240,7 @@ class ForkServer:
             finally:
                 cpu.release()
 
-    def _run(self, job: dict, budget_s: float, demote_after: float, cpu: "_Slot") -> dict:
+    def _run(self, job: dict, budget_s: float, demote_after: float, cpu: _Slot) -> dict:
         for attempt in range(2):
             self.start()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

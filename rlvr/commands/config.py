@@ -1,0 +1,68 @@
+"""`rlvr config [SECTION]`: every config field with its type, default and meaning (from the pydantic models)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("section", nargs="?", default=None,
+                   help="a section of the RL config (task, engine, sampling, rewards, algorithm, optim, train, eval, "
+                        "alarms, logging, checkpoint) or 'pretrain' for the pretraining config; none: all")
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def _fields(model, prefix: str, seen: set) -> list[tuple[str, str, str, str]]:
+    from pydantic import BaseModel
+
+    rows = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{f.alias or name}"
+        ann = f.annotation
+        if name == "task" and not isinstance(ann, type):  # the kinds' union: listed per kind by run()
+            continue
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _fields(ann, key + ".", seen)
+            continue
+        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        if key not in seen:
+            seen.add(key)
+            rows.append((key, _type_name(ann), default[:60], (f.description or "").replace("\n", " ")))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlvr.commands._common import fail
+    from rlvr.config import PretrainConfig, TrainConfig
+    from rlvr.tasks import TASKS
+
+    if args.section == "pretrain":
+        models = [("", PretrainConfig)]
+    else:
+        models = [("", TrainConfig)]
+        if args.section is not None and args.section not in TrainConfig.model_fields:
+            return fail(f"unknown section {args.section!r}; sections: {', '.join(TrainConfig.model_fields)}, pretrain")
+    rows = []
+    for prefix, model in models:
+        rows += [r for r in _fields(model, prefix, set()) if args.section in (None, "pretrain")
+                 or r[0].split(".")[0] == args.section]
+    if args.section in (None, "task"):
+        from rlvr.tasks import TaskBase
+
+        rows.append(("task.kind", "str", "'arith'", f"Task kind: {', '.join(sorted(TASKS))}."))
+        rows += [("task." + r[0], *r[1:]) for r in _fields(TaskBase, "", set()) if r[0] != "kind"]
+        common = set(TaskBase.model_fields)
+        by_key: dict[str, tuple[list[str], tuple]] = {}
+        for name, kind in sorted(TASKS.items()):
+            for r in _fields(kind.config, "", set()):
+                if r[0] not in common:
+                    by_key.setdefault(r[0], ([], r))[0].append(name)
+        rows += [(f"task.{key}  [{', '.join(kinds)}]", *r[1:]) for key, (kinds, r) in by_key.items()]
+    width = max(len(r[0]) for r in rows)
+    for key, typ, default, desc in rows:
+        print(f"{key:<{width}}  {typ}  = {default}\n{'':<{width}}  {desc}")
+    return 0

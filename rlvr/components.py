@@ -1,0 +1,75 @@
+"""The pieces a run is built from, shared by `rlvr train` and `rlvr eval` (which must not import the loop):
+the rubric, the task's rows made ready for the model, and the engine's arguments."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlvr.config import TrainConfig
+from rlvr.tasks import Splits, load_task, prepare_rows
+from verifiers import Rubric
+from verifiers import get as get_verifier
+
+
+def build_rubric(cfg: TrainConfig) -> Rubric:
+    return Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards.terms])
+
+
+def max_prompt_tokens(cfg: TrainConfig, model_dir: str, max_tokens: int | None = None) -> int:
+    """``task.max_prompt_tokens``, else what fits the model's context beside the completion."""
+    from rlvr.models import context_length
+
+    if cfg.task.max_prompt_tokens is not None:
+        return cfg.task.max_prompt_tokens
+    context = context_length(model_dir)
+    longest = max(cfg.sampling.max_tokens, cfg.eval.max_tokens) if max_tokens is None else max_tokens
+    if context is None:
+        return 1 << 30
+    if context <= longest:
+        raise ValueError(f"sampling.max_tokens / eval.max_tokens = {longest} leave no room for a prompt in the "
+                         f"model's context of {context} tokens")
+    return context - longest
+
+
+def load_rows(cfg: TrainConfig, tokenizer: Any, rubric: Rubric, model_dir: str, verbose: bool = True) -> Splits:
+    """The task's rows, checked against the rubric, rendered and tokenized; prints what was split and dropped."""
+    splits = load_task(cfg.task, [v for v, _ in rubric.parts])
+    notes = splits.notes + prepare_rows(splits, cfg.task, tokenizer, max_prompt_tokens(cfg, model_dir))
+    if len(splits.test) > cfg.eval.num_prompts:
+        notes.append(f"evaluation: {cfg.eval.num_prompts} of {len(splits.test)} held-out prompts (eval.num_prompts)")
+    elif cfg.eval.num_prompts > len(splits.test):
+        notes.append(f"evaluation: all {len(splits.test)} held-out prompts (eval.num_prompts={cfg.eval.num_prompts} "
+                     "asks for more than there are)")
+    splits.test = splits.test[: cfg.eval.num_prompts]
+    if verbose:
+        for note in notes:
+            print(note)
+    splits.notes = notes
+    return splits
+
+
+def thread_split(cfg: TrainConfig) -> tuple[int, int]:
+    """(learner, engine) thread counts; 0 leaves the library default (all cores).
+
+    With ``train.async`` the two sides run at the same time, so they split the cores: oversubscribed
+    OpenMP teams make CPU torch several times slower."""
+    tc, engine_threads = cfg.train, cfg.engine.threads or cfg.train.threads
+    if not tc.async_:
+        return tc.threads, engine_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    learner = tc.threads or max(1, cores // 2)
+    return learner, cfg.engine.threads or max(1, cores - learner)
+
+
+def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any]:
+    """Engine constructor arguments. With ``train.async`` vLLM runs in its own process (its
+    thread pool then cannot collide with the learner's); the HF engine's threads are set on
+    the rollout worker thread instead (see RolloutPipeline)."""
+    e = cfg.engine
+    threads = cfg.train.threads if threads is None else threads
+    if e.kind == "hf":
+        return {"dtype": e.dtype}
+    return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
+            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
+            "separate_process": cfg.train.async_}

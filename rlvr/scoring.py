@@ -1,0 +1,77 @@
+"""Generation with scoring overlapped: each group is scored the moment the engine finishes it.
+
+The engine calls back with every finished group (``on_group``); the group goes to a pool of
+``rewards.workers`` scoring threads, which feed the verifiers' own worker processes (math) or
+sandbox (code), while the remaining groups still generate. Only the scoring left when
+generation ends is on the step's critical path (``score_wait_s``); the rest is hidden
+(``score_hidden_share``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from rollouts import Engine, Group, SamplingConfig
+from verifiers import Rubric, Score, score_batch
+
+
+class Scorer:
+    """A pool of scoring threads for one rubric; ``generate_and_score`` uses it per draw."""
+
+    def __init__(self, rubric: Rubric, workers: int):
+        self.rubric, self.workers = rubric, workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="score")
+        self._lock = threading.Lock()
+        self._spans: list[tuple[float, float]] = []
+
+    def _score(self, group: Group, row: Mapping[str, Any]) -> list[Score]:
+        t0 = time.perf_counter()
+        try:
+            texts = [c.text for c in group.completions]
+            return score_batch(self.rubric, texts, [row] * len(texts), self.workers)
+        finally:
+            with self._lock:
+                self._spans.append((t0, time.perf_counter()))
+
+    def submit(self, group: Group, row: Mapping[str, Any]) -> Future:
+        return self._pool.submit(self._score, group, row)
+
+    def busy_s(self, since: float) -> float:
+        """Seconds in which at least one scoring job ran, since ``since`` (overlaps counted once)."""
+        with self._lock:
+            spans = sorted((max(a, since), b) for a, b in self._spans if b > since)
+            self._spans = [s for s in self._spans if s[1] > since]
+        total, end = 0.0, since
+        for a, b in spans:
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig,
+                       scorer: Scorer) -> tuple[list[Group], list[list[Score]], dict[str, float]]:
+    """Groups for ``rows`` (prompted by their ``prompt_ids``), the rubric's scores per group, and timings:
+    ``generate_s``; ``score_s`` (time with scoring running); ``score_wait_s`` (scoring left after
+    generation ended, on the critical path); ``score_hidden_s``."""
+    futures: dict[int, Future] = {}
+    t0 = time.perf_counter()
+    groups = engine.generate([r["prompt_ids"] for r in rows], sampling,
+                             on_group=lambda i, g: futures.__setitem__(i, scorer.submit(g, rows[i])))
+    t1 = time.perf_counter()
+    for i, g in enumerate(groups):  # an engine without callbacks: score everything now
+        if i not in futures:
+            futures[i] = scorer.submit(g, rows[i])
+    scores = [futures[i].result() for i in range(len(groups))]
+    t2 = time.perf_counter()
+    busy = scorer.busy_s(t0)
+    timings = {"generate_s": t1 - t0, "score_s": busy, "score_wait_s": t2 - t1,
+               "score_hidden_s": max(0.0, busy - (t2 - t1))}
+    return groups, scores, timings

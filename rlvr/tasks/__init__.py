@@ -1,0 +1,94 @@
+"""Tasks: one file per kind behind a registry (`TASKS`), rows carrying the whole verifier context.
+
+``load_task(cfg)`` reads or generates a kind's train/test rows; ``check_rows`` fails at load
+time, naming the row and key, when a verifier of the run's rubric lacks a key it needs;
+``render`` is the one place a prompt is made (raw template or chat template), for RL,
+evaluation and every other stage; ``prepare_rows`` renders, tokenizes and drops prompts too
+long for the model. Built-in kinds: arith, countdown, gsm8k, math, code, hf. A new kind is a
+module in this package that calls ``register_task`` (imported here by name scan).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rlvr.tasks.base import R1_SYSTEM_PROMPT, R1_TEMPLATE, TASKS, Row, Splits, TaskBase, register_task, split_of
+
+for _mod in pkgutil.iter_modules(__path__):  # every kind registers itself on import
+    if _mod.name not in ("base", "sources"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+from rlvr.tasks.arith import ArithProblem, ArithTask, sample_problem, sample_split  # noqa: E402
+
+__all__ = ["TASKS", "Row", "Splits", "TaskBase", "ArithTask", "ArithProblem", "R1_TEMPLATE", "R1_SYSTEM_PROMPT",
+           "register_task", "split_of", "sample_problem", "sample_split", "load_task", "check_rows", "render",
+           "prepare_rows", "default_verifier"]
+
+
+def default_verifier(cfg: TaskBase) -> str:
+    """The verifier that rewards this task when the config names none."""
+    return getattr(cfg, "verifier", None) or TASKS[cfg.kind].verifier
+
+
+def load_task(cfg: TaskBase, verifiers: Iterable[Any] = ()) -> Splits:
+    """Train/test rows of ``cfg``; with ``verifiers``, every row is checked to carry what they need."""
+    splits = TASKS[cfg.kind].load(cfg)
+    for name, rows in (("train", splits.train), ("test", splits.test)):
+        check_rows(rows, verifiers, f"task {cfg.kind!r} {name} split")
+    return splits
+
+
+def check_rows(rows: Sequence[Row], verifiers: Iterable[Any], where: str) -> None:
+    """A ValueError naming the first row, verifier and key missing, before any model loads."""
+    from verifiers import missing_keys
+
+    verifiers = list(verifiers)
+    for i, row in enumerate(rows):
+        for v in verifiers:
+            missing = missing_keys(v, row)
+            if missing:
+                raise ValueError(f"{where}: row {i} lacks {', '.join(map(repr, missing))}, which verifier "
+                                 f"{v.name!r} needs (map a column with task.columns.<key>=COLUMN); "
+                                 f"row keys: {sorted(row)}")
+
+
+def render(question: str, cfg: TaskBase, tokenizer: Any = None) -> str:
+    """The prompt text for ``question``: the raw template, or the tokenizer's chat template."""
+    if cfg.format == "raw":
+        return cfg.template.format(question=question)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("task.format='chat' needs a tokenizer with a chat template; this model's tokenizer has "
+                         "none (use task.format=raw, or a model whose tokenizer_config.json has a chat_template)")
+    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prepare_rows(splits: Splits, cfg: TaskBase, tokenizer: Any, max_prompt_tokens: int) -> list[str]:
+    """Add ``prompt_text`` and ``prompt_ids`` to every row (in place) and drop rows whose prompt
+    is longer than ``max_prompt_tokens`` (an error with ``task.strict``); returns notes to print.
+
+    The ids are what both the engine and the learner use, so they see the same prompt tokens
+    (the chat template already holds any BOS: no special tokens are added here)."""
+    notes = []
+    for name in ("train", "test"):
+        rows, kept = getattr(splits, name), []
+        for i, row in enumerate(rows):
+            row["prompt_text"] = render(row["question"], cfg, tokenizer)
+            row["prompt_ids"] = tokenizer(row["prompt_text"], add_special_tokens=False)["input_ids"]
+            if len(row["prompt_ids"]) <= max_prompt_tokens:
+                kept.append(row)
+            elif cfg.strict:
+                raise ValueError(f"task {name} split: row {i} has a {len(row['prompt_ids'])}-token prompt > "
+                                 f"task.max_prompt_tokens={max_prompt_tokens} (task.strict is set)")
+        if len(kept) < len(rows):
+            notes.append(f"task {name} split: dropped {len(rows) - len(kept)} of {len(rows)} rows whose prompt is "
+                         f"longer than {max_prompt_tokens} tokens (task.max_prompt_tokens; task.strict=true stops instead)")
+        if not kept:
+            raise ValueError(f"task {name} split: every prompt is longer than {max_prompt_tokens} tokens "
+                             "(task.max_prompt_tokens, or a model with a longer context)")
+        setattr(splits, name, kept)
+    return notes
