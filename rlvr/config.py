@@ -218,6 +218,8 @@ class TrainConfig(Section):
     def _shorthands(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("rewards"), list):  # `rewards: [...]` = rewards.terms
             data = {**data, "rewards": {"terms": data["rewards"]}}
+        if isinstance(data, dict) and "rewards" in data and data["rewards"] is None:  # `rewards=null`: the task's
+            data = {**data, "rewards": {}}
         return check_task_kind(data)
 
     @model_validator(mode="after")
