@@ -21,7 +21,14 @@ Simplifications of the textbook algorithms, on purpose:
   Rollout metrics (reward, accuracy, length) cover every group drawn in the step.
 * PPO's critic updates after the policy, on the same batch and micro-batches; it is not
   saved with the checkpoint.
-* Evaluation runs on the same engine as rollouts, with greedy decoding for pass@1.
+* Each group is scored the moment the engine finishes it, on ``rewards.workers`` threads
+  (rlvr.scoring), so only the scoring left when generation ends is on the step's path.
+* Evaluation runs on the same engine as rollouts and is scored by the run's own rubric, with
+  greedy decoding for pass@1.
+* Prompts are tokenized once when the task loads (rlvr.tasks.prepare_rows); the engine gets
+  the ids, so the learner trains on exactly the prompt tokens the engine saw.
+* A run whose rewards are all 0 for ``alarms.zero_reward_steps`` steps, or whose verifier
+  fails too often, stops itself (rlvr.alarms) instead of training on nothing.
 * ``train.async``: the step's rollouts come from a pipeline that runs one step ahead
   (rlvr.pipeline); a stale batch's log-prob gap to the learner is its policy's drift, so the
   parity gate only judges fresh batches, and truncated IS (``algorithm.is_cap``) reweights.
@@ -233,6 +240,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     rubric = build_rubric(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = load_rows(cfg, tokenizer, rubric, model_dir)
+    check_max_seq_len(cfg, data.train)
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
@@ -254,7 +262,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
                     micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
     learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref,
-                      shared_prefix=tc.shared_prefix, **optim_kw)
+                      shared_prefix=tc.shared_prefix, dtype=tc.dtype, gradient_checkpointing=tc.gradient_checkpointing,
+                      max_seq_len=tc.max_seq_len, **optim_kw)
     critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
     sampler = PromptSampler(len(train_rows), tc.seed)
     scorer = Scorer(rubric, cfg.rewards.workers)
@@ -453,6 +462,19 @@ def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None
     return {int(k): v for k, v in ckpt.state["evals"].items()}
 
 
+def check_max_seq_len(cfg: TrainConfig, rows: list[dict]) -> None:
+    """``train.max_seq_len`` against the longest training prompt plus ``sampling.max_tokens``, before any model loads."""
+    limit = cfg.train.max_seq_len
+    if limit is None or not rows:
+        return
+    longest = max(len(r["prompt_ids"]) for r in rows)
+    if longest + cfg.sampling.max_tokens > limit:
+        raise ConfigError(f"train.max_seq_len={limit}: the longest training prompt has {longest} tokens and "
+                          f"sampling.max_tokens={cfg.sampling.max_tokens}, so a row can reach "
+                          f"{longest + cfg.sampling.max_tokens} tokens; raise train.max_seq_len, lower "
+                          "sampling.max_tokens, or cap prompts with task.max_prompt_tokens")
+
+
 class LogprobParityError(RuntimeError):
     """The rollout engine's log-probs disagree with the learner's: training would be off-policy."""
 
@@ -462,7 +484,7 @@ def check_logprob_parity(metrics: dict[str, float], cfg: TrainConfig) -> None:
     if worst > bound:
         raise LogprobParityError(
             f"engine/learner log-prob mismatch: max |delta| = {worst:.3g} nats > engine.max_logprob_diff = {bound} "
-            f"(engine.kind={cfg.engine.kind}, engine.dtype={cfg.engine.dtype}, learner float32, "
+            f"(engine.kind={cfg.engine.kind}, engine.dtype={cfg.engine.dtype}, learner {cfg.train.dtype}, "
             f"sampling.temperature={cfg.sampling.temperature}, sampling.top_p={cfg.sampling.top_p}). "
             + ("A bfloat16 engine samples from different numbers than the float32 learner: use engine.dtype=float32, "
                "or keep bfloat16 with algorithm.is_cap set and a larger engine.max_logprob_diff."

@@ -146,3 +146,20 @@ def test_chat_format_engine_and_learner_see_the_same_prompt_ids(micro_model, tmp
     assert [g.prompt_ids for g in groups] == expected  # the learner trains on group.prompt_ids (build_batch)
     _, steps, _ = run(str(model), tmp_path, "task.format=chat")
     assert len(steps) == 2
+
+
+def test_eval_command_uses_the_configs_rubric_without_the_training_loop(micro_model, tmp_path):
+    import subprocess
+    import sys
+
+    rows = [{"question": f"Tom has {i} apples and buys 3 more. How many now?", "answer": f"#### {i + 3}"}
+            for i in range(40)]
+    path = jsonl(tmp_path / "g.jsonl", rows)
+    code = ("import json, sys; from rlvr.cli import main; "
+            f"rc = main(['eval', '--model', {micro_model!r}, '--json', 'engine.kind=hf', 'task.kind=gsm8k', "
+            f"'task.path={path}', 'rewards=null', 'eval.num_prompts=3', 'eval.k=2', 'eval.max_tokens=8']); "
+            "assert rc == 0 and 'rlvr.loop' not in sys.modules, sorted(m for m in sys.modules if m.startswith('rlvr'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "reward/math" in metrics and "reward/arith" not in metrics and metrics["num_prompts"] == 3
