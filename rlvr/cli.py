@@ -15,8 +15,12 @@ import sys
 # name -> (module, one-line help). Modules must not import torch at import time.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("rlvr.commands.pretrain", "Build a tokenizer and pretrain a tiny base model from random init."),
+    "midtrain": ("rlvr.commands.midtrain", "Continued pretraining on task-domain text (TRL SFTTrainer)."),
+    "sft": ("rlvr.commands.sft", "Supervised fine-tuning on correct reasoning traces (TRL SFTTrainer)."),
+    "dpo": ("rlvr.commands.dpo", "Preference tuning on on-policy pairs scored by the verifier (TRL DPOTrainer)."),
     "train": ("rlvr.commands.train", "RL-train a policy (GRPO & co.) from a YAML config."),
     "eval": ("rlvr.commands.eval", "Evaluate a checkpoint on a task's held-out split."),
+    "run": ("rlvr.commands.run", "Run a stage recipe (pretrain -> sft -> dpo -> train ...), cached stage by stage."),
     "demo": ("rlvr.commands.demo", "Pretrain (or reuse) -> eval base -> RL-Zero -> eval -> before/after table."),
     "config": ("rlvr.commands.config", "Print every config field with its type, default and description."),
     "verify": ("rlvr.commands.verify", "Score a JSONL of completions with a verifier (audit / compare)."),

@@ -1,0 +1,26 @@
+"""`rlvr run RECIPE.yaml`: chain stages (pretrain, midtrain, sft, dpo, train), each stage's output
+feeding the next; finished stages are reused (cached by config hash), a failed stage keeps the
+earlier outputs and a rerun resumes at it. See docs/stages.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from rlvr.commands._common import fail
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (e.g. configs/recipes/phases.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides of the recipe file")
+    p.add_argument("--force", action="store_true", help="rerun every stage even if cached")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlvr.config import ConfigError
+    from rlvr.stages.recipe import StageFailed, run_recipe
+
+    try:
+        run_recipe(args.recipe, args.overrides, force=args.force)
+    except (ConfigError, StageFailed) as exc:
+        return fail(exc)
+    return 0

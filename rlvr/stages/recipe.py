@@ -1,0 +1,133 @@
+"""Stage recipes: ``rlvr run recipe.yaml`` chains stages, each stage's output feeding the next.
+
+A recipe names its stages; a stage's ``input`` is the name of an earlier stage, whose output
+model directory becomes the stage's ``model`` (its output goes to ``out``, default
+``<out_root>/<name>``). Every stage config is loaded and checked before anything runs. Stages
+are cached by config hash and input stamp (`rlvr.stages.run_stage`), so a rerun skips finished
+stages and resumes at the first one that did not finish; a failed stage leaves the earlier
+outputs as they were.
+
+An optional ``report`` evaluates the final model of each named path (a list of stages) on the
+held-out split with one evaluation config, and writes a table (markdown + JSON) and a PNG of
+held-out pass@1 against cumulative training tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from rlvr.config import ConfigError, Section, _format_error, apply_overrides, load_config
+from rlvr.stages import STAGES
+
+
+class RecipeStage(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stage name (unique in the recipe).")
+    command: str = Field(description="Stage command: pretrain, midtrain, sft, dpo or train.")
+    config: str | None = Field(None, description="The stage's YAML config (the command's own format).")
+    input: str | None = Field(None, description="Name of an earlier stage whose output model this stage starts from.")
+    out: str | None = Field(None, description="Output directory (the run_dir for `train`); default <out_root>/<name>.")
+    overrides: list[str] = Field(default_factory=list, description="key.sub=value overrides of the stage config.")
+
+
+class ReportConfig(Section):
+    eval_config: str = Field("configs/tiny_r1zero.yaml", description="RL-format config whose task, rewards, eval "
+                             "and engine settings evaluate every path (its `model` is replaced).")
+    overrides: list[str] = Field(default_factory=list, description="Overrides of the evaluation config.")
+    base: str = Field(description="The stage all paths start from (its output is evaluated as 'base').")
+    paths: dict[str, list[str]] = Field(description="Path label -> its stages after the base, in order.")
+    plot: str = Field("pass1_vs_tokens.png", description="PNG file name, in out_root.")
+
+
+class Recipe(Section):
+    name: str = Field("recipe", description="Recipe name (titles only).")
+    out_root: str = Field("runs/recipe", description="Where stages without an `out` write.")
+    stages: list[RecipeStage] = Field(min_length=1, description="Stages, in the order they run.")
+    report: ReportConfig | None = Field(None, description="Evaluate and compare paths at the end.")
+
+
+def load_recipe(path: str, overrides: list[str] | None = None) -> tuple[Recipe, list[tuple[RecipeStage, Any]]]:
+    """The recipe and each stage's validated config, with models and outputs wired; one error per problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"recipe file not found: {path!r}")
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path!r} must be a mapping at the top level")
+    try:
+        recipe = Recipe.model_validate(apply_overrides(data, overrides or []))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, repr(path))) from None
+    names = [s.name for s in recipe.stages]
+    outputs: dict[str, Path] = {}
+    wired = []
+    for i, st in enumerate(recipe.stages):
+        where = f"recipe {path!r}: stages.{i} ({st.name!r})"
+        if names.count(st.name) > 1:
+            raise ConfigError(f"{where}: the name {st.name!r} is used by more than one stage")
+        if st.command not in STAGES:
+            raise ConfigError(f"{where}: unknown command {st.command!r}; known: {', '.join(sorted(STAGES))}")
+        stage = STAGES[st.command]
+        extra = list(st.overrides)
+        if st.input is not None:
+            if stage.model_field is None:
+                raise ConfigError(f"{where}: {st.command!r} starts from random init and takes no input")
+            if st.input not in outputs:
+                later = st.input in names
+                raise ConfigError(
+                    f"{where}: input {st.input!r} is " + ("a later stage of this recipe; a stage can only start "
+                    "from one that runs before it" if later else "not a stage of this recipe") +
+                    f" (earlier stages: {', '.join(outputs) or 'none'})")
+            extra.append(f"{stage.model_field}={outputs[st.input]}")
+        extra.append(f"{stage.out_field}={st.out or Path(recipe.out_root) / st.name}")
+        try:
+            cfg = load_config(stage.config(), st.config, extra)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        outputs[st.name] = stage.output(cfg)
+        wired.append((st, cfg))
+    if recipe.report is not None:
+        rep = recipe.report
+        for label, stages in {"base": [rep.base], **rep.paths}.items():
+            for name in stages:
+                if name not in outputs:
+                    raise ConfigError(f"recipe {path!r}: report path {label!r} names {name!r}, which is not a stage "
+                                      f"of this recipe (stages: {', '.join(names)})")
+    return recipe, wired
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the message names it and says that earlier outputs are kept."""
+
+
+def run_recipe(path: str, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Run every stage (cached ones are reused), then the report if the recipe has one."""
+    from rlvr.stages import run_stage
+
+    recipe, wired = load_recipe(path, overrides)
+    records: dict[str, dict[str, Any]] = {}
+    t0 = time.time()
+    for i, (st, cfg) in enumerate(wired):
+        print(f"\n== stage {i + 1}/{len(wired)}: {st.name} ({st.command}"
+              + (f" from {st.input}" if st.input else "") + ") ==")
+        try:
+            records[st.name] = run_stage(st.command, cfg, force=force)
+        except Exception as exc:
+            done = ", ".join(f"{n} -> {r['output']}" for n, r in records.items()) or "none"
+            raise StageFailed(f"stage {st.name!r} ({st.command}) failed: {type(exc).__name__}: {exc}\n"
+                              f"finished stages keep their outputs ({done}); rerun the recipe to resume at "
+                              f"{st.name!r}") from exc
+    out_root = Path(recipe.out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"recipe": recipe.name, "stages": records, "seconds": round(time.time() - t0, 1)}
+    if recipe.report is not None:
+        from rlvr.stages.report import report
+
+        summary["report"] = report(recipe, wired, records)
+    (out_root / "recipe_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary

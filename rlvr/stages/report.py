@@ -1,0 +1,141 @@
+"""A recipe's report: every path's final model evaluated on the same held-out split, one table,
+one PNG of held-out greedy pass@1 against cumulative training tokens.
+
+Evaluations are the RL loop's own `evaluate` with one config (task, rubric, eval settings,
+engine). An RL stage already evaluated its input and output with those settings; those numbers
+are reused, every other model is evaluated once and the result cached beside it
+(``rlvr_eval.json``, keyed by the evaluation settings and the model's stamp).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+EVAL_CACHE = "rlvr_eval.json"
+
+
+def eval_key(cfg: Any) -> str:
+    """What an evaluation depends on besides the model."""
+    payload = {"task": cfg.task.model_dump(mode="json"), "rewards": cfg.rewards.model_dump(mode="json"),
+               "eval": cfg.eval.model_dump(mode="json"), "engine": cfg.engine.kind, "seed": cfg.train.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
+    """Held-out metrics of ``model_dir`` under the evaluation config ``cfg`` (cached beside the model)."""
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_rubric, engine_kwargs, load_rows
+    from rlvr.evaluate import evaluate
+    from rlvr.stages import stamp_of
+    from rollouts import make_engine
+
+    stamp = stamp_of(model_dir) or {}
+    key = f"{eval_key(cfg)}:{stamp.get('config_hash')}"
+    cache = Path(model_dir) / EVAL_CACHE
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in cached:
+        return cached[key]
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=False).test
+    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg))
+    try:
+        metrics = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
+                           max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers)
+    finally:
+        engine.close()
+    cached[key] = metrics
+    cache.write_text(json.dumps(cached, indent=1))
+    return metrics
+
+
+def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from rlvr.commands._common import print_table
+    from rlvr.config import TrainConfig, load_config
+
+    rep = recipe.report
+    cfgs = {st.name: cfg for st, cfg in wired}
+    commands = {st.name: st.command for st, _ in wired}
+    output = {name: str(rec["output"]) for name, rec in records.items()}
+
+    def eval_cfg(model_dir: str) -> Any:
+        return load_config(TrainConfig, rep.eval_config, [*rep.overrides, f"model={model_dir}"])
+
+    key = eval_key(eval_cfg(output[rep.base]))
+    known: dict[str, dict[str, float]] = {}  # model dir -> metrics, from RL stages evaluated the same way
+    for name, rec in records.items():
+        if commands[name] == "train" and "after" in rec and eval_key(cfgs[name]) == key:
+            known[output[name]] = rec["after"]
+            known.setdefault(str(cfgs[name].model), rec["before"])
+    needed = [rep.base] + [n for stages in rep.paths.values() for n in stages]
+    metrics: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(needed):
+        metrics[name] = known.get(output[name]) or evaluate_model(output[name], eval_cfg(output[name]))
+        print(f"evaluated {name}: pass@1 {metrics[name]['pass@1']:.3f}")
+    k = eval_cfg(output[rep.base]).eval.k
+    base = metrics[rep.base]
+    rows, table = [], []
+    for label, stages in [("base", [])] + list(rep.paths.items()):
+        final = metrics[stages[-1]] if stages else base
+        steps = sum(records[n].get("optimizer_steps", 0) for n in stages)
+        tokens = sum(records[n].get("tokens", 0) for n in stages)
+        wall = sum(records[n].get("seconds", 0.0) for n in stages)
+        chain = " → ".join(commands[n] for n in stages) or "(pretrained)"
+        entry = {"path": label, "stages": chain, "optimizer_steps": steps, "tokens": tokens, "wall_s": round(wall, 1),
+                 "pass@1": final["pass@1"], f"pass@{k}": final.get(f"pass@{k}"), "format_rate": final["format_rate"],
+                 "response_len": final["response_len"]}
+        table.append(entry)
+        rows.append((label, chain, str(steps), f"{tokens:,}", f"{final['pass@1']:.3f}", f"{final.get(f'pass@{k}', 0):.3f}",
+                     f"{final['format_rate']:.3f}", f"{final['response_len']:.1f}", f"{wall:.0f}"))
+    headers = ("path", "stages", "opt steps", "tokens trained", "pass@1", f"pass@{k}", "format", "resp len", "wall s")
+    n_test = int(base.get("num_prompts", 0))
+    print(f"\n{recipe.name}: held-out results ({n_test} test prompts; same base, same task; "
+          "budget = optimizer steps x tokens trained, summed over the path's stages)")
+    print_table(rows, headers)
+    out_root = Path(recipe.out_root)
+    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
+    (out_root / "table.md").write_text("\n".join(md) + "\n")
+    (out_root / "table.json").write_text(json.dumps(table, indent=1))
+    plot = plot_paths(rep, records, metrics, commands, out_root / rep.plot, recipe.name)
+    print(f"table: {out_root / 'table.md'}\nplot: {plot}")
+    return {"table": table, "plot": str(plot)}
+
+
+def path_curve(stages: list[str], records: dict[str, dict[str, Any]], metrics: dict[str, dict[str, float]],
+               base_pass1: float) -> list[tuple[float, float]]:
+    """(cumulative tokens, held-out pass@1): the base at 0, then each stage (an RL stage's own evaluations)."""
+    points, tokens = [(0.0, base_pass1)], 0.0
+    for name in stages:
+        rec = records[name]
+        curve = rec.get("curve") or []
+        for t, p in curve[1:-1]:  # its first point is its input (already plotted), its last is the output
+            points.append((tokens + t, p))
+        tokens += rec.get("tokens", 0)
+        points.append((tokens, metrics[name]["pass@1"]))
+    return points
+
+
+def plot_paths(rep: Any, records: dict[str, dict[str, Any]], metrics: dict[str, dict[str, float]],
+               commands: dict[str, str], png: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, stages in rep.paths.items():
+        xs, ys = zip(*path_curve(stages, records, metrics, metrics[rep.base]["pass@1"]))
+        ax.plot(xs, ys, "o-", label=f"{label} ({' → '.join(commands[n] for n in stages)})", alpha=0.85)
+    ax.set_xlabel("cumulative training tokens after pretraining")
+    ax.set_ylabel("held-out greedy pass@1")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}: held-out pass@1 against training tokens")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
