@@ -105,10 +105,12 @@ class EngineConfig(Section):
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
     threads: int = Field(0, ge=0, description="Engine threads (0: all cores; with `train.async`, the cores the learner leaves).")
     enforce_eager: bool = Field(True, description="vLLM: skip graph compilation (faster start-up).")
-    max_logprob_diff: float = Field(
-        0.5, gt=0,
+    max_logprob_diff: float | None = Field(
+        None, gt=0,
         description="Parity gate: stop the run when any sampled token's engine log-prob differs from the "
-        "learner's recomputation by more than this many nats (float32 engines stay below 1e-4).",
+        "learner's recomputation by more than this many nats. None: by dtype, 0.5 when engine and learner both "
+        "run float32 (they stay below 1e-4), 8 when either runs bfloat16 (rare tokens drift by nats; truncated "
+        "IS corrects it and `mismatch_kl` measures it).",
     )
 
 
@@ -174,6 +176,15 @@ class TrainLoopConfig(Section):
         "(truncated IS corrects the staleness; `algorithm.is_cap` defaults to 2 then).",
     )
     max_staleness: int = Field(1, ge=1, le=8, description="async: how many steps generation may run ahead of the learner.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Learner compute dtype. bfloat16 runs the forward/backward under autocast; master "
+        "weights, gradients and optimizer state stay float32 and log-softmax runs in float32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass (less memory, ~1/3 more "
+        "compute). The shared-prefix forward needs the KV cache it discards, so rows then run flat.")
+    max_seq_len: int | None = Field(
+        None, ge=2, description="Longest prompt + completion the learner accepts (None: no limit); a longer one "
+        "is an error naming both lengths, checked on the training prompts before any model loads.")
 
 
 class CheckpointConfig(Section):
@@ -230,6 +241,13 @@ class TrainConfig(Section):
                                   RewardTerm(verifier="r1_format", weight=0.1)]
         if self.train.async_ and self.algorithm.is_cap is None:  # stale samples need the IS correction
             self.algorithm.is_cap = 2.0
+        low_precision = "bfloat16" in (self.engine.dtype, self.train.dtype)
+        if low_precision and self.algorithm.is_cap is None:  # engine and learner sample from different numbers
+            self.algorithm.is_cap = 2.0
+        if self.engine.max_logprob_diff is None:
+            self.engine.max_logprob_diff = 8.0 if low_precision else 0.5
+        if self.train.gradient_checkpointing and self.train.shared_prefix:  # checkpointed layers keep no KV cache
+            self.train.shared_prefix = False
         algo = self.algorithm
         if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
             algo.loss_agg_norm = float(self.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width

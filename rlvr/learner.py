@@ -14,6 +14,7 @@ flat forward over every [prompt + completion] row, without recomputing the promp
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 
 import torch
@@ -84,7 +85,7 @@ def group_spans(batch: RLBatch) -> list[tuple[int, int]] | None:
 
 def token_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """log p(input_ids[:, t+1] | prefix) and the entropy of that distribution, both [B, T]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # [B, T, V]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()  # [B, T, V]
     logsm = logits.log_softmax(-1)
     logp = logsm.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T]
     entropy = -(logsm.exp() * logsm).sum(-1)  # [B, T]
@@ -149,11 +150,17 @@ class Learner:
     """AdamW on the policy with micro-batching, gradient accumulation and clipping.
 
     ``shared_prefix``: when the batch carries group structure, micro-batches hold whole groups and
-    run the shared-prefix forward (see the module docstring); otherwise the flat forward."""
+    run the shared-prefix forward (see the module docstring); otherwise the flat forward.
+
+    ``dtype="bfloat16"``: forward and backward under bf16 autocast; the parameters (master
+    weights), their gradients and AdamW's moments stay float32, and log-softmax runs on float32
+    logits. ``gradient_checkpointing`` recomputes layer activations in the backward (flat forward
+    only: a checkpointed layer keeps no KV cache). ``max_seq_len`` refuses longer rows."""
 
     def __init__(self, model, algo: AlgorithmConfig, lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), grad_clip: float = 1.0, warmup_steps: int = 0,
-                 micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None, shared_prefix: bool = True):
+                 micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None, shared_prefix: bool = True,
+                 dtype: str = "float32", gradient_checkpointing: bool = False, max_seq_len: int | None = None):
         if algo.policy_loss not in POLICY_LOSSES:
             raise KeyError(f"algorithm.policy_loss: unknown {algo.policy_loss!r}; known: {sorted(POLICY_LOSSES)}")
         if algo.needs_reference and ref_model is None:
@@ -163,7 +170,19 @@ class Learner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
         self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
-        self.shared_prefix = shared_prefix
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"train.dtype: {dtype!r} is not float32 or bfloat16")
+        self.dtype, self.max_seq_len = dtype, max_seq_len
+        self.shared_prefix = shared_prefix and not gradient_checkpointing
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def autocast(self):
+        """bf16 autocast on the model's device for ``dtype="bfloat16"``, else nothing."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16)
 
     def plan(self, batch: RLBatch, by_length: bool) -> tuple[Tensor, list[tuple[int, int]], bool]:
         """Row order, micro-batch row ranges in that order, and whether they run shared-prefix.
@@ -197,11 +216,12 @@ class Learner:
         return token_logp_and_entropy(model, mb.input_ids, mb.attention_mask)
 
     def _micro_loss(self, mb: RLBatch, old_logp: Tensor | None, weight: float, shared: bool) -> tuple[Tensor, dict]:
-        logp, entropy = self._forward(self.model, mb, shared)
+        with self.autocast():
+            logp, entropy = self._forward(self.model, mb, shared)  # float32: the forward upcasts the logits
         old = logp.detach() if old_logp is None else old_logp  # first pass: on-policy, ratio == 1
         ref_logp = None
         if self.algo.loss_kl_coef > 0:  # KL in the reward needs no reference forward here
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 ref_logp, _ = self._forward(self.ref_model, mb, shared)
         is_w = None
         if self.algo.is_cap is not None:  # correct for the engine sampling from slightly different numbers
@@ -225,7 +245,8 @@ class Learner:
         in_order = batch.select(order)
         out = []
         for model in (self.model, self.ref_model):
-            logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in bounds])
+            with self.autocast():
+                logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in bounds])
             logp[order] = logp.clone()  # back to the batch's row order
             out.append(logp * batch.response_mask)
         return out[0], out[1]
@@ -237,6 +258,11 @@ class Learner:
         length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
         ``loss_agg_norm`` depends on the padded width; it keeps the full width."""
         self.model.train()
+        if self.max_seq_len is not None:
+            longest = int(batch.attention_mask.sum(1).max())
+            if longest > self.max_seq_len:
+                raise ValueError(f"train.max_seq_len: a row of {longest} tokens (prompt + completion) is longer than "
+                                 f"train.max_seq_len={self.max_seq_len}")
         mask = batch.response_mask
         tokens, seqs = mask.sum().clamp(min=1), len(batch)
         width_free = not (self.algo.loss_agg == "seq-mean-token-sum-norm" and self.algo.loss_agg_norm is None)
@@ -269,6 +295,8 @@ class Learner:
         diff = log_ratio.abs() * mask
         # importance ratio learner/engine per token: its spread is how off-policy the batch is
         ratio = torch.where(mask > 0, log_ratio.exp(), 1.0)
+        # k3 estimate of KL(engine || learner) on the sampled tokens: r - 1 - log r, r = p_learner / p_engine
+        mismatch_kl = float(masked_mean(ratio - 1 - log_ratio * mask, mask))
         metrics.update(
             grad_norm=float(grad_norm),
             lr=self.sched.get_last_lr()[0],
@@ -276,5 +304,6 @@ class Learner:
             logp_diff_max=float(diff.max()),
             engine_ratio_min=float(ratio.min()),
             engine_ratio_max=float(ratio.max()),
+            mismatch_kl=mismatch_kl,
         )
         return metrics

@@ -83,6 +83,7 @@ from rlvr.learner import Learner, RLBatch
 from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
+from rlvr.precision import check_learner_dtype
 from rlvr.scoring import Scorer, generate_and_score
 from rollouts import SamplingConfig, make_engine
 from verifiers import get as get_verifier
@@ -241,6 +242,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = load_rows(cfg, tokenizer, rubric, model_dir)
     check_max_seq_len(cfg, data.train)
+    check_learner_dtype(tc.dtype, "cuda" if torch.cuda.is_available() else "cpu")
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)

@@ -31,6 +31,9 @@ class ShmWeightLoader:
                        for name, dtype, shape, off, nbytes in meta]
             del buf
             self.reload_weights(weights_iterator=iter(weights))
+            from rollouts.tied_head import refresh_tied_heads
+
+            refresh_tied_heads(self.model_runner.model)  # a tied head's packed GEMM is stale otherwise
         finally:
             shm.close()
 

@@ -36,7 +36,10 @@ def _enable_cpu_rms_norm_kernels() -> dict:
     """vLLM 0.32 registers its fused C RMSNorm kernels (``vllm_c``) as GPU-only and the CPU
     platform's IR priority is ``native`` (a chain of PyTorch ops), though the CPU wheel ships
     the same ``_C.rms_norm`` / ``_C.fused_add_rms_norm``. Mark them supported and put them first.
-    Process-local: a spawned engine-core process (separate_process=True) keeps ``native``."""
+    Process-local: a spawned engine-core process (separate_process=True) keeps ``native``.
+    The CPU kernels assume a contiguous input (Qwen3's per-head q/k norms pass strided views of
+    the fused qkv output and got wrong numbers, ~0.1 nats per token), so such calls fall back
+    to ``native``."""
     import torch
     from vllm import ir
     from vllm.platforms import current_platform
@@ -49,8 +52,18 @@ def _enable_cpu_rms_norm_kernels() -> dict:
         impls = getattr(ir.ops, op).impls
         if "vllm_c" in impls:
             impls["vllm_c"].supported = True
+            impls["vllm_c"]._supports_args = _contiguous_only(impls["vllm_c"]._supports_args)
             priority[op] = ["vllm_c", "native"]
     return priority
+
+
+def _contiguous_only(check):
+    def supports(*args, **kwargs) -> bool:
+        if not all(a.is_contiguous() for a in args if isinstance(a, torch.Tensor)):
+            return False
+        return check is None or check(*args, **kwargs)
+
+    return supports
 
 
 class VLLMEngine:
@@ -88,8 +101,8 @@ class VLLMEngine:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
-        # vLLM 0.32's in-place reload skips a tied lm_head and restores its old tensor, so a
-        # tied model would sample from stale output weights after a sync. Refuse loudly.
+        # A tied head shares the embedding's storage but keeps a stale packed GEMM handle after
+        # an in-place reload (see rollouts.tied_head); load_weights rebuilds it after each sync.
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.separate_process = separate_process
         self.startup_s = time.perf_counter() - t0
@@ -152,12 +165,8 @@ class VLLMEngine:
         return Group(text, prompt_ids, comps)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        if self.tied_embeddings:
-            raise NotImplementedError(
-                "VLLMEngine.load_weights: the model ties lm_head to the input embeddings "
-                "(tie_word_embeddings=true); vLLM 0.32's in-place reload leaves the tied head stale. "
-                "Untie the model (save it with tie_word_embeddings=false) or use engine.kind=hf."
-            )
+        """Stream the tensors in place; a tied output head is then rebuilt from the new embedding
+        (the shared-memory worker does the same after its reload)."""
         t0 = time.perf_counter()
         if self.separate_process:
             from rollouts.shm_sync import send_weights_via_shm
@@ -166,6 +175,10 @@ class VLLMEngine:
         else:
             weights = [(name, t.detach()) for name, t in named_tensors]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+            if self.tied_embeddings:
+                from rollouts.tied_head import refresh_tied_heads_on_worker
+
+                self.llm.collective_rpc(refresh_tied_heads_on_worker)
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - t0
 
