@@ -20,7 +20,7 @@ EVAL_CACHE = "rlvr_eval.json"
 def eval_key(cfg: Any) -> str:
     """What an evaluation depends on besides the model."""
     payload = {"task": cfg.task.model_dump(mode="json"), "rewards": cfg.rewards.model_dump(mode="json"),
-               "eval": cfg.eval.model_dump(mode="json"), "engine": cfg.engine.kind, "seed": cfg.train.seed}
+               "eval": cfg.eval.model_dump(mode="json", exclude={"every"}), "engine": cfg.engine.kind, "seed": cfg.train.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,115 @@
+"""Stage recipes (`rlvr run`): chaining, caching on rerun, failure keeps earlier outputs and the
+rerun resumes at the failed stage, one clear error per bad recipe."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rlvr.cli import main
+from rlvr.config import ConfigError
+from rlvr.stages.recipe import StageFailed, load_recipe, run_recipe
+
+FAST = ["num_examples=48", "threads=1", "trl.max_steps=2", "trl.per_device_train_batch_size=8"]
+PAIRS = ["pairs.engine=hf", "pairs.num_prompts=24", "pairs.heldout_prompts=0", "pairs.max_tokens=24"]
+
+
+def write(tmp_path, stages, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"name": "t", "out_root": str(tmp_path / "out"), "stages": stages}))
+    return str(path)
+
+
+def stage(name, command, model=None, input=None, extra=()):
+    st = {"name": name, "command": command, "config": f"configs/stages/{command}.yaml", "overrides": [*FAST, *extra]}
+    if model:
+        st["overrides"].append(f"model={model}")
+    if input:
+        st["input"] = input
+    return st
+
+
+def test_three_stage_recipe_chains_and_reruns_cached(micro_model, tmp_path, capsys):
+    recipe = write(tmp_path, [stage("mid", "midtrain", model=micro_model), stage("sft", "sft", input="mid"),
+                              stage("dpo", "dpo", input="sft", extra=PAIRS)])
+    first = run_recipe(recipe)["stages"]
+    assert [r["cached"] for r in first.values()] == [False, False, False]
+    assert first["sft"]["config"]["model"] == first["mid"]["output"]  # each stage's output feeds the next
+    assert first["dpo"]["config"]["model"] == first["sft"]["output"]
+    capsys.readouterr()
+    assert main(["run", recipe]) == 0
+    assert capsys.readouterr().out.count("reusing") == 3
+
+
+def test_failed_stage_keeps_earlier_outputs_and_rerun_resumes_there(micro_model, tmp_path, capsys):
+    # stage 2 fails: an arithmetic-only model gets every countdown prompt wrong, so DPO has no pairs
+    bad = write(tmp_path, [stage("sft", "sft", model=micro_model),
+                           stage("dpo", "dpo", input="sft", extra=[*PAIRS, "task.kind=countdown", "pairs.n=2",
+                                                                  "pairs.num_prompts=4"])])
+    with pytest.raises(StageFailed, match="(?s)stage 'dpo' .*no preference pairs.*rerun the recipe to resume at 'dpo'"):
+        run_recipe(bad)
+    sft_out = tmp_path / "out" / "sft"
+    stamp = (sft_out / "rlvr_stage.json").read_text()
+    assert (sft_out / "model.safetensors").is_file() and not (tmp_path / "out" / "dpo").exists()
+    assert main(["run", bad]) == 2 and "error: stage 'dpo'" in capsys.readouterr().err
+
+    fixed = write(tmp_path, [stage("sft", "sft", model=micro_model), stage("dpo", "dpo", input="sft", extra=PAIRS)])
+    records = run_recipe(fixed)["stages"]
+    assert records["sft"]["cached"] and not records["dpo"]["cached"]
+    assert (sft_out / "rlvr_stage.json").read_text() == stamp
+    assert (tmp_path / "out" / "dpo" / "model.safetensors").is_file()
+
+
+def test_unknown_command_is_one_error(micro_model, tmp_path):
+    recipe = write(tmp_path, [stage("sft", "sft", model=micro_model), {"name": "x", "command": "rlhf"}])
+    with pytest.raises(ConfigError, match=r"stages.1 \('x'\): unknown command 'rlhf'; known: dpo, midtrain, pretrain, sft, train"):
+        load_recipe(recipe)
+
+
+def test_input_from_a_stage_not_in_the_recipe_is_one_error(micro_model, tmp_path, capsys):
+    recipe = write(tmp_path, [stage("base_sft", "sft", model=micro_model), stage("dpo", "dpo", input="sft")])
+    with pytest.raises(ConfigError, match=r"stages.1 \('dpo'\): input 'sft' is not a stage of this recipe "
+                                          r"\(earlier stages: base_sft\)"):
+        load_recipe(recipe)
+    later = write(tmp_path, [stage("dpo", "dpo", input="sft"), stage("sft", "sft", model=micro_model)], "l.yaml")
+    with pytest.raises(ConfigError, match="input 'sft' is a later stage of this recipe"):
+        load_recipe(later)
+    assert main(["run", recipe]) == 2 and capsys.readouterr().err.count("error:") == 1
+
+
+def test_stage_config_errors_name_the_stage(micro_model, tmp_path):
+    recipe = write(tmp_path, [stage("sft", "sft", model=micro_model, extra=["num_exampls=3"])])
+    with pytest.raises(ConfigError, match=r"(?s)stages.0 \('sft'\).*num_exampls: unknown key"):
+        load_recipe(recipe)
+
+
+def test_shipped_recipes_load():
+    for path in ("configs/recipes/demo.yaml", "configs/recipes/phases.yaml"):
+        recipe, wired = load_recipe(path)
+        assert wired and recipe.report is not None
+
+
+def test_report_tables_every_path_and_plots(micro_model, tmp_path):
+    """sft -> RL beside RL-Zero, evaluated with one config; the PNG and the table are written."""
+    rl = ["engine.kind=hf", "train.steps=2", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
+          "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "eval.every=1", "logging.progress=false",
+          "train.micro_batch_size=16", "checkpoint.every=0"]
+    ev = tmp_path / "eval.yaml"
+    ev.write_text(yaml.safe_dump({"model": micro_model, "engine": {"kind": "hf"},
+                                  "eval": {"num_prompts": 8, "k": 2, "max_tokens": 16}}))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "mini", "out_root": str(tmp_path / "out"),
+        "stages": [{"name": "sft", "command": "sft", "config": "configs/stages/sft.yaml",
+                    "overrides": [*FAST, f"model={micro_model}"]},
+                   {"name": "rl_zero", "command": "train", "config": "configs/tiny_r1zero.yaml",
+                    "overrides": [*rl, f"model={micro_model}"]},
+                   {"name": "sft_rl", "command": "train", "config": "configs/tiny_r1zero.yaml", "input": "sft",
+                    "overrides": rl}],
+        "report": {"eval_config": str(ev), "base": "sft", "paths": {"RL-Zero": ["rl_zero"], "SFT→RL": ["sft_rl"]}}}))
+    table = run_recipe(str(path))["report"]["table"]
+    assert [row["path"] for row in table] == ["base", "RL-Zero", "SFT→RL"]
+    rl_row = table[1]
+    assert rl_row["optimizer_steps"] == 2 and rl_row["tokens"] > 0 and 0 <= rl_row["pass@1"] <= 1
+    assert (tmp_path / "out" / "pass1_vs_tokens.png").stat().st_size > 1000
+    assert "| RL-Zero |" in (tmp_path / "out" / "table.md").read_text()
