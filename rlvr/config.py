@@ -208,6 +208,19 @@ class LoggingConfig(Section):
     samples_per_step: int = Field(4, ge=1, description="Completions logged each time (from different prompts).")
 
 
+class LoraSection(Section):
+    """LoRA through peft. A top-level section beside ``model`` (not ``model.lora``), so ``model`` stays one
+    path or hub id everywhere; the engine samples with the merged weights."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Scale numerator: the update is (alpha / r) * B @ A.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | str = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers to adapt: names (the last part of a module path), a regex over the full path, "
+        "or 'all-linear'. Matching nothing is an error before any model loads.")
+
+
 class TrainConfig(Section):
     model: str = Field(description="Hugging Face model directory of the starting policy.")
     run_dir: str = Field("runs/tiny-r1zero", description="Output directory: metrics, TensorBoard, checkpoint, plot.")
@@ -223,6 +236,8 @@ class TrainConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    lora: LoraSection | None = Field(None, description="Train a LoRA adapter instead of every weight (None: full "
+                                     "fine-tuning). Checkpoints hold the adapter; run_dir/final is the merged model.")
 
     @model_validator(mode="before")
     @classmethod
@@ -263,6 +278,9 @@ class TrainConfig(Section):
         if self.sampling.n < 2 and group_relative:
             raise ValueError(f"sampling.n: {algo.advantage} compares completions within a group, so n=1 gives every "
                              "advantage 0 and trains nothing; use n >= 2 (8 is usual) or a non-group estimator")
+        if self.lora is not None and algo.needs_critic and algo.critic_model is None:
+            raise ValueError("lora: the PPO critic is copied from the policy's backbone, which LoRA wraps; set "
+                             "algorithm.critic_model to a model directory, or train without lora")
         if all(t.weight == 0 for t in self.rewards.terms):
             raise ValueError("rewards.terms: every weight is 0, so every reward is 0 and nothing is learned")
         check_reward_terms(self.rewards.terms)

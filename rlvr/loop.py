@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import yaml
 
+from rlvr import lora
 from rlvr.alarms import Alarms
 from rlvr.algorithms import (
     ADVANTAGES,
@@ -243,6 +244,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     data = load_rows(cfg, tokenizer, rubric, model_dir)
     check_max_seq_len(cfg, data.train)
     check_learner_dtype(tc.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.lora is not None:  # before any weights load: peft installed, target modules that exist
+        lora.require_peft()
+        lora.check_targets(model_dir, cfg.lora.target_modules)
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
@@ -256,6 +260,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if cfg.lora is not None:
+        policy = lora.wrap(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
         ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
@@ -304,7 +310,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             return m
 
         def save(step: int) -> None:
-            tensors = {"model": policy.state_dict(), "rng": rng_state(),
+            tensors = {"model": lora.adapter_state(policy) if lora.is_lora(policy) else policy.state_dict(),
+                       "rng": rng_state(),
                        "optim": {"policy": learner.opt.state_dict(), "sched": learner.sched.state_dict(),
                                  "critic": critic.opt.state_dict() if critic is not None else None}}
             if critic is not None:
@@ -320,7 +327,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             start, evals = 0, {0: run_eval(0)}
         else:
             start, evals = ckpt.step, restore_state(ckpt, policy, learner, critic, ref, sampler, pipe)
-            pipe.call(lambda: engine.load_weights(policy.named_parameters()))
+            pipe.call(lambda: engine.load_weights(lora.merged_named_tensors(policy)))
             set_rng_state(ckpt.tensors["rng"])
         for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
             if not pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
@@ -351,7 +358,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if last_sync is not None:
                 metrics["sync_s"] = last_sync.result()  # async: the previous step's load, done by now
             # async: the learner moves on while the engine loads, so it gets a copy of the weights
-            weights = [(n, p.detach().clone() if staleness else p) for n, p in policy.named_parameters()]
+            # LoRA: W + scale * B @ A into new tensors, the adapter untouched (rlvr.lora)
+            weights = [(n, p.detach().clone() if staleness else p) for n, p in lora.merged_named_tensors(policy)]
             last_sync = pipe.submit(lambda w=weights: timed_load(engine, w))
             synced_version = step
             if not staleness:
@@ -376,7 +384,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         scorer.close()
         engine.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
     final = run_dir / "final"
-    policy.save_pretrained(final, safe_serialization=True)
+    if lora.is_lora(policy):
+        policy.save_pretrained(run_dir / "adapter")  # the adapter alone, loadable with peft on `model`
+    lora.save_merged(policy, final)  # a plain HF model (merged into a copy with LoRA)
     tokenizer.save_pretrained(final)
     plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png", title=run_dir.name)
     logger.close()
@@ -450,7 +460,10 @@ def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None
                   pipe: RolloutPipeline) -> dict[int, dict[str, float]]:
     """Load a checkpoint's model, optimiser, sampler and pending rollouts; returns the evaluations so far."""
     t = ckpt.tensors
-    policy.load_state_dict(t["model"])
+    if lora.is_lora(policy):
+        lora.load_adapter_state(policy, t["model"])
+    else:
+        policy.load_state_dict(t["model"])
     learner.opt.load_state_dict(t["optim"]["policy"])
     learner.sched.load_state_dict(t["optim"]["sched"])
     if critic is not None:
