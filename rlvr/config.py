@@ -206,6 +206,10 @@ class LoggingConfig(Section):
     samples_every: int = Field(10, ge=0, description="Every N steps, write a few completions with their rewards to "
                                "run_dir/samples.jsonl and TensorBoard text (0: never).")
     samples_per_step: int = Field(4, ge=1, description="Completions logged each time (from different prompts).")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] | None = Field(
+        None, description="Experiment trackers, each an optional extra (pip install -e '.[wandb]'); the resolved "
+        "config is logged as the run's config. None: [tensorboard] if `tensorboard` else [].")
+    project: str = Field("rlvr", description="Tracker project / experiment name (the run is named after run_dir).")
 
 
 class LoraSection(Section):
@@ -261,6 +265,9 @@ class TrainConfig(Section):
             self.algorithm.is_cap = 2.0
         if self.engine.max_logprob_diff is None:
             self.engine.max_logprob_diff = 8.0 if low_precision else 0.5
+        if self.logging.report_to is None:
+            self.logging.report_to = ["tensorboard"] if self.logging.tensorboard else []
+        self.logging.tensorboard = "tensorboard" in self.logging.report_to
         if self.train.gradient_checkpointing and self.train.shared_prefix:  # checkpointed layers keep no KV cache
             self.train.shared_prefix = False
         algo = self.algorithm

@@ -10,12 +10,14 @@ from pathlib import Path
 class MetricsLogger:
     """Appends one JSON object per record to ``run_dir/metrics.jsonl`` (+ TensorBoard)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None,
+                 trackers: list | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self._fh = self.path.open("a")
         self._tb = None
+        self.trackers = trackers or []  # rlvr.trackers: wandb, mlflow, trackio
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -26,6 +28,8 @@ class MetricsLogger:
         record = {"kind": kind, "step": step, **{k: float(v) for k, v in metrics.items()}}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
+        for tracker in self.trackers:
+            tracker.log(step, metrics, kind)
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
@@ -39,6 +43,8 @@ class MetricsLogger:
 
     def close(self) -> None:
         self._fh.close()
+        for tracker in self.trackers:
+            tracker.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -86,6 +86,7 @@ from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
 from rlvr.precision import check_learner_dtype
 from rlvr.scoring import Scorer, generate_and_score
+from rlvr.trackers import check_trackers, open_trackers
 from rollouts import SamplingConfig, make_engine
 from verifiers import get as get_verifier
 
@@ -244,6 +245,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     data = load_rows(cfg, tokenizer, rubric, model_dir)
     check_max_seq_len(cfg, data.train)
     check_learner_dtype(tc.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    check_trackers(cfg.logging.report_to)
     if cfg.lora is not None:  # before any weights load: peft installed, target modules that exist
         lora.require_peft()
         lora.check_targets(model_dir, cfg.lora.target_modules)
@@ -297,7 +299,10 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind == "hf" else 0)
     show = cfg.logging.progress if progress is None else progress
     try:
-        logger = MetricsLogger(run_dir, cfg.logging.tensorboard, purge_step=None if ckpt is None else ckpt.step + 1)
+        trackers = open_trackers(cfg.logging.report_to, run_dir, yaml.safe_load(cfg_yaml), cfg.logging.project,
+                                 resume=ckpt is not None)
+        logger = MetricsLogger(run_dir, cfg.logging.tensorboard, purge_step=None if ckpt is None else ckpt.step + 1,
+                               trackers=trackers)
         samples = SampleLogger(run_dir, cfg.logging.samples_every, cfg.logging.samples_per_step, logger)
 
         def run_eval(step: int) -> dict[str, float]:
