@@ -130,4 +130,6 @@ def run_recipe(path: str, overrides: list[str] | None = None, force: bool = Fals
 
         summary["report"] = report(recipe, wired, records)
     (out_root / "recipe_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"{recipe.name}: {len(wired)} stages ({sum(r['cached'] for r in records.values())} cached) and report in "
+          f"{time.time() - t0:.0f}s")
     return summary

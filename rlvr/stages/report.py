@@ -95,6 +95,10 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
     print(f"\n{recipe.name}: held-out results ({n_test} test prompts; same base, same task; "
           "budget = optimizer steps x tokens trained, summed over the path's stages)")
     print_table(rows, headers)
+    for name, rec in records.items():  # what DPO is meant to change, on pairs it never trained on
+        if commands[name] == "dpo" and rec.get("heldout_margin_before") is not None:
+            print(f"{name}: held-out chosen-over-rejected log-prob margin {rec['heldout_margin_before']:+.2f} -> "
+                  f"{rec['heldout_margin_after']:+.2f} ({rec['heldout_pairs']} pairs, {rec['pairs']} training pairs)")
     out_root = Path(recipe.out_root)
     md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
     (out_root / "table.md").write_text("\n".join(md) + "\n")
@@ -126,9 +130,12 @@ def plot_paths(rep: Any, records: dict[str, dict[str, Any]], metrics: dict[str, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, stages in rep.paths.items():
+    markers = "osD^vP*X"
+    for i, (label, stages) in enumerate(rep.paths.items()):
         xs, ys = zip(*path_curve(stages, records, metrics, metrics[rep.base]["pass@1"]))
-        ax.plot(xs, ys, "o-", label=f"{label} ({' → '.join(commands[n] for n in stages)})", alpha=0.85)
+        # paths share their first stages: shorter paths are drawn on top, so none hides another
+        ax.plot(xs, ys, marker=markers[i % len(markers)], linestyle="-", markersize=9 - len(stages), alpha=0.85,
+                zorder=10 - len(stages), label=f"{label} ({' → '.join(commands[n] for n in stages)})")
     ax.set_xlabel("cumulative training tokens after pretraining")
     ax.set_ylabel("held-out greedy pass@1")
     ax.set_ylim(-0.02, 1.02)
