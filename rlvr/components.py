@@ -71,5 +71,6 @@ def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any
     if e.kind == "hf":
         return {"dtype": e.dtype}
     return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
+            "sleep_level": e.sleep_level,
             "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
             "separate_process": cfg.train.async_}

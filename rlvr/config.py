@@ -103,6 +103,13 @@ class EngineConfig(Section):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine dtype; float32 keeps log-probs in parity with the learner.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
+    sleep_level: Literal[0, 1, 2] = Field(
+        0, description="vLLM on GPU: sleep mode while the learner steps. 1: free the KV cache and offload the "
+        "weights to CPU memory; 2: free both (the sync writes every weight anyway). Woken before the sync and "
+        "generation. 0: off (the engine keeps its gpu_memory_utilization share throughout).")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of the GPU the run targets, for the memory preflight (None: the visible "
+        "GPU's; set it in a recipe to check the plan on a machine without that GPU, e.g. with --dry-run).")
     threads: int = Field(0, ge=0, description="Engine threads (0: all cores; with `train.async`, the cores the learner leaves).")
     enforce_eager: bool = Field(True, description="vLLM: skip graph compilation (faster start-up).")
     max_logprob_diff: float | None = Field(
@@ -285,6 +292,9 @@ class TrainConfig(Section):
         if self.sampling.n < 2 and group_relative:
             raise ValueError(f"sampling.n: {algo.advantage} compares completions within a group, so n=1 gives every "
                              "advantage 0 and trains nothing; use n >= 2 (8 is usual) or a non-group estimator")
+        if self.engine.sleep_level and (self.engine.kind != "vllm" or self.train.async_):
+            raise ValueError("engine.sleep_level: sleep mode is a vLLM feature for a synchronous loop (the engine "
+                             "sleeps while the learner steps); use engine.kind=vllm without train.async")
         if self.lora is not None and algo.needs_critic and algo.critic_model is None:
             raise ValueError("lora: the PPO critic is copied from the policy's backbone, which LoRA wraps; set "
                              "algorithm.critic_model to a model directory, or train without lora")

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 import yaml
 
-from rlvr import lora
+from rlvr import lora, preflight
 from rlvr.alarms import Alarms
 from rlvr.algorithms import (
     ADVANTAGES,
@@ -66,6 +66,7 @@ from rlvr.algorithms import (
     overlong_mask,
     soft_overlong_penalty,
 )
+from rlvr.archs import read_config as read_model_config
 from rlvr.checkpoint import (
     checkpoints_dir,
     config_changes,
@@ -249,6 +250,10 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     if cfg.lora is not None:  # before any weights load: peft installed, target modules that exist
         lora.require_peft()
         lora.check_targets(model_dir, cfg.lora.target_modules)
+    gpu_gib = preflight.gpu_memory_gib(cfg) if torch.cuda.is_available() else None
+    if gpu_gib is not None:  # refuse what cannot fit, before any model loads onto the GPU
+        longest_prompt = max(len(r["prompt_ids"]) for r in data.train)
+        print(preflight.check(cfg, read_model_config(model_dir), gpu_gib, longest_prompt).report())
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
@@ -346,6 +351,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if step + staleness <= tc.steps:
                 pipe.submit_draw(step + staleness, version=synced_version)
             ro = pipe.take(step)  # staleness 0: drawn just now; else waits only if generation is behind
+            if cfg.engine.sleep_level:  # vLLM gives its GPU memory back while the learner steps
+                pipe.call(engine.sleep)
             t1 = time.perf_counter()
             metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
             batch, adv_in = build_batch(ro.batch, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)

@@ -73,7 +73,7 @@ class VLLMEngine:
     def __init__(self, model_dir: str, dtype: str = "float32", kv_cache_gib: float = 1.0,
                  gpu_memory_utilization: float = 0.3, enforce_eager: bool = True, seed: int = 0,
                  max_num_seqs: int = 256, max_model_len: int | None = None, threads: int = 0,
-                 separate_process: bool = False, fused_rms_norm: bool = True, **llm_kwargs):
+                 separate_process: bool = False, fused_rms_norm: bool = True, sleep_level: int = 0, **llm_kwargs):
         t0 = time.perf_counter()
         # In-process engine core by default: fastest start-up and no IPC per step on 2 cores.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if separate_process else "0"
@@ -97,6 +97,11 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         elif fused_rms_norm and not separate_process:
             kwargs["ir_op_priority"] = _enable_cpu_rms_norm_kernels()
+        if sleep_level:
+            if not _on_gpu():
+                raise ValueError("sleep_level: vLLM's sleep mode needs a GPU (CUDA/ROCm/XPU); use 0 on CPU")
+            kwargs["enable_sleep_mode"] = True
+        self.sleep_level, self.asleep = sleep_level, False
         kwargs.update(llm_kwargs)  # anything else vLLM's LLM accepts (benchmarks: batch limits, block size)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -125,6 +130,7 @@ class VLLMEngine:
                 output_kind=RequestOutputKind.FINAL_ONLY,  # one output per group, when all n samples are done
             )
 
+        self.wake_up()
         engine = self.llm.llm_engine
         t0 = time.perf_counter()
         base = self._next_id
@@ -168,6 +174,8 @@ class VLLMEngine:
         """Stream the tensors in place; a tied output head is then rebuilt from the new embedding
         (the shared-memory worker does the same after its reload)."""
         t0 = time.perf_counter()
+        if self.asleep:  # weights first, then the KV cache: the reload needs room for its buffers
+            self.llm.wake_up(tags=["weights"])
         if self.separate_process:
             from rollouts.shm_sync import send_weights_via_shm
 
@@ -179,8 +187,21 @@ class VLLMEngine:
                 from rollouts.tied_head import refresh_tied_heads_on_worker
 
                 self.llm.collective_rpc(refresh_tied_heads_on_worker)
+        self.wake_up()
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - t0
+
+    def sleep(self) -> None:
+        """Free GPU memory while the learner steps (``sleep_level`` 1 or 2; no-op when 0)."""
+        if self.sleep_level and not self.asleep:
+            self.llm.reset_prefix_cache()
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()  # tags already awake are skipped
+            self.asleep = False
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

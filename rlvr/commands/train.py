@@ -19,6 +19,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if run_dir holds an earlier run's checkpoints (they are deleted)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the run without running it: print the resolved config, check that the model, tokenizer "
+                        "and dataset are reachable, print the memory preflight, and run one RL step on CPU with a "
+                        "random-init model of the same architecture, shrunk")
     p.epilog = "Every config field, with its type, default and meaning: `rlvr config [SECTION]`."
 
 
@@ -45,6 +49,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rlvr.alarms import RewardAlarm
     from rlvr.loop import LogprobParityError, train
+
+    if args.dry_run:
+        from rlvr.dry_run import dry_run
+
+        try:
+            dry_run(cfg)
+        except (FileNotFoundError, KeyError, ValueError, ImportError, LogprobParityError) as exc:
+            return fail(exc)
+        return 0
 
     try:
         summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
