@@ -28,6 +28,13 @@ def _fields(model, prefix: str, seen: set) -> list[tuple[str, str, str, str]]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows += _fields(ann, key + ".", seen)
             continue
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(inner) == 1 and f.default is None:  # an optional section (lora: None = off): its fields
+            if key not in seen:
+                seen.add(key)
+                rows.append((key, f"{inner[0].__name__} | None", "None", (f.description or "").replace("\n", " ")))
+            rows += _fields(inner[0], key + ".", seen)
+            continue
         default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
         if key not in seen:
             seen.add(key)
