@@ -98,3 +98,24 @@ def test_sync_and_rl_steps(arch_models, arch, engine_kind):
         assert _logp_gap(learner, engine.generate(PROMPTS, sampling), tokenizer.pad_token_id) <= PARITY
     finally:
         engine.close()
+
+
+def test_tied_head_syncs_through_shared_memory(arch_models):
+    """The engine core in its own process: the shared-memory worker rebuilds the tied head too."""
+    pytest.importorskip("vllm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = arch_models["qwen2-tied"]
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    learner = Learner(policy, AlgorithmConfig(), lr=1e-3, micro_batch_size=8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    engine = make_engine("vllm", model_dir, dtype="float32", seed=0, kv_cache_gib=0.25, separate_process=True)
+    try:
+        engine.load_weights(policy.named_parameters())
+        groups = engine.generate(PROMPTS, SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=3))
+        assert _logp_gap(learner, groups, AutoTokenizer.from_pretrained(model_dir).pad_token_id) <= PARITY
+    finally:
+        engine.close()
