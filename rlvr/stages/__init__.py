@@ -76,14 +76,17 @@ def stamp_of(model_dir: str | Path) -> dict[str, Any] | None:
 
 
 def stage_hash(command: str, cfg: Any) -> str:
-    """Hash of the stage's config and of its input model's stamp (a rebuilt input invalidates the stage)."""
+    """Hash of the stage's config and of its input model's stamp (a rebuilt input invalidates the stage).
+
+    Only fields set away from their defaults count, so a config field added to rlvr later (with a
+    default) keeps finished stages cached."""
     if command == "pretrain":
         from rlvr.pretrain import config_hash
 
         return config_hash(cfg)
     stage = STAGES[command]
     upstream = stamp_of(getattr(cfg, stage.model_field)) if stage.model_field else None
-    payload = {"command": command, "config": cfg.model_dump(mode="json"),
+    payload = {"command": command, "config": cfg.model_dump(mode="json", exclude_defaults=True),
                "input": upstream.get("config_hash") if upstream else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
