@@ -113,3 +113,5 @@ def test_report_tables_every_path_and_plots(micro_model, tmp_path):
     assert rl_row["optimizer_steps"] == 2 and rl_row["tokens"] > 0 and 0 <= rl_row["pass@1"] <= 1
     assert (tmp_path / "out" / "pass1_vs_tokens.png").stat().st_size > 1000
     assert "| RL-Zero |" in (tmp_path / "out" / "table.md").read_text()
+    again = run_recipe(str(path))  # RL stages are cached like the TRL ones
+    assert all(r["cached"] for r in again["stages"].values()) and again["report"]["table"] == table
