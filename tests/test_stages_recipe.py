@@ -83,6 +83,14 @@ def test_stage_config_errors_name_the_stage(micro_model, tmp_path):
         load_recipe(recipe)
 
 
+def test_unknown_trl_argument_fails_before_any_stage_runs(micro_model, tmp_path):
+    recipe = write(tmp_path, [stage("sft", "sft", model=micro_model),
+                              stage("dpo", "dpo", input="sft", extra=["trl.betta=0.1"])])
+    with pytest.raises(ConfigError, match=r"stages.1 \('dpo'\): trl.betta: not an argument of trl.DPOConfig"):
+        load_recipe(recipe)
+    assert not (tmp_path / "out").exists()
+
+
 def test_shipped_recipes_load():
     for path in ("configs/recipes/demo.yaml", "configs/recipes/phases.yaml"):
         recipe, wired = load_recipe(path)

@@ -87,7 +87,11 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> tuple[Recipe, 
         extra.append(f"{stage.out_field}={st.out or Path(recipe.out_root) / st.name}")
         try:
             cfg = load_config(stage.config(), st.config, extra)
-        except ConfigError as exc:
+            if st.command in ("midtrain", "sft", "dpo"):  # TRL's argument names, before anything runs
+                from rlvr.stages.trl_stages import check_trl_section, trl_config_class
+
+                check_trl_section(trl_config_class(st.command), cfg)
+        except (ConfigError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         outputs[st.name] = stage.output(cfg)
         wired.append((st, cfg))

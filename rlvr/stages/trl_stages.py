@@ -24,8 +24,14 @@ CPU_DEFAULTS: dict[str, Any] = {
 }
 
 
-def trl_args(config_cls: type, cfg: StageBase, out: Path, **stage_defaults: Any) -> Any:
-    """TRL's config object from the stage's ``trl:`` section; an unknown key is an error naming it."""
+def trl_config_class(command: str) -> type:
+    import trl
+
+    return trl.DPOConfig if command == "dpo" else trl.SFTConfig
+
+
+def check_trl_section(config_cls: type, cfg: StageBase) -> dict[str, Any]:
+    """The ``trl:`` section with numbers as numbers; an unknown key is an error naming it."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     given = {}
     for key, value in cfg.trl.items():
@@ -35,6 +41,12 @@ def trl_args(config_cls: type, cfg: StageBase, out: Path, **stage_defaults: Any)
         given[key] = _numeric(value, fields[key].default, key)
     if "output_dir" in given:
         raise ValueError("trl.output_dir: the stage writes to out_dir; set that instead")
+    return given
+
+
+def trl_args(config_cls: type, cfg: StageBase, out: Path, **stage_defaults: Any) -> Any:
+    """TRL's config object from the stage's ``trl:`` section over rlvr's CPU defaults."""
+    given = check_trl_section(config_cls, cfg)
     kwargs = {**CPU_DEFAULTS, "seed": cfg.seed, "data_seed": cfg.seed, **stage_defaults, **given}
     return config_cls(output_dir=str(out / "trl"), **kwargs)
 
