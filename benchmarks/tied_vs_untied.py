@@ -1,7 +1,7 @@
 """Does a tied-head model train on vLLM as an untied one does? One run, side by side.
 
 For Qwen2 with an untied and a tied output head (same sizes, corpus, seed): pretrain a small
-base on the arithmetic corpus, then RL-Zero it on vLLM (CPU build) with in-place weight sync,
+base on the arithmetic corpus, then RL-Zero it on vLLM (CPU build) with in-place weight sync (the demo's GRPO config),
 and print held-out greedy pass@1 before and after, the largest engine/learner log-prob gap seen
 (the parity gate's quantity: a stale tied head would show up here as nats) and the time.
 
@@ -44,7 +44,7 @@ def main() -> None:
         cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
             f"model={base}", f"run_dir={run_dir}", "engine.kind=vllm", f"train.steps={args.steps}",
             "train.prompts_per_step=16", "sampling.n=8", "sampling.max_tokens=48", "eval.every=0",
-            "eval.num_prompts=100", "eval.k=4", "eval.max_tokens=48", "logging.progress=false", "optim.lr=5e-4",
+            "eval.num_prompts=100", "eval.k=4", "eval.max_tokens=48", "logging.progress=false",
             "checkpoint.every=0", "alarms.zero_reward_steps=0"])
         summary = train(cfg, overwrite=True)
         recs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
