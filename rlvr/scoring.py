@@ -17,6 +17,7 @@ from typing import Any
 
 from rollouts import Engine, Group, SamplingConfig
 from verifiers import Rubric, Score, score_batch
+from verifiers.batch import BatchVerifier
 
 
 class Scorer:
@@ -24,6 +25,10 @@ class Scorer:
 
     def __init__(self, rubric: Rubric, workers: int):
         self.rubric, self.workers = rubric, workers
+        # Overlap pays only for verifiers that work outside this process (math's workers, the code
+        # sandbox); in-process checks (arith, format) take microseconds, and scoring them on threads
+        # beside the engine's Python loop costs more in GIL hand-offs than it hides.
+        self.overlaps = any(isinstance(v, BatchVerifier) for v, _ in rubric.parts)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="score")
         self._lock = threading.Lock()
         self._spans: list[tuple[float, float]] = []
@@ -31,13 +36,21 @@ class Scorer:
     def _score(self, group: Group, row: Mapping[str, Any]) -> list[Score]:
         t0 = time.perf_counter()
         try:
-            texts = [c.text for c in group.completions]
-            return score_batch(self.rubric, texts, [row] * len(texts), self.workers)
+            texts, rows = [c.text for c in group.completions], [row] * len(group.completions)
+            # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
+            # in-process ones (arith, format) run inline: groups already run on `workers` threads.
+            per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1)
+                        for v, _ in self.rubric.parts]
+            return [self.rubric.combine(list(scores)) for scores in zip(*per_part)]
         finally:
             with self._lock:
                 self._spans.append((t0, time.perf_counter()))
 
     def submit(self, group: Group, row: Mapping[str, Any]) -> Future:
+        if not self.overlaps:  # inline, in the caller's thread
+            fut: Future = Future()
+            fut.set_result(self._score(group, row))
+            return fut
         return self._pool.submit(self._score, group, row)
 
     def busy_s(self, since: float) -> float:
@@ -63,8 +76,8 @@ def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampli
     generation ended, on the critical path); ``score_hidden_s``."""
     futures: dict[int, Future] = {}
     t0 = time.perf_counter()
-    groups = engine.generate([r["prompt_ids"] for r in rows], sampling,
-                             on_group=lambda i, g: futures.__setitem__(i, scorer.submit(g, rows[i])))
+    on_group = (lambda i, g: futures.__setitem__(i, scorer.submit(g, rows[i]))) if scorer.overlaps else None
+    groups = engine.generate([r["prompt_ids"] for r in rows], sampling, on_group=on_group)
     t1 = time.perf_counter()
     for i, g in enumerate(groups):  # an engine without callbacks: score everything now
         if i not in futures:

@@ -121,7 +121,7 @@ class Rubric:
                 scores.append(verifier.score(completion, task))
             except Exception as exc:  # recorded, counted, never a silent 0
                 scores.append(Score(0.0, None, {}, f"crash in {verifier.name}: {type(exc).__name__}: {exc}"))
-        return self._combine(scores)
+        return self.combine(scores)
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
         """Batch form of `score`: each part scores the whole batch (in parallel where it can).
@@ -130,9 +130,9 @@ class Rubric:
         from verifiers.batch import score_batch  # batch imports this module
 
         per_part = [score_batch(verifier, completions, tasks, workers) for verifier, _ in self.parts]
-        return [self._combine(list(row)) for row in zip(*per_part)]
+        return [self.combine(list(row)) for row in zip(*per_part)]
 
-    def _combine(self, scores: Sequence[Score]) -> Score:
+    def combine(self, scores: Sequence[Score]) -> Score:
         reward, correct, metrics, errors = 0.0, None, {}, []
         for (verifier, weight), s in zip(self.parts, scores):
             if not isinstance(s, Score):
