@@ -113,3 +113,37 @@ def test_cli_help_does_not_import_torch():
     for args in (["--help"], ["train", "--help"], ["pretrain", "--help"]):
         out = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True, check=True)
         assert "usage: rlvr" in out.stdout
+
+
+def test_bad_task_input_is_one_clear_error_at_load_time(tmp_path):
+    rows = [{"problem": f"What is {i}+1?", "answer": str(i + 1)} for i in range(30)]
+    path = write(tmp_path, "m.jsonl", "\n".join(json.dumps(r) for r in rows))
+    from rlvr.tasks.math import MathTask
+
+    with pytest.raises(ValueError, match=r"task\.columns\.question: column 'prompt' does not exist in .*m\.jsonl.*"
+                                         r"columns: \['answer', 'problem'\]"):
+        load_task(MathTask(path=path, columns={"question": "prompt"}))
+    with pytest.raises(ConfigError, match=r"task\.kind: unknown task kind 'gsm9k'; known: arith, code, countdown"):
+        load_config(TrainConfig, None, ["model=m", "task.kind=gsm9k"])
+
+
+def test_a_row_missing_what_its_verifier_needs_names_row_and_key(tmp_path):
+    from verifiers import get
+
+    rows = [{"question": f"Q{i}", "answer": str(i)} for i in range(30)]
+    rows[7] = {"question": "Q7"}
+    path = write(tmp_path, "h.jsonl", "\n".join(json.dumps(r) for r in rows))
+    from rlvr.tasks.hf import HFTask
+
+    cfg = HFTask(path=path, columns={"question": "question", "answer": "answer"}, test_fraction=0.5)
+    with pytest.raises(ValueError, match=r"row \d+ lacks 'answer', which verifier 'math' needs"):
+        load_task(cfg, [get("math")])
+
+
+def test_chat_format_without_a_chat_template_is_an_error(micro_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(micro_model)
+    assert not getattr(tok, "chat_template", None)
+    with pytest.raises(ValueError, match=r"task\.format='chat' needs a tokenizer with a chat template"):
+        render("What is 1+1?", ArithTask(format="chat"), tok)
