@@ -98,6 +98,12 @@ def stand_in_rows(kind: str, n: int = 60) -> list[dict[str, str]]:
     return rows
 
 
+def cpu_has_bf16_kernels() -> bool:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+
+
 def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bool,
                     engine_kind: str | None = None) -> TrainConfig:
     data = cfg.model_dump(mode="json", by_alias=True)
@@ -105,6 +111,9 @@ def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bo
     if engine_kind is not None:
         data["engine"]["kind"] = engine_kind
     data["engine"].update(sleep_level=0, gpu_memory_gib=None, kv_cache_gib=0.25, threads=0)
+    if not cpu_has_bf16_kernels():  # torch's CPU bf16 kernels need AVX-512 ("pack_vnni2 is only supported ...")
+        data["engine"]["dtype"] = "float32"
+        data["train"]["dtype"] = "float32"
     data["engine"]["max_logprob_diff"] = None if cfg.engine.max_logprob_diff in (0.5, 8.0) else cfg.engine.max_logprob_diff
     data["sampling"].update(n=min(cfg.sampling.n, 4), max_tokens=min(cfg.sampling.max_tokens, 24))
     data["train"].update(steps=1, prompts_per_step=2, micro_batch_size=min(cfg.train.micro_batch_size, 8), threads=0,

@@ -195,6 +195,7 @@ def run_dpo(cfg: DPOConfig, out: Path) -> dict[str, Any]:
     print(f"dpo: {len(train_pairs)} on-policy pairs from {min(len(rows), cfg.pairs.num_prompts)} training prompts "
           f"({cfg.pairs.n} samples each); {len(heldout)} held-out pairs")
     margin_before = pair_margins(model, heldout) if heldout else None
+    train_margin_before = pair_margins(model, train_pairs)  # what DPO's loss pushes up directly
     model.train()
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train_pairs])
     ref, _ = _load(cfg)  # the frozen reference: the stage's input model
@@ -202,9 +203,11 @@ def run_dpo(cfg: DPOConfig, out: Path) -> dict[str, Any]:
     seq_tokens = _mean_len(trainer.train_dataset, "prompt_ids", "prompt_ids", "chosen_ids", "rejected_ids")
     trainer.train()
     margin_after = pair_margins(trainer.model, heldout) if heldout else None
+    train_margin_after = pair_margins(trainer.model, train_pairs)
     _save(trainer, tokenizer, cfg.model, out)
     extra = {"pairs": len(train_pairs), "heldout_pairs": len(heldout), "heldout_margin_before": margin_before,
-             "heldout_margin_after": margin_after, "example": {k: train_pairs[0][k] for k in ("prompt", "chosen", "rejected")}}
+             "heldout_margin_after": margin_after, "train_margin_before": train_margin_before,
+             "train_margin_after": train_margin_after, "example": {k: train_pairs[0][k] for k in ("prompt", "chosen", "rejected")}}
     if margin_before is not None:
         print(f"dpo: held-out chosen-over-rejected log-prob margin {margin_before:+.3f} -> {margin_after:+.3f} "
               f"({len(heldout)} pairs)")
