@@ -244,16 +244,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     rubric = build_rubric(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = load_rows(cfg, tokenizer, rubric, model_dir)
-    check_max_seq_len(cfg, data.train)
-    check_learner_dtype(tc.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    check_trackers(cfg.logging.report_to)
-    if cfg.lora is not None:  # before any weights load: peft installed, target modules that exist
-        lora.require_peft()
-        lora.check_targets(model_dir, cfg.lora.target_modules)
-    gpu_gib = preflight.gpu_memory_gib(cfg) if torch.cuda.is_available() else None
-    if gpu_gib is not None:  # refuse what cannot fit, before any model loads onto the GPU
-        longest_prompt = max(len(r["prompt_ids"]) for r in data.train)
-        print(preflight.check(cfg, read_model_config(model_dir), gpu_gib, longest_prompt).report())
+    check_before_loading(cfg, model_dir, data.train)
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
@@ -488,6 +479,21 @@ def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None
     for pending in ckpt.state["pending"]:
         pipe.restore(StepRollouts.from_json(pending))
     return {int(k): v for k, v in ckpt.state["evals"].items()}
+
+
+def check_before_loading(cfg: TrainConfig, model_dir: str, train_rows: list[dict]) -> None:
+    """Everything that needs the rows or the model's config but no weights, each one clear error:
+    sequence length, learner dtype, trackers, LoRA targets, and on a GPU the memory preflight."""
+    check_max_seq_len(cfg, train_rows)
+    check_learner_dtype(cfg.train.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    check_trackers(cfg.logging.report_to)
+    if cfg.lora is not None:  # peft installed, target modules that exist
+        lora.require_peft()
+        lora.check_targets(model_dir, cfg.lora.target_modules)
+    gpu_gib = preflight.gpu_memory_gib(cfg) if torch.cuda.is_available() else None
+    if gpu_gib is not None:  # refuse what cannot fit, before any model loads onto the GPU
+        longest_prompt = max(len(r["prompt_ids"]) for r in train_rows)
+        print(preflight.check(cfg, read_model_config(model_dir), gpu_gib, longest_prompt).report())
 
 
 def check_max_seq_len(cfg: TrainConfig, rows: list[dict]) -> None:
