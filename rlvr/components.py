@@ -16,14 +16,14 @@ def build_rubric(cfg: TrainConfig) -> Rubric:
     return Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards.terms])
 
 
-def max_prompt_tokens(cfg: TrainConfig, model_dir: str, max_tokens: int | None = None) -> int:
+def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:
     """``task.max_prompt_tokens``, else what fits the model's context beside the completion."""
     from rlvr.models import context_length
 
     if cfg.task.max_prompt_tokens is not None:
         return cfg.task.max_prompt_tokens
     context = context_length(model_dir)
-    longest = max(cfg.sampling.max_tokens, cfg.eval.max_tokens) if max_tokens is None else max_tokens
+    longest = max(cfg.sampling.max_tokens, cfg.eval.max_tokens)
     if context is None:
         return 1 << 30
     if context <= longest:

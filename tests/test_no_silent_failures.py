@@ -102,7 +102,9 @@ def test_prompts_longer_than_the_context_are_dropped_or_refused(micro_model, cap
     from rlvr.tasks import ArithTask, prepare_rows
 
     cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [f"model={micro_model}"])
-    context = json.loads((__import__("pathlib").Path(micro_model) / "config.json").read_text())["max_position_embeddings"]
+    from rlvr.models import context_length
+
+    context = context_length(micro_model)
     assert max_prompt_tokens(cfg, micro_model) == context - max(cfg.sampling.max_tokens, cfg.eval.max_tokens)
     tok = AutoTokenizer.from_pretrained(micro_model)
     task = ArithTask(train_size=50, test_size=20)
