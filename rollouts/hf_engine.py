@@ -18,8 +18,10 @@ from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def sample_next(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-    """Pick next tokens from ``logits`` [B, V] with temperature and top-p. Returns [B]."""
+def sample_next(logits: torch.Tensor, sampling: SamplingConfig,
+                gen: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """Pick next tokens from ``logits`` [B, V] with temperature and top-p. Returns [B].
+    ``gen``: one generator for the batch, or one per row (per-prompt seeds)."""
     if sampling.temperature == 0:
         return logits.argmax(-1)
     scaled = logits.float() / sampling.temperature
@@ -29,6 +31,8 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Gener
         keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_p)
+    if isinstance(gen, list):
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gen)])
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
@@ -58,8 +62,14 @@ class HFEngine:
         prompt_ids = [list(p) if not isinstance(p, str) else self.tokenizer(p, add_special_tokens=False)["input_ids"]
                       for p in prompts]
         texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
-        gen = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % 2**63)
         flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
+        if sampling.seeds is not None:  # a generator per prompt, shared by its n rows
+            if len(sampling.seeds) != len(prompts):
+                raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
+            per_prompt = [torch.Generator().manual_seed(s) for s in sampling.seeds]
+            gens: torch.Generator | list[torch.Generator] = [per_prompt[g] for g, _ in flat]
+        else:
+            gens = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % 2**63)
         results: list[Completion] = []
         finished_at: list[float] = []
         groups = [Group(p, ids, []) for p, ids in zip(texts, prompt_ids)]
@@ -67,7 +77,8 @@ class HFEngine:
         t0 = time.perf_counter()
         for start in range(0, len(flat), self.max_batch):
             chunk = [ids for _, ids in flat[start : start + self.max_batch]]
-            results.extend(self._decode(chunk, sampling, gen))
+            results.extend(self._decode(chunk, sampling, gens[start : start + self.max_batch]
+                                        if isinstance(gens, list) else gens))
             finished_at.extend([time.perf_counter() - t0] * len(chunk))
             while done < len(groups) and (done + 1) * n <= len(results):  # static batching: whole chunks finish
                 groups[done].completions = results[done * n : (done + 1) * n]
@@ -92,7 +103,8 @@ class HFEngine:
 
     # -- internals --------------------------------------------------------------------
     @torch.no_grad()
-    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen: torch.Generator) -> list[Completion]:
+    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig,
+                gen: torch.Generator | list[torch.Generator]) -> list[Completion]:
         from transformers import DynamicCache
 
         B, width = len(prompt_ids), max(map(len, prompt_ids))

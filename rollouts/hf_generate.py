@@ -23,11 +23,14 @@ class HFGenerateEngine(HFEngine):
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                  on_group: OnGroup | None = None) -> list[Group]:
+        if sampling.seeds is not None:
+            raise ValueError("hf-generate samples from torch's global generator: per-prompt seeds "
+                             "(SamplingConfig.seeds) need the 'hf' or 'vllm' engine")
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)  # model.generate samples from the global generator
         return super().generate(prompts, sampling, on_group)
 
-    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen: torch.Generator) -> list[Completion]:
+    def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen) -> list[Completion]:
         return self._generate(prompt_ids, sampling)
 
     @torch.no_grad()

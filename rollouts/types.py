@@ -19,6 +19,11 @@ class SamplingConfig:
     max_tokens: int = 128
     stop: Sequence[str] = ()
     seed: int | None = None
+    # One seed per prompt (overrides ``seed``): a prompt's samples then depend on its own seed only,
+    # not on which other prompts share the call, so a driver can split prompts over workers freely.
+    # Without it, the i-th prompt of a call samples with ``seed * 1_000_003 + i`` (vLLM), or the
+    # call draws from one generator seeded with ``seed`` (HF).
+    seeds: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: force equal lengths across engines
     detokenize: bool = True  # benchmarks of random-init models: token ids only, text left empty
 
@@ -29,6 +34,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.seeds is not None and self.seed is not None:
+            raise ValueError("SamplingConfig: give seed or seeds (one per prompt), not both")
         if self.max_tokens < 1:
             raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
 

@@ -122,10 +122,18 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        def params(i: int) -> SamplingParams:  # one seed per prompt: a shared seed correlates the groups
+        if sampling.seeds is not None and len(sampling.seeds) != len(prompts):
+            raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
+
+        def seed(i: int) -> int | None:  # one seed per prompt: a shared seed correlates the groups
+            if sampling.seeds is not None:
+                return sampling.seeds[i]
+            return None if sampling.seed is None else sampling.seed * 1_000_003 + i
+
+        def params(i: int) -> SamplingParams:
             return SamplingParams(
                 n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                stop=list(sampling.stop) or None, seed=None if sampling.seed is None else sampling.seed * 1_000_003 + i,
+                stop=list(sampling.stop) or None, seed=seed(i),
                 logprobs=0, ignore_eos=sampling.ignore_eos, skip_special_tokens=True, detokenize=sampling.detokenize,
                 output_kind=RequestOutputKind.FINAL_ONLY,  # one output per group, when all n samples are done
             )
