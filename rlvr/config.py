@@ -235,6 +235,38 @@ class LoraSection(Section):
         "or 'all-linear'. Matching nothing is an error before any model loads.")
 
 
+class ClusterConfig(Section):
+    """Scale-out on Ray and torch.distributed (docs/distributed.md). The defaults are one process, no Ray.
+
+    Rollout workers and learner ranks are colocated: a synchronous step alternates between
+    generating and learning, so a worker and a rank may share a core or a GPU."""
+
+    rollout_workers: int = Field(0, ge=0, description="Rollout workers, each a Ray actor with its own engine and "
+                                 "verifier pool (0: the engine runs in the trainer's process, without Ray).")
+    learner_ranks: int = Field(1, ge=1, description="Data-parallel learner ranks joined by torch.distributed (gloo "
+                               "on CPU, NCCL on GPU). Rank 0 is the trainer's process, ranks 1.. are Ray actors; "
+                               "they must divide train.prompts_per_step (batches split by whole groups).")
+    address: str = Field("local", description="'local' starts a Ray instance inside the run; 'auto' joins the "
+                         "cluster started with `ray start`; 'host:port' joins that one.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each rollout worker needs (its engine's threads).")
+    cpus_per_rank: float = Field(1.0, gt=0, description="CPUs each learner rank needs (its torch threads).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each rollout worker needs (0 on CPU machines).")
+    gpus_per_rank: float = Field(0.0, ge=0, description="GPUs each learner rank needs (0 on CPU machines).")
+    weight_sync: Literal["auto", "shm", "object_store"] = Field(
+        "auto", description="How new weights reach the rollout workers: 'shm' (one shared-memory block, one "
+        "node), 'object_store' (Ray's, across nodes); 'auto' picks shm when every worker is on this node.")
+    batch_invariant: bool = Field(False, description="Generate each group alone, so the token ids do not depend "
+                                  "on how groups are spread over workers (slower; for tests and debugging).")
+    timeout_s: float = Field(600.0, gt=0, description="Deadline of every remote call, collective and weight sync; "
+                             "when it expires the run stops with an error naming the worker or rank.")
+    max_worker_restarts: int = Field(3, ge=0, description="A rollout worker that dies is restarted and its groups "
+                                     "redrawn with the same seeds, at most this many times per run.")
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.rollout_workers > 0 or self.learner_ranks > 1
+
+
 class TrainConfig(Section):
     model: str = Field(description="Hugging Face model directory of the starting policy.")
     run_dir: str = Field("runs/tiny-r1zero", description="Output directory: metrics, TensorBoard, checkpoint, plot.")
@@ -252,6 +284,8 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     lora: LoraSection | None = Field(None, description="Train a LoRA adapter instead of every weight (None: full "
                                      "fine-tuning). Checkpoints hold the adapter; run_dir/final is the merged model.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Rollout workers and learner ranks "
+                                   "on Ray and torch.distributed (default: one process).")
 
     @model_validator(mode="before")
     @classmethod
@@ -283,6 +317,14 @@ class TrainConfig(Section):
         algo = self.algorithm
         if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
             algo.loss_agg_norm = float(self.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
+        return self
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> TrainConfig:
+        ranks, groups = self.cluster.learner_ranks, self.train.prompts_per_step
+        if groups % ranks:
+            raise ValueError(f"cluster.learner_ranks={ranks} does not divide train.prompts_per_step={groups}: each "
+                             "rank trains on whole groups, the same number each; choose ranks that divide it")
         return self
 
     @model_validator(mode="after")
