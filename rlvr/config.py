@@ -248,8 +248,10 @@ class ClusterConfig(Section):
                                "they must divide train.prompts_per_step (batches split by whole groups).")
     address: str = Field("local", description="'local' starts a Ray instance inside the run; 'auto' joins the "
                          "cluster started with `ray start`; 'host:port' joins that one.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each rollout worker needs (its engine's threads).")
-    cpus_per_rank: float = Field(1.0, gt=0, description="CPUs each learner rank needs (its torch threads).")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each rollout worker needs, also its "
+                                          "engine's threads (None: an equal share of the cluster's CPUs).")
+    cpus_per_rank: float | None = Field(None, gt=0, description="CPUs each learner rank needs, also its torch "
+                                        "threads (None: an equal share of the cluster's CPUs).")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each rollout worker needs (0 on CPU machines).")
     gpus_per_rank: float = Field(0.0, ge=0, description="GPUs each learner rank needs (0 on CPU machines).")
     weight_sync: Literal["auto", "shm", "object_store"] = Field(
