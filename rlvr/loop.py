@@ -77,18 +77,18 @@ from rlvr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from rlvr.components import build_rubric, engine_kwargs, load_rows, thread_split
+from rlvr.cluster.runtime import ClusterError, connect, disconnect
+from rlvr.components import build_rubric, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.critic import Critic
-from rlvr.evaluate import evaluate
 from rlvr.learner import Learner, RLBatch
 from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
 from rlvr.precision import check_learner_dtype
-from rlvr.scoring import Scorer, generate_and_score
+from rlvr.rollout_backends import make_rollouts
 from rlvr.trackers import check_trackers, open_trackers
-from rollouts import SamplingConfig, make_engine
+from rollouts import SamplingConfig
 from verifiers import get as get_verifier
 
 
@@ -245,6 +245,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = load_rows(cfg, tokenizer, rubric, model_dir)
     check_before_loading(cfg, model_dir, data.train)
+    cluster = connect(cfg.cluster) if cfg.cluster.uses_ray else None  # Ray: joined and checked before any model loads
     train_rows, test_rows = data.train, data.test
     run_dir = Path(cfg.run_dir)
     cfg_yaml = config_yaml(cfg)
@@ -264,7 +265,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
         ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg, engine_threads))
+    rollouts = make_rollouts(cfg, model_dir, rubric, engine_threads, cluster)  # this process, or Ray actors
+    if cluster is not None:  # which process is which (for operators, and the fault tests)
+        (run_dir / "cluster.json").write_text(json.dumps({"rollout_workers": getattr(rollouts, "pids", [])}))
     advantage_fn = ADVANTAGES[algo.advantage]
     optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
                     micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
@@ -273,7 +276,6 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                       max_seq_len=tc.max_seq_len, **optim_kw)
     critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
     sampler = PromptSampler(len(train_rows), tc.seed)
-    scorer = Scorer(rubric, cfg.rewards.workers)
     alarms = Alarms(cfg.alarms, [v.name for v, _ in rubric.parts])
 
     def draw_step(step: int) -> StepRollouts:
@@ -285,7 +287,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature,
                                       top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
                                       seed=tc.seed * 100_003 + step + rnd * 1_000_003)
-            groups, scores, t = generate_and_score(engine, rows, sampling, scorer)
+            groups, scores, t = rollouts.generate_and_score(rows, sampling)
             for key in timings:
                 timings[key] += t[key]
             return [ScoredGroup(row, g, sc) for row, g, sc in zip(rows, groups, scores)]
@@ -304,9 +306,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
 
         def run_eval(step: int) -> dict[str, float]:
             t0 = time.perf_counter()
-            m = pipe.call(lambda: evaluate(engine, test_rows, rubric, k=ev.k, temperature=ev.temperature,
-                                           max_tokens=ev.max_tokens, seed=tc.seed + 7, workers=cfg.rewards.workers,
-                                           progress=show))
+            m = pipe.call(lambda: rollouts.evaluate(test_rows, k=ev.k, temperature=ev.temperature,
+                                                    max_tokens=ev.max_tokens, seed=tc.seed + 7,
+                                                    progress=show and cluster is None))
             m["eval_s"] = time.perf_counter() - t0
             logger.log(step, m, kind="eval")
             return m
@@ -329,7 +331,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             start, evals = 0, {0: run_eval(0)}
         else:
             start, evals = ckpt.step, restore_state(ckpt, policy, learner, critic, ref, sampler, pipe)
-            pipe.call(lambda: engine.load_weights(lora.merged_named_tensors(policy)))
+            pipe.call(lambda: rollouts.load_weights(lora.merged_named_tensors(policy)))
             set_rng_state(ckpt.tensors["rng"])
         for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
             if not pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
@@ -344,7 +346,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                 pipe.submit_draw(step + staleness, version=synced_version)
             ro = pipe.take(step)  # staleness 0: drawn just now; else waits only if generation is behind
             if cfg.engine.sleep_level:  # vLLM gives its GPU memory back while the learner steps
-                pipe.call(engine.sleep)
+                pipe.call(rollouts.sleep)
             t1 = time.perf_counter()
             metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
             batch, adv_in = build_batch(ro.batch, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
@@ -360,16 +362,17 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                 metrics.update(critic.step(batch, adv_in))
             t2 = time.perf_counter()
             if last_sync is not None:
-                metrics["sync_s"] = last_sync.result()  # async: the previous step's load, done by now
+                metrics.update(last_sync.result())  # async: the previous step's load, done by now
             # async: the learner moves on while the engine loads, so it gets a copy of the weights
             # LoRA: W + scale * B @ A into new tensors, the adapter untouched (rlvr.lora)
             weights = [(n, p.detach().clone() if staleness else p) for n, p in lora.merged_named_tensors(policy)]
-            last_sync = pipe.submit(lambda w=weights: timed_load(engine, w))
+            last_sync = pipe.submit(lambda w=weights: rollouts.load_weights(w))
             synced_version = step
             if not staleness:
-                metrics["sync_s"], last_sync = last_sync.result(), None
+                metrics.update(last_sync.result())
+                last_sync = None
             t3 = time.perf_counter()
-            metrics.update(rollout_metrics(ro.drawn), learn_s=t2 - t1, step_s=t3 - t0,
+            metrics.update(rollout_metrics(ro.drawn), **rollouts.stats(), learn_s=t2 - t1, step_s=t3 - t0,
                            engine_idle_s=max(0.0, (t3 - t0) - pipe.busy_s(t0, t3)))
             metrics["generate_share"] = metrics["generate_s"] / metrics["step_s"]
             metrics["score_hidden_share"] = metrics["score_hidden_s"] / metrics["score_s"] if metrics["score_s"] else 1.0
@@ -383,10 +386,13 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if step == tc.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 save(step)
         after = evals[tc.steps]  # the last step always evaluates (also in a resumed, finished run)
+    except ClusterError as exc:  # say where the run can continue from
+        last = latest_checkpoint(run_dir)
+        raise ClusterError(f"{exc}. The run stopped; last checkpoint: {last if last else 'none yet'}") from None
     finally:
         pipe.close()
-        scorer.close()
-        engine.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
+        rollouts.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
+        disconnect(cluster)
     final = run_dir / "final"
     if lora.is_lora(policy):
         policy.save_pretrained(run_dir / "adapter")  # the adapter alone, loadable with peft on `model`
@@ -398,12 +404,6 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                "data": data.notes}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def timed_load(engine, weights) -> float:
-    t0 = time.perf_counter()
-    engine.load_weights(weights)
-    return time.perf_counter() - t0
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""Rollout workers as Ray actors (rlvr.cluster): the same draws with 1 or 2 workers, a killed worker
+restarted mid-run, and the cluster checks that run before any model loads. Real Ray, real engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.logging import read_metrics
+from rlvr.loop import train
+from rollouts import SamplingConfig
+
+ray = pytest.importorskip("ray")
+
+SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
+         "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
+         "logging.progress=false", "logging.tensorboard=false", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def config(model: str, run_dir: Path, steps: int, *more: str) -> TrainConfig:
+    return load_config(TrainConfig, "configs/tiny_r1zero.yaml",
+                       [f"model={model}", f"run_dir={run_dir}", f"train.steps={steps}", *SMALL, *more])
+
+
+def rows_of(cfg: TrainConfig, model_dir: str, k: int) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_rubric, load_rows
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return load_rows(cfg, tok, build_rubric(cfg), model_dir, verbose=False).train[:k]
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray_cluster, micro_model, tmp_path,
+                                                                             engine):
+    from rlvr.cluster.rollout_workers import RayRollouts
+    from rlvr.cluster.runtime import connect
+
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    draws = {}
+    for workers in (1, 2):
+        cfg = config(micro_model, tmp_path, 1, f"engine.kind={engine}", f"cluster.rollout_workers={workers}",
+                     "cluster.batch_invariant=true")
+        rows = rows_of(cfg, micro_model, 5)
+        backend = RayRollouts(cfg, micro_model, connect(cfg.cluster))
+        try:
+            groups, scores, _ = backend.generate_and_score(rows, SamplingConfig(n=3, max_tokens=16, seed=7))
+            requests = backend.last_requests
+        finally:
+            backend.close()
+        assert len(requests) == workers
+        sent = [(r["question"], seed) for req in requests for r, seed in zip(req.rows, req.seeds)]
+        draws[workers] = (sent, [g.prompt_ids for g in groups], [[c.token_ids for c in g.completions] for g in groups],
+                          [[s.reward for s in sc] for sc in scores])
+    one, two = draws[1], draws[2]
+    assert one[0] == two[0] and [q for q, _ in one[0]] == [r["question"] for r in rows]  # rows and seeds, in order
+    assert one[1] == two[1] == [r["prompt_ids"] for r in rows]  # groups come back in request order
+    assert one[2] == two[2]  # batch-invariant: the same token ids whatever the split
+    assert one[3] == two[3]
+    assert len({tuple(map(tuple, g)) for g in one[2]}) == len(rows)  # distinct groups: seeds differ per group
+
+
+def kill_when(run_dir: Path, step: int, key: str, index: int, killed: list[int]) -> threading.Thread:
+    """Kill process ``cluster.json[key][index]`` with SIGKILL once the run logged ``step``."""
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            metrics, topo = run_dir / "metrics.jsonl", run_dir / "cluster.json"
+            if metrics.exists() and topo.exists() and any(
+                    r["kind"] == "train" and r["step"] >= step for r in read_metrics(metrics)):
+                pid = json.loads(topo.read_text())[key][index]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_killed_rollout_worker_is_restarted_and_the_run_finishes(ray_cluster, micro_model, tmp_path):
+    run_dir = tmp_path / "run"
+    killed: list[int] = []
+    watcher = kill_when(run_dir, 2, "rollout_workers", 1, killed)
+    summary = train(config(micro_model, run_dir, 6, "cluster.rollout_workers=2"))
+    watcher.join(timeout=5)
+    assert killed, "the watcher never found the worker to kill"
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert records[-1]["rollout_worker_restarts"] == 1.0
+    assert all(r["reward_mean"] == r["reward_mean"] for r in records)  # every step trained on real groups
+    assert Path(summary["checkpoint"]).is_dir()
+
+
+def test_cluster_checks_before_any_model_loads(micro_model, tmp_path):
+    from rlvr.cluster.runtime import ClusterInfo, check_fits, connect
+
+    cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=3")
+    with pytest.raises(ConfigError, match=r"cluster.rollout_workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
+        check_fits(cfg.cluster, ClusterInfo(cpus=2, gpus=0, nodes=1, started_here=False))
+    cfg = config(micro_model, tmp_path, 1, "cluster.learner_ranks=2", "cluster.gpus_per_rank=1")
+    with pytest.raises(ConfigError, match=r"cluster.learner_ranks=2 .* needs 2 GPUs; the Ray cluster has 0"):
+        check_fits(cfg.cluster, ClusterInfo(cpus=2, gpus=0, nodes=1, started_here=False))
+    cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1", "cluster.address=127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"cluster.address='127.0.0.1:9' is unreachable"):
+        connect(cfg.cluster)
+    with pytest.raises(ConfigError, match="learner_ranks=3 does not divide train.prompts_per_step=4"):
+        config(micro_model, tmp_path, 1, "cluster.learner_ranks=3")
+
+
+def test_more_workers_than_cpus_fails_before_the_run_dir_is_touched(ray_cluster, micro_model, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="cluster.rollout_workers=3"):
+        train(config(micro_model, run_dir, 1, "cluster.rollout_workers=3"))
+    assert not run_dir.exists()
