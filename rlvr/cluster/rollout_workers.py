@@ -60,6 +60,7 @@ class RolloutWorker:
         self.engine = make_engine(cfg.engine.kind, model_dir, **kwargs)
         self.rubric = build_rubric(cfg)
         self.scorer = Scorer(self.rubric, cfg.rewards.workers)
+        self.receiver = WeightReceiver()
 
     def pid(self) -> int:
         return os.getpid()
@@ -88,11 +89,7 @@ class RolloutWorker:
 
     def load(self, packed: Packed) -> float:
         t0 = time.perf_counter()
-        received = WeightReceiver(packed)
-        try:
-            self.engine.load_weights(received.tensors)
-        finally:
-            received.close()
+        self.engine.load_weights(self.receiver.tensors(packed))  # copies out of the views into the engine
         return time.perf_counter() - t0
 
     def sleep(self) -> None:
@@ -102,6 +99,7 @@ class RolloutWorker:
     def close(self) -> None:
         self.scorer.close()
         self.engine.close()
+        self.receiver.close()
 
 
 def split_evenly(n: int, parts: int) -> list[range]:
