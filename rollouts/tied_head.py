@@ -27,7 +27,12 @@ def refresh_tied_heads(model: torch.nn.Module) -> int:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.is_meta or weight.data_ptr() not in embeddings:
             continue
-        module.quant_method.process_weights_after_loading(module)
+        if hasattr(module, "cpu_linear"):  # CPU: repack into the same handle (compiled graphs keep theirs)
+            from rollouts.inplace_sync import repack
+
+            repack(module, module.weight)
+        else:
+            module.quant_method.process_weights_after_loading(module)
         refreshed += 1
     return refreshed
 

@@ -112,6 +112,7 @@ class VLLMEngine:
         self.separate_process = separate_process
         self.startup_s = time.perf_counter() - t0
         self.last_sync_s = 0.0
+        self.last_sync_path = ""  # "in-place" (rollouts.inplace_sync), "vllm-reload", or "shm" + either
         self.last_group_latencies: list[float] = []
         self._next_id = 0
 
@@ -187,10 +188,17 @@ class VLLMEngine:
         if self.separate_process:
             from rollouts.shm_sync import send_weights_via_shm
 
-            send_weights_via_shm(self.llm, named_tensors)
+            self.last_sync_path = "shm " + send_weights_via_shm(self.llm, named_tensors)
         else:
             weights = [(name, t.detach()) for name, t in named_tensors]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+            fast = False
+            if not _on_gpu():  # pack the learner's tensors straight into the kernels (rollouts.inplace_sync)
+                from rollouts.inplace_sync import load_on_worker
+
+                fast = all(self.llm.collective_rpc(load_on_worker, args=(weights,)))
+            if not fast:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+            self.last_sync_path = "in-place" if fast else "vllm-reload"
             if self.tied_embeddings:
                 from rollouts.tied_head import refresh_tied_heads_on_worker
 

@@ -81,6 +81,8 @@ def test_sync_and_rl_steps(arch_models, arch, engine_kind):
             for p in policy.parameters():
                 p.add_(0.3 * torch.randn_like(p))
         engine.load_weights(policy.named_parameters())
+        if engine_kind == "vllm":  # packed straight into the CPU kernels, not vLLM's staged reload
+            assert engine.last_sync_path == "in-place"
         after = [g.completions[0].token_ids for g in engine.generate(PROMPTS, greedy)]
         assert after != before
         assert _logp_gap(learner, engine.generate(PROMPTS, sampling), tokenizer.pad_token_id) <= PARITY
@@ -115,6 +117,7 @@ def test_tied_head_syncs_through_shared_memory(arch_models):
     engine = make_engine("vllm", model_dir, dtype="float32", seed=0, kv_cache_gib=0.25, separate_process=True)
     try:
         engine.load_weights(policy.named_parameters())
+        assert engine.last_sync_path == "shm in-place"
         groups = engine.generate(PROMPTS, SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=3))
         assert _logp_gap(learner, groups, AutoTokenizer.from_pretrained(model_dir).pad_token_id) <= PARITY
     finally:

@@ -75,6 +75,7 @@ def test_sync_after_perturbation_matches_hf(micro_model, engines):
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=16)
     before = [g.completions[0].token_ids for g in vllm_engine.generate(PROMPTS, greedy)]
     vllm_engine.load_weights(perturbed.items())
+    assert vllm_engine.last_sync_path == "in-place"
     v = vllm_engine.generate(PROMPTS, greedy)
     h = hf.generate(PROMPTS, greedy)
     assert [g.completions[0].token_ids for g in v] == [g.completions[0].token_ids for g in h]
@@ -95,6 +96,7 @@ def test_separate_process_engine_syncs_through_shared_memory(micro_model):
     engine = VLLMEngine(micro_model, dtype="float32", seed=0, separate_process=True)
     try:
         engine.load_weights(perturbed.items())
+        assert engine.last_sync_path == "shm in-place"
         greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
         v = engine.generate(PROMPTS[:8], greedy)
         h = hf.generate(PROMPTS[:8], greedy)
