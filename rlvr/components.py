@@ -1,9 +1,11 @@
 """The pieces a run is built from, shared by `rlvr train` and `rlvr eval` (which must not import the loop):
-the rubric, the task's rows made ready for the model, and the engine's arguments."""
+the rubric, the task's rows made ready for the model, the engine's arguments, and the policy side
+(policy, reference, learner, critic) that the trainer and every data-parallel learner rank build alike."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from rlvr.config import TrainConfig
@@ -74,3 +76,41 @@ def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any
             "sleep_level": e.sleep_level,
             "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
             "separate_process": cfg.train.async_}
+
+
+@dataclass
+class PolicySide:
+    """What learns: the policy (LoRA-wrapped when configured), the frozen reference (only when the
+    algorithm's KL needs it), the policy's ``Learner`` and PPO's ``Critic`` (only for ``gae``)."""
+
+    policy: Any  # transformers PreTrainedModel (or a peft model)
+    ref: Any | None
+    learner: Any  # rlvr.learner.Learner
+    critic: Any | None  # rlvr.critic.Critic
+
+
+def build_policy_side(cfg: TrainConfig, model_dir: str, device: str) -> PolicySide:
+    """The policy side of a run, built the same way in the trainer and in every learner rank, so
+    the ranks hold the same models and optimisers (``LearnerGroup.broadcast_state`` then makes
+    their state equal). Seeding is the caller's: LoRA's initialisation draws from torch's RNG."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlvr import lora
+    from rlvr.critic import Critic
+    from rlvr.learner import Learner
+
+    tc, algo = cfg.train, cfg.algorithm
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    if cfg.lora is not None:
+        policy = lora.wrap(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    ref = None
+    if algo.needs_reference:  # KL to a frozen copy of the starting policy
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
+                    micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
+    learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref,
+                      shared_prefix=tc.shared_prefix, dtype=tc.dtype, gradient_checkpointing=tc.gradient_checkpointing,
+                      max_seq_len=tc.max_seq_len, **optim_kw)
+    critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
+    return PolicySide(policy, ref, learner, critic)

@@ -35,15 +35,19 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 
 class Critic:
-    """AdamW at ``algo.critic_lr`` on a ``CriticModel``, micro-batched like the learner."""
+    """AdamW at ``algo.critic_lr`` on a ``CriticModel``, micro-batched like the learner.
+
+    ``process_group`` (torch.distributed): this critic is one data-parallel rank, stepping on its
+    shard with the global token count and gradients summed over ranks (as ``Learner.step``)."""
 
     def __init__(self, model: CriticModel, algo: AlgorithmConfig, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 32,
-                 updates_per_batch: int = 1):
+                 updates_per_batch: int = 1, process_group=None):
         self.model, self.algo = model, algo
         self.opt = torch.optim.AdamW(model.parameters(), lr=algo.critic_lr, betas=betas, weight_decay=weight_decay,
                                      fused=True)
         self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
+        self.process_group = process_group
 
     @classmethod
     def for_policy(cls, policy, algo: AlgorithmConfig, **kwargs) -> Critic:
@@ -76,6 +80,11 @@ class Critic:
         old_values, returns, mask = old_values.to(dev), returns.to(dev), mask.to(dev)  # a GPU critic
         batch = batch.to(dev)
         tokens = mask.sum().clamp(min=1)
+        local_tokens = tokens  # this rank's: its metrics are means over its own tokens
+        if self.process_group is not None:  # token-mean over the global batch
+            from rlvr.cluster.distributed import all_reduce_sum
+
+            tokens = all_reduce_sum(mask.sum(), self.process_group).clamp(min=1)
         sums = {"value_loss": 0.0, "value_clip_frac": 0.0}
         for _ in range(self.updates):
             for start, mb in self._micro_batches(batch):
@@ -84,8 +93,13 @@ class Critic:
                 loss, m = value_loss(values, old_values[sl], returns[sl], mask[sl], self.algo.value_clip_eps)
                 share = float(mask[sl].sum() / tokens)  # token-mean over the whole batch
                 (loss * share).backward()
-                sums["value_loss"] += float(m["vf_loss"]) * share / self.updates
-                sums["value_clip_frac"] += float(m["vf_clip_frac"]) * share / self.updates
+                seen = float(mask[sl].sum() / local_tokens)  # == share in one process
+                sums["value_loss"] += float(m["vf_loss"]) * seen / self.updates
+                sums["value_clip_frac"] += float(m["vf_clip_frac"]) * seen / self.updates
+            if self.process_group is not None:
+                from rlvr.cluster.distributed import all_reduce_gradients
+
+                all_reduce_gradients(self.model.parameters(), self.process_group)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)

@@ -158,12 +158,15 @@ class Learner:
     ``dtype="bfloat16"``: forward and backward under bf16 autocast; the parameters (master
     weights), their gradients and AdamW's moments stay float32, and log-softmax runs on float32
     logits. ``gradient_checkpointing`` recomputes layer activations in the backward (flat forward
-    only: a checkpointed layer keeps no KV cache). ``max_seq_len`` refuses longer rows."""
+    only: a checkpointed layer keeps no KV cache). ``max_seq_len`` refuses longer rows.
+
+    ``process_group`` (torch.distributed): this learner is one data-parallel rank; see ``step``."""
 
     def __init__(self, model, algo: AlgorithmConfig, lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), grad_clip: float = 1.0, warmup_steps: int = 0,
                  micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None, shared_prefix: bool = True,
-                 dtype: str = "float32", gradient_checkpointing: bool = False, max_seq_len: int | None = None):
+                 dtype: str = "float32", gradient_checkpointing: bool = False, max_seq_len: int | None = None,
+                 process_group=None):
         if algo.policy_loss not in POLICY_LOSSES:
             raise KeyError(f"algorithm.policy_loss: unknown {algo.policy_loss!r}; known: {sorted(POLICY_LOSSES)}")
         if algo.needs_reference and ref_model is None:
@@ -179,6 +182,9 @@ class Learner:
         self.shared_prefix = shared_prefix and not gradient_checkpointing
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # data parallelism (rlvr.cluster.learner_group): this rank steps on its shard of the batch, with the
+        # global batch's normalisers and the gradients summed over ranks, so it takes the one-process update
+        self.process_group = process_group
 
     def autocast(self):
         """bf16 autocast on the model's device for ``dtype="bfloat16"``, else nothing."""
@@ -256,21 +262,38 @@ class Learner:
             out.append((logp * batch.response_mask).to(home))
         return out[0], out[1]
 
-    def step(self, batch: RLBatch) -> dict[str, float]:
-        """One or more optimiser passes over ``batch``; returns averaged metrics.
-
-        Micro-batches hold rows (or, shared-prefix, whole groups) of similar length, sorted by
-        length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
-        ``loss_agg_norm`` depends on the padded width; it keeps the full width."""
-        self.model.train()
-        batch = batch.to(next(self.model.parameters()).device)  # a GPU learner: the batch is built on CPU
+    def check_lengths(self, batch: RLBatch) -> None:
+        """``train.max_seq_len`` against the batch's longest row (a learner group checks the whole
+        batch before it shards it, so no rank fails alone while the others wait in a collective)."""
         if self.max_seq_len is not None:
             longest = int(batch.attention_mask.sum(1).max())
             if longest > self.max_seq_len:
                 raise ValueError(f"train.max_seq_len: a row of {longest} tokens (prompt + completion) is longer than "
                                  f"train.max_seq_len={self.max_seq_len}")
+
+    def step(self, batch: RLBatch) -> dict[str, float]:
+        """One or more optimiser passes over ``batch``; returns averaged metrics.
+
+        Micro-batches hold rows (or, shared-prefix, whole groups) of similar length, sorted by
+        length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
+        ``loss_agg_norm`` depends on the padded width; it keeps the full width.
+
+        With a ``process_group`` the batch is this rank's shard (whole groups, the full batch's
+        padded width): the token and sequence counts that weigh micro-batches are summed over the
+        ranks, and so are the gradients before clipping, which makes the update the one-process
+        update on the whole batch up to float summation order. Metrics are this rank's."""
+        self.model.train()
+        batch = batch.to(next(self.model.parameters()).device)  # a GPU learner: the batch is built on CPU
+        self.check_lengths(batch)
         mask = batch.response_mask
         tokens, seqs = mask.sum().clamp(min=1), len(batch)
+        local_tokens = tokens  # this rank's: its metrics are means over its own rows
+        if self.process_group is not None:  # a rank weighs its micro-batches by the global batch
+            from rlvr.cluster.distributed import all_reduce_sum
+
+            counts = torch.tensor([float(mask.sum()), float(seqs)], dtype=torch.float64, device=mask.device)
+            counts = all_reduce_sum(counts, self.process_group)  # [2] response tokens, sequences of every rank
+            tokens, seqs = counts[0].to(mask.dtype).clamp(min=1), int(counts[1])
         width_free = not (self.algo.loss_agg == "seq-mean-token-sum-norm" and self.algo.loss_agg_norm is None)
         order, bounds, shared = self.plan(batch, by_length=width_free)
         by_len = batch.select(order)
@@ -291,6 +314,10 @@ class Learner:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_micro += 1
+            if self.process_group is not None:  # every rank then clips and steps on the same summed gradient
+                from rlvr.cluster.distributed import all_reduce_gradients
+
+                all_reduce_gradients(self.model.parameters(), self.process_group)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -306,7 +333,7 @@ class Learner:
         metrics.update(
             grad_norm=float(grad_norm),
             lr=self.sched.get_last_lr()[0],
-            logp_diff_mean=float(diff.sum() / tokens),
+            logp_diff_mean=float(diff.sum() / local_tokens),
             logp_diff_max=float(diff.max()),
             engine_ratio_min=float(ratio.min()),
             engine_ratio_max=float(ratio.max()),

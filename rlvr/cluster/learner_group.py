@@ -1,0 +1,378 @@
+"""A data-parallel learner: M ranks on one torch.distributed process group (gloo on CPU, NCCL on GPU).
+
+Rank 0 is the trainer's own ``Learner`` (and ``Critic`` for PPO); ranks 1..M-1 are Ray actors
+(``LearnerRank``) that build the same policy side from the model directory and the run's config
+(``rlvr.components.build_policy_side``). A step splits the batch by whole groups, an equal number
+per rank (``shard_by_groups``), and every rank steps on its shard with the global batch's loss
+normalisers and the gradients summed over ranks (rlvr.cluster.distributed), so the M ranks take
+the update one process takes on the whole batch, up to float summation order, and stay identical.
+Everything else the loop asks of the policy side (log-probs for a KL in the reward, the critic's
+values, checkpoints, weight sync) reads rank 0, which holds the same weights as every rank.
+
+Fail loudly, never hang: every remote call is awaited at most ``cluster.timeout_s`` past rank 0's
+own share of the work (the ranks run in lockstep with it through the collectives), the
+collectives carry the same deadline, and a rank that dies, raises or misses its deadline becomes
+a ``LearnerRankError`` naming the rank and what it was doing. The group is then unusable: the
+run stops (a half-applied update cannot be continued).
+
+With ``cluster.learner_ranks == 1`` the group is the plain single-process learner: no Ray, no
+process group, the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import fields
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from rlvr import lora
+from rlvr.algorithms import AdvantageInputs
+from rlvr.config import TrainConfig
+from rlvr.critic import Critic
+from rlvr.learner import Learner, RLBatch
+
+# After rank 0 failed in a collective, how long to wait for Ray to report which peer died
+# (a killed actor is reported within about a second; a stuck one is named after this wait).
+FAILURE_REPORT_S = 30.0
+
+
+class LearnerRankError(RuntimeError):
+    """A learner rank died, raised or missed its deadline; the run cannot continue its update."""
+
+    def __init__(self, rank: int, doing: str, cause: str):
+        self.rank, self.doing = rank, doing
+        super().__init__(f"learner rank {rank} failed during the {doing}: {cause}. The run stopped "
+                         "(the ranks' models may now differ; continue from the last checkpoint).")
+
+
+def group_bounds(group_ids: torch.Tensor, ranks: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of ``ranks`` shards holding whole groups, the same number each.
+    ``group_ids`` [B]: completions of one prompt share an id, in adjacent rows (as build_batch packs them)."""
+    g = group_ids
+    starts = [0] + (torch.nonzero(g[1:] != g[:-1]).flatten() + 1).tolist()
+    if len(starts) != len(torch.unique(g)):
+        raise ValueError("shard_by_groups: a group's rows are not adjacent, so it cannot go to one rank whole")
+    if len(starts) % ranks:
+        raise ValueError(f"shard_by_groups: {len(starts)} groups do not split evenly over {ranks} learner ranks "
+                         "(cluster.learner_ranks must divide the groups per step)")
+    per = len(starts) // ranks
+    edges = starts[::per] + [len(g)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def shard_by_groups(batch: RLBatch, ranks: int) -> list[RLBatch]:
+    """The batch split into ``ranks`` shards of whole groups (equal group counts, contiguous rows).
+
+    Shards keep the full batch's padded width: Dr.GRPO's aggregation without a fixed
+    ``loss_agg_norm`` divides by that width, so a narrower shard would weigh its rows differently."""
+    if batch.group_ids is None:
+        raise ValueError("shard_by_groups: the batch has no group structure (RLBatch.group_ids)")
+    return [batch.slice(a, b) for a, b in group_bounds(batch.group_ids, ranks)]
+
+
+def shard_advantage_inputs(inp: AdvantageInputs, bounds: list[tuple[int, int]]) -> list[AdvantageInputs]:
+    """``inp``'s rows cut at the same row ranges as the batch (PPO's critic step takes both)."""
+    def rows(a: int, b: int) -> AdvantageInputs:
+        return AdvantageInputs(**{f.name: None if getattr(inp, f.name) is None else getattr(inp, f.name)[a:b]
+                                  for f in fields(inp)})
+
+    return [rows(a, b) for a, b in bounds]
+
+
+def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One dict from every rank's metrics: the maximum of ``*_max`` (the log-prob parity gate reads
+    ``logp_diff_max``), the minimum of ``*_min``, the mean of the rest (ranks hold equal group counts)."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for m in per_rank for k in m):
+        values = [m[key] for m in per_rank if key in m]
+        if key.endswith("_max"):
+            out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def _cpu(obj: Any) -> Any:
+    """Tensors of a (nested) state dict on the CPU, so any rank can load them from the object store."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def policy_side_state(learner: Learner, critic: Critic | None) -> dict[str, Any]:
+    """Everything a rank needs to equal this one: model (or LoRA adapter), optimiser, scheduler,
+    reference and critic (what a checkpoint holds of the policy side), on the CPU."""
+    policy = learner.model
+    return _cpu({
+        "model": lora.adapter_state(policy) if lora.is_lora(policy) else policy.state_dict(),
+        "optim": learner.opt.state_dict(),
+        "sched": learner.sched.state_dict(),
+        "reference": None if learner.ref_model is None else learner.ref_model.state_dict(),
+        "critic": None if critic is None else critic.model.state_dict(),
+        "critic_optim": None if critic is None else critic.opt.state_dict(),
+    })
+
+
+def load_policy_side_state(learner: Learner, critic: Critic | None, state: dict[str, Any]) -> None:
+    policy = learner.model
+    if lora.is_lora(policy):
+        lora.load_adapter_state(policy, state["model"])
+    else:
+        policy.load_state_dict(state["model"])
+    learner.opt.load_state_dict(state["optim"])
+    learner.sched.load_state_dict(state["sched"])
+    if learner.ref_model is not None:
+        learner.ref_model.load_state_dict(state["reference"])
+    if critic is not None:
+        critic.model.load_state_dict(state["critic"])
+        critic.opt.load_state_dict(state["critic_optim"])
+
+
+class LearnerRank:
+    """Learner rank ``rank`` >= 1, run as a Ray actor: its own policy side, built from the model
+    directory and the run's config (plain data: the validated config's dump), on ``device``."""
+
+    def __init__(self, rank: int, world: int, cfg_data: dict[str, Any], model_dir: str, threads: int, device: str):
+        from rlvr.components import build_policy_side
+
+        torch.set_num_threads(threads)
+        cfg = TrainConfig.model_validate(cfg_data)
+        torch.manual_seed(cfg.train.seed)  # as the trainer seeds before it builds (broadcast_state equalises anyway)
+        self.rank, self.world = rank, world
+        self.side = build_policy_side(cfg, model_dir, device)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def join(self, backend: str, init_method: str, timeout_s: float) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=timeout_s))
+        self.side.learner.process_group = dist.group.WORLD
+        if self.side.critic is not None:
+            self.side.critic.process_group = dist.group.WORLD
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        load_policy_side_state(self.side.learner, self.side.critic, state)
+
+    def state(self) -> dict[str, Any]:
+        return policy_side_state(self.side.learner, self.side.critic)
+
+    def step(self, shard: RLBatch) -> dict[str, float]:
+        return self.side.learner.step(shard)
+
+    def critic_step(self, shard: RLBatch, inp: AdvantageInputs) -> dict[str, float]:
+        return self.side.critic.step(shard, inp)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong on a rank, in one line."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):  # the rank's own code raised
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return f"it raised {type(cause).__name__}: {_last_line(str(cause))}"
+    if isinstance(exc, rex.RayActorError) and exc.actor_init_failed:  # its __init__ raised
+        return f"it could not be built: {_last_line(str(exc))}"
+    if isinstance(exc, rex.RayActorError):
+        return "its process died (killed, out of memory, or crashed)"
+    return f"{type(exc).__name__}: {_last_line(str(exc))}"
+
+
+class LearnerGroup:
+    """M data-parallel learner ranks behind the single learner's interface (see the module docstring).
+
+    ``learner`` / ``critic`` are the trainer's own (rank 0); ``cfg.cluster`` gives the rank count,
+    resources and deadline. Ray must already be initialised when ``learner_ranks > 1``."""
+
+    def __init__(self, cfg: TrainConfig, model_dir: str, learner: Learner, critic: Critic | None = None):
+        self.learner, self.critic = learner, critic
+        self.world, self.timeout_s = cfg.cluster.learner_ranks, cfg.cluster.timeout_s
+        self._ranks: list[Any] = []  # actor handles of ranks 1..M-1
+        self._pids = [os.getpid()]
+        self._failure: LearnerRankError | None = None
+        self._joined = self._closed = False
+        if self.world == 1:
+            return
+        import ray
+        import torch.distributed as dist
+
+        if not ray.is_initialized():
+            raise RuntimeError("LearnerGroup: cluster.learner_ranks > 1 needs Ray initialised first "
+                               "(rlvr.cluster.runtime.connect)")
+        if dist.is_initialized():
+            raise RuntimeError("LearnerGroup: this process already belongs to a torch.distributed process group")
+        device = next(learner.model.parameters()).device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and cfg.cluster.gpus_per_rank <= 0:
+            raise ValueError("cluster.gpus_per_rank=0, but the trainer learns on a GPU: every learner rank needs one")
+        threads = cfg.train.threads or max(1, int(cfg.cluster.cpus_per_rank))
+        # num_cpus=0: workers and ranks are colocated and the runtime checked the resources itself
+        actor = ray.remote(LearnerRank).options(num_cpus=0, num_gpus=cfg.cluster.gpus_per_rank, max_restarts=0)
+        cfg_data = cfg.model_dump(mode="json", by_alias=True)
+        try:
+            self._ranks = [actor.remote(r, self.world, cfg_data, model_dir, threads, device.type)
+                           for r in range(1, self.world)]
+            self._pids += self._gather(self._send("pid"), "init", time.monotonic())  # built (or failed) by now
+            init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+            calls = self._send("join", backend, init_method, self.timeout_s)
+            self._here(lambda: dist.init_process_group(backend, init_method=init_method, rank=0, world_size=self.world,
+                                                       timeout=timedelta(seconds=self.timeout_s)), calls, "init")
+            self._joined = True
+            self._gather(calls, "init", time.monotonic())
+        except BaseException:
+            self.close()
+            raise
+        learner.process_group = dist.group.WORLD
+        if critic is not None:
+            critic.process_group = dist.group.WORLD
+
+    # --- the learner's interface ------------------------------------------------------------
+
+    def step(self, batch: RLBatch) -> dict[str, float]:
+        """The policy's optimiser pass(es) on ``batch`` over every rank; metrics combined over ranks."""
+        if self.world == 1:
+            return self.learner.step(batch)
+        self._check_usable()
+        self.learner.check_lengths(batch)  # the whole batch, before any rank waits in a collective
+        shards = shard_by_groups(batch, self.world)
+        calls = self._send("step", per_rank=shards[1:])
+        mine = self._here(lambda: self.learner.step(shards[0]), calls, "policy step")
+        return combine_metrics([mine] + self._gather(calls, "policy step", time.monotonic()))
+
+    def critic_step(self, batch: RLBatch, adv_in: AdvantageInputs) -> dict[str, float]:
+        """PPO's critic regression on ``batch`` over every rank (``adv_in`` cut at the same rows)."""
+        if self.critic is None:
+            raise ValueError("critic_step: this learner group has no critic (algorithm.needs_critic is false)")
+        if self.world == 1:
+            return self.critic.step(batch, adv_in)
+        self._check_usable()
+        bounds = group_bounds(batch.group_ids, self.world)
+        shards = [batch.slice(a, b) for a, b in bounds]
+        inputs = shard_advantage_inputs(adv_in, bounds)
+        calls = self._send("critic_step", per_rank=list(zip(shards[1:], inputs[1:])))
+        mine = self._here(lambda: self.critic.step(shards[0], inputs[0]), calls, "critic step")
+        return combine_metrics([mine] + self._gather(calls, "critic step", time.monotonic()))
+
+    def broadcast_state(self) -> None:
+        """Rank 0's model (or LoRA adapter), optimiser, scheduler, reference and critic to every rank,
+        through the Ray object store: after construction and after a resume, so all ranks start equal."""
+        if self.world == 1:
+            return
+        import ray
+
+        self._check_usable()
+        state = ray.put(policy_side_state(self.learner, self.critic))  # one copy, read by every rank
+        self._gather(self._send("load_state", state), "state broadcast", time.monotonic())
+
+    def rank_state(self, rank: int) -> dict[str, Any]:
+        """Rank ``rank``'s policy-side state (what ``broadcast_state`` sends), on the CPU: for checks."""
+        if rank == 0:
+            return policy_side_state(self.learner, self.critic)
+        self._check_usable()
+        return self._gather({rank: self._ranks[rank - 1].state.remote()}, "state read", time.monotonic())[0]
+
+    def pids(self) -> list[int]:
+        """Process id of every rank (rank 0 is this process)."""
+        return list(self._pids)
+
+    def close(self) -> None:
+        """Stop the rank actors and leave the process group; the learner is single-process again."""
+        if self._ranks:
+            import ray
+
+            for actor in self._ranks:
+                ray.kill(actor)
+            self._ranks = []
+        if self._joined:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self._joined = False
+        self.learner.process_group = None
+        if self.critic is not None:
+            self.critic.process_group = None
+        self._closed = True
+
+    # --- calls, deadlines, failures -------------------------------------------------------
+
+    def _send(self, method: str, *args: Any, per_rank: list[Any] | None = None) -> dict[int, Any]:
+        """``method`` on every rank 1..M-1, with ``args`` or with ``per_rank[r - 1]`` (a tuple is unpacked)."""
+        calls = {}
+        for r, actor in enumerate(self._ranks, 1):
+            own = per_rank[r - 1] if per_rank is not None else args
+            calls[r] = getattr(actor, method).remote(*(own if isinstance(own, tuple) else (own,)))
+        return calls
+
+    def _gather(self, calls: dict[int, Any], doing: str, since: float) -> list[Any]:
+        """The ranks' answers in rank order, each awaited until ``timeout_s`` past ``since``; the first
+        rank to fail (die, raise) or miss the deadline fails the group."""
+        import ray
+
+        pending = {ref: r for r, ref in calls.items()}
+        answers: dict[int, Any] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, since + self.timeout_s - time.monotonic()))
+            if not ready:
+                self._fail(min(pending.values()), doing, f"no answer within cluster.timeout_s={self.timeout_s:g}s")
+            r = pending.pop(ready[0])
+            try:
+                answers[r] = ray.get(ready[0], timeout=self.timeout_s)
+            except Exception as exc:
+                self._fail(r, doing, _describe(exc), exc)
+        return [answers[r] for r in sorted(answers)]
+
+    def _here(self, work, calls: dict[int, Any], doing: str) -> Any:
+        """Rank 0's share of ``doing``. Should it fail (a collective whose peer died or missed the
+        deadline), the error names the peer Ray reports as failed, else rank 0 itself."""
+        import ray
+
+        try:
+            return work()
+        except Exception as exc:
+            pending = {ref: r for r, ref in calls.items()}
+            deadline = time.monotonic() + min(self.timeout_s, FAILURE_REPORT_S)
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    break
+                r = pending.pop(ready[0])
+                try:
+                    ray.get(ready[0], timeout=self.timeout_s)
+                except Exception as peer_exc:
+                    self._fail(r, doing, _describe(peer_exc), exc)
+            self._fail(0, doing, f"{type(exc).__name__}: {_last_line(str(exc))}", exc)
+
+    def _fail(self, rank: int, doing: str, cause: str, exc: BaseException | None = None) -> None:
+        self._failure = LearnerRankError(rank, doing, cause)
+        raise self._failure from exc
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise RuntimeError("LearnerGroup: used after close()")

@@ -1,0 +1,217 @@
+"""The data-parallel learner (rlvr.cluster.learner_group) on a local Ray instance and gloo.
+
+Rollouts are real: the micro model samples groups with the HF engine, the task's rubric scores
+them, and ``rlvr.loop.build_batch`` packs them, so shards carry real group structure (prompt
+lengths differ between groups, completion lengths within them). Two ranks must take the update
+one process takes on the whole batch; a killed rank must stop the step with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from rlvr.algorithms import ADVANTAGES
+from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_metrics, shard_by_groups
+from rlvr.components import build_policy_side, build_rubric, engine_kwargs, load_rows
+from rlvr.config import TrainConfig, load_config
+from rlvr.learner import RLBatch
+from rlvr.loop import build_batch
+from rlvr.pipeline import ScoredGroup
+from rlvr.scoring import Scorer, generate_and_score
+from rollouts import SamplingConfig, make_engine
+
+SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
+         "train.micro_batch_size=8", "optim.lr=1e-4", "logging.progress=false", "logging.tensorboard=false",
+         "train.threads=1"]
+
+
+def config(model: str, *more: str, base: str = "configs/tiny_r1zero.yaml") -> TrainConfig:
+    return load_config(TrainConfig, base, [f"model={model}", *SMALL, *more])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # rank 0 beside rank 1 on a 2-core machine, as the ranks get cluster.cpus_per_rank
+    yield ray
+    torch.set_num_threads(threads)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scored(micro_model) -> list[ScoredGroup]:
+    """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric."""
+    from transformers import AutoTokenizer
+
+    cfg = config(micro_model)
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, tokenizer, rubric, micro_model, verbose=False).train[:8]
+    engine = make_engine("hf", micro_model, **engine_kwargs(cfg))
+    scorer = Scorer(rubric, cfg.rewards.workers)
+    try:
+        sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)
+        groups, scores, _ = generate_and_score(engine, rows, sampling, scorer)
+    finally:
+        scorer.close()
+        engine.close()
+    return [ScoredGroup(r, g, s) for r, g, s in zip(rows, groups, scores)]
+
+
+def batches(cfg: TrainConfig, scored: list[ScoredGroup], critic=None) -> list[tuple[RLBatch, object]]:
+    """The two steps' batches, packed and given advantages as the loop does (PPO: critic values first)."""
+    out = []
+    for step in range(2):
+        batch, adv_in = build_batch(scored[4 * step: 4 * step + 4], 1, cfg.algorithm, cfg.sampling.max_tokens)
+        if critic is not None:
+            adv_in.values = critic.values(batch)
+        batch.advantages = ADVANTAGES[cfg.algorithm.advantage](adv_in, cfg.algorithm)  # [B, T]
+        out.append((batch, adv_in))
+    assert all(b.advantages.abs().sum() > 0 for b, _ in out)  # rewards differ within groups: a real update
+    return out
+
+
+def one_process(cfg: TrainConfig, model_dir: str, scored: list[ScoredGroup]):
+    """The reference: today's single learner (and critic) on the whole batch, two steps."""
+    torch.manual_seed(cfg.train.seed)
+    side = build_policy_side(cfg, model_dir, "cpu")
+    for batch, adv_in in batches(cfg, scored, side.critic):
+        side.learner.step(batch)
+        if side.critic is not None:
+            side.critic.step(batch, adv_in)
+    return side
+
+
+def two_ranks(cfg: TrainConfig, model_dir: str, scored: list[ScoredGroup]):
+    """Rank 0 here, rank 1 a Ray actor; the same two steps through the learner group."""
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"learner_ranks": 2, "timeout_s": 60})})
+    torch.manual_seed(cfg.train.seed)
+    side = build_policy_side(cfg, model_dir, "cpu")
+    group = LearnerGroup(cfg, model_dir, side.learner, side.critic)
+    try:
+        group.broadcast_state()
+        metrics = []
+        for batch, adv_in in batches(cfg, scored, side.critic):
+            metrics.append(group.step(batch))
+            if side.critic is not None:
+                metrics[-1].update(group.critic_step(batch, adv_in))
+        rank1 = group.rank_state(1)
+    finally:
+        group.close()
+    return side, rank1, metrics
+
+
+def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# every loss_agg mode (the key); two updates per batch, KL to a reference, an entropy bonus and
+# several micro-batches per rank along the way
+CASES = {
+    "token-mean": ["train.updates_per_batch=2", "algorithm.entropy_coef=0.01"],
+    "seq-mean-token-mean": ["algorithm.kl_coef=0.05", "train.micro_batch_size=4"],
+    "seq-mean-token-sum": [],
+    "seq-mean-token-sum-norm": ["algorithm.advantage=dr_grpo", "train.updates_per_batch=2"],  # Dr.GRPO
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_take_the_one_process_update(ray_local, micro_model, scored, case):
+    cfg = config(micro_model, f"algorithm.loss_agg={case}", *CASES[case])
+    assert cfg.train.shared_prefix  # the default forward: micro-batches of whole groups
+    single = one_process(cfg, micro_model, scored)
+    dp, rank1, metrics = two_ranks(cfg, micro_model, scored)
+    start = build_policy_side(cfg, micro_model, "cpu").policy
+    assert max_diff(single.policy, start) > 1e-4  # both runs moved the weights
+    assert max_diff(dp.policy, single.policy) < 1e-5, case
+    # the ranks apply the same summed gradient with the same optimiser: bit-identical weights and moments
+    here = dp.learner.model.state_dict()
+    assert all(torch.equal(here[k], v) for k, v in rank1["model"].items())
+    assert rank1["optim"]["state"].keys() == dp.learner.opt.state_dict()["state"].keys()
+    for m in metrics:
+        assert m["grad_norm"] > 0 and m["logp_diff_max"] >= m["logp_diff_mean"] >= 0
+
+
+def test_ppo_critic_two_ranks_equal_one(ray_local, micro_model, scored):
+    cfg = config(micro_model, "train.micro_batch_size=4", base="configs/ppo.yaml")
+    assert cfg.algorithm.needs_critic
+    single = one_process(cfg, micro_model, scored)
+    dp, rank1, metrics = two_ranks(cfg, micro_model, scored)
+    assert max_diff(dp.policy, single.policy) < 1e-5
+    assert max_diff(single.critic.model, build_policy_side(cfg, micro_model, "cpu").critic.model) > 1e-4
+    assert max_diff(dp.critic.model, single.critic.model) < 1e-5
+    here = dp.critic.model.state_dict()
+    assert all(torch.equal(here[k], v) for k, v in rank1["critic"].items())
+    assert all(m["value_loss"] > 0 and "critic_grad_norm" in m for m in metrics)
+
+
+def test_killed_rank_stops_the_step_naming_it(ray_local, micro_model, scored):
+    cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=30")
+    torch.manual_seed(cfg.train.seed)
+    side = build_policy_side(cfg, micro_model, "cpu")
+    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    try:
+        with torch.no_grad():  # as after a resume: rank 0 holds weights the other ranks did not build
+            for p in side.policy.parameters():
+                p.add_(1e-3 * torch.randn_like(p))
+        group.broadcast_state()
+        here = side.policy.state_dict()
+        assert all(torch.equal(here[k], v) for k, v in group.rank_state(1)["model"].items())
+        (batch, _), (batch2, _) = batches(cfg, scored)
+        group.step(batch)
+        pids = group.pids()
+        assert pids[0] == os.getpid() and len(pids) == 2 and pids[1] != pids[0]
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(LearnerRankError, match=r"learner rank 1 failed during the policy step.*run stopped"):
+            group.step(batch2)
+        assert time.monotonic() - t0 < cfg.cluster.timeout_s
+        with pytest.raises(LearnerRankError, match="rank 1"):  # the group stays failed: no half-applied updates
+            group.step(batch2)
+    finally:
+        group.close()
+    assert side.learner.process_group is None
+    side.learner.step(batch2)  # closed: the trainer's learner is a single process again
+
+
+def test_shard_by_groups_whole_groups_equal_counts(micro_model, scored):
+    cfg = config(micro_model)
+    batch, _ = build_batch(scored[:4], 1, cfg.algorithm, cfg.sampling.max_tokens)  # 4 groups x 4 rows
+    shards = shard_by_groups(batch, 2)
+    assert [len(s) for s in shards] == [8, 8]
+    assert [s.group_ids.unique().tolist() for s in shards] == [[0, 1], [2, 3]]
+    assert all(s.input_ids.shape[1] == batch.input_ids.shape[1] for s in shards)  # the full padded width
+    assert torch.equal(torch.cat([s.input_ids for s in shards]), batch.input_ids)
+    assert [len(s) for s in shard_by_groups(batch, 4)] == [4] * 4
+    with pytest.raises(ValueError, match="4 groups do not split evenly over 3"):
+        shard_by_groups(batch, 3)
+    split = batch.select(torch.tensor([0, 4, 1, 2, 3] + list(range(5, 16))))
+    with pytest.raises(ValueError, match="not adjacent"):
+        shard_by_groups(split, 2)
+
+
+def test_metrics_combine_max_min_mean():
+    out = combine_metrics([{"logp_diff_max": 0.1, "engine_ratio_min": 0.9, "loss": 1.0},
+                           {"logp_diff_max": 0.3, "engine_ratio_min": 0.8, "loss": 3.0}])
+    assert out == {"logp_diff_max": 0.3, "engine_ratio_min": 0.8, "loss": 2.0}
+
+
+def test_one_rank_is_the_plain_learner(micro_model, scored):
+    """learner_ranks=1: no Ray, no process group; the group's step is the learner's, bit for bit."""
+    cfg = config(micro_model)
+    single = one_process(cfg, micro_model, scored)
+    torch.manual_seed(cfg.train.seed)
+    side = build_policy_side(cfg, micro_model, "cpu")
+    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    for batch, _ in batches(cfg, scored):
+        group.step(batch)
+    group.broadcast_state()
+    assert group.pids() == [os.getpid()] and side.learner.process_group is None
+    assert all(torch.equal(a, b) for a, b in zip(side.policy.parameters(), single.policy.parameters()))
