@@ -1,6 +1,6 @@
-"""Held-out evaluation with the run's own rubric: greedy pass@1, sampled pass@k, format rate,
-response length, and the verifier error rate (timeouts, crashes, sandbox errors), kept apart
-from wrong answers.
+"""Held-out evaluation with the run's own rubric: greedy pass@1, sampled pass@k, format rate
+(greedy, and of the pass@k samples), response length, and the verifier error rate (timeouts,
+crashes, sandbox errors), kept apart from wrong answers.
 
 ``correct`` comes from the rubric (its first verifier that judges correctness, e.g. ``math``
 or ``code``); the format rate is the strict R1 check, computed whatever the rubric rewards.
@@ -63,6 +63,10 @@ def evaluate(
             flat = [s for group in s_scores for s in group]
             metrics[f"pass@{k}"] = sum(hits) / len(rows)
             metrics[f"sampled_acc@{k}"] = sum(bool(s.correct) for s in flat) / len(flat)
+            # the strict R1 format of the T>0 samples: a base whose greedy answer is always well formed
+            # can still sample malformed completions, and what SFT or RL does to that shows here
+            metrics["sampled_format_rate"] = (sum(fmt.score(c.text, {}).reward for g in sampled for c in g.completions)
+                                              / len(flat))
             metrics["sampled_error_rate"] = sum(s.error is not None for s in flat) / len(flat)
     finally:
         bar.close()
