@@ -30,11 +30,14 @@ else
 endif
 	@touch $(STAMP)
 
+# The R1-Zero story as a stage recipe (configs/recipes/demo.yaml): pretrain (cached in
+# artifacts/tiny-base) -> RL-Zero (runs/tiny-r1zero); prints the held-out before/after table.
 demo: setup
-	$(VENV)/bin/rlvr demo
+	$(VENV)/bin/rlvr demo --recipe configs/recipes/demo.yaml
 
-# The same story for code: pretrain on procedural Python functions, RL with the sandboxed
-# `code` verifier, held-out pass@1 before/after (artifacts/code-base, runs/code-r1zero).
+# The same story for code (the demo recipe with the code configs): pretrain on procedural Python
+# functions, RL with the sandboxed `code` verifier, held-out pass@1 before/after
+# (artifacts/code-base, runs/code-r1zero).
 demo-code: setup
 	$(VENV)/bin/rlvr demo --pretrain-config configs/code_pretrain.yaml --config configs/code_r1zero.yaml
 

@@ -95,6 +95,8 @@ def test_shipped_recipes_load():
     for path in ("configs/recipes/demo.yaml", "configs/recipes/phases.yaml"):
         recipe, wired = load_recipe(path)
         assert wired and recipe.report is not None
+    demo = {st.name: st for st, _ in load_recipe("configs/recipes/demo.yaml")[1]}
+    assert demo["base"].cache and not demo["rl_zero"].cache  # `make demo` reuses the base and reruns RL
 
 
 def test_report_tables_every_path_and_plots(micro_model, tmp_path):
@@ -119,7 +121,42 @@ def test_report_tables_every_path_and_plots(micro_model, tmp_path):
     assert [row["path"] for row in table] == ["base", "RL-Zero", "SFT→RL"]
     rl_row = table[1]
     assert rl_row["optimizer_steps"] == 2 and rl_row["tokens"] > 0 and 0 <= rl_row["pass@1"] <= 1
+    assert all(0 <= row["sampled_format_rate"] <= 1 for row in table)  # the pass@k samples' format, beside greedy
+    assert "| sampled format |" in (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / "pass1_vs_tokens.png").stat().st_size > 1000
     assert "| RL-Zero |" in (tmp_path / "out" / "table.md").read_text()
     again = run_recipe(str(path))  # RL stages are cached like the TRL ones
     assert all(r["cached"] for r in again["stages"].values()) and again["report"]["table"] == table
+
+
+RL_MICRO = ["engine.kind=hf", "train.steps=1", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
+            "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "logging.progress=false",
+            "train.micro_batch_size=16", "checkpoint.every=0"]
+
+
+def test_demo_runs_the_demo_recipe_with_overrides_on_the_rl_stage(micro_pretrain_cfg, micro_model, tmp_path, capsys):
+    """`rlvr demo` = configs/recipes/demo.yaml through the recipe runner: the base is reused (cached),
+    the RL stage reruns every time with the command line's overrides, and the before/after table,
+    the PNG and demo_summary.json are written as before."""
+    import json
+
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(yaml.safe_dump(micro_pretrain_cfg.model_dump(mode="json")))  # out_dir: the micro base
+    run_dir = tmp_path / "run"
+    assert main(["demo", "--pretrain-config", str(pre), *RL_MICRO, f"run_dir={run_dir}", "train.seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain: reusing" in out and "\ntrain: reusing" not in out  # base cached; RL (cache: false) runs
+    assert "held-out results (8 test prompts" in out and "greedy pass@1" in out and "sampled format rate" in out
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["train"]["seed"] == 3 and cfg["train"]["steps"] == 1 and cfg["model"] == micro_model
+    summary = json.loads((run_dir / "demo_summary.json").read_text())
+    assert {"before", "after", "checkpoint", "plot", "wall"} <= set(summary)
+    assert summary["wall"]["total_s"] >= summary["wall"]["rl_s"] > 0
+    assert (run_dir / "reward_accuracy.png").stat().st_size > 1000
+    assert (run_dir / "final" / "rlvr_stage.json").is_file()  # written by the recipe's train stage
+
+
+def test_demo_bad_override_is_one_error_naming_the_rl_stage(capsys):
+    assert main(["demo", "train.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "stages.1 ('rl_zero')" in err and "train.stepz: unknown key" in err

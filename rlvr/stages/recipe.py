@@ -33,6 +33,8 @@ class RecipeStage(Section):
     input: str | None = Field(None, description="Name of an earlier stage whose output model this stage starts from.")
     out: str | None = Field(None, description="Output directory (the run_dir for `train`); default <out_root>/<name>.")
     overrides: list[str] = Field(default_factory=list, description="key.sub=value overrides of the stage config.")
+    cache: bool = Field(True, description="Reuse the stage's output when its config and input are unchanged; false "
+                        "reruns it every time (the demo's RL stage, whose run is what the demo shows).")
 
 
 class ReportConfig(Section):
@@ -53,14 +55,27 @@ class Recipe(Section):
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> tuple[Recipe, list[tuple[RecipeStage, Any]]]:
     """The recipe and each stage's validated config, with models and outputs wired; one error per problem."""
+    return wire_recipe(apply_overrides(read_recipe(path), overrides or []), path)
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    """The recipe file as a mapping (to edit before `wire_recipe`, as `rlvr demo` does)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"recipe file not found: {path!r}")
-    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path!r} must be a mapping at the top level")
+    return data
+
+
+def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[RecipeStage, Any]]]:
+    """Validate a recipe mapping (read from ``path``) and every stage's config; wire inputs to outputs."""
     try:
-        recipe = Recipe.model_validate(apply_overrides(data, overrides or []))
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, repr(path))) from None
     names = [s.name for s in recipe.stages]
@@ -111,16 +126,26 @@ class StageFailed(RuntimeError):
 
 def run_recipe(path: str, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Run every stage (cached ones are reused), then the report if the recipe has one."""
+    return run_wired(*load_recipe(path, overrides), force=force)
+
+
+def run_wired(recipe: Recipe, wired: list[tuple[RecipeStage, Any]], force: bool = False) -> dict[str, Any]:
+    """Run a loaded recipe (`load_recipe` / `wire_recipe`): its stages in order, then its report.
+
+    Returns the stages' records, ``wall_s`` (each stage's seconds in this run; a reused stage's
+    are its check) and the report's table when there is one."""
     from rlvr.stages import run_stage
 
-    recipe, wired = load_recipe(path, overrides)
     records: dict[str, dict[str, Any]] = {}
+    wall: dict[str, float] = {}
     t0 = time.time()
     for i, (st, cfg) in enumerate(wired):
         print(f"\n== stage {i + 1}/{len(wired)}: {st.name} ({st.command}"
               + (f" from {st.input}" if st.input else "") + ") ==")
+        t_stage = time.time()
         try:
-            records[st.name] = run_stage(st.command, cfg, force=force)
+            records[st.name] = run_stage(st.command, cfg, force=force or not st.cache)
+            wall[st.name] = round(time.time() - t_stage, 1)
         except Exception as exc:
             done = ", ".join(f"{n} -> {r['output']}" for n, r in records.items()) or "none"
             raise StageFailed(f"stage {st.name!r} ({st.command}) failed: {type(exc).__name__}: {exc}\n"
@@ -128,12 +153,13 @@ def run_recipe(path: str, overrides: list[str] | None = None, force: bool = Fals
                               f"{st.name!r}") from exc
     out_root = Path(recipe.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"recipe": recipe.name, "stages": records, "seconds": round(time.time() - t0, 1)}
+    summary: dict[str, Any] = {"recipe": recipe.name, "stages": records, "wall_s": wall,
+                               "seconds": round(time.time() - t0, 1)}
     if recipe.report is not None:
         from rlvr.stages.report import report
 
         summary["report"] = report(recipe, wired, records)
     (out_root / "recipe_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"{recipe.name}: {len(wired)} stages ({sum(r['cached'] for r in records.values())} cached) and report in "
-          f"{time.time() - t0:.0f}s")
+    print(f"{recipe.name}: {len(wired)} stages ({sum(r['cached'] for r in records.values())} cached)"
+          + (" and report" if recipe.report is not None else "") + f" in {time.time() - t0:.0f}s")
     return summary
