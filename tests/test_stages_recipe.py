@@ -160,3 +160,16 @@ def test_demo_bad_override_is_one_error_naming_the_rl_stage(capsys):
     assert main(["demo", "train.stepz=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "stages.1 ('rl_zero')" in err and "train.stepz: unknown key" in err
+
+
+def test_demo_overrides_reach_the_rl_stage_config():
+    """`rlvr demo cluster.rollout_workers=2 ...`: the overrides land in the RL stage's config only."""
+    from rlvr.cli import build_parser
+    from rlvr.commands.demo import demo_recipe
+
+    args = build_parser().parse_args(["demo", "cluster.rollout_workers=2", "train.steps=7", "run_dir=runs/x"])
+    recipe, wired, base, rl = demo_recipe(args)
+    cfgs = {st.name: cfg for st, cfg in wired}
+    assert (base, rl) == ("base", "rl_zero") and recipe.report is None
+    assert cfgs[rl].cluster.rollout_workers == 2 and cfgs[rl].train.steps == 7 and cfgs[rl].run_dir == "runs/x"
+    assert cfgs[rl].model == cfgs[base].out_dir == "artifacts/tiny-base"
