@@ -173,3 +173,16 @@ def test_demo_overrides_reach_the_rl_stage_config():
     assert (base, rl) == ("base", "rl_zero") and recipe.report is None
     assert cfgs[rl].cluster.rollout_workers == 2 and cfgs[rl].train.steps == 7 and cfgs[rl].run_dir == "runs/x"
     assert cfgs[rl].model == cfgs[base].out_dir == "artifacts/tiny-base"
+
+
+def test_demo_code_swaps_both_stage_configs_and_outputs():
+    """`make demo-code`: the demo recipe with the code configs, each stage writing where its config says."""
+    from rlvr.cli import build_parser
+    from rlvr.commands.demo import demo_recipe
+
+    args = build_parser().parse_args(["demo", "--pretrain-config", "configs/code_pretrain.yaml",
+                                      "--config", "configs/code_r1zero.yaml"])
+    _, wired, base, rl = demo_recipe(args)
+    cfgs = {st.name: cfg for st, cfg in wired}
+    assert cfgs[base].out_dir == cfgs[rl].model == "artifacts/code-base" and cfgs[rl].run_dir == "runs/code-r1zero"
+    assert cfgs[rl].task.kind == "pyfunc"
