@@ -77,8 +77,9 @@ from rlvr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError
 from rlvr.cluster.runtime import ClusterError, connect, disconnect
-from rlvr.components import build_rubric, load_rows, thread_split
+from rlvr.components import build_policy_side, build_rubric, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.critic import Critic
 from rlvr.learner import Learner, RLBatch
@@ -237,7 +238,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     Everything that can be checked is checked before anything is written or any model loads.
     """
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tc, algo, ev = cfg.train, cfg.algorithm, cfg.eval
     model_dir = resolve_model(cfg.model)
@@ -259,22 +260,15 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's; the engine places itself
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    if cfg.lora is not None:
-        policy = lora.wrap(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    ref = None
-    if algo.needs_reference:  # KL to a frozen copy of the starting policy
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    # the policy (LoRA-wrapped if asked), the reference for a KL, the learner, PPO's critic
+    side = build_policy_side(cfg, model_dir, device)
+    policy, ref, learner, critic = side.policy, side.ref, side.learner, side.critic
+    learners = LearnerGroup(cfg, model_dir, learner, critic)  # learner_ranks > 1: data-parallel over Ray actors
     rollouts = make_rollouts(cfg, model_dir, rubric, engine_threads, cluster)  # this process, or Ray actors
     if cluster is not None:  # which process is which (for operators, and the fault tests)
-        (run_dir / "cluster.json").write_text(json.dumps({"rollout_workers": getattr(rollouts, "pids", [])}))
+        (run_dir / "cluster.json").write_text(json.dumps({"rollout_workers": getattr(rollouts, "pids", []),
+                                                          "learner_ranks": learners.pids()}))
     advantage_fn = ADVANTAGES[algo.advantage]
-    optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
-                    micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
-    learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref,
-                      shared_prefix=tc.shared_prefix, dtype=tc.dtype, gradient_checkpointing=tc.gradient_checkpointing,
-                      max_seq_len=tc.max_seq_len, **optim_kw)
-    critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
     sampler = PromptSampler(len(train_rows), tc.seed)
     alarms = Alarms(cfg.alarms, [v.name for v, _ in rubric.parts])
 
@@ -333,6 +327,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             start, evals = ckpt.step, restore_state(ckpt, policy, learner, critic, ref, sampler, pipe)
             pipe.call(lambda: rollouts.load_weights(lora.merged_named_tensors(policy)))
             set_rng_state(ckpt.tensors["rng"])
+        learners.broadcast_state()  # every learner rank starts from rank 0's state (no-op with one rank)
         for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
             if not pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
                 pipe.submit_draw(s, version=start)
@@ -355,11 +350,11 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping
                 adv_in.values = critic.values(batch)
             batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
-            metrics.update(learner.step(batch))
+            metrics.update(learners.step(batch))
             if ro.version == step - 1:  # a stale batch differs by the policy's own update, not by the engine
                 check_logprob_parity(metrics, cfg)
             if critic is not None:
-                metrics.update(critic.step(batch, adv_in))
+                metrics.update(learners.critic_step(batch, adv_in))
             t2 = time.perf_counter()
             if last_sync is not None:
                 metrics.update(last_sync.result())  # async: the previous step's load, done by now
@@ -386,12 +381,13 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if step == tc.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 save(step)
         after = evals[tc.steps]  # the last step always evaluates (also in a resumed, finished run)
-    except ClusterError as exc:  # say where the run can continue from
+    except (ClusterError, LearnerRankError) as exc:  # say where the run can continue from
         last = latest_checkpoint(run_dir)
-        raise ClusterError(f"{exc}. The run stopped; last checkpoint: {last if last else 'none yet'}") from None
+        raise ClusterError(f"{exc} Last checkpoint: {last if last else 'none yet'}.") from exc
     finally:
         pipe.close()
         rollouts.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
+        learners.close()
         disconnect(cluster)
     final = run_dir / "final"
     if lora.is_lora(policy):
