@@ -34,6 +34,10 @@ Simplifications of the textbook algorithms, on purpose:
   parity gate only judges fresh batches, and truncated IS (``algorithm.is_cap``) reweights.
 * Checkpoints (rlvr.checkpoint) hold the full state, including rollouts already drawn ahead,
   so ``--resume`` continues bit-identically on CPU.
+* ``cluster:`` changes where the work runs, not what it is (docs/distributed.md): rollouts come
+  from the engine in this process or from Ray actors (rlvr.rollout_backends), with every row and
+  seed chosen here; the learner steps on one process or on M data-parallel ranks
+  (rlvr.cluster.learner_group), rank 0 being this process, so the checkpoint has one writer.
 """
 
 from __future__ import annotations
