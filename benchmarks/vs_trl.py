@@ -1,7 +1,7 @@
 """rlvr vs TRL's GRPOTrainer: same tiny base, task, reward and settings; seconds per step side by side.
 
     .venv/bin/python benchmarks/vs_trl.py [--steps 20] [--threads 2] [--trl-gen auto|vllm|cb|generate]
-                                          [--model DIR] [--out runs/vs_trl] [--json]
+                                          [--model DIR | --random-init CONFIG_JSON] [--out runs/vs_trl] [--json]
                                           [--rlvr-override key.sub=value ...]
 
 Each framework trains in its own subprocess (no shared thread pools or vLLM state), then a third
@@ -495,6 +495,10 @@ def _gen_list(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="artifacts/tiny-base", help="HF model directory (default: the tiny base)")
+    ap.add_argument("--random-init", metavar="CONFIG_JSON",
+                    help="train a randomly initialised model of this architecture instead (e.g. "
+                    "benchmarks/configs/llama-25m.json; --model's tokenizer; built under --out): a speed "
+                    "comparison at a larger size, where neither side can learn arithmetic in a few steps")
     ap.add_argument("--steps", type=int, default=20, help="training steps per framework")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for each side")
     ap.add_argument("--trl-gen", default="auto", type=_gen_list,
@@ -515,6 +519,10 @@ def main() -> None:
         return _worker(args)
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"no model at {args.model!r}: run `rlvr pretrain --config configs/tiny_pretrain.yaml` or pass --model")
+    if args.random_init:
+        from rollouts.bench import build_random_model
+
+        args.model = build_random_model(args.random_init, args.model, str(Path(args.out) / "random-init-model"))
 
     s = Settings(model=args.model, steps=args.steps, threads=args.threads, eval_prompts=max(1, args.eval_prompts))
     out = Path(args.out)

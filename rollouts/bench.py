@@ -3,6 +3,11 @@
 Each engine runs in its own subprocess (clean start-up time, peak RSS and thread pools),
 on identical prompts, ``n``, ``max_tokens`` and dtype, with EOS ignored so every engine
 generates exactly the same number of tokens.
+
+Roofline: the same run times a 2048 x 2048 matmul in each benchmarked dtype on the same
+threads (``measure_peak``), and every engine's tokens/s is shown as a share of what that peak
+would give at ``flops_per_token`` (2 FLOPs per weight a token multiplies with, the output head
+included and the embedding lookup not, plus attention's 4 x layers x width x context).
 """
 
 from __future__ import annotations
@@ -39,6 +44,43 @@ def build_random_model(config_json: str, tokenizer_dir: str, out_dir: str) -> st
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def flops_per_token(model_dir: str, context: float) -> float:
+    """Forward FLOPs to generate one token at an average ``context`` length (see the module
+    docstring): 2 x matmul weights + 4 x layers x attention width x context."""
+    from safetensors import safe_open
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    tied = bool(config.get("tie_word_embeddings", False))
+    weights = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            for name in fh.keys():
+                if "embed_tokens" in name and not tied:
+                    continue  # a lookup, not a matmul (a tied head multiplies with it: counted once)
+                shape = fh.get_slice(name).get_shape()
+                if len(shape) == 2:  # norms and biases are not matmul weights
+                    weights += shape[0] * shape[1]
+    heads = config["num_attention_heads"]
+    width = heads * config.get("head_dim", config["hidden_size"] // heads)
+    return 2.0 * weights + 4.0 * config["num_hidden_layers"] * width * context
+
+
+def measure_peak(dtype: str, size: int = 2048, seconds: float = 1.0) -> float:
+    """Best GFLOP/s of a ``size``-square matmul in ``dtype`` on this process's torch threads."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    for _ in range(2):
+        a @ b
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
 
 
 def _rss_mib() -> float:
@@ -83,7 +125,7 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
     texts = [BENCH_PROMPT.format(a=i % 20 + 1, b=i % 9 + 1, c=i % 7 + 1) for i in range(prompts)]
     sampling = SamplingConfig(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False, seed=0)
     engine.generate(texts[: min(4, prompts)], SamplingConfig(n=2, max_tokens=8, ignore_eos=True, detokenize=False))
-    runs, latencies, tokens = [], [], 0
+    runs, latencies, tokens, context = [], [], 0, 0.0
     cpu = []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
@@ -92,6 +134,7 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
         cpu.append(time.process_time() - c)  # all threads; on a shared machine a steadier gauge than wall time
         latencies += engine.last_group_latencies
         tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+        context = statistics.mean(len(g.prompt_ids) for g in groups) + (max_tokens + 1) / 2
     weights = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         weights.update(load_file(str(f)))
@@ -99,6 +142,7 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
     for _ in range(3):
         engine.load_weights([(k, v.clone()) for k, v in weights.items()])  # fresh tensors, as a learner sends
         syncs.append(engine.last_sync_s)
+    sync_path = getattr(engine, "last_sync_path", "") or "-"
     engine.close()
     best = min(runs)
     lat = sorted(latencies)
@@ -107,44 +151,72 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
         "generated_tokens": tokens, "tokens_per_s": tokens / best, "requests_per_s": prompts * n / best,
         "wall_s": best, "cpu_s": min(cpu), "tokens_per_cpu_s": tokens / min(cpu), "p50_group_latency_s": statistics.median(lat),
         "p95_group_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))], "startup_s": startup,
-        "sync_s": statistics.median(syncs), "peak_rss_mib": _rss_mib(), "threads": torch.get_num_threads(),
+        "sync_s": statistics.median(syncs), "sync_path": sync_path, "peak_rss_mib": _rss_mib(),
+        "threads": torch.get_num_threads(), "flops_per_token": flops_per_token(model_dir, context),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
+def _subprocess_json(args: list[str], what: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = fh.name
+    cmd = [sys.executable, "-m", "rollouts.bench", *args, out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker for {what} failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return res
+
+
 def run_bench(model_dir: str, engines: list[str], prompts: int, n: int, max_tokens: int, dtype: str,
-              repeats: int = 2, progress: bool = True) -> list[dict]:
+              repeats: int = 2, progress: bool = True, roofline: bool = True) -> list[dict]:
     """Run each engine in a fresh subprocess; add ``ratio_vs_hf`` (our KV-cache loop) and
-    ``ratio_vs_hf_generate`` (transformers' ``generate``) when those engines are among them."""
+    ``ratio_vs_hf_generate`` (transformers' ``generate``) when those engines are among them, and
+    (``roofline``) the machine's matmul peak in ``dtype`` and each engine's share of it."""
+    peak = None
+    if roofline:
+        if progress:
+            print(f"bench: {dtype} matmul peak (2048^2) ...", file=sys.stderr, flush=True)
+        peak = _subprocess_json(["--peak", dtype], f"the {dtype} matmul peak")["gflops"]
     results = []
     for kind in engines:
         if progress:
             print(f"bench: {kind} ({prompts} prompts x n={n} x {max_tokens} tokens, {dtype}) ...", file=sys.stderr, flush=True)
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-            out = fh.name
-        cmd = [sys.executable, "-m", "rollouts.bench", "--worker", kind, model_dir, str(prompts), str(n),
-               str(max_tokens), dtype, str(repeats), out]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench worker for {kind!r} failed:\n{proc.stderr[-4000:]}")
-        results.append(json.loads(Path(out).read_text()))
-        os.unlink(out)
+        results.append(_subprocess_json(["--worker", kind, model_dir, str(prompts), str(n), str(max_tokens), dtype,
+                                         str(repeats)], repr(kind)))
     for ref, key in (("hf", "ratio_vs_hf"), ("hf-generate", "ratio_vs_hf_generate")):
         base = next((r for r in results if r["engine"] == ref), None)
         for r in results:
             r[key] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
+    for r in results:
+        r["gflops"] = r["tokens_per_s"] * r["flops_per_token"] / 1e9
+        r["peak_gflops"] = peak
+        r["roofline"] = r["gflops"] / peak if peak else None
     return results
 
 
 def format_table(results: list[dict]) -> str:
-    cols = [("engine", "engine", "{}"), ("tokens/s", "tokens_per_s", "{:.0f}"), ("tokens/cpu-s", "tokens_per_cpu_s", "{:.0f}"), ("req/s", "requests_per_s", "{:.1f}"),
+    cols = [("engine", "engine", "{}"), ("dtype", "dtype", "{}"), ("tokens/s", "tokens_per_s", "{:.0f}"),
+            ("tokens/cpu-s", "tokens_per_cpu_s", "{:.0f}"), ("req/s", "requests_per_s", "{:.1f}"),
             ("p50 group s", "p50_group_latency_s", "{:.2f}"), ("p95 group s", "p95_group_latency_s", "{:.2f}"),
-            ("startup s", "startup_s", "{:.1f}"), ("sync s", "sync_s", "{:.3f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+            ("startup s", "startup_s", "{:.1f}"), ("sync s", "sync_s", "{:.3f}"), ("sync path", "sync_path", "{}"),
+            ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("GFLOP/s", "gflops", "{:.1f}"),
+            ("% roofline", "roofline", "{:.0%}"),
             ("x HF", "ratio_vs_hf", "{:.2f}"), ("x HF generate", "ratio_vs_hf_generate", "{:.2f}")]
     rows = [[name for name, _, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols])
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+    peaks = {r["dtype"]: r["peak_gflops"] for r in results if r.get("peak_gflops")}
+    if not peaks:
+        return table
+    r0 = results[0]
+    head = (f"machine: {r0['cpu_capability']}, {r0['threads']} threads; 2048^2 matmul peak "
+            + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items())
+            + f"; {r0['flops_per_token'] / 1e6:.1f} MFLOP per token (2 x matmul weights + attention at the mean context)")
+    return head + "\n" + table
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -155,7 +227,8 @@ def plot(results: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
-    ax.bar([r["engine"] for r in results], [r["tokens_per_s"] for r in results],
+    several = len({r["dtype"] for r in results}) > 1
+    ax.bar([f"{r['engine']}\n{r['dtype']}" if several else r["engine"] for r in results], [r["tokens_per_s"] for r in results],
            color=[palette[i % len(palette)] for i in range(len(results))])
     for i, r in enumerate(results):
         label = " / ".join(f"{r[k]:.2f}x {name}" for k, name in (("ratio_vs_hf", "HF"), ("ratio_vs_hf_generate", "gen"))
@@ -163,7 +236,8 @@ def plot(results: list[dict], path: str) -> None:
         if label:
             ax.text(i, r["tokens_per_s"], label, ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("generated tokens / s")
-    ax.set_title(f"{results[0]['prompts']} prompts x n={results[0]['n']} x {results[0]['max_tokens']} tok, {results[0]['dtype']}")
+    dtypes = ", ".join(dict.fromkeys(r["dtype"] for r in results))
+    ax.set_title(f"{results[0]['prompts']} prompts x n={results[0]['n']} x {results[0]['max_tokens']} tok, {dtypes}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -173,3 +247,6 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
     _, _, kind, model_dir, prompts, n, max_tokens, dtype, repeats, out = sys.argv
     res = run_worker(kind, model_dir, int(prompts), int(n), int(max_tokens), dtype, int(repeats))
     Path(out).write_text(json.dumps(res))
+elif __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--peak":
+    _, _, dtype, out = sys.argv
+    Path(out).write_text(json.dumps({"dtype": dtype, "gflops": measure_peak(dtype)}))

@@ -72,8 +72,10 @@ class VLLMEngine:
 
     def __init__(self, model_dir: str, dtype: str = "float32", kv_cache_gib: float = 1.0,
                  gpu_memory_utilization: float = 0.3, enforce_eager: bool = True, seed: int = 0,
-                 max_num_seqs: int = 256, max_model_len: int | None = None, threads: int = 0,
+                 max_num_seqs: int = 512, max_model_len: int | None = None, threads: int = 0,
                  separate_process: bool = False, fused_rms_norm: bool = True, sleep_level: int = 0, **llm_kwargs):
+        # max_num_seqs 512: 64 prompts x 8 samples decode as one batch; on 2 cores the tiny base's decode
+        # is bound by per-step overhead, and one step of 512 beat two of 256 by 1.12x (rlvr bench rollouts).
         t0 = time.perf_counter()
         # In-process engine core by default: fastest start-up and no IPC per step on 2 cores.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if separate_process else "0"

@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=64, help="prompts per run")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="engine dtype")
+    p.add_argument("--dtype", default="float32",
+                   help="engine dtype: float32, bfloat16, or both comma-separated (one table, ratios within each dtype)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per engine (best is reported)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
             parse_engine_spec(e)
         except ValueError as exc:
             return fail(f"--engines: {exc}")
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
+        return fail(f"--dtype: {args.dtype!r}; choose float32, bfloat16 or float32,bfloat16")
     model = args.model
     tmp = None
     if args.random_init:
@@ -51,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         model = build_random_model(args.random_init, args.tokenizer, tmp.name)
     elif not (Path(model) / "config.json").is_file():
         return fail(f"--model: {model!r} is not a Hugging Face model directory")
-    results = run_bench(model, engines, args.prompts, args.n, args.max_tokens, args.dtype, args.repeats)
+    results = []
+    for dtype in dtypes:
+        results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rollouts import SamplingConfig, make_engine
-from rollouts.bench import parse_engine_spec, run_bench
+from rollouts.bench import flops_per_token, format_table, parse_engine_spec, run_bench
 
 PROMPTS = ["User: Compute 3+4-2.\nAssistant: <think>", "User: Compute 12-5.\nAssistant: <think>", "Hello"]
 
@@ -78,3 +78,21 @@ def test_bench_reports_both_ratios(micro_model):
         assert r["generated_tokens"] == 2 * 2 * 6 and r["tokens_per_cpu_s"] > 0
     assert res[0]["ratio_vs_hf"] == 1.0 and res[1]["ratio_vs_hf_generate"] == 1.0
     assert res[0]["ratio_vs_hf_generate"] == pytest.approx(res[0]["tokens_per_s"] / res[1]["tokens_per_s"])
+    for r in res:  # the roofline column: this run's matmul peak and each engine's share of it
+        assert r["peak_gflops"] > 0 and r["flops_per_token"] > 0
+        assert r["gflops"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9)
+        assert r["roofline"] == pytest.approx(r["gflops"] / r["peak_gflops"])
+    assert "% roofline" in format_table(res) and "GFLOP/s" in format_table(res).splitlines()[0]
+
+
+def test_flops_per_token_counts_matmul_weights_and_attention(micro_model):
+    """2 FLOPs per weight a token multiplies with (the head, not the embedding lookup; no norms)
+    plus 4 x layers x attention width x context, counted here from the HF model itself."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(micro_model)
+    cfg = model.config
+    matmul = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed_tokens" not in name)
+    assert not cfg.tie_word_embeddings  # the micro base has its own head
+    width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    assert flops_per_token(micro_model, context=10.0) == 2 * matmul + 4 * cfg.num_hidden_layers * width * 10.0
