@@ -181,6 +181,36 @@ def test_killed_rank_stops_the_step_naming_it(ray_local, micro_model, scored):
     side.learner.step(batch2)  # closed: the trainer's learner is a single process again
 
 
+def test_stuck_rank_is_named_within_its_deadline(ray_local, micro_model, scored):
+    """A rank that stops answering (SIGSTOP: alive, silent) fails rank 0's collective at the deadline."""
+    cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=6")
+    torch.manual_seed(cfg.train.seed)
+    side = build_policy_side(cfg, micro_model, "cpu")
+    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    pid = group.pids()[1]
+    try:
+        group.broadcast_state()
+        (batch, _), _ = batches(cfg, scored)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(LearnerRankError, match=r"learner rank 1 failed during the policy step: no answer within "
+                                                   r"cluster.timeout_s=6s"):
+            group.step(batch)
+        assert time.monotonic() - t0 < 2 * cfg.cluster.timeout_s + 5  # the collective's deadline, then the report wait
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        group.close()
+
+
+def test_rank_that_cannot_build_fails_init_naming_it(ray_local, micro_model, tmp_path):
+    cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=30")
+    side = build_policy_side(cfg, micro_model, "cpu")
+    with pytest.raises(LearnerRankError, match=r"learner rank 1 failed during the init: it could not be built: .*"
+                                               + str(tmp_path / "missing")):
+        LearnerGroup(cfg, str(tmp_path / "missing"), side.learner, side.critic)
+    assert side.learner.process_group is None
+
+
 def test_shard_by_groups_whole_groups_equal_counts(micro_model, scored):
     cfg = config(micro_model)
     batch, _ = build_batch(scored[:4], 1, cfg.algorithm, cfg.sampling.max_tokens)  # 4 groups x 4 rows

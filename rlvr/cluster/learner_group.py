@@ -36,9 +36,9 @@ from rlvr.config import TrainConfig
 from rlvr.critic import Critic
 from rlvr.learner import Learner, RLBatch
 
-# After rank 0 failed in a collective, how long to wait for Ray to report which peer died
-# (a killed actor is reported within about a second; a stuck one is named after this wait).
-FAILURE_REPORT_S = 30.0
+# After rank 0 failed in a collective, how long to wait for Ray to report which peer died (a
+# killed actor is reported within about a second); a peer still silent after it is named as stuck.
+FAILURE_REPORT_S = 10.0
 
 
 class LearnerRankError(RuntimeError):
@@ -50,10 +50,13 @@ class LearnerRankError(RuntimeError):
                          "(the ranks' models may now differ; continue from the last checkpoint).")
 
 
-def group_bounds(group_ids: torch.Tensor, ranks: int) -> list[tuple[int, int]]:
+def group_bounds(batch: RLBatch, ranks: int) -> list[tuple[int, int]]:
     """Row ranges [start, stop) of ``ranks`` shards holding whole groups, the same number each.
-    ``group_ids`` [B]: completions of one prompt share an id, in adjacent rows (as build_batch packs them)."""
-    g = group_ids
+    Groups come from ``batch.group_ids`` [B]: completions of one prompt share an id, in adjacent rows
+    (as build_batch packs them)."""
+    if batch.group_ids is None:
+        raise ValueError("shard_by_groups: the batch has no group structure (RLBatch.group_ids)")
+    g = batch.group_ids
     starts = [0] + (torch.nonzero(g[1:] != g[:-1]).flatten() + 1).tolist()
     if len(starts) != len(torch.unique(g)):
         raise ValueError("shard_by_groups: a group's rows are not adjacent, so it cannot go to one rank whole")
@@ -70,9 +73,7 @@ def shard_by_groups(batch: RLBatch, ranks: int) -> list[RLBatch]:
 
     Shards keep the full batch's padded width: Dr.GRPO's aggregation without a fixed
     ``loss_agg_norm`` divides by that width, so a narrower shard would weigh its rows differently."""
-    if batch.group_ids is None:
-        raise ValueError("shard_by_groups: the batch has no group structure (RLBatch.group_ids)")
-    return [batch.slice(a, b) for a, b in group_bounds(batch.group_ids, ranks)]
+    return [batch.slice(a, b) for a, b in group_bounds(batch, ranks)]
 
 
 def shard_advantage_inputs(inp: AdvantageInputs, bounds: list[tuple[int, int]]) -> list[AdvantageInputs]:
@@ -236,13 +237,13 @@ class LearnerGroup:
         try:
             self._ranks = [actor.remote(r, self.world, cfg_data, model_dir, threads, device.type)
                            for r in range(1, self.world)]
-            self._pids += self._gather(self._send("pid"), "init", time.monotonic())  # built (or failed) by now
+            self._pids += self._gather(self._send("pid"), "init")  # built (or failed) by now
             init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
             calls = self._send("join", backend, init_method, self.timeout_s)
             self._here(lambda: dist.init_process_group(backend, init_method=init_method, rank=0, world_size=self.world,
                                                        timeout=timedelta(seconds=self.timeout_s)), calls, "init")
             self._joined = True
-            self._gather(calls, "init", time.monotonic())
+            self._gather(calls, "init")
         except BaseException:
             self.close()
             raise
@@ -261,7 +262,7 @@ class LearnerGroup:
         shards = shard_by_groups(batch, self.world)
         calls = self._send("step", per_rank=shards[1:])
         mine = self._here(lambda: self.learner.step(shards[0]), calls, "policy step")
-        return combine_metrics([mine] + self._gather(calls, "policy step", time.monotonic()))
+        return combine_metrics([mine] + self._gather(calls, "policy step"))
 
     def critic_step(self, batch: RLBatch, adv_in: AdvantageInputs) -> dict[str, float]:
         """PPO's critic regression on ``batch`` over every rank (``adv_in`` cut at the same rows)."""
@@ -270,12 +271,12 @@ class LearnerGroup:
         if self.world == 1:
             return self.critic.step(batch, adv_in)
         self._check_usable()
-        bounds = group_bounds(batch.group_ids, self.world)
+        bounds = group_bounds(batch, self.world)
         shards = [batch.slice(a, b) for a, b in bounds]
         inputs = shard_advantage_inputs(adv_in, bounds)
         calls = self._send("critic_step", per_rank=list(zip(shards[1:], inputs[1:])))
         mine = self._here(lambda: self.critic.step(shards[0], inputs[0]), calls, "critic step")
-        return combine_metrics([mine] + self._gather(calls, "critic step", time.monotonic()))
+        return combine_metrics([mine] + self._gather(calls, "critic step"))
 
     def broadcast_state(self) -> None:
         """Rank 0's model (or LoRA adapter), optimiser, scheduler, reference and critic to every rank,
@@ -286,14 +287,14 @@ class LearnerGroup:
 
         self._check_usable()
         state = ray.put(policy_side_state(self.learner, self.critic))  # one copy, read by every rank
-        self._gather(self._send("load_state", state), "state broadcast", time.monotonic())
+        self._gather(self._send("load_state", state), "state broadcast")
 
     def rank_state(self, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s policy-side state (what ``broadcast_state`` sends), on the CPU: for checks."""
         if rank == 0:
             return policy_side_state(self.learner, self.critic)
         self._check_usable()
-        return self._gather({rank: self._ranks[rank - 1].state.remote()}, "state read", time.monotonic())[0]
+        return self._gather({rank: self._ranks[rank - 1].state.remote()}, "state read")[0]
 
     def pids(self) -> list[int]:
         """Process id of every rank (rank 0 is this process)."""
@@ -328,15 +329,16 @@ class LearnerGroup:
             calls[r] = getattr(actor, method).remote(*(own if isinstance(own, tuple) else (own,)))
         return calls
 
-    def _gather(self, calls: dict[int, Any], doing: str, since: float) -> list[Any]:
-        """The ranks' answers in rank order, each awaited until ``timeout_s`` past ``since``; the first
-        rank to fail (die, raise) or miss the deadline fails the group."""
+    def _gather(self, calls: dict[int, Any], doing: str, deadline: float | None = None) -> list[Any]:
+        """The ranks' answers in rank order, awaited until ``deadline`` (default: ``timeout_s`` from
+        now); the first rank to fail (die, raise) or miss the deadline fails the group."""
         import ray
 
+        deadline = time.monotonic() + self.timeout_s if deadline is None else deadline
         pending = {ref: r for r, ref in calls.items()}
         answers: dict[int, Any] = {}
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, since + self.timeout_s - time.monotonic()))
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 self._fail(min(pending.values()), doing, f"no answer within cluster.timeout_s={self.timeout_s:g}s")
             r = pending.pop(ready[0])
@@ -347,24 +349,13 @@ class LearnerGroup:
         return [answers[r] for r in sorted(answers)]
 
     def _here(self, work, calls: dict[int, Any], doing: str) -> Any:
-        """Rank 0's share of ``doing``. Should it fail (a collective whose peer died or missed the
-        deadline), the error names the peer Ray reports as failed, else rank 0 itself."""
-        import ray
-
+        """Rank 0's share of ``doing``. Should it fail (a collective whose peer died, or missed the
+        deadline because a peer is stuck), the error names the peer that Ray reports dead or that
+        has not answered after a short wait; only when every peer finished is rank 0 itself named."""
         try:
             return work()
         except Exception as exc:
-            pending = {ref: r for r, ref in calls.items()}
-            deadline = time.monotonic() + min(self.timeout_s, FAILURE_REPORT_S)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    break
-                r = pending.pop(ready[0])
-                try:
-                    ray.get(ready[0], timeout=self.timeout_s)
-                except Exception as peer_exc:
-                    self._fail(r, doing, _describe(peer_exc), exc)
+            self._gather(calls, doing, time.monotonic() + min(self.timeout_s, FAILURE_REPORT_S))
             self._fail(0, doing, f"{type(exc).__name__}: {_last_line(str(exc))}", exc)
 
     def _fail(self, rank: int, doing: str, cause: str, exc: BaseException | None = None) -> None:
