@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from rlvr.config import ConfigError, PretrainConfig, TrainConfig, load_config
 from rlvr.tasks import ArithTask, load_task, render, split_of
@@ -147,3 +148,14 @@ def test_chat_format_without_a_chat_template_is_an_error(micro_model):
     assert not getattr(tok, "chat_template", None)
     with pytest.raises(ValueError, match=r"task\.format='chat' needs a tokenizer with a chat template"):
         render("What is 1+1?", ArithTask(format="chat"), tok)
+
+
+def test_overrides_after_an_option_still_count_and_unknown_options_are_refused():
+    out = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", "--config", "configs/tiny_r1zero.yaml",
+                          "--print-config", "--overwrite", "cluster.rollout_workers=2", "train.steps=7"],
+                         capture_output=True, text=True, check=True)
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["cluster"]["rollout_workers"] == 2 and cfg["train"]["steps"] == 7
+    bad = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", "--print-config", "--bogus"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
