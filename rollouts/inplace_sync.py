@@ -141,6 +141,7 @@ def repack(layer: torch.nn.Module, weight: torch.Tensor) -> None:
 def apply(plans: list[_ModulePlan]) -> int:
     """Carry out a plan; returns the number of tensors written."""
     written = 0
+    scratch = None  # one buffer, reused layer after layer: the packing copies out of it
     with torch.no_grad():
         for p in plans:
             for view, src in p.params:
@@ -148,8 +149,18 @@ def apply(plans: list[_ModulePlan]) -> int:
                 written += 1
             if p.packed_only:
                 dtype = p.module.weight.dtype  # the emptied weight keeps the engine's dtype
-                shards = [p.weights[i].detach().to(dtype) for i in range(len(p.weights))]
-                weight = shards[0].contiguous() if len(shards) == 1 else torch.cat(shards)
+                shards = [p.weights[i].detach() for i in range(len(p.weights))]
+                if len(shards) == 1 and shards[0].dtype == dtype and shards[0].is_contiguous():
+                    weight = shards[0]  # packed straight from the learner's tensor
+                else:  # stack the shards and cast in one pass, into memory that is already mapped
+                    rows, cols = sum(t.shape[0] for t in shards), shards[0].shape[1]
+                    if scratch is None or scratch.numel() < rows * cols or scratch.dtype != dtype:
+                        scratch = torch.empty(rows * cols, dtype=dtype)
+                    weight = scratch[: rows * cols].view(rows, cols)
+                    offset = 0
+                    for t in shards:
+                        weight[offset : offset + t.shape[0]].copy_(t)
+                        offset += t.shape[0]
                 repack(p.module, weight)
                 written += len(shards)
             elif p.params and hasattr(p.module, "cpu_linear") and p.module.weight.numel() \

@@ -57,8 +57,11 @@ def test_in_place_sync_equals_a_fresh_engine(micro_model, tmp_path, dtype, eager
     engine = make_engine("vllm", micro_model, **opts)
     try:
         before = _samples(engine)
-        engine.load_weights(weights.items())  # float32 tensors: a bfloat16 engine casts them on the way in
+        sent = {k: v.clone() for k, v in weights.items()}
+        engine.load_weights(sent.items())  # float32 tensors: a bfloat16 engine casts them on the way in
         assert engine.last_sync_path == "in-place"
+        for t in sent.values():  # the engine holds its own packed copies: the learner may move on
+            t.zero_()
         synced = _samples(engine)
     finally:
         engine.close()
