@@ -45,7 +45,7 @@ def rows_of(cfg: TrainConfig, model_dir: str, k: int) -> list[dict]:
     return load_rows(cfg, tok, build_rubric(cfg), model_dir, verbose=False).train[:k]
 
 
-@pytest.mark.parametrize("engine", ["hf", "vllm"])
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])  # vllm: ~40 s more
 def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray_cluster, micro_model, tmp_path,
                                                                              engine):
     from rlvr.cluster.rollout_workers import RayRollouts

@@ -32,6 +32,7 @@ import torch
 
 from rlvr import lora
 from rlvr.algorithms import AdvantageInputs
+from rlvr.cluster.runtime import cpus_each
 from rlvr.config import TrainConfig
 from rlvr.critic import Critic
 from rlvr.learner import Learner, RLBatch
@@ -230,7 +231,9 @@ class LearnerGroup:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl" and cfg.cluster.gpus_per_rank <= 0:
             raise ValueError("cluster.gpus_per_rank=0, but the trainer learns on a GPU: every learner rank needs one")
-        threads = cfg.train.threads or max(1, int(cfg.cluster.cpus_per_rank))
+        # cpus_per_rank unset: an equal share of the cluster's CPUs (what rlvr.cluster.runtime checked)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        threads = cfg.train.threads or cpus_each(self.world, cfg.cluster.cpus_per_rank, cpus)
         # num_cpus=0: workers and ranks are colocated and the runtime checked the resources itself
         actor = ray.remote(LearnerRank).options(num_cpus=0, num_gpus=cfg.cluster.gpus_per_rank, max_restarts=0)
         cfg_data = cfg.model_dump(mode="json", by_alias=True)

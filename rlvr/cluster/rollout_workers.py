@@ -116,7 +116,7 @@ class RayRollouts:
 
         c = cfg.cluster
         self.cfg, self.model_dir, self.timeout = cfg, model_dir, c.timeout_s
-        self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker, info)
+        self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker, info.cpus)
         transport = c.weight_sync if c.weight_sync != "auto" else ("shm" if info.nodes == 1 else "object_store")
         self.sender = WeightSender(transport)
         self.local = c.address == "local"

@@ -77,7 +77,7 @@ def check_fits(cluster: ClusterConfig, info: ClusterInfo) -> None:
                                      cluster.gpus_per_worker),
                                     ("learner_ranks", cluster.learner_ranks, cluster.cpus_per_rank,
                                      cluster.gpus_per_rank)):
-        cpus = cpus_each(count, cpus, info)
+        cpus = cpus_each(count, cpus, info.cpus)
         if count * cpus > info.cpus:
             raise ConfigError(f"cluster.{what}={count} x {cpus:g} CPUs each needs {count * cpus:g} CPUs; the Ray "
                               f"cluster has {info.cpus:g} (lower cluster.{what} or its CPUs per {what[:-1]})")
@@ -86,9 +86,9 @@ def check_fits(cluster: ClusterConfig, info: ClusterInfo) -> None:
                               f"cluster has {info.gpus:g}")
 
 
-def cpus_each(count: int, asked: float | None, info: ClusterInfo) -> int:
+def cpus_each(count: int, asked: float | None, cluster_cpus: float) -> int:
     """Threads of one worker or rank: what it asked for, else an equal share of the cluster's CPUs."""
-    return max(1, int(asked if asked is not None else info.cpus // max(count, 1)))
+    return max(1, int(asked if asked is not None else cluster_cpus // max(count, 1)))
 
 
 def disconnect(info: ClusterInfo | None) -> None:
