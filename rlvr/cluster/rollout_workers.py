@@ -43,39 +43,30 @@ class DrawRequest:
 
 
 class RolloutWorker:
-    """What runs inside one actor: an engine, the run's rubric and a scoring pool."""
+    """What runs inside one actor: the in-process rollouts (engine, rubric, scoring pool) of
+    rlvr.rollout_backends, fed by requests, plus the receiving end of the weight sync."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str, index: int, threads: int, cores: str | None):
-        from rlvr.components import build_rubric, engine_kwargs
-        from rlvr.scoring import Scorer
-        from rollouts import make_engine
+        from rlvr.components import build_rubric
+        from rlvr.rollout_backends import LocalRollouts
 
         if cores is not None:  # vLLM's CPU backend pins its OpenMP threads: keep workers on their own cores
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
         torch.set_num_threads(threads)
-        self.index, self.cfg = index, cfg
-        kwargs = engine_kwargs(cfg, threads)
-        if cfg.engine.kind == "vllm":
-            kwargs["separate_process"] = False  # the actor is the engine's process already
-        self.engine = make_engine(cfg.engine.kind, model_dir, **kwargs)
-        self.rubric = build_rubric(cfg)
-        self.scorer = Scorer(self.rubric, cfg.rewards.workers)
+        self.index = index
+        self.local = LocalRollouts(cfg, model_dir, build_rubric(cfg), threads, in_actor=True)
         self.receiver = WeightReceiver()
 
     def pid(self) -> int:
         return os.getpid()
 
     def draw(self, req: DrawRequest) -> Drawn:
-        from rlvr.scoring import generate_and_score
-
         if not req.batch_invariant:
-            sampling = dataclasses.replace(req.sampling, seeds=req.seeds)
-            return generate_and_score(self.engine, req.rows, sampling, self.scorer)
+            return self.local.generate_and_score(req.rows, dataclasses.replace(req.sampling, seeds=req.seeds))
         groups, scores, timings = [], [], {}
         for i, row in enumerate(req.rows):  # each group alone: its numbers cannot depend on its neighbours
             seeds = None if req.seeds is None else [req.seeds[i]]
-            g, s, t = generate_and_score(self.engine, [row], dataclasses.replace(req.sampling, seeds=seeds),
-                                         self.scorer)
+            g, s, t = self.local.generate_and_score([row], dataclasses.replace(req.sampling, seeds=seeds))
             groups += g
             scores += s
             for k, v in t.items():
@@ -83,22 +74,17 @@ class RolloutWorker:
         return groups, scores, timings
 
     def evaluate(self, rows: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, float]:
-        from rlvr.evaluate import evaluate
-
-        return evaluate(self.engine, rows, self.rubric, workers=self.cfg.rewards.workers, **kwargs)
+        return self.local.evaluate(rows, **kwargs)
 
     def load(self, packed: Packed) -> float:
-        t0 = time.perf_counter()
-        self.engine.load_weights(self.receiver.tensors(packed))  # copies out of the views into the engine
-        return time.perf_counter() - t0
+        # the engine copies out of the views into its own weights
+        return self.local.load_weights(self.receiver.tensors(packed))["sync_s"]
 
     def sleep(self) -> None:
-        if hasattr(self.engine, "sleep"):
-            self.engine.sleep()
+        self.local.sleep()
 
     def close(self) -> None:
-        self.scorer.close()
-        self.engine.close()
+        self.local.close()
         self.receiver.close()
 
 
