@@ -254,9 +254,11 @@ class ClusterConfig(Section):
                                         "threads (None: an equal share of the cluster's CPUs).")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each rollout worker needs (0 on CPU machines).")
     gpus_per_rank: float = Field(0.0, ge=0, description="GPUs each learner rank needs (0 on CPU machines).")
-    weight_sync: Literal["auto", "shm", "object_store"] = Field(
+    weight_sync: Literal["auto", "shm", "object_store", "nccl"] = Field(
         "auto", description="How new weights reach the rollout workers: 'shm' (one shared-memory block, one "
-        "node), 'object_store' (Ray's, across nodes); 'auto' picks shm when every worker is on this node.")
+        "node), 'object_store' (Ray's, across nodes), 'nccl' (a broadcast from the learner's GPU into every vLLM "
+        "engine, through vLLM's weight-transfer API); 'auto' picks nccl when the learner and the workers are on "
+        "GPUs of their own with vLLM engines, else shm when every worker is on this node.")
     batch_invariant: bool = Field(False, description="Generate each group alone, so the token ids do not depend "
                                   "on how groups are spread over workers (slower; for tests and debugging).")
     timeout_s: float = Field(600.0, gt=0, description="Deadline of every remote call, collective and weight sync; "
