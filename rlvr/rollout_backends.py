@@ -24,10 +24,12 @@ from verifiers import Rubric
 class LocalRollouts:
     """One engine and one scoring pool in this process (the default, ``cluster.rollout_workers: 0``)."""
 
-    def __init__(self, cfg: TrainConfig, model_dir: str, rubric: Rubric, threads: int, in_actor: bool = False):
+    def __init__(self, cfg: TrainConfig, model_dir: str, rubric: Rubric, threads: int, in_actor: bool = False,
+                 engine_extra: dict[str, Any] | None = None):
         kwargs = engine_kwargs(cfg, threads)
         if in_actor and cfg.engine.kind == "vllm":
             kwargs["separate_process"] = False  # a Ray actor is the engine's own process already
+        kwargs.update(engine_extra or {})  # e.g. the weight-sync transport's receiver (rlvr.cluster.nccl_sync)
         self.engine = make_engine(cfg.engine.kind, model_dir, **kwargs)
         self.rubric, self.workers = rubric, cfg.rewards.workers
         self.scorer = Scorer(rubric, cfg.rewards.workers)

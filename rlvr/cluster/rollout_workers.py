@@ -6,6 +6,10 @@ Workers receive that as a ``DrawRequest`` (plain data) and return their groups; 
 them back in request order. So a run's draw requests do not depend on the number of workers,
 and with ``cluster.batch_invariant`` (each group generated alone) neither do the token ids.
 
+New weights reach the workers through ``cluster.weight_sync``: one packed buffer in shared memory or
+the object store (rlvr.cluster.weight_sync), or a NCCL broadcast from the trainer's GPU into every
+engine (rlvr.cluster.nccl_sync).
+
 Every call has the deadline ``cluster.timeout_s``. A worker that dies (killed, out of memory)
 is started again, given the weights the others sample with, and its groups are drawn again
 with the same seeds; ``rollout_worker_restarts`` counts it. A worker that misses its deadline
@@ -23,6 +27,8 @@ from typing import Any
 
 import torch
 
+from rlvr.cluster.nccl_sync import NcclReceiver, NcclSender, choose_transport
+from rlvr.cluster.nccl_sync import engine_kwargs as transport_engine_kwargs
 from rlvr.cluster.runtime import ClusterError, ClusterInfo, cpus_each
 from rlvr.cluster.weight_sync import Packed, WeightReceiver, WeightSender
 from rlvr.config import TrainConfig
@@ -46,7 +52,8 @@ class RolloutWorker:
     """What runs inside one actor: the in-process rollouts (engine, rubric, scoring pool) of
     rlvr.rollout_backends, fed by requests, plus the receiving end of the weight sync."""
 
-    def __init__(self, cfg: TrainConfig, model_dir: str, index: int, threads: int, cores: str | None):
+    def __init__(self, cfg: TrainConfig, model_dir: str, index: int, threads: int, cores: str | None,
+                 transport: str = "shm"):
         from rlvr.components import build_rubric
         from rlvr.rollout_backends import LocalRollouts
 
@@ -54,8 +61,10 @@ class RolloutWorker:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
         torch.set_num_threads(threads)
         self.index = index
-        self.local = LocalRollouts(cfg, model_dir, build_rubric(cfg), threads, in_actor=True)
+        self.local = LocalRollouts(cfg, model_dir, build_rubric(cfg), threads, in_actor=True,
+                                   engine_extra=transport_engine_kwargs(transport))
         self.receiver = WeightReceiver()
+        self.nccl_receiver = NcclReceiver(self.local.engine) if transport == "nccl" else None
 
     def pid(self) -> int:
         return os.getpid()
@@ -80,6 +89,12 @@ class RolloutWorker:
         # the engine copies out of the views into its own weights
         return self.local.load_weights(self.receiver.tensors(packed))["sync_s"]
 
+    def nccl(self, what: str, *args):
+        """One step of a NCCL sync on this worker's engine (``NcclReceiver.<what>``), called by the trainer."""
+        if self.nccl_receiver is None or what not in ("info", "init", "start", "update", "finish", "shutdown"):
+            raise RuntimeError(f"rollout worker {self.index}: no NCCL receiver call {what!r} (transport is not nccl)")
+        return getattr(self.nccl_receiver, what)(*args)
+
     def sleep(self) -> None:
         self.local.sleep()
 
@@ -103,15 +118,35 @@ class RayRollouts:
         c = cfg.cluster
         self.cfg, self.model_dir, self.timeout = cfg, model_dir, c.timeout_s
         self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker, info.cpus)
-        transport = c.weight_sync if c.weight_sync != "auto" else ("shm" if info.nodes == 1 else "object_store")
-        self.sender = WeightSender(transport)
-        self.local = c.address == "local"
+        self.transport = choose_transport(cfg, info.nodes)  # a wrong explicit choice fails here, before any engine
+        self.sender: WeightSender | None = None if self.transport == "nccl" else WeightSender(self.transport)
+        self.nccl: NcclSender | None = None
+        self.nodes, self.local = info.nodes, c.address == "local"
         self.restarts = 0
         self.last_requests: list[DrawRequest] = []  # the latest draw's requests, one per worker (tests, debugging)
         self._remote = ray.remote(RolloutWorker)
         self.workers: list[Any] = [self._spawn(i) for i in range(c.rollout_workers)]
         self.pids: list[int] = self._gather({i: w.pid.remote() for i, w in enumerate(self.workers)},
                                             "starting its engine", retry=None)
+        if self.transport == "nccl":
+            try:
+                self._open_nccl()
+            except BaseException:
+                self.close()
+                raise
+
+    def _open_nccl(self) -> None:
+        self.nccl = NcclSender(lambda: self.workers, self.timeout, getattr(torch, self.cfg.engine.dtype))
+        why = self.nccl.shared_gpu_problem()
+        if why is None:
+            self.nccl.connect()
+        elif self.cfg.cluster.weight_sync == "auto":  # the workers' engines also take in-place loads
+            self.transport = "shm" if self.nodes == 1 else "object_store"
+            print(f"cluster.weight_sync=auto: not nccl ({why}); using {self.transport}")
+            self.sender, self.nccl = WeightSender(self.transport), None
+        else:
+            raise ClusterError(f"cluster.weight_sync=nccl: {why}; or use cluster.weight_sync=shm (one node) or "
+                               "object_store (several nodes)")
 
     def _spawn(self, index: int):
         cores = None
@@ -121,7 +156,7 @@ class RayRollouts:
             cores = ",".join(str((first + k) % n) for k in range(min(self.threads, n)))
         return self._remote.options(num_cpus=0, num_gpus=self.cfg.cluster.gpus_per_worker,
                                     name=None, max_restarts=0).remote(self.cfg, self.model_dir, index, self.threads,
-                                                                      cores)
+                                                                      cores, self.transport)
 
     def _restart(self, index: int, doing: str) -> None:
         import ray
@@ -137,7 +172,9 @@ class RayRollouts:
             pass
         self.workers[index] = worker = self._spawn(index)
         self.pids[index] = ray.get(worker.pid.remote(), timeout=self.timeout)
-        if self.sender.current is not None:  # the weights the other workers sample with
+        if self.nccl is not None:  # an NCCL group cannot take a new member: open it again, resend the weights
+            self.nccl.reconnect()
+        elif self.sender.current is not None:  # the weights the other workers sample with
             ray.get(worker.load.remote(self.sender.current), timeout=self.timeout)
 
     def _gather(self, refs: dict[int, Any], doing: str, retry: Callable[[int], Any] | None) -> list[Any]:
@@ -195,6 +232,9 @@ class RayRollouts:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
         t0 = time.perf_counter()
+        if self.nccl is not None:  # GPU to GPU; the manifest travels in the Ray calls
+            sent = self.nccl.send(named_tensors)  # sync_load_s (the slowest engine's), sync_bytes
+            return {"sync_s": time.perf_counter() - t0, **sent}
         packed = self.sender.pack(named_tensors)
         t1 = time.perf_counter()
 
@@ -214,10 +254,13 @@ class RayRollouts:
     def close(self) -> None:
         import ray
 
+        if self.nccl is not None:
+            self.nccl.close()
         for worker in self.workers:
             try:
                 ray.get(worker.close.remote(), timeout=30)
             except Exception:  # a worker already down has nothing to close
                 pass
             ray.kill(worker, no_restart=True)
-        self.sender.release()
+        if self.sender is not None:
+            self.sender.release()

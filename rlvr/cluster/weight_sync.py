@@ -8,7 +8,8 @@ Two transports, chosen by ``cluster.weight_sync``:
 * ``object_store``: one ``ray.put`` of the buffer; Ray moves it to other nodes once per node
   and workers on a node read it zero-copy.
 
-Only names, dtypes, shapes and offsets travel in the calls themselves.
+Only names, dtypes, shapes and offsets travel in the calls themselves. (On GPUs, ``nccl`` sends
+the weights from the learner's GPU straight into the engines instead: rlvr.cluster.nccl_sync.)
 """
 
 from __future__ import annotations
