@@ -54,6 +54,19 @@ def test_explicit_nccl_on_this_cpu_machine_names_the_field_and_the_alternatives(
     assert "cluster.gpus_per_worker=0" in msg and "use cluster.weight_sync=shm (one node) or object_store" in msg
 
 
+def test_ray_rollouts_refuse_nccl_on_cpu_before_any_engine_starts():
+    pytest.importorskip("ray")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from rlvr.cluster.rollout_workers import RayRollouts
+    from rlvr.cluster.runtime import ClusterInfo
+
+    cfg = cfg_with("engine.kind=vllm", "cluster.weight_sync=nccl")
+    with pytest.raises(ConfigError, match="cluster.weight_sync=nccl needs the learner on a CUDA GPU"):
+        # no Ray instance runs: the check comes before any actor (or engine) is asked for
+        RayRollouts(cfg, "unused", ClusterInfo(cpus=2, gpus=0, nodes=1, started_here=False))
+
+
 def test_nccl_needs_a_vllm_engine():
     cfg = cfg_with("engine.kind=hf", "cluster.weight_sync=nccl", "cluster.gpus_per_worker=1")
     with pytest.raises(ConfigError, match=r"cluster.weight_sync=nccl needs engine.kind=vllm \(the hf engine has no "
