@@ -22,6 +22,9 @@ from typing import Any
 
 from rlvr.config import TrainConfig, config_yaml
 
+# Rows a dry run's CPU step loads per split (it samples 2 prompts and evaluates 2).
+DRY_RUN_ROWS = 64
+
 # config.json fields of the recipes' models, for the preflight and the shrunk model when the hub is out of reach
 _QWEN25 = {"model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1e6,
            "vocab_size": 151936, "bos_token_id": 151643, "eos_token_id": 151643}
@@ -126,6 +129,12 @@ def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bo
     task = data["task"]
     if task.get("max_prompt_tokens"):
         task["max_prompt_tokens"] = None
+    # one step of 2 prompts and 2 held-out ones: a procedural task need not generate its full
+    # training set again (the reachability check above already did, e.g. 20,000 countdown problems)
+    if "train_size" in task:
+        task["train_size"] = min(task["train_size"] or DRY_RUN_ROWS, DRY_RUN_ROWS)
+    if "test_size" in task:
+        task["test_size"] = min(task["test_size"], DRY_RUN_ROWS)
     if not dataset_ok and task.get("kind") in ("gsm8k", "math"):
         path = work / f"{task['kind']}-stand-in.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in stand_in_rows(task["kind"])))

@@ -28,3 +28,30 @@ def micro_model(micro_pretrain_cfg) -> str:
     from rlvr.pretrain import pretrain
 
     return str(pretrain(micro_pretrain_cfg, progress=False))
+
+
+RAY_FIXTURE = "ray_instance"
+
+
+@pytest.fixture
+def ray_instance():
+    """A local Ray instance (2 CPUs), started by the first test that asks for it and kept for the
+    tests that follow it and ask too (the cluster modules sit side by side), so the suite pays
+    Ray's start-up once rather than once per module; see pytest_runtest_teardown for the stop."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    return ray
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared Ray instance once the next test does not use it (or at the end), so its
+    daemons do not take CPU from the rest of the suite."""
+    if RAY_FIXTURE not in getattr(item, "fixturenames", ()):
+        return
+    if nextitem is not None and RAY_FIXTURE in getattr(nextitem, "fixturenames", ()):
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -103,7 +103,10 @@ def test_sync_and_rl_steps(arch_models, arch, engine_kind):
 
 
 def test_tied_head_syncs_through_shared_memory(arch_models):
-    """The engine core in its own process: the shared-memory worker rebuilds the tied head too."""
+    """The engine core in its own process (vLLM's isolation mode): weights go through shared memory
+    and the worker rebuilds the tied head too. The greedy samples after the sync are the HF
+    engine's on the same weights, and the sampled log-probs are the learner's. (The untied micro
+    base's variant, tests/test_vllm_engine.py, is `slow`: a separate-process engine costs ~30 s.)"""
     pytest.importorskip("vllm")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,11 +117,17 @@ def test_tied_head_syncs_through_shared_memory(arch_models):
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.3 * torch.randn_like(p))
+    hf = make_engine("hf", model_dir)
+    hf.load_weights(policy.named_parameters())
     engine = make_engine("vllm", model_dir, dtype="float32", seed=0, kv_cache_gib=0.25, separate_process=True)
     try:
         engine.load_weights(policy.named_parameters())
-        assert engine.last_sync_path == "shm in-place"
+        assert engine.last_sync_path == "shm in-place" and engine.last_sync_s > 0
+        greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
+        assert ([g.completions[0].token_ids for g in engine.generate(PROMPTS, greedy)]
+                == [g.completions[0].token_ids for g in hf.generate(PROMPTS, greedy)])
         groups = engine.generate(PROMPTS, SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=3))
         assert _logp_gap(learner, groups, AutoTokenizer.from_pretrained(model_dir).pad_token_id) <= PARITY
     finally:
         engine.close()
+        hf.close()

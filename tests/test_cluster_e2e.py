@@ -21,11 +21,9 @@ ray = pytest.importorskip("ray")
 CLUSTER = ["cluster.rollout_workers=2", "cluster.learner_ranks=2", "train.threads=1"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+@pytest.fixture
+def ray_cluster(ray_instance):
+    return ray_instance
 
 
 def test_distributed_run_resumes_bit_identically(ray_cluster, micro_model, tmp_path):

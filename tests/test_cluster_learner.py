@@ -34,15 +34,12 @@ def config(model: str, *more: str, base: str = "configs/tiny_r1zero.yaml") -> Tr
     return load_config(TrainConfig, base, [f"model={model}", *SMALL, *more])
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+@pytest.fixture
+def ray_local(ray_instance):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # rank 0 beside rank 1 on a 2-core machine, as the ranks get cluster.cpus_per_rank
-    yield ray
+    yield ray_instance
     torch.set_num_threads(threads)
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

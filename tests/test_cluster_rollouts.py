@@ -24,11 +24,9 @@ SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling
          "logging.progress=false", "logging.tensorboard=false", "train.threads=1"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+@pytest.fixture
+def ray_cluster(ray_instance):
+    return ray_instance
 
 
 def config(model: str, run_dir: Path, steps: int, *more: str) -> TrainConfig:
