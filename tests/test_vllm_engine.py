@@ -59,6 +59,25 @@ def test_seeded_sampling_is_reproducible(engines):
     assert a == b
 
 
+def test_text_decoded_at_end_equals_vllms_incremental_detokenizer(engines):
+    """Without stop strings the engine turns vLLM's per-token detokenizer off and decodes each finished
+    completion once: the same tokens, log-probs and texts as vLLM's own detokenized output."""
+    vllm_engine, hf = engines
+    s = SamplingConfig(n=3, temperature=1.0, max_tokens=24, seed=9)
+    runs = []
+    for at_end in (True, False):
+        vllm_engine.decode_at_end = at_end
+        try:
+            groups = vllm_engine.generate(PROMPTS[:6], s)
+        finally:
+            vllm_engine.decode_at_end = True
+        runs.append([(c.token_ids, c.logprobs, c.text, c.finish_reason) for g in groups for c in g.completions])
+    assert runs[0] == runs[1]
+    texts = [text for _, _, text, _ in runs[0]]
+    assert sum(bool(t.strip()) for t in texts) > len(texts) // 2
+    assert texts == [hf.tokenizer.decode(ids, skip_special_tokens=True) for ids, _, _, _ in runs[0]]
+
+
 def test_stop_strings(engines):
     vllm_engine, _ = engines
     groups = vllm_engine.generate(PROMPTS[:4], SamplingConfig(n=2, temperature=1.0, max_tokens=30, stop=["="], seed=3))
