@@ -246,6 +246,11 @@ class ClusterConfig(Section):
     learner_ranks: int = Field(1, ge=1, description="Data-parallel learner ranks joined by torch.distributed (gloo "
                                "on CPU, NCCL on GPU). Rank 0 is the trainer's process, ranks 1.. are Ray actors; "
                                "they must divide train.prompts_per_step (batches split by whole groups).")
+    learner_sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How the learner ranks hold the policy: 'ddp' a whole copy each, gradients all-reduced; "
+        "'fsdp' (PyTorch FSDP2) 1/learner_ranks of the weights, gradients and optimiser state each, for a policy "
+        "that does not fit one device. fsdp needs learner_ranks >= 2 and runs the flat forward (train.shared_prefix "
+        "becomes false); LoRA and the PPO critic are not supported with it yet.")
     address: str = Field("local", description="'local' starts a Ray instance inside the run; 'auto' joins the "
                          "cluster started with `ray start`; 'host:port' joins that one.")
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each rollout worker needs, also its "
@@ -318,6 +323,8 @@ class TrainConfig(Section):
         self.logging.tensorboard = "tensorboard" in self.logging.report_to
         if self.train.gradient_checkpointing and self.train.shared_prefix:  # checkpointed layers keep no KV cache
             self.train.shared_prefix = False
+        if self.cluster.learner_sharding == "fsdp":  # every FSDP forward is a collective: one per micro-batch, always
+            self.train.shared_prefix = False
         algo = self.algorithm
         if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
             algo.loss_agg_norm = float(self.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
@@ -329,6 +336,18 @@ class TrainConfig(Section):
         if groups % ranks:
             raise ValueError(f"cluster.learner_ranks={ranks} does not divide train.prompts_per_step={groups}: each "
                              "rank trains on whole groups, the same number each; choose ranks that divide it")
+        if self.cluster.learner_sharding == "fsdp":
+            if ranks < 2:
+                raise ValueError("cluster.learner_sharding=fsdp shards the policy over the learner ranks, but "
+                                 f"cluster.learner_ranks={ranks}; use learner_ranks >= 2, or learner_sharding=ddp")
+            if self.lora is not None:
+                raise ValueError("cluster.learner_sharding=fsdp with lora is not supported yet (the adapter's state "
+                                 "and the merged weights are read from an unsharded model); drop lora, or use "
+                                 "cluster.learner_sharding=ddp")
+            if self.algorithm.needs_critic:
+                raise ValueError(f"cluster.learner_sharding=fsdp with algorithm.advantage={self.algorithm.advantage} "
+                                 "(a PPO critic) is not supported yet (the critic's values are read on rank 0 "
+                                 "alone); use cluster.learner_sharding=ddp")
         return self
 
     @model_validator(mode="after")

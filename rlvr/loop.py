@@ -38,6 +38,8 @@ Simplifications of the textbook algorithms, on purpose:
   from the engine in this process or from Ray actors (rlvr.rollout_backends), with every row and
   seed chosen here; the learner steps on one process or on M data-parallel ranks
   (rlvr.cluster.learner_group), rank 0 being this process, so the checkpoint has one writer.
+  The policy's weights, log-probs and state are read through that group, because under FSDP
+  (``cluster.learner_sharding: fsdp``) each rank holds only a shard of them.
 """
 
 from __future__ import annotations
@@ -85,8 +87,7 @@ from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError
 from rlvr.cluster.runtime import ClusterError, connect, disconnect
 from rlvr.components import build_policy_side, build_rubric, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
-from rlvr.critic import Critic
-from rlvr.learner import Learner, RLBatch
+from rlvr.learner import RLBatch
 from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
@@ -200,11 +201,11 @@ def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
     return batch, AdvantageInputs(rewards, group_ids, mask)
 
 
-def kl_token_rewards(learner: Learner, batch: RLBatch, inp: AdvantageInputs,
+def kl_token_rewards(learners: LearnerGroup, batch: RLBatch, inp: AdvantageInputs,
                      algo: AlgorithmConfig) -> tuple[torch.Tensor, float]:
     """Token rewards [B, T] with ``reward_kl_coef * KL_t`` subtracted, and the mean KL_t."""
     mask = inp.mask
-    old_logp, ref_logp = learner.policy_and_reference_logp(batch)  # [B, T] each, no gradient
+    old_logp, ref_logp = learners.policy_and_reference_logp(batch)  # [B, T] each, no gradient
     token_rewards = kl_reward_penalty(last_token_rewards(inp.rewards, mask), old_logp, ref_logp, mask,
                                       algo.reward_kl_coef, algo.kl_kind)
     return token_rewards, float(masked_mean(kl_penalty(old_logp, ref_logp, algo.kl_kind), mask))
@@ -266,8 +267,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's; the engine places itself
     # the policy (LoRA-wrapped if asked), the reference for a KL, the learner, PPO's critic
     side = build_policy_side(cfg, model_dir, device)
-    policy, ref, learner, critic = side.policy, side.ref, side.learner, side.critic
-    learners = LearnerGroup(cfg, model_dir, learner, critic)  # learner_ranks > 1: data-parallel over Ray actors
+    critic = side.critic
+    # learner_ranks > 1: data-parallel over Ray actors; the policy is then read and written through the group
+    learners = LearnerGroup(cfg, model_dir, side.learner, critic)
     rollouts = make_rollouts(cfg, model_dir, rubric, engine_threads, cluster)  # this process, or Ray actors
     if cluster is not None:  # which process is which (for operators, and the fault tests)
         (run_dir / "cluster.json").write_text(json.dumps({"rollout_workers": getattr(rollouts, "pids", []),
@@ -312,14 +314,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             return m
 
         def save(step: int) -> None:
-            tensors = {"model": lora.adapter_state(policy) if lora.is_lora(policy) else policy.state_dict(),
-                       "rng": rng_state(),
-                       "optim": {"policy": learner.opt.state_dict(), "sched": learner.sched.state_dict(),
-                                 "critic": critic.opt.state_dict() if critic is not None else None}}
-            if critic is not None:
-                tensors["critic"] = critic.model.state_dict()
-            if ref is not None:
-                tensors["reference"] = ref.state_dict()
+            # model (LoRA: the adapter), optimisers, critic, reference: rank 0's, or gathered from FSDP shards
+            tensors = {**learners.checkpoint_tensors(), "rng": rng_state()}
             pending = pipe.pending()  # async: rollouts already drawn for the next steps travel along
             state = {"sampler": sampler.state(), "evals": {str(k): v for k, v in evals.items()},
                      "pending": [r.to_json() for r in pending]}
@@ -328,8 +324,9 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         if ckpt is None:
             start, evals = 0, {0: run_eval(0)}
         else:
-            start, evals = ckpt.step, restore_state(ckpt, policy, learner, critic, ref, sampler, pipe)
-            pipe.call(lambda: rollouts.load_weights(lora.merged_named_tensors(policy)))
+            start, evals = ckpt.step, restore_state(ckpt, learners, sampler, pipe)
+            weights = learners.policy_weights()
+            pipe.call(lambda: rollouts.load_weights(weights))
             set_rng_state(ckpt.tensors["rng"])
         learners.broadcast_state()  # every learner rank starts from rank 0's state (no-op with one rank)
         for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
@@ -350,7 +347,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
             batch, adv_in = build_batch(ro.batch, tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
             if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
-                adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learner, batch, adv_in, algo)
+                adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learners, batch, adv_in, algo)
             if critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping
                 adv_in.values = critic.values(batch)
             batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
@@ -364,7 +361,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                 metrics.update(last_sync.result())  # async: the previous step's load, done by now
             # async: the learner moves on while the engine loads, so it gets a copy of the weights
             # LoRA: W + scale * B @ A into new tensors, the adapter untouched (rlvr.lora)
-            weights = [(n, p.detach().clone() if staleness else p) for n, p in lora.merged_named_tensors(policy)]
+            weights = [(n, p.detach().clone() if staleness else p) for n, p in learners.policy_weights()]
             last_sync = pipe.submit(lambda w=weights: rollouts.load_weights(w))
             synced_version = step
             if not staleness:
@@ -385,6 +382,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if step == tc.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 save(step)
         after = evals[tc.steps]  # the last step always evaluates (also in a resumed, finished run)
+        final = run_dir / "final"
+        learners.save_final(final, run_dir / "adapter")  # a plain HF model (LoRA merged; the adapter alone too)
     except (ClusterError, LearnerRankError) as exc:  # say where the run can continue from
         last = latest_checkpoint(run_dir)
         raise ClusterError(f"{exc} Last checkpoint: {last if last else 'none yet'}.") from exc
@@ -393,10 +392,6 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         rollouts.close()  # also when a step raised: an in-process vLLM engine holds its KV cache
         learners.close()
         disconnect(cluster)
-    final = run_dir / "final"
-    if lora.is_lora(policy):
-        policy.save_pretrained(run_dir / "adapter")  # the adapter alone, loadable with peft on `model`
-    lora.save_merged(policy, final)  # a plain HF model (merged into a copy with LoRA)
     tokenizer.save_pretrained(final)
     plot = plot_reward_accuracy(run_dir / "metrics.jsonl", run_dir / "reward_accuracy.png", title=run_dir.name)
     logger.close()
@@ -460,21 +455,10 @@ def prepare_run_dir(run_dir: Path, cfg_yaml: str, ckpt: Resumed | None) -> None:
     (run_dir / "config.yaml").write_text(cfg_yaml)
 
 
-def restore_state(ckpt: Resumed, policy, learner: Learner, critic: Critic | None, ref, sampler: PromptSampler,
+def restore_state(ckpt: Resumed, learners: LearnerGroup, sampler: PromptSampler,
                   pipe: RolloutPipeline) -> dict[int, dict[str, float]]:
     """Load a checkpoint's model, optimiser, sampler and pending rollouts; returns the evaluations so far."""
-    t = ckpt.tensors
-    if lora.is_lora(policy):
-        lora.load_adapter_state(policy, t["model"])
-    else:
-        policy.load_state_dict(t["model"])
-    learner.opt.load_state_dict(t["optim"]["policy"])
-    learner.sched.load_state_dict(t["optim"]["sched"])
-    if critic is not None:
-        critic.model.load_state_dict(t["critic"])
-        critic.opt.load_state_dict(t["optim"]["critic"])
-    if ref is not None:
-        ref.load_state_dict(t["reference"])
+    learners.load_checkpoint_tensors(ckpt.tensors)  # rank 0 (broadcast_state follows), or every FSDP shard
     sampler.load_state(ckpt.state["sampler"])
     for pending in ckpt.state["pending"]:
         pipe.restore(StepRollouts.from_json(pending))

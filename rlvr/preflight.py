@@ -106,13 +106,20 @@ def estimate(cfg, model_config: dict[str, Any], gpu_gib: float, prompt_tokens: i
     tokens = tc.micro_batch_size * seq
     act_bytes = 2 if tc.dtype == "bfloat16" else 4
     per_layer = tokens * (12 * H + 4 * inter) * act_bytes
-    parts = {"weights (float32 master)": 4 * n / GIB}
+    # FSDP: each learner rank (one GPU each) holds 1/M of the weights, gradients, moments and reference, plus
+    # the unit being all-gathered: the root (embeddings, LM head) stays whole through a step, one block at a time
+    shards = cfg.cluster.learner_ranks if cfg.cluster.learner_sharding == "fsdp" else 1
+    of = f", 1/{shards} per rank" if shards > 1 else ""
+    parts = {f"weights (float32 master{of})": 4 * n / shards / GIB}
+    if shards > 1:
+        root = V * H * (1 if c.get("tie_word_embeddings", False) else 2) + H
+        parts["FSDP all-gathered root + one block"] = 4 * (root + (n - root) / L) / GIB
     if cfg.lora is not None:
         parts["lora adapter"] = 4 * trained / GIB
-    parts["gradients (float32)"] = 4 * trained / GIB
-    parts["AdamW moments (float32)"] = 8 * trained / GIB
+    parts[f"gradients (float32{of})"] = 4 * trained / shards / GIB
+    parts[f"AdamW moments (float32{of})"] = 8 * trained / shards / GIB
     if cfg.algorithm.needs_reference:
-        parts["reference model (float32)"] = 4 * n / GIB
+        parts[f"reference model (float32{of})"] = 4 * n / shards / GIB
     if cfg.algorithm.needs_critic:
         parts["critic (weights, grads, AdamW)"] = 16 * n / GIB
     if tc.gradient_checkpointing:
@@ -170,7 +177,8 @@ def check(cfg, model_config: dict[str, Any], gpu_gib: float, prompt_tokens: int 
         fix = settings_that_fit(cfg, model_config, gpu_gib, prompt_tokens)
         raise PreflightError(est.report() + "\n" + (
             "settings that would fit: " + " ".join(fix) if fix else
-            "no single-GPU setting fits: shard the model over GPUs (not supported yet) or use a smaller model"))
+            "no single-GPU setting fits: shard the learner over GPUs (cluster.learner_ranks=M "
+            "cluster.learner_sharding=fsdp cluster.gpus_per_rank=1) or use a smaller model"))
     return est
 
 

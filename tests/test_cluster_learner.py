@@ -44,14 +44,18 @@ def ray_local(ray_instance):
 
 @pytest.fixture(scope="module")
 def scored(micro_model) -> list[ScoredGroup]:
+    return sample_scored(micro_model)
+
+
+def sample_scored(model_dir: str) -> list[ScoredGroup]:
     """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric."""
     from transformers import AutoTokenizer
 
-    cfg = config(micro_model)
-    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    cfg = config(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rubric = build_rubric(cfg)
-    rows = load_rows(cfg, tokenizer, rubric, micro_model, verbose=False).train[:8]
-    engine = make_engine("hf", micro_model, **engine_kwargs(cfg))
+    rows = load_rows(cfg, tokenizer, rubric, model_dir, verbose=False).train[:8]
+    engine = make_engine("hf", model_dir, **engine_kwargs(cfg))
     scorer = Scorer(rubric, cfg.rewards.workers)
     try:
         sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)

@@ -33,6 +33,15 @@ def all_reduce_sum(values: Tensor, group) -> Tensor:
     return out
 
 
+def all_reduce_max(value: int, group) -> int:
+    """The largest of the ranks' ``value``."""
+    out = torch.tensor([value], dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        out = out.cuda()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX, group=group)
+    return int(out.item())
+
+
 def _buckets(grads: list[Tensor], bucket_elems: int) -> list[list[Tensor]]:
     """Consecutive gradients of one dtype and device, at most ``bucket_elems`` elements per bucket
     (a larger tensor is a bucket of its own)."""

@@ -15,6 +15,13 @@ collectives carry the same deadline, and a rank that dies, raises or misses its 
 a ``LearnerRankError`` naming the rank and what it was doing. The group is then unusable: the
 run stops (a half-applied update cannot be continued).
 
+With ``cluster.learner_sharding: fsdp`` (rlvr.cluster.fsdp) each rank holds a shard of the policy
+and the reference instead of a copy, so rank 0 cannot read or run them alone: the log-probs of a
+KL in the reward, the weights for the engine, checkpoints and the final model are collectives that
+every rank joins (``policy_and_reference_logp``, ``policy_weights``, ``checkpoint_tensors``,
+``load_checkpoint_tensors``, ``save_final``). The loop asks the group for these under DDP too, and
+gets what rank 0 holds.
+
 With ``cluster.learner_ranks == 1`` the group is the plain single-process learner: no Ray, no
 process group, the same numbers.
 """
@@ -26,6 +33,7 @@ import socket
 import time
 from dataclasses import fields
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,6 +149,29 @@ def load_policy_side_state(learner: Learner, critic: Critic | None, state: dict[
         critic.opt.load_state_dict(state["critic_optim"])
 
 
+def full_state(learner: Learner) -> dict[str, Any]:
+    """Under FSDP, ``policy_side_state``'s layout gathered from every rank's shards: full tensors on
+    rank 0's CPU, {} elsewhere. Collective: every rank calls it at once."""
+    from rlvr.cluster import fsdp
+
+    return {"model": fsdp.full_model_state(learner.model),
+            "optim": fsdp.full_optimizer_state(learner.model, learner.opt),
+            "sched": learner.sched.state_dict(),
+            "reference": None if learner.ref_model is None else fsdp.full_model_state(learner.ref_model),
+            "critic": None, "critic_optim": None}  # (no critic under FSDP: the config refuses it)
+
+
+def load_full_state(learner: Learner, state: dict[str, Any]) -> None:
+    """Under FSDP, load a full ``policy_side_state`` (every rank passes the same one). Collective."""
+    from rlvr.cluster import fsdp
+
+    fsdp.load_full_model_state(learner.model, state["model"])
+    fsdp.load_full_optimizer_state(learner.model, learner.opt, state["optim"])
+    learner.sched.load_state_dict(state["sched"])
+    if learner.ref_model is not None:
+        fsdp.load_full_model_state(learner.ref_model, state["reference"])
+
+
 class LearnerRank:
     """Learner rank ``rank`` >= 1, run as a Ray actor: its own policy side, built from the model
     directory and the run's config (plain data: the validated config's dump), on ``device``."""
@@ -166,8 +197,28 @@ class LearnerRank:
         if self.side.critic is not None:
             self.side.critic.process_group = dist.group.WORLD
 
+    def shard(self) -> None:
+        from rlvr.cluster.fsdp import shard_learner
+
+        shard_learner(self.side.learner, self.world)
+
     def load_state(self, state: dict[str, Any]) -> None:
         load_policy_side_state(self.side.learner, self.side.critic, state)
+
+    # FSDP: this rank's part of a gather whose result rank 0 receives
+    def join_state_gather(self) -> None:
+        full_state(self.side.learner)
+
+    def join_weight_gather(self) -> None:
+        from rlvr.cluster.fsdp import full_model_state
+
+        full_model_state(self.side.learner.model)
+
+    def load_full_state(self, state: dict[str, Any]) -> None:
+        load_full_state(self.side.learner, state)
+
+    def policy_and_reference_logp(self, shard: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.side.learner.policy_and_reference_logp(shard)
 
     def state(self) -> dict[str, Any]:
         return policy_side_state(self.side.learner, self.side.critic)
@@ -213,6 +264,7 @@ class LearnerGroup:
     def __init__(self, cfg: TrainConfig, model_dir: str, learner: Learner, critic: Critic | None = None):
         self.learner, self.critic = learner, critic
         self.world, self.timeout_s = cfg.cluster.learner_ranks, cfg.cluster.timeout_s
+        self.fsdp = self.world > 1 and cfg.cluster.learner_sharding == "fsdp"
         self._ranks: list[Any] = []  # actor handles of ranks 1..M-1
         self._pids = [os.getpid()]
         self._failure: LearnerRankError | None = None
@@ -247,12 +299,16 @@ class LearnerGroup:
                                                        timeout=timedelta(seconds=self.timeout_s)), calls, "init")
             self._joined = True
             self._gather(calls, "init")
+            learner.process_group = dist.group.WORLD
+            if critic is not None:
+                critic.process_group = dist.group.WORLD
+            if self.fsdp:  # every rank shards the same weights (each built them from model_dir)
+                from rlvr.cluster.fsdp import shard_learner
+
+                self._everywhere("FSDP sharding", lambda: shard_learner(learner, self.world), "shard")
         except BaseException:
             self.close()
             raise
-        learner.process_group = dist.group.WORLD
-        if critic is not None:
-            critic.process_group = dist.group.WORLD
 
     # --- the learner's interface ------------------------------------------------------------
 
@@ -262,7 +318,12 @@ class LearnerGroup:
             return self.learner.step(batch)
         self._check_usable()
         self.learner.check_lengths(batch)  # the whole batch, before any rank waits in a collective
-        shards = shard_by_groups(batch, self.world)
+        return self.step_shards(shard_by_groups(batch, self.world))
+
+    def step_shards(self, shards: list[RLBatch]) -> dict[str, float]:
+        """Rank r steps on ``shards[r]`` (whole groups, the full padded width; shards may differ in
+        size: the normalisers are all-reduced, and under FSDP the ranks pad to equal micro-batch counts)."""
+        self._check_usable()
         calls = self._send("step", per_rank=shards[1:])
         mine = self._here(lambda: self.learner.step(shards[0]), calls, "policy step")
         return combine_metrics([mine] + self._gather(calls, "policy step"))
@@ -281,10 +342,78 @@ class LearnerGroup:
         mine = self._here(lambda: self.critic.step(shards[0], inputs[0]), calls, "critic step")
         return combine_metrics([mine] + self._gather(calls, "critic step"))
 
+    def policy_and_reference_logp(self, batch: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Learner.policy_and_reference_logp`` of the whole batch (the KL in the reward). Under FSDP
+        every rank runs its shard of whole groups (the forwards are collectives); else rank 0 alone."""
+        if not self.fsdp:
+            return self.learner.policy_and_reference_logp(batch)
+        self._check_usable()
+        shards = shard_by_groups(batch, self.world)
+        calls = self._send("policy_and_reference_logp", per_rank=shards[1:])
+        mine = self._here(lambda: self.learner.policy_and_reference_logp(shards[0]), calls, "KL log-probs")
+        parts = [mine] + self._gather(calls, "KL log-probs")
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # [B, T] each
+
+    def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) of the policy as the engine loads it (LoRA merged), rank 0's tensors (read
+        only). Under FSDP every rank joins a gather of the full weights, which arrive on rank 0's CPU."""
+        if not self.fsdp:
+            return list(lora.merged_named_tensors(self.learner.model))
+        from rlvr.cluster.fsdp import full_model_state
+
+        state = self._everywhere("weight gather", lambda: full_model_state(self.learner.model), "join_weight_gather")
+        return [(name, state[name]) for name, _ in self.learner.model.named_parameters()]
+
+    def full_state(self) -> dict[str, Any]:
+        """``policy_side_state`` of the whole policy side, on the CPU: rank 0's own, or under FSDP
+        gathered from every rank's shards."""
+        if not self.fsdp:
+            return policy_side_state(self.learner, self.critic)
+        return self._everywhere("state gather", lambda: full_state(self.learner), "join_state_gather")
+
+    def checkpoint_tensors(self) -> dict[str, Any]:
+        """The policy side's part of a checkpoint (rlvr.checkpoint's layout, the same under DDP, FSDP and
+        one process): ``model``, ``optim`` {policy, sched, critic}, and ``critic`` / ``reference`` if any."""
+        s = self.full_state()
+        tensors = {"model": s["model"], "optim": {"policy": s["optim"], "sched": s["sched"], "critic": s["critic_optim"]}}
+        for name in ("critic", "reference"):
+            if s[name] is not None:
+                tensors[name] = s[name]
+        return tensors
+
+    def load_checkpoint_tensors(self, tensors: dict[str, Any]) -> None:
+        """Load ``checkpoint_tensors``' layout into rank 0 (``broadcast_state`` then equalises the
+        other ranks), or under FSDP into every rank's shards at once."""
+        t = tensors
+        state = {"model": t["model"], "optim": t["optim"]["policy"], "sched": t["optim"]["sched"],
+                 "reference": t.get("reference"), "critic": t.get("critic"), "critic_optim": t["optim"].get("critic")}
+        if not self.fsdp:
+            load_policy_side_state(self.learner, self.critic, state)
+            return
+        import ray
+
+        ref = ray.put(state)  # one copy, read by every rank
+        self._everywhere("state load", lambda: load_full_state(self.learner, state), "load_full_state", ref)
+
+    def save_final(self, final_dir: Path, adapter_dir: Path) -> None:
+        """The trained policy as a plain HF model directory (LoRA: merged, and the adapter alone in
+        ``adapter_dir``), written by rank 0; under FSDP from the gathered full weights."""
+        policy = self.learner.model
+        if not self.fsdp:
+            if lora.is_lora(policy):
+                policy.save_pretrained(adapter_dir)  # the adapter alone, loadable with peft on `model`
+            lora.save_merged(policy, final_dir)  # a plain HF model (merged into a copy with LoRA)
+            return
+        from rlvr.cluster.fsdp import full_model_state
+
+        state = self._everywhere("final weight gather", lambda: full_model_state(policy), "join_weight_gather")
+        policy.save_pretrained(final_dir, state_dict=state, safe_serialization=True)
+
     def broadcast_state(self) -> None:
         """Rank 0's model (or LoRA adapter), optimiser, scheduler, reference and critic to every rank,
-        through the Ray object store: after construction and after a resume, so all ranks start equal."""
-        if self.world == 1:
+        through the Ray object store: after construction and after a resume, so all ranks start equal.
+        Nothing to do under FSDP: the ranks sharded the same weights, and a resume loads on every rank."""
+        if self.world == 1 or self.fsdp:
             return
         import ray
 
@@ -295,7 +424,9 @@ class LearnerGroup:
     def rank_state(self, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s policy-side state (what ``broadcast_state`` sends), on the CPU: for checks."""
         if rank == 0:
-            return policy_side_state(self.learner, self.critic)
+            return self.full_state()
+        if self.fsdp:
+            raise ValueError("rank_state: under FSDP the ranks hold shards of one state, not copies (full_state)")
         self._check_usable()
         return self._gather({rank: self._ranks[rank - 1].state.remote()}, "state read")[0]
 
@@ -304,7 +435,8 @@ class LearnerGroup:
         return list(self._pids)
 
     def close(self) -> None:
-        """Stop the rank actors and leave the process group; the learner is single-process again."""
+        """Stop the rank actors and leave the process group; the learner is single-process again
+        (under FSDP it still holds only its shard: read what you need before closing)."""
         if self._ranks:
             import ray
 
@@ -323,6 +455,14 @@ class LearnerGroup:
         self._closed = True
 
     # --- calls, deadlines, failures -------------------------------------------------------
+
+    def _everywhere(self, doing: str, work, method: str, *args: Any) -> Any:
+        """A collective: ``method(*args)`` on ranks 1..M-1 while rank 0 runs ``work``; rank 0's answer."""
+        self._check_usable()
+        calls = self._send(method, *args)
+        mine = self._here(work, calls, doing)
+        self._gather(calls, doing)
+        return mine
 
     def _send(self, method: str, *args: Any, per_rank: list[Any] | None = None) -> dict[int, Any]:
         """``method`` on every rank 1..M-1, with ``args`` or with ``per_rank[r - 1]`` (a tuple is unpacked)."""
