@@ -30,6 +30,7 @@ from rlvr.algorithms import (
     policy_objective,
     truncated_is_weights,
 )
+from rlvr.vocab_logprobs import selected_logp_and_entropy
 
 
 @dataclass
@@ -88,11 +89,11 @@ def group_spans(batch: RLBatch) -> list[tuple[int, int]] | None:
 
 def token_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """log p(input_ids[:, t+1] | prefix) and the entropy of that distribution, both [B, T]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()  # [B, T, V]
-    logsm = logits.log_softmax(-1)
-    logp = logsm.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T]
-    entropy = -(logsm.exp() * logsm).sum(-1)  # [B, T]
-    return logp, entropy
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B, L, V]
+    # every position (the last one's target is a dummy, dropped): a contiguous [B * L, V] view, no copy
+    targets = F.pad(input_ids[:, 1:], (0, 1))  # [B, L]
+    logp, entropy = selected_logp_and_entropy(logits, targets)  # [B, L] each, float32, chunked over positions
+    return logp[:, :-1], entropy[:, :-1]
 
 
 def shared_prefix_logp_and_entropy(model, input_ids: Tensor, attention_mask: Tensor, prompt_lens: Tensor,
@@ -139,10 +140,10 @@ def shared_prefix_logp_and_entropy(model, input_ids: Tensor, attention_mask: Ten
         mask = torch.cat([prompt_mask[row_group[rows]], (t[:w] < c[:, None]).long()], 1)  # [r, Pm + w]
         comp_logits = model(input_ids=comp_ids, attention_mask=mask, position_ids=P[rows, None] + t[:w],
                             past_key_values=cache, use_cache=True).logits
-        logits = torch.cat([last[row_group[rows], None], comp_logits[:, :-1]], 1).float()  # [r, w, V]
-        logsm = logits.log_softmax(-1)
-        logp_c = logp_c.index_copy(0, rows, F.pad(logsm.gather(-1, comp_ids[..., None]).squeeze(-1), (0, Cm - w)))
-        ent_c = ent_c.index_copy(0, rows, F.pad(-(logsm.exp() * logsm).sum(-1), (0, Cm - w)))
+        logits = torch.cat([last[row_group[rows], None], comp_logits[:, :-1]], 1)  # [r, w, V]
+        logp, entropy = selected_logp_and_entropy(logits, comp_ids)  # [r, w] each, float32
+        logp_c = logp_c.index_copy(0, rows, F.pad(logp, (0, Cm - w)))
+        ent_c = ent_c.index_copy(0, rows, F.pad(entropy, (0, Cm - w)))
     tok = torch.arange(L - 1, device=dev) - (P[:, None] - 1)  # [B, T] completion token index of target column
     valid = (tok >= 0) & (tok < C[:, None])
     idx = tok.clamp(0, Cm - 1)
@@ -185,6 +186,9 @@ class Learner:
         # data parallelism (rlvr.cluster.learner_group): this rank steps on its shard of the batch, with the
         # global batch's normalisers and the gradients summed over ranks, so it takes the one-process update
         self.process_group = process_group
+        # FSDP2 (rlvr.cluster.fsdp.shard_learner sets it): the backward reduce-scatters the gradients, and every
+        # forward is a collective, so each rank runs the ranks' largest number of micro-batches
+        self.fsdp = False
 
     def autocast(self):
         """bf16 autocast on the model's device for ``dtype="bfloat16"``, else nothing."""
@@ -217,6 +221,17 @@ class Learner:
             rows += b - a
         bounds.append((start, start + rows))
         return order, bounds, True
+
+    def lockstep(self, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``bounds`` padded with repeats of its last micro-batch up to the ranks' largest count (under
+        FSDP each forward all-gathers weights, so a rank with fewer would leave the others waiting);
+        the caller gives a repeat weight 0. Unchanged without FSDP."""
+        if not self.fsdp:
+            return bounds
+        from rlvr.cluster.distributed import all_reduce_max
+
+        most = all_reduce_max(len(bounds), self.process_group)
+        return bounds + [bounds[-1]] * (most - len(bounds))
 
     @staticmethod
     def _forward(model, mb: RLBatch, shared: bool) -> tuple[Tensor, Tensor]:
@@ -254,10 +269,11 @@ class Learner:
         batch = batch.to(device)
         order, bounds, shared = self.plan(batch, by_length=False)
         in_order = batch.select(order)
+        runs = self.lockstep(bounds)  # FSDP: as many forwards as every other rank (repeats discarded)
         out = []
         for model in (self.model, self.ref_model):
             with self.autocast():
-                logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in bounds])
+                logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in runs][:len(bounds)])
             logp[order] = logp.clone()  # back to the batch's row order
             out.append((logp * batch.response_mask).to(home))
         return out[0], out[1]
@@ -300,21 +316,24 @@ class Learner:
         old_logp = torch.zeros_like(batch.engine_logp)  # [B, T] in by_len order
         sums: dict[str, float] = {}
         n_micro = 0
+        runs = self.lockstep(bounds)  # FSDP: repeats past len(bounds) run at weight 0, only to match the ranks
         for update in range(self.updates):
-            for start, stop in bounds:
+            for i, (start, stop) in enumerate(runs):
                 mb = by_len.slice(start, stop)
                 if width_free:
                     mb = mb.trimmed()
                 T = mb.response_mask.shape[1]
                 share = (mb.response_mask.sum() / tokens) if self.algo.loss_agg == "token-mean" else len(mb) / seqs
                 old = None if update == 0 else old_logp[start:stop, :T]
-                logp, stats = self._micro_loss(mb, old, float(share), shared)
+                logp, stats = self._micro_loss(mb, old, float(share) if i < len(bounds) else 0.0, shared)
+                if i >= len(bounds):
+                    continue
                 if update == 0:
                     old_logp[start:stop, :T] = logp
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_micro += 1
-            if self.process_group is not None:  # every rank then clips and steps on the same summed gradient
+            if self.process_group is not None and not self.fsdp:  # every rank then steps on the same summed gradient
                 from rlvr.cluster.distributed import all_reduce_gradients
 
                 all_reduce_gradients(self.model.parameters(), self.process_group)
