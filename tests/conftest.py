@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -51,7 +52,6 @@ def pytest_runtest_teardown(item, nextitem):
         return
     if nextitem is not None and RAY_FIXTURE in getattr(nextitem, "fixturenames", ()):
         return
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # absent: the fixture skipped the test, nothing was started
+    if ray is not None and ray.is_initialized():
         ray.shutdown()

@@ -66,6 +66,11 @@ def weight_transfer_api_problem() -> str | None:
     return None
 
 
+def host_transport(nodes: int) -> str:
+    """What ``auto`` uses without NCCL: shared memory on one node, else the object store."""
+    return "shm" if nodes == 1 else "object_store"
+
+
 def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
                      api_problem: Callable[[], str | None] = weight_transfer_api_problem) -> str:
     """``shm``, ``object_store`` or ``nccl``; an explicit ``nccl`` that cannot work is a ConfigError naming
@@ -74,7 +79,6 @@ def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
     checked once the workers run: ``check_own_gpus``)."""
     c = cfg.cluster
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    fallback = "shm" if nodes == 1 else "object_store"
     if c.weight_sync in ("shm", "object_store"):
         return c.weight_sync
     problems = []
@@ -89,7 +93,7 @@ def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
     if not problems:
         return "nccl"
     if c.weight_sync == "auto":
-        return fallback
+        return host_transport(nodes)
     raise ConfigError(f"{FIELD}=nccl {'; '.join(problems)}; {OTHERS}")
 
 

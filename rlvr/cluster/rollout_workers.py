@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from rlvr.cluster.nccl_sync import NcclReceiver, NcclSender, choose_transport
+from rlvr.cluster.nccl_sync import NcclReceiver, NcclSender, choose_transport, host_transport
 from rlvr.cluster.nccl_sync import engine_kwargs as transport_engine_kwargs
 from rlvr.cluster.runtime import ClusterError, ClusterInfo, cpus_each
 from rlvr.cluster.weight_sync import Packed, WeightReceiver, WeightSender
@@ -137,16 +137,13 @@ class RayRollouts:
 
     def _open_nccl(self) -> None:
         self.nccl = NcclSender(lambda: self.workers, self.timeout, getattr(torch, self.cfg.engine.dtype))
-        why = self.nccl.shared_gpu_problem()
+        why = self.nccl.shared_gpu_problem() if self.cfg.cluster.weight_sync == "auto" else None
         if why is None:
-            self.nccl.connect()
-        elif self.cfg.cluster.weight_sync == "auto":  # the workers' engines also take in-place loads
-            self.transport = "shm" if self.nodes == 1 else "object_store"
+            self.nccl.connect()  # an explicit nccl with a worker on the trainer's GPU fails here, naming it
+        else:  # auto: the workers' engines also take in-place loads
+            self.transport = host_transport(self.nodes)
             print(f"cluster.weight_sync=auto: not nccl ({why}); using {self.transport}")
             self.sender, self.nccl = WeightSender(self.transport), None
-        else:
-            raise ClusterError(f"cluster.weight_sync=nccl: {why}; or use cluster.weight_sync=shm (one node) or "
-                               "object_store (several nodes)")
 
     def _spawn(self, index: int):
         cores = None
