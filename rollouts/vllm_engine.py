@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
+
+# vLLM 0.32's CPU worker (CPUWorker.init_device) replaces ``torch.set_num_threads`` with a no-op that only
+# logs a warning, for the whole process: it expects to run in a process of its own whose OpenMP threads it
+# has bound. In process nothing is bound, and every later set_num_threads (the learner's, a test's) would be
+# silently ignored. torch's own function stays reachable as ``torch._C.set_num_threads``.
+_set_num_threads = torch._C.set_num_threads
 
 
 def _on_gpu() -> bool:
@@ -92,6 +99,9 @@ class VLLMEngine:
                       enable_chunked_prefill=False)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        # In process the engine computes on the calling thread's torch/OpenMP pool (vLLM's CPU platform
+        # counts torch.get_num_threads() as its compute units); VLLM_CPU_OMP_THREADS_BIND only binds a spawned core.
+        self.threads = threads if threads and not separate_process and not _on_gpu() else 0
         if separate_process:  # the engine core's worker gets a by-name method for shared-memory sync
             from rollouts.shm_sync import WORKER_EXTENSION
 
@@ -109,7 +119,11 @@ class VLLMEngine:
         # detokenizer and each finished completion's text is decoded once (as HFEngine does)
         self.decode_at_end = decode_at_end
         kwargs.update(llm_kwargs)  # anything else vLLM's LLM accepts (benchmarks: batch limits, block size)
-        self.llm = LLM(**kwargs)
+        with self._own_threads():
+            try:
+                self.llm = LLM(**kwargs)
+            finally:
+                torch.set_num_threads = _set_num_threads  # undo vLLM's process-wide no-op (see above)
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
         # A tied head shares the embedding's storage but keeps a stale packed GEMM handle after
@@ -122,10 +136,29 @@ class VLLMEngine:
         self.last_group_latencies: list[float] = []
         self._next_id = 0
 
+    @contextmanager
+    def _own_threads(self) -> Iterator[None]:
+        """The engine's thread count (``threads``) on the calling thread while it works in process;
+        the caller's count (e.g. the learner's) afterwards."""
+        if not self.threads:
+            yield
+            return
+        before = torch.get_num_threads()
+        _set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            _set_num_threads(before)
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                  on_group: OnGroup | None = None) -> list[Group]:
         """Submit every prompt, step the engine to completion, record when each group finished
         (and hand it to ``on_group`` right then). Token-id prompts are used as is."""
+        with self._own_threads():
+            return self._generate(prompts, sampling, on_group)
+
+    def _generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                  on_group: OnGroup | None) -> list[Group]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -193,6 +226,10 @@ class VLLMEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Stream the tensors in place; a tied output head is then rebuilt from the new embedding
         (the shared-memory worker does the same after its reload)."""
+        with self._own_threads():
+            self._load_weights(named_tensors)
+
+    def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         t0 = time.perf_counter()
         if self.asleep:  # weights first, then the KV cache: the reload needs room for its buffers
             self.llm.wake_up(tags=["weights"])

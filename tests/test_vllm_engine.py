@@ -17,7 +17,7 @@ PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{
 def engines(micro_model):
     from rollouts.vllm_engine import VLLMEngine
 
-    vllm_engine = VLLMEngine(micro_model, dtype="float32", seed=0)
+    vllm_engine = VLLMEngine(micro_model, dtype="float32", seed=0, threads=1)  # one thread: see test_threads_...
     yield vllm_engine, HFEngine(micro_model)
     vllm_engine.close()
 
@@ -76,6 +76,23 @@ def test_text_decoded_at_end_equals_vllms_incremental_detokenizer(engines):
     texts = [text for _, _, text, _ in runs[0]]
     assert sum(bool(t.strip()) for t in texts) > len(texts) // 2
     assert texts == [hf.tokenizer.decode(ids, skip_special_tokens=True) for ids, _, _, _ in runs[0]]
+
+
+def test_threads_are_the_engines_while_it_works_and_set_num_threads_still_works(engines):
+    """vLLM's CPU worker makes torch.set_num_threads a no-op for its whole process; after an in-process
+    engine starts it must work again, and the engine computes on its own ``threads`` only while it works."""
+    vllm_engine, _ = engines
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        for k in (3, 2):
+            torch.set_num_threads(k)
+            assert torch.get_num_threads() == k
+        vllm_engine.generate(PROMPTS[:2], SamplingConfig(n=1, max_tokens=4, seed=1),
+                             on_group=lambda i, g: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_stop_strings(engines):
