@@ -40,7 +40,7 @@ import torch
 
 from rlvr import lora
 from rlvr.algorithms import AdvantageInputs
-from rlvr.cluster.runtime import cpus_each
+from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, cpus_each
 from rlvr.config import TrainConfig
 from rlvr.critic import Critic
 from rlvr.learner import Learner, RLBatch
@@ -287,7 +287,8 @@ class LearnerGroup:
         cpus = ray.cluster_resources().get("CPU", 1.0)
         threads = cfg.train.threads or cpus_each(self.world, cfg.cluster.cpus_per_rank, cpus)
         # num_cpus=0: workers and ranks are colocated and the runtime checked the resources itself
-        actor = ray.remote(LearnerRank).options(num_cpus=0, num_gpus=cfg.cluster.gpus_per_rank, max_restarts=0)
+        actor = ray.remote(LearnerRank).options(num_cpus=0, num_gpus=cfg.cluster.gpus_per_rank, max_restarts=0,
+                                                runtime_env=ACTOR_RUNTIME_ENV)  # not niced below rank 0
         cfg_data = cfg.model_dump(mode="json", by_alias=True)
         try:
             self._ranks = [actor.remote(r, self.world, cfg_data, model_dir, threads, device.type)
