@@ -66,11 +66,11 @@ def thread_split(cfg: TrainConfig) -> tuple[int, int]:
 
 def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any]:
     """Engine constructor arguments. With ``train.async`` vLLM runs in its own process (its
-    thread pool then cannot collide with the learner's); the HF engine's threads are set on
-    the rollout worker thread instead (see RolloutPipeline)."""
+    thread pool then cannot collide with the learner's); the HF and static engines' threads are
+    set on the rollout worker thread instead (see RolloutPipeline)."""
     e = cfg.engine
     threads = cfg.train.threads if threads is None else threads
-    if e.kind == "hf":
+    if e.kind in ("hf", "static"):
         return {"dtype": e.dtype}
     return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
             "sleep_level": e.sleep_level,

@@ -102,7 +102,9 @@ class PretrainConfig(Section):
 
 
 class EngineConfig(Section):
-    kind: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'vllm' (fast) or 'hf' (transformers reference).")
+    kind: Literal["hf", "vllm", "static"] = Field(
+        "hf", description="Rollout engine: 'vllm' (fast), 'static' (a compiled static-KV-cache loop for small "
+        "Llama-family models on CPU, the fastest there) or 'hf' (transformers reference).")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine dtype; float32 keeps log-probs in parity with the learner.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")

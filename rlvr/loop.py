@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
         return StepRollouts(step, batch, drawn, stats, timings)
 
-    pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind == "hf" else 0)
+    pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind in ("hf", "static") else 0)
     show = cfg.logging.progress if progress is None else progress
     try:
         trackers = open_trackers(cfg.logging.report_to, run_dir, yaml.safe_load(cfg_yaml), cfg.logging.project,

@@ -9,7 +9,8 @@ __all__ = ["SamplingConfig", "Completion", "Group", "Engine", "Prompt", "OnGroup
 
 
 def make_engine(kind: str, model_dir: str, **kwargs):
-    """Build an engine by name: ``"hf"``, ``"hf-generate"`` (transformers' ``generate``) or ``"vllm"``."""
+    """Build an engine by name: ``"hf"``, ``"hf-generate"`` (transformers' ``generate``), ``"vllm"`` or
+    ``"static"`` (a compiled static-KV-cache decode loop for small Llama-family models on CPU)."""
     if kind == "hf":
         from rollouts.hf_engine import HFEngine
 
@@ -22,4 +23,8 @@ def make_engine(kind: str, model_dir: str, **kwargs):
         from rollouts.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; expected 'hf', 'hf-generate' or 'vllm'")
+    if kind == "static":
+        from rollouts.static_engine import StaticCacheEngine
+
+        return StaticCacheEngine(model_dir, **kwargs)
+    raise ValueError(f"unknown engine {kind!r}; expected 'hf', 'hf-generate', 'vllm' or 'static'")

@@ -87,7 +87,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-ENGINE_KINDS = ("vllm", "hf", "hf-generate")
+ENGINE_KINDS = ("vllm", "static", "hf", "hf-generate")
 
 
 def parse_engine_spec(spec: str) -> tuple[str, dict]:

@@ -1,4 +1,4 @@
-"""Every popular base architecture on both engines: Llama, Qwen2 (tied and untied head), Qwen3.
+"""Every popular base architecture on every engine: Llama, Qwen2 (tied and untied head), Qwen3.
 
 Each is a micro random-init model built here from its config (no hub), with the project's
 local tokenizer. For each (architecture, engine): perturb the learner's weights, sync them into
@@ -37,6 +37,8 @@ def _engine(kind: str, model_dir: str):
     if kind == "vllm":
         pytest.importorskip("vllm")
         return make_engine("vllm", model_dir, dtype="float32", seed=0, kv_cache_gib=0.25)
+    if kind == "static":  # eager here: the compiled layer is checked against eager in tests/rollouts
+        return make_engine("static", model_dir, compile=False)
     return make_engine("hf", model_dir)
 
 
@@ -57,7 +59,7 @@ def _logp_gap(learner: Learner, groups, pad_id: int) -> float:
     return float(((logp - batch.engine_logp).abs() * batch.response_mask).max())
 
 
-@pytest.mark.parametrize("engine_kind", ["hf", "vllm"])
+@pytest.mark.parametrize("engine_kind", ["hf", "vllm", "static"])
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sync_and_rl_steps(arch_models, arch, engine_kind):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,7 +13,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.description = ("Evaluate --model on the held-out split of the config's task, scored by the config's rewards "
                      "(the same task and reward settings as `rlvr train`): greedy pass@1, pass@k, format rate, "
                      "response length and verifier errors.")
-    p.add_argument("--engine", choices=["hf", "vllm"], default=None, help="override engine.kind")
+    p.add_argument("--engine", choices=["hf", "vllm", "static"], default=None, help="override engine.kind")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
 

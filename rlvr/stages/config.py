@@ -52,7 +52,7 @@ class PairsConfig(Section):
     n: int = Field(8, ge=2, description="Samples per prompt; a pair needs a correct and a wrong one among them.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     max_tokens: int = Field(48, ge=1, description="Longest sampled completion.")
-    engine: Literal["hf", "vllm"] = Field("hf", description="Engine that samples the current model.")
+    engine: Literal["hf", "vllm", "static"] = Field("hf", description="Engine that samples the current model.")
     heldout_prompts: int = Field(64, ge=0, description="Held-out prompts sampled the same way to measure the "
                                  "chosen-over-rejected log-prob margin before and after (0: skip).")
 

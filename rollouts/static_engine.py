@@ -1,0 +1,391 @@
+"""A lean decode loop for small Llama-family models on CPU: static KV cache, fused weights, compiled layer.
+
+Where the time goes when a small model generates on CPU is not the matmuls: it is per-step work
+around them. transformers' ``generate`` grows its KV cache by concatenation (every step copies the
+whole cache), builds masks and runs logits processors in Python; vLLM's scheduler does Python work
+per sequence per step. This engine does only what sampling needs:
+
+- the weights the learner sends are copied into fused buffers (q/k/v in one matrix, gate/up in one),
+  so a layer is two matmuls in and two out;
+- the KV cache is allocated once per batch (``[B, kv_heads, prompt + max_tokens, head_dim]`` per layer)
+  and written in place; decode attention reads it through ``scaled_dot_product_attention`` with a
+  key mask for the left padding;
+- one decode layer (norms, rotary embedding, cache write, attention, MLP) is one ``torch.compile``d
+  function, so its element-wise work is fused into a few kernels (``compile=False``: eager);
+- sampling draws one uniform per sample per step from its prompt's own generator and inverts the
+  CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
+  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary. A prompt's
+  samples depend on its seed only, not on the batch it shares.
+- finished rows leave the batch (their cache rows are dropped) once a quarter of it has finished.
+
+Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
+window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
+Log-probs are the model's own (log-softmax of the raw logits, before temperature and top-p), as
+every engine here returns them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+class _Layer(NamedTuple):
+    """One decoder layer's weights in the engine's layout (``F.linear``'s [out, in]). A tuple, so
+    every layer is the same input to the compiled function (no per-object guards)."""
+
+    norm1: torch.Tensor
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: torch.Tensor
+    norm2: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor
+
+
+def check_supported(config) -> None:
+    """Raise ``ValueError`` naming the field when this engine cannot run ``config`` exactly."""
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED:
+        raise ValueError(f"static engine: model_type {kind!r} is not supported (supported: {', '.join(SUPPORTED)}); "
+                         "use engine.kind=vllm or hf")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"static engine: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported "
+                         "(default rotary embeddings only); use engine.kind=vllm or hf")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"static engine: hidden_act {config.hidden_act!r} is not supported (silu only)")
+    if getattr(config, "use_sliding_window", False) or (kind == "mistral" and getattr(config, "sliding_window", None)):
+        raise ValueError("static engine: sliding-window attention is not supported; use engine.kind=vllm or hf")
+    if getattr(config, "mlp_bias", False):
+        raise ValueError("static engine: mlp_bias is not supported; use engine.kind=vllm or hf")
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as transformers computes it: in float32, cast back, then scaled."""
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: int, kv_heads: int, eps: float,
+           gqa: bool):
+    """One decoder layer over ``x`` [B, S, hidden] at cache positions ``start .. start + S``; writes
+    those positions' keys and values into ``k_cache`` / ``v_cache`` [B, kv_heads, T, head_dim] and
+    attends over ``0 .. start + S`` with ``mask`` [B, 1, S, start + S] (True: attend)."""
+    B, S, _ = x.shape
+    d = k_cache.shape[-1]
+    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
+    q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
+    q = q.view(B, S, heads, d)
+    k = k.view(B, S, kv_heads, d)
+    if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
+        q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
+    q = _rotate(q.transpose(1, 2), cos, sin)
+    k = _rotate(k.transpose(1, 2), cos, sin)
+    k_cache[:, :, start : start + S] = k
+    v_cache[:, :, start : start + S] = v.view(B, S, kv_heads, d).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k_cache[:, :, : start + S], v_cache[:, :, : start + S], attn_mask=mask,
+                                       enable_gqa=gqa)
+    x = x + F.linear(o.transpose(1, 2).reshape(B, S, heads * d), w.o)
+    gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
+class StaticCacheEngine:
+    """``Engine`` for small Llama-family models on CPU (see the module docstring).
+
+    ``max_batch`` bounds the rows decoded together (a batch's cache is allocated whole);
+    ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
+    one-off compile of ~10-30 s; eager when the compile fails, with a warning)."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0,
+                 compile: bool = True, model=None):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        config = model.config if model is not None else AutoConfig.from_pretrained(model_dir)
+        check_supported(config)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype])
+        self.dtype = _DTYPES[dtype]
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        rope = getattr(config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        self.max_batch = max_batch
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self._build(model)
+        self._compile = compile
+        self._decode_layer = None
+        self.startup_s = time.perf_counter() - t0
+        self.last_sync_s = 0.0
+        self.last_sync_path = "copy"
+        self.last_group_latencies: list[float] = []
+
+    # -- weights ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _build(self, model) -> None:
+        """Own copies of the weights in the fused layout, and the map from each of the model's
+        parameter names to the slice of an engine buffer it fills (what ``load_weights`` copies into)."""
+        sd = {k: v.detach().to(self.dtype) for k, v in model.state_dict().items()}
+        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.targets: dict[str, torch.Tensor] = {}
+
+        def own(name: str) -> torch.Tensor:
+            t = sd[name].clone().contiguous()
+            self.targets[name] = t
+            return t
+
+        def fused(names: list[str], sizes: list[int]) -> torch.Tensor:
+            buf = torch.cat([sd[n] for n in names], 0).contiguous()
+            for name, part in zip(names, buf.split(sizes, 0)):
+                self.targets[name] = part
+            return buf
+
+        self.layers: list[_Layer] = []
+        i = 0
+        while f"model.layers.{i}.input_layernorm.weight" in sd:
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv_names = [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"]
+            bias_names = [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"]
+            has_bias = bias_names[0] in sd
+            inter = sd[p + "mlp.gate_proj.weight"].shape[0]
+            if sd.get(a + "o_proj.bias") is not None:
+                raise ValueError(f"static engine: {a}o_proj.bias is not supported; use engine.kind=vllm or hf")
+            self.layers.append(_Layer(
+                norm1=own(p + "input_layernorm.weight"),
+                qkv=fused(qkv_names, [nq, nkv, nkv]),
+                qkv_bias=fused(bias_names, [nq, nkv, nkv]) if has_bias else None,
+                q_norm=own(a + "q_norm.weight") if a + "q_norm.weight" in sd else None,
+                k_norm=own(a + "k_norm.weight") if a + "k_norm.weight" in sd else None,
+                o=own(a + "o_proj.weight"),
+                norm2=own(p + "post_attention_layernorm.weight"),
+                gate_up=fused([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [inter, inter]),
+                down=own(p + "mlp.down_proj.weight"),
+            ))
+            i += 1
+        self.embed = own("model.embed_tokens.weight")
+        self.norm = own("model.norm.weight")
+        if self.tied or "lm_head.weight" not in sd:
+            self.head = self.embed
+            self.targets.setdefault("lm_head.weight", self.embed)
+        else:
+            self.head = own("lm_head.weight")
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each ``(name, tensor)`` (the model's own parameter names) into the engine's buffers."""
+        t0 = time.perf_counter()
+        for name, tensor in named_tensors:
+            target = self.targets.get(name)
+            if target is None:
+                raise KeyError(f"load_weights: unknown parameter {name!r}")
+            if target.shape != tensor.shape:
+                raise ValueError(f"load_weights: {name!r} has shape {tuple(tensor.shape)}, the engine's is "
+                                 f"{tuple(target.shape)}")
+            if target.data_ptr() != tensor.data_ptr():  # a tied head sends the embedding twice
+                target.copy_(tensor)
+        self.last_sync_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.layers, self.targets = [], {}
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 on_group: OnGroup | None = None) -> list[Group]:
+        prompt_ids = [list(p) if not isinstance(p, str) else self.tokenizer(p, add_special_tokens=False)["input_ids"]
+                      for p in prompts]
+        if any(not ids for ids in prompt_ids):
+            raise ValueError("static engine: an empty prompt (no tokens) cannot be continued")
+        texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+        if sampling.seeds is not None:
+            if len(sampling.seeds) != len(prompts):
+                raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
+            seeds = list(sampling.seeds)
+        else:
+            base = sampling.seed if sampling.seed is not None else int(torch.seed() % 2**31)
+            seeds = [base * 1_000_003 + i for i in range(len(prompts))]
+        groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
+        missing = [sampling.n] * len(prompts)
+        latencies = [0.0] * len(prompts)
+        t0 = time.perf_counter()
+
+        def finished(row: tuple[int, int], completion: Completion) -> None:
+            g, j = row
+            groups[g].completions[j] = completion
+            missing[g] -= 1
+            if missing[g] == 0:
+                latencies[g] = time.perf_counter() - t0
+                if on_group is not None:
+                    on_group(g, groups[g])
+
+        # whole groups per batch, so a group's rows share its generator's draws
+        per_batch = max(1, self.max_batch // sampling.n)
+        for start in range(0, len(prompts), per_batch):
+            idx = range(start, min(len(prompts), start + per_batch))
+            self._decode([prompt_ids[g] for g in idx], [seeds[g] for g in idx], list(idx), sampling, finished)
+        self.last_group_latencies = latencies
+        return groups
+
+    def _layer_fn(self):
+        """The decode layer, with the head counts and eps bound as constants (so the compiled graph
+        does not treat them as symbols), compiled on first use."""
+        if self._decode_layer is None:
+            heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
+
+            def step(x, w, k_cache, v_cache, cos, sin, start, mask):
+                return _layer(x, w, k_cache, v_cache, cos, sin, start, mask, heads, kv_heads, eps, False)
+
+            def step_gqa(x, w, k_cache, v_cache, cos, sin, start, mask):  # a literal flag: SDPA wants a bool
+                return _layer(x, w, k_cache, v_cache, cos, sin, start, mask, heads, kv_heads, eps, True)
+
+            step = step_gqa if heads != kv_heads else step
+            self._decode_layer = step
+            if self._compile:
+                try:
+                    self._decode_layer = torch.compile(step, dynamic=True)
+                except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
+                    warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
+        return self._decode_layer
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, 1, S, head_dim] for ``positions`` [B, S], computed in float32 as transformers does."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return emb.cos()[:, None].to(self.dtype), emb.sin()[:, None].to(self.dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms(x, self.norm, self.eps), self.head).float()
+
+    @torch.inference_mode()
+    def _decode(self, prompt_ids: list[list[int]], seeds: list[int], group_idx: list[int], sampling: SamplingConfig,
+                finished) -> None:
+        n, T = sampling.n, sampling.max_tokens
+        if len(prompt_ids) * n == 1:  # a ballast copy: the compiled layer is built for batches of 2 and more
+            prompt_ids, seeds, group_idx = prompt_ids * 2, seeds * 2, [group_idx[0], None]
+        B, width = len(prompt_ids) * n, max(map(len, prompt_ids))
+        total = width + T
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        valid = torch.ones(B, total, dtype=torch.bool)  # key positions a row may attend to
+        for g, seq in enumerate(prompt_ids):
+            rows = slice(g * n, (g + 1) * n)
+            ids[rows, width - len(seq) :] = torch.tensor(seq)
+            valid[rows, : width - len(seq)] = False
+        plen = torch.tensor([len(s) for s in prompt_ids]).repeat_interleave(n)
+        # each prompt's uniforms for all steps, drawn from its own generator: [B, T]
+        uniforms = torch.cat([torch.rand(n, T, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                              for s in seeds])
+        caches = [(torch.zeros(B, self.kv_heads, total, self.head_dim, dtype=self.dtype),
+                   torch.zeros(B, self.kv_heads, total, self.head_dim, dtype=self.dtype)) for _ in self.layers]
+        rows = [(group_idx[g], j) for g in range(len(prompt_ids)) for j in range(n)]  # row -> (group, sample)
+        out_ids = torch.empty(B, T, dtype=torch.long)
+        out_lp = torch.empty(B, T, dtype=torch.float32)
+        stop_tail = max((len(s) for s in sampling.stop), default=0) + 8
+        layer = self._layer_fn()
+
+        # prefill: causal over each row's own tokens; a pad query attends to itself (finite, unused)
+        positions = (torch.arange(width)[None] - (width - plen)[:, None]).clamp(min=0)
+        mask = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :width]
+        mask = (mask | torch.eye(width, dtype=torch.bool)[None])[:, None]
+        cos, sin = self._rope(positions)
+        x = self.embed[ids]
+        for w, (kc, vc) in zip(self.layers, caches):
+            x = _layer(x, w, kc, vc, cos, sin, 0, mask, self.heads, self.kv_heads, self.eps, self.heads != self.kv_heads)
+        logits = self._logits(x[:, -1])
+
+        alive = list(range(B))  # the original row of each batch row
+        ended = [group is None for group, _ in rows]
+        for t in range(T):
+            logprobs = logits.log_softmax(-1)
+            nxt = self._sample(logits, logprobs, uniforms[alive, t], sampling)
+            out_ids[alive, t] = nxt
+            out_lp[alive, t] = logprobs.gather(-1, nxt[:, None]).squeeze(-1)
+            for row in self._ended_now(alive, t, nxt, out_ids, ended, sampling, stop_tail):
+                ended[row] = True
+                finished(rows[row], self._completion(out_ids[row, : t + 1], out_lp[row, : t + 1], "stop", sampling))
+            keep = [not ended[row] for row in alive]
+            if t == T - 1 or not any(keep):
+                break
+            if sum(keep) <= 0.75 * len(keep):  # drop ended rows: their cache rows stop costing reads
+                if sum(keep) == 1:  # one ended row stays as ballast (see above)
+                    keep[keep.index(False)] = True
+                sel = torch.tensor([p for p, k in enumerate(keep) if k])
+                caches = [(kc.index_select(0, sel), vc.index_select(0, sel)) for kc, vc in caches]
+                nxt, plen, valid = nxt[sel], plen[sel], valid[sel]
+                alive = [row for row, k in zip(alive, keep) if k]
+            x = self.embed[nxt][:, None]
+            cos, sin = self._rope((plen + t)[:, None])
+            step_mask = valid[:, None, None, : width + t + 1]
+            for w, (kc, vc) in zip(self.layers, caches):
+                x = layer(x, w, kc, vc, cos, sin, width + t, step_mask)
+            logits = self._logits(x[:, -1])
+        for row in range(B):
+            if not ended[row]:
+                finished(rows[row], self._completion(out_ids[row], out_lp[row], "length", sampling))
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, logprobs: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        """Next tokens [B] by inverting each row's CDF at its uniform ``u`` [B] (float64)."""
+        if sampling.temperature == 0:
+            return logits.argmax(-1)
+        probs = logprobs.exp() if sampling.temperature == 1.0 else (logits / sampling.temperature).softmax(-1)
+        order = None
+        if sampling.top_p < 1.0:  # the nucleus: the most likely tokens whose mass before them is < top_p
+            probs, order = probs.sort(-1, descending=True)
+            probs = probs * (probs.cumsum(-1) - probs < sampling.top_p)
+        cdf = probs.double().cumsum_(-1)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        pick = pick.clamp_(max=cdf.shape[-1] - 1)
+        return pick if order is None else order.gather(-1, pick[:, None]).squeeze(-1)
+
+    def _ended_now(self, alive: list[int], t: int, nxt: torch.Tensor, out_ids: torch.Tensor, ended: list[bool],
+                   sampling: SamplingConfig, stop_tail: int) -> list[int]:
+        """Rows (original indices) still running that end at step ``t``: EOS, or a stop string in the
+        text of their last tokens."""
+        eos = set(torch.nonzero(nxt == self.eos_id).flatten().tolist()) if not sampling.ignore_eos else set()
+        out = []
+        for pos, row in enumerate(alive):
+            if ended[row]:
+                continue
+            if pos in eos:
+                out.append(row)
+            elif sampling.stop:
+                tail = self.tokenizer.decode(out_ids[row, max(0, t + 1 - stop_tail) : t + 1].tolist(),
+                                             skip_special_tokens=True)
+                if any(s in tail for s in sampling.stop):
+                    out.append(row)
+        return out
+
+    def _completion(self, ids: torch.Tensor, lps: torch.Tensor, reason: str, sampling: SamplingConfig) -> Completion:
+        token_ids = ids.tolist()
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True) if sampling.detokenize else ""
+        for s in sampling.stop:  # like vLLM: the stop string is not part of the text
+            if s in text:
+                text = text[: text.index(s)]
+        return Completion(text, token_ids, lps.tolist(), reason)
