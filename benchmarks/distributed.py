@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 TOPOLOGIES = [("single process", []),
@@ -85,13 +84,9 @@ def sync_times(model_dir: str, syncs: int) -> list[dict]:
                 with torch.no_grad():
                     for _, p in named:
                         p.add_(1e-6 * (i + 1))
-                t0 = time.perf_counter()
                 m = backend.load_weights([(n, p.detach()) for n, p in named])
-                if transport == "in process":
-                    times.append({"sync_s": m["sync_s"], "pack_s": 0.0, "load_s": m["sync_s"]})
-                else:  # the pack; the workers' load then goes with their next call, sent on its own here
-                    load_s = backend.send_weights()
-                    times.append({"sync_s": time.perf_counter() - t0, "pack_s": m["sync_s"], "load_s": load_s})
+                times.append({"sync_s": m["sync_s"], "pack_s": m.get("sync_pack_s", 0.0),
+                              "load_s": m.get("sync_load_s", m["sync_s"])})
         finally:
             backend.close()
         rest = times[1:]  # the first load also warms the worker's buffers

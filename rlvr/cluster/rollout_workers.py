@@ -8,9 +8,7 @@ and with ``cluster.batch_invariant`` (each group generated alone) neither do the
 
 New weights reach the workers through ``cluster.weight_sync``: one packed buffer in shared memory or
 the object store (rlvr.cluster.weight_sync), or a NCCL broadcast from the trainer's GPU into every
-engine (rlvr.cluster.nccl_sync). A packed buffer travels with the next call the worker gets (its
-draw, usually): the worker loads it first, so a sync costs no Ray round trip of its own, and the
-worker's load time is reported by ``stats()`` as ``sync_load_s``.
+engine (rlvr.cluster.nccl_sync).
 
 Every call has the deadline ``cluster.timeout_s``. A worker that dies (killed, out of memory)
 is started again, given the weights the others sample with, and its groups are drawn again
@@ -71,13 +69,7 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def draw(self, req: DrawRequest, packed: Packed | None = None) -> Drawn:
-        """``packed``: new weights to load before drawing (the sync that precedes this draw)."""
-        load_s = self.load(packed) if packed is not None else 0.0
-        groups, scores, timings = self._draw(req)
-        return groups, scores, {**timings, "sync_load_s": load_s}
-
-    def _draw(self, req: DrawRequest) -> Drawn:
+    def draw(self, req: DrawRequest) -> Drawn:
         if not req.batch_invariant:
             return self.local.generate_and_score(req.rows, dataclasses.replace(req.sampling, seeds=req.seeds))
         groups, scores, timings = [], [], {}
@@ -131,8 +123,6 @@ class RayRollouts:
         self.nccl: NcclSender | None = None
         self.nodes, self.local = info.nodes, c.address == "local"
         self.restarts = 0
-        self.unsent: Packed | None = None  # packed weights not sent yet: they go with each worker's next call
-        self.last_load_s = 0.0  # the slowest worker's load of the latest weights sent
         self.last_requests: list[DrawRequest] = []  # the latest draw's requests, one per worker (tests, debugging)
         self._remote = ray.remote(RolloutWorker)
         self.workers: list[Any] = [self._spawn(i) for i in range(c.rollout_workers)]
@@ -216,69 +206,47 @@ class RayRollouts:
         base = dataclasses.replace(sampling, seed=None)
         parts = split_evenly(len(rows), len(self.workers))
 
-        def request(w: int) -> DrawRequest:
+        def submit(w: int):
             part = parts[w]
-            req = DrawRequest([dict(rows[i]) for i in part], None if seeds is None else seeds[part.start:part.stop],
-                              base, self.cfg.cluster.batch_invariant)
-            self.last_requests.append(req)
-            return req
-
-        def submit(w: int):  # a retry: the restarted worker got the newest weights when it started
-            return self.workers[w].draw.remote(request(w))
+            request = DrawRequest([dict(rows[i]) for i in part], None if seeds is None else seeds[part.start:part.stop],
+                                  base, self.cfg.cluster.batch_invariant)
+            self.last_requests.append(request)
+            return self.workers[w].draw.remote(request)
 
         self.last_requests = []
-        packed, self.unsent = self.unsent, None  # the weights not sent yet ride along with the draws
-        idle_load_s = 0.0
-        if packed is not None and len(parts) < len(self.workers):  # fewer groups than workers: the idle ones load now
-            idle_load_s = self._load_now(packed, range(len(parts), len(self.workers)))
-        refs = {w: self.workers[w].draw.remote(request(w), packed) for w in range(len(parts))}
+        refs = {w: submit(w) for w in range(len(parts))}
         results = self._gather(refs, f"drawing {len(rows)} groups", submit)
         groups = [g for r in results for g in r[0]]
         scores = [s for r in results for s in r[1]]
         timings = {k: max(r[2][k] for r in results) for k in results[0][2]}  # the slowest worker sets the pace
-        load_s = timings.pop("sync_load_s")
-        if packed is not None:
-            self.last_load_s = max(idle_load_s, load_s)
         return groups, scores, timings
 
     def evaluate(self, rows: list[dict[str, Any]], **kwargs) -> dict[str, float]:
-        self.send_weights()
-
         def submit(w: int):
             return self.workers[w].evaluate.remote(rows, kwargs)
 
         return self._gather({0: submit(0)}, f"evaluating {len(rows)} prompts", submit)[0]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
-        """Packs the weights; the workers load them at the start of their next call (``send_weights``
-        makes that now). The previous weights were loaded by then: every call is waited for."""
         t0 = time.perf_counter()
         if self.nccl is not None:  # GPU to GPU; the manifest travels in the Ray calls
             sent = self.nccl.send(named_tensors)  # sync_load_s (the slowest engine's), sync_bytes
             return {"sync_s": time.perf_counter() - t0, **sent}
-        self.unsent = self.sender.pack(named_tensors)
-        return {"sync_s": time.perf_counter() - t0, "sync_bytes": float(self.unsent.nbytes)}
+        packed = self.sender.pack(named_tensors)
+        t1 = time.perf_counter()
 
-    def send_weights(self) -> float:
-        """Every worker loads the packed weights not sent yet, now; returns the slowest load's seconds."""
-        packed, self.unsent = self.unsent, None
-        if packed is not None:
-            self.last_load_s = self._load_now(packed, range(len(self.workers)))
-        return self.last_load_s
-
-    def _load_now(self, packed: Packed, workers: Iterable[int]) -> float:
         def submit(w: int):
             return self.workers[w].load.remote(packed)
 
-        return max(self._gather({w: submit(w) for w in workers}, "loading new weights", submit))
+        loads = self._gather({w: submit(w) for w in range(len(self.workers))}, "loading new weights", submit)
+        return {"sync_s": time.perf_counter() - t0, "sync_pack_s": t1 - t0, "sync_load_s": max(loads),
+                "sync_bytes": float(packed.nbytes)}
 
     def sleep(self) -> None:
-        self.send_weights()
         self._gather({w: a.sleep.remote() for w, a in enumerate(self.workers)}, "going to sleep", retry=None)
 
     def stats(self) -> dict[str, float]:
-        stats = {"rollout_worker_restarts": float(self.restarts)}
-        return stats if self.nccl is not None else {**stats, "sync_load_s": self.last_load_s}
+        return {"rollout_worker_restarts": float(self.restarts)}
 
     def close(self) -> None:
         import ray
