@@ -2,7 +2,9 @@
 
 Each engine runs in its own subprocess (clean start-up time, peak RSS and thread pools),
 on identical prompts, ``n``, ``max_tokens`` and dtype, with EOS ignored so every engine
-generates exactly the same number of tokens.
+generates exactly the same number of tokens. The engines stay alive and take turns, one timed
+``generate`` each per round, so the ratios between them come from the same minutes of a machine
+whose speed drifts (see ``run_bench``).
 
 Roofline: the same run times a 2048 x 2048 matmul in each benchmarked dtype on the same
 threads (``measure_peak``), and every engine's tokens/s is shown as a share of what that peak
@@ -109,12 +111,20 @@ def parse_engine_spec(spec: str) -> tuple[str, dict]:
     return kind, kwargs
 
 
-def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int, dtype: str, repeats: int) -> dict:
-    """Measure one engine in this process; returns a JSON-able dict."""
+READY = "@@bench "  # prefix of the worker's protocol lines on stdout (engines print their own logs there too)
+
+
+def serve_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int, dtype: str) -> None:
+    """One engine in this process, kept alive for the whole benchmark: after start-up and a warm-up
+    it answers each ``run`` line on stdin with one timed ``generate`` and ``finish`` with the weight
+    sync timings and its summary (each answer one ``READY``-prefixed JSON line on stdout)."""
     import torch
     from safetensors.torch import load_file
 
     from rollouts import SamplingConfig, make_engine
+
+    def say(obj: dict) -> None:
+        print(READY + json.dumps(obj), flush=True)
 
     kind, options = parse_engine_spec(spec)
     for key in [k for k in options if k.startswith("env.")]:  # e.g. env.VLLM_CPU_SGL_KERNEL=1
@@ -125,16 +135,18 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
     texts = [BENCH_PROMPT.format(a=i % 20 + 1, b=i % 9 + 1, c=i % 7 + 1) for i in range(prompts)]
     sampling = SamplingConfig(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False, seed=0)
     engine.generate(texts[: min(4, prompts)], SamplingConfig(n=2, max_tokens=8, ignore_eos=True, detokenize=False))
-    runs, latencies, tokens, context = [], [], 0, 0.0
-    cpu = []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        groups = engine.generate(texts, sampling)
-        runs.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)  # all threads; on a shared machine a steadier gauge than wall time
-        latencies += engine.last_group_latencies
-        tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-        context = statistics.mean(len(g.prompt_ids) for g in groups) + (max_tokens + 1) / 2
+    say({"ready": True, "startup_s": startup})
+    context = 0.0
+    for line in sys.stdin:
+        if line.strip() == "run":
+            t, c = time.perf_counter(), time.process_time()
+            groups = engine.generate(texts, sampling)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c  # cpu: all threads
+            tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+            context = statistics.mean(len(g.prompt_ids) for g in groups) + (max_tokens + 1) / 2
+            say({"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "latencies": engine.last_group_latencies})
+        elif line.strip() == "finish":
+            break
     weights = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         weights.update(load_file(str(f)))
@@ -144,17 +156,39 @@ def run_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int,
         syncs.append(engine.last_sync_s)
     sync_path = getattr(engine, "last_sync_path", "") or "-"
     engine.close()
-    best = min(runs)
-    lat = sorted(latencies)
-    return {
-        "engine": spec, "dtype": dtype, "prompts": prompts, "n": n, "max_tokens": max_tokens,
-        "generated_tokens": tokens, "tokens_per_s": tokens / best, "requests_per_s": prompts * n / best,
-        "wall_s": best, "cpu_s": min(cpu), "tokens_per_cpu_s": tokens / min(cpu), "p50_group_latency_s": statistics.median(lat),
-        "p95_group_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))], "startup_s": startup,
-        "sync_s": statistics.median(syncs), "sync_path": sync_path, "peak_rss_mib": _rss_mib(),
-        "threads": torch.get_num_threads(), "flops_per_token": flops_per_token(model_dir, context),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+    say({"startup_s": startup, "sync_s": statistics.median(syncs), "sync_path": sync_path, "peak_rss_mib": _rss_mib(),
+         "threads": torch.get_num_threads(), "flops_per_token": flops_per_token(model_dir, context),
+         "cpu_capability": torch.backends.cpu.get_cpu_capability()})
+
+
+class _Worker:
+    """A ``serve_worker`` subprocess and its line protocol (stderr kept in a file for errors)."""
+
+    def __init__(self, args: list[str], what: str):
+        self.what = what
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rollouts.bench", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                     env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(READY):
+                return json.loads(line[len(READY):])
+        self.proc.wait()
+        self.err.seek(0)
+        raise RuntimeError(f"bench worker for {self.what} failed (exit {self.proc.returncode}):\n{self.err.read()[-4000:]}")
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.err.close()
 
 
 def _subprocess_json(args: list[str], what: str) -> dict:
@@ -171,24 +205,55 @@ def _subprocess_json(args: list[str], what: str) -> dict:
 
 def run_bench(model_dir: str, engines: list[str], prompts: int, n: int, max_tokens: int, dtype: str,
               repeats: int = 2, progress: bool = True, roofline: bool = True) -> list[dict]:
-    """Run each engine in a fresh subprocess; add ``ratio_vs_hf`` (our KV-cache loop) and
-    ``ratio_vs_hf_generate`` (transformers' ``generate``) when those engines are among them, and
-    (``roofline``) the machine's matmul peak in ``dtype`` and each engine's share of it."""
+    """Each engine in a subprocess of its own (clean start-up time, peak RSS and thread pools),
+    started one after the other and then kept alive; ``repeats`` rounds, each timing one
+    ``generate`` of every engine in turn, so a machine whose speed drifts (shared cores) moves
+    every engine of a round alike. Reports each engine's best round (``tokens_per_s``) and, where
+    those engines are among them, ``ratio_vs_hf`` / ``ratio_vs_hf_generate``: the median over rounds
+    of the round's ratio. ``roofline``: the machine's matmul peak in ``dtype`` and each engine's share."""
     peak = None
     if roofline:
         if progress:
             print(f"bench: {dtype} matmul peak (2048^2) ...", file=sys.stderr, flush=True)
         peak = _subprocess_json(["--peak", dtype], f"the {dtype} matmul peak")["gflops"]
+    workers: dict[str, _Worker] = {}
+    rounds: dict[str, list[dict]] = {kind: [] for kind in engines}
+    try:
+        for kind in engines:
+            if progress:
+                print(f"bench: starting {kind} ({dtype}) ...", file=sys.stderr, flush=True)
+            workers[kind] = _Worker(["--serve", kind, model_dir, str(prompts), str(n), str(max_tokens), dtype], repr(kind))
+            workers[kind].read()
+        for r in range(repeats):
+            order = engines[r % len(engines):] + engines[: r % len(engines)]  # each engine leads a round in turn
+            for kind in order:
+                if progress:
+                    print(f"bench: round {r + 1}/{repeats}: {kind} ({prompts} prompts x n={n} x {max_tokens} tokens, "
+                          f"{dtype}) ...", file=sys.stderr, flush=True)
+                rounds[kind].append(workers[kind].ask("run"))
+        summaries = {kind: workers[kind].ask("finish") for kind in engines}
+    finally:
+        for w in workers.values():
+            w.close()
     results = []
     for kind in engines:
-        if progress:
-            print(f"bench: {kind} ({prompts} prompts x n={n} x {max_tokens} tokens, {dtype}) ...", file=sys.stderr, flush=True)
-        results.append(_subprocess_json(["--worker", kind, model_dir, str(prompts), str(n), str(max_tokens), dtype,
-                                         str(repeats)], repr(kind)))
+        runs = rounds[kind]
+        best = min(runs, key=lambda x: x["wall_s"])
+        lat = sorted(x for run in runs for x in run["latencies"])
+        tokens = best["tokens"]
+        results.append({
+            "engine": kind, "dtype": dtype, "prompts": prompts, "n": n, "max_tokens": max_tokens, "rounds": len(runs),
+            "generated_tokens": tokens, "tokens_per_s": tokens / best["wall_s"], "requests_per_s": prompts * n / best["wall_s"],
+            "wall_s": best["wall_s"], "cpu_s": min(x["cpu_s"] for x in runs),
+            "tokens_per_cpu_s": tokens / min(x["cpu_s"] for x in runs),
+            "round_tokens_per_s": [x["tokens"] / x["wall_s"] for x in runs],
+            "p50_group_latency_s": statistics.median(lat), "p95_group_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+            **summaries[kind]})
     for ref, key in (("hf", "ratio_vs_hf"), ("hf-generate", "ratio_vs_hf_generate")):
         base = next((r for r in results if r["engine"] == ref), None)
         for r in results:
-            r[key] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
+            r[key] = (statistics.median(a / b for a, b in zip(r["round_tokens_per_s"], base["round_tokens_per_s"]))
+                      if base else None)
     for r in results:
         r["gflops"] = r["tokens_per_s"] * r["flops_per_token"] / 1e9
         r["peak_gflops"] = peak
@@ -243,10 +308,9 @@ def plot(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    _, _, kind, model_dir, prompts, n, max_tokens, dtype, repeats, out = sys.argv
-    res = run_worker(kind, model_dir, int(prompts), int(n), int(max_tokens), dtype, int(repeats))
-    Path(out).write_text(json.dumps(res))
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--serve":
+    _, _, kind, model_dir, prompts, n, max_tokens, dtype = sys.argv
+    serve_worker(kind, model_dir, int(prompts), int(n), int(max_tokens), dtype)
 elif __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--peak":
     _, _, dtype, out = sys.argv
     Path(out).write_text(json.dumps({"dtype": dtype, "gflops": measure_peak(dtype)}))

@@ -108,6 +108,46 @@ def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: in
     return x + F.linear(F.silu(gate) * up, w.down)
 
 
+def _attend(q, k, v, mask=None):
+    """Attention output and its log-sum-exp per query (float32), from the CPU flash kernel."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+
+
+def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n: int, heads: int, kv_heads: int,
+                  eps: float):
+    """One decoder layer for one new token per row (``x`` [B, 1, hidden], the token at generated
+    position ``t``), attending over its prompt and its own generated tokens.
+
+    The prompt's keys and values are kept once per group (``kp``/``vp`` [G, kv_heads, W, head_dim],
+    ``pmask`` [G, 1, 1, W] additive: -inf on left padding), not once per sample: the rows of a
+    group ask their prompt together, as ``n`` x (heads per KV head) queries of one attention call
+    (row ``i`` sits in slot ``slot[i]`` of the [G, n] grid). Each row's generated keys and values
+    (``kg``/``vg`` [B, kv_heads, T, head_dim]) are its own. The two softmaxes are merged through
+    their log-sum-exps, which is the softmax over all keys."""
+    B = x.shape[0]
+    G, d, r = kp.shape[0], kg.shape[-1], heads // kv_heads
+    h = F.linear(_rms(x[:, 0], w.norm1, eps), w.qkv, w.qkv_bias)
+    q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
+    q, k = q.view(B, heads, d), k.view(B, kv_heads, d)
+    if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
+        q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
+    q, k = _rotate(q, cos, sin).view(B, kv_heads, r, d), _rotate(k, cos, sin)
+    kg[:, :, t : t + 1] = k[:, :, None]  # a slice, not an index: the compiled graph keeps t symbolic
+    vg[:, :, t : t + 1] = v.view(B, kv_heads, 1, d)
+    own, own_lse = _attend(q, kg[:, :, : t + 1], vg[:, :, : t + 1])
+    grid = q.new_zeros(G * n, kv_heads, r, d)
+    grid[slot] = q
+    grid = grid.view(G, n, kv_heads, r, d).transpose(1, 2).reshape(G, kv_heads, n * r, d)
+    shared, shared_lse = _attend(grid, kp, vp, pmask)
+    shared = shared.view(G, kv_heads, n, r, d).transpose(1, 2).reshape(G * n, kv_heads, r, d)[slot]
+    shared_lse = shared_lse.view(G, kv_heads, n, r).transpose(1, 2).reshape(G * n, kv_heads, r)[slot]
+    share = torch.sigmoid(shared_lse - own_lse)[..., None]  # the prompt's part of the whole softmax
+    o = (shared.float() * share + own.float() * (1 - share)).to(x.dtype)
+    x = x + F.linear(o.reshape(B, 1, heads * d), w.o)
+    gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
 class StaticCacheEngine:
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
@@ -141,7 +181,7 @@ class StaticCacheEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self._build(model)
         self._compile = compile
-        self._decode_layer = None
+        self._decode_layer = self._eager_layer = None
         self.startup_s = time.perf_counter() - t0
         self.last_sync_s = 0.0
         self.last_sync_path = "copy"
@@ -254,19 +294,14 @@ class StaticCacheEngine:
         return groups
 
     def _layer_fn(self):
-        """The decode layer, with the head counts and eps bound as constants (so the compiled graph
-        does not treat them as symbols), compiled on first use."""
+        """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
         if self._decode_layer is None:
             heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
 
-            def step(x, w, k_cache, v_cache, cos, sin, start, mask):
-                return _layer(x, w, k_cache, v_cache, cos, sin, start, mask, heads, kv_heads, eps, False)
+            def step(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n):
+                return _decode_layer(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n, heads, kv_heads, eps)
 
-            def step_gqa(x, w, k_cache, v_cache, cos, sin, start, mask):  # a literal flag: SDPA wants a bool
-                return _layer(x, w, k_cache, v_cache, cos, sin, start, mask, heads, kv_heads, eps, True)
-
-            step = step_gqa if heads != kv_heads else step
-            self._decode_layer = step
+            self._decode_layer = self._eager_layer = step
             if self._compile:
                 try:
                     self._decode_layer = torch.compile(step, dynamic=True)
@@ -287,82 +322,98 @@ class StaticCacheEngine:
     def _decode(self, prompt_ids: list[list[int]], seeds: list[int], group_idx: list[int], sampling: SamplingConfig,
                 finished) -> None:
         n, T = sampling.n, sampling.max_tokens
-        if len(prompt_ids) * n == 1:  # a ballast copy: the compiled layer is built for batches of 2 and more
-            prompt_ids, seeds, group_idx = prompt_ids * 2, seeds * 2, [group_idx[0], None]
-        B, width = len(prompt_ids) * n, max(map(len, prompt_ids))
-        total = width + T
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        valid = torch.ones(B, total, dtype=torch.bool)  # key positions a row may attend to
+        G, width = len(prompt_ids), max(map(len, prompt_ids))
+        B = G * n
+        ids = torch.full((G, width), self.pad_id, dtype=torch.long)
+        valid = torch.ones(G, width, dtype=torch.bool)  # prompt positions that are not left padding
         for g, seq in enumerate(prompt_ids):
-            rows = slice(g * n, (g + 1) * n)
-            ids[rows, width - len(seq) :] = torch.tensor(seq)
-            valid[rows, : width - len(seq)] = False
-        plen = torch.tensor([len(s) for s in prompt_ids]).repeat_interleave(n)
+            ids[g, width - len(seq) :] = torch.tensor(seq)
+            valid[g, : width - len(seq)] = False
+        plen = torch.tensor([len(s) for s in prompt_ids])
         # each prompt's uniforms for all steps, drawn from its own generator: [B, T]
-        uniforms = torch.cat([torch.rand(n, T, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                              for s in seeds])
-        caches = [(torch.zeros(B, self.kv_heads, total, self.head_dim, dtype=self.dtype),
-                   torch.zeros(B, self.kv_heads, total, self.head_dim, dtype=self.dtype)) for _ in self.layers]
-        rows = [(group_idx[g], j) for g in range(len(prompt_ids)) for j in range(n)]  # row -> (group, sample)
+        uniforms = torch.cat([torch.rand(n, T, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        rows = [(group_idx[g], j) for g in range(G) for j in range(n)]  # row -> (group, sample)
         out_ids = torch.empty(B, T, dtype=torch.long)
         out_lp = torch.empty(B, T, dtype=torch.float32)
         stop_tail = max((len(s) for s in sampling.stop), default=0) + 8
         layer = self._layer_fn()
 
-        # prefill: causal over each row's own tokens; a pad query attends to itself (finite, unused)
+        # prefill, once per group: causal over the prompt's own tokens; a pad query attends to itself
         positions = (torch.arange(width)[None] - (width - plen)[:, None]).clamp(min=0)
-        mask = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :width]
+        mask = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :]
         mask = (mask | torch.eye(width, dtype=torch.bool)[None])[:, None]
         cos, sin = self._rope(positions)
         x = self.embed[ids]
-        for w, (kc, vc) in zip(self.layers, caches):
-            x = _layer(x, w, kc, vc, cos, sin, 0, mask, self.heads, self.kv_heads, self.eps, self.heads != self.kv_heads)
-        logits = self._logits(x[:, -1])
-
+        prompt_kv = []
+        for w in self.layers:
+            kp = torch.empty(G, self.kv_heads, width, self.head_dim, dtype=self.dtype)
+            vp = torch.empty_like(kp)
+            x = _layer(x, w, kp, vp, cos, sin, 0, mask, self.heads, self.kv_heads, self.eps, self.heads != self.kv_heads)
+            prompt_kv.append((kp, vp))
+        logits = self._logits(x[:, -1]).repeat_interleave(n, 0)
+        pmask = torch.zeros(G, 1, 1, width, dtype=self.dtype).masked_fill_(~valid[:, None, None, :], float("-inf"))
+        gen_kv = [(torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype),
+                   torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype)) for _ in self.layers]
+        row_plen = plen.repeat_interleave(n)
         alive = list(range(B))  # the original row of each batch row
-        ended = [group is None for group, _ in rows]
+        slot = torch.arange(B)  # each batch row's place in the [groups still running, n] grid
+        kept_groups = list(range(G))  # the prompts whose keys and values prompt_kv holds
+        ended = [False] * B
         for t in range(T):
-            logprobs = logits.log_softmax(-1)
-            nxt = self._sample(logits, logprobs, uniforms[alive, t], sampling)
+            nxt, out_lp[alive, t] = self._sample(logits, uniforms[alive, t], sampling)
             out_ids[alive, t] = nxt
-            out_lp[alive, t] = logprobs.gather(-1, nxt[:, None]).squeeze(-1)
             for row in self._ended_now(alive, t, nxt, out_ids, ended, sampling, stop_tail):
                 ended[row] = True
                 finished(rows[row], self._completion(out_ids[row, : t + 1], out_lp[row, : t + 1], "stop", sampling))
             keep = [not ended[row] for row in alive]
             if t == T - 1 or not any(keep):
                 break
-            if sum(keep) <= 0.75 * len(keep):  # drop ended rows: their cache rows stop costing reads
-                if sum(keep) == 1:  # one ended row stays as ballast (see above)
-                    keep[keep.index(False)] = True
+            if sum(keep) <= 0.75 * len(keep):  # drop ended rows (and groups): they stop costing reads
                 sel = torch.tensor([p for p, k in enumerate(keep) if k])
-                caches = [(kc.index_select(0, sel), vc.index_select(0, sel)) for kc, vc in caches]
-                nxt, plen, valid = nxt[sel], plen[sel], valid[sel]
                 alive = [row for row, k in zip(alive, keep) if k]
+                groups = sorted({row // n for row in alive})  # the prompts (of this batch) still running
+                gsel = torch.tensor([kept_groups.index(g) for g in groups])
+                kept_groups = groups
+                place = {g: i for i, g in enumerate(groups)}
+                slot = torch.tensor([place[row // n] * n + row % n for row in alive])
+                gen_kv = [(kg.index_select(0, sel), vg.index_select(0, sel)) for kg, vg in gen_kv]
+                prompt_kv = [(kp.index_select(0, gsel), vp.index_select(0, gsel)) for kp, vp in prompt_kv]
+                pmask = pmask.index_select(0, gsel)
+                nxt = nxt[sel]
             x = self.embed[nxt][:, None]
-            cos, sin = self._rope((plen + t)[:, None])
-            step_mask = valid[:, None, None, : width + t + 1]
-            for w, (kc, vc) in zip(self.layers, caches):
-                x = layer(x, w, kc, vc, cos, sin, width + t, step_mask)
+            cos, sin = self._rope((row_plen[alive] + t)[:, None])
+            cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
+            # sizes of 1 (the first step's own key, a last group, a last row) would each cost the
+            # compiled layer a specialised recompile: those steps run eagerly
+            fn = layer if t > 0 and len(kept_groups) > 1 and len(alive) > 1 else self._eager_layer
+            for w, (kp, vp), (kg, vg) in zip(self.layers, prompt_kv, gen_kv):
+                x = fn(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n)
             logits = self._logits(x[:, -1])
         for row in range(B):
             if not ended[row]:
                 finished(rows[row], self._completion(out_ids[row], out_lp[row], "length", sampling))
 
     @staticmethod
-    def _sample(logits: torch.Tensor, logprobs: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-        """Next tokens [B] by inverting each row's CDF at its uniform ``u`` [B] (float64)."""
+    def _sample(logits: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next tokens [B] and their log-probs [B] under the raw ``logits`` [B, V] (float32). A token is
+        drawn by inverting its row's CDF at the row's uniform ``u`` [B]. The CDF is a float32 running
+        sum, scaled by its own total, so rounding moves a token's probability by ~1e-7 at most; a token
+        of probability 0 (outside the nucleus) is never drawn."""
+        lse = logits.logsumexp(-1, keepdim=True)
         if sampling.temperature == 0:
-            return logits.argmax(-1)
-        probs = logprobs.exp() if sampling.temperature == 1.0 else (logits / sampling.temperature).softmax(-1)
-        order = None
-        if sampling.top_p < 1.0:  # the nucleus: the most likely tokens whose mass before them is < top_p
-            probs, order = probs.sort(-1, descending=True)
-            probs = probs * (probs.cumsum(-1) - probs < sampling.top_p)
-        cdf = probs.double().cumsum_(-1)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
-        pick = pick.clamp_(max=cdf.shape[-1] - 1)
-        return pick if order is None else order.gather(-1, pick[:, None]).squeeze(-1)
+            pick = logits.argmax(-1)
+        else:
+            probs = (logits - lse).exp_() if sampling.temperature == 1.0 else (logits / sampling.temperature).softmax(-1)
+            order = None
+            if sampling.top_p < 1.0:  # the nucleus: the most likely tokens whose mass before them is < top_p
+                probs, order = probs.sort(-1, descending=True)
+                probs = probs * (probs.cumsum(-1) - probs < sampling.top_p)
+            cdf = probs.cumsum_(-1)
+            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+            pick = pick.clamp_(max=cdf.shape[-1] - 1)
+            if order is not None:
+                pick = order.gather(-1, pick[:, None]).squeeze(-1)
+        return pick, logits.gather(-1, pick[:, None]).squeeze(-1) - lse.squeeze(-1)
 
     def _ended_now(self, alive: list[int], t: int, nxt: torch.Tensor, out_ids: torch.Tensor, ended: list[bool],
                    sampling: SamplingConfig, stop_tail: int) -> list[int]:

@@ -13,7 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                      help="build a randomly initialised model of this architecture (e.g. benchmarks/configs/llama-75m.json)")
     p.add_argument("--tokenizer", default="artifacts/tiny-base", help="tokenizer directory for --random-init")
     p.add_argument("--engines", default="vllm,hf",
-                   help="semicolon- or comma-separated engines: vllm, hf (our KV-cache loop), hf-generate "
+                   help="semicolon- or comma-separated engines: vllm, static (compiled static-KV-cache loop), hf (our "
+                        "KV-cache loop), hf-generate "
                         "(transformers' generate); options as kind:key=value,key=value, e.g. "
                         "'vllm:enforce_eager=false;hf' (use ';' between engines when giving options)")
     p.add_argument("--prompts", type=int, default=64, help="prompts per run")
@@ -21,7 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
     p.add_argument("--dtype", default="float32",
                    help="engine dtype: float32, bfloat16, or both comma-separated (one table, ratios within each dtype)")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per engine (best is reported)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds: each times one generate of every engine in turn (tokens/s: an engine's best "
+                        "round; x HF / x HF generate: the median of the rounds' ratios)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
 

@@ -62,10 +62,11 @@ def test_sampling_is_exact():
     """Inverting the CDF at a uniform draws from softmax(logits / T) and from the top-p nucleus."""
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(40_000, 1)
-    u = torch.rand(40_000, dtype=torch.float64)
+    u = torch.rand(40_000)
     for temperature, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
         s = SamplingConfig(temperature=temperature, top_p=top_p)
-        picks = StaticCacheEngine._sample(logits, logits.log_softmax(-1), u, s)
+        picks, logprobs = StaticCacheEngine._sample(logits, u, s)
+        assert torch.allclose(logprobs, logits.log_softmax(-1).gather(-1, picks[:, None]).squeeze(-1), atol=1e-6)
         freq = torch.bincount(picks, minlength=5).double() / len(picks)
         probs = (logits[0] / temperature).softmax(-1).double()
         if top_p < 1:
@@ -75,7 +76,7 @@ def test_sampling_is_exact():
             probs = torch.where(keep, probs, 0) / probs[keep].sum()
         assert (freq - probs).abs().max() < 0.01, (temperature, top_p, freq, probs)
         assert freq[probs == 0].sum() == 0  # outside the nucleus: never
-    greedy = StaticCacheEngine._sample(logits[:3], None, u[:3], SamplingConfig(temperature=0.0))
+    greedy, _ = StaticCacheEngine._sample(logits[:3], u[:3], SamplingConfig(temperature=0.0))
     assert greedy.tolist() == [0, 0, 0]
 
 
