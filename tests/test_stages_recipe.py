@@ -95,8 +95,10 @@ def test_shipped_recipes_load():
     for path in ("configs/recipes/demo.yaml", "configs/recipes/phases.yaml"):
         recipe, wired = load_recipe(path)
         assert wired and recipe.report is not None
-    demo = {st.name: st for st, _ in load_recipe("configs/recipes/demo.yaml")[1]}
+    wired = load_recipe("configs/recipes/demo.yaml")[1]
+    demo = {st.name: st for st, _ in wired}
     assert demo["base"].cache and not demo["rl_zero"].cache  # `make demo` reuses the base and reruns RL
+    assert dict((st.name, cfg) for st, cfg in wired)["rl_zero"].engine.kind == "static"  # the demo's engine
 
 
 def test_report_tables_every_path_and_plots(micro_model, tmp_path):
