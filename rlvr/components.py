@@ -70,8 +70,10 @@ def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any
     set on the rollout worker thread instead (see RolloutPipeline)."""
     e = cfg.engine
     threads = cfg.train.threads if threads is None else threads
-    if e.kind in ("hf", "static"):
+    if e.kind == "hf":
         return {"dtype": e.dtype}
+    if e.kind == "static":
+        return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib}
     return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
             "sleep_level": e.sleep_level,
             "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,

@@ -107,7 +107,8 @@ class EngineConfig(Section):
         "Llama-family models on CPU, the fastest there) or 'hf' (transformers reference).")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine dtype; float32 keeps log-probs in parity with the learner.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
-    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB; static engine: the "
+                                "most one decode batch's KV cache may take (fewer groups per batch beyond it).")
     sleep_level: Literal[0, 1, 2] = Field(
         0, description="vLLM on GPU: sleep mode while the learner steps. 1: free the KV cache and offload the "
         "weights to CPU memory; 2: free both (the sync writes every weight anyway). Woken before the sync and "

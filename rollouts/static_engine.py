@@ -151,12 +151,13 @@ def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n
 class StaticCacheEngine:
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
-    ``max_batch`` bounds the rows decoded together (a batch's cache is allocated whole);
+    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of one batch's
+    KV cache (allocated whole: a long prompt or ``max_tokens`` means fewer groups per batch);
     ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
     one-off compile of ~10-30 s; eager when the compile fails, with a warning)."""
 
-    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0,
-                 compile: bool = True, model=None):
+    def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, kv_cache_gib: float = 2.0,
+                 threads: int = 0, compile: bool = True, model=None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
@@ -177,6 +178,7 @@ class StaticCacheEngine:
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         self.max_batch = max_batch
+        self.kv_cache_bytes = kv_cache_gib * 2**30
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self._build(model)
@@ -286,12 +288,18 @@ class StaticCacheEngine:
                     on_group(g, groups[g])
 
         # whole groups per batch, so a group's rows share its generator's draws
-        per_batch = max(1, self.max_batch // sampling.n)
+        per_batch = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(
+            max(map(len, prompt_ids)), sampling))))
         for start in range(0, len(prompts), per_batch):
             idx = range(start, min(len(prompts), start + per_batch))
             self._decode([prompt_ids[g] for g in idx], [seeds[g] for g in idx], list(idx), sampling, finished)
         self.last_group_latencies = latencies
         return groups
+
+    def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
+        """KV-cache bytes of one group: its prompt once, each of its n samples' generated tokens."""
+        per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
+        return per_position * (width + sampling.n * sampling.max_tokens)
 
     def _layer_fn(self):
         """The decode layer, with the head counts and eps bound as constants, compiled on first use."""

@@ -146,3 +146,14 @@ def test_load_weights_equals_a_fresh_engine(micro_model, tmp_path):
 def test_unsupported_models_are_refused_by_name(field, config):
     with pytest.raises(ValueError, match=field):
         check_supported(config)
+
+
+def test_kv_budget_splits_batches_without_changing_samples(micro_model):
+    """A KV-cache budget too small for every group at once decodes them in more batches; per-prompt
+    seeds keep the samples what they were."""
+    roomy = make_engine("static", micro_model, compile=False)
+    tight = make_engine("static", micro_model, compile=False, kv_cache_gib=1e-9)  # one group per batch
+    s = SamplingConfig(n=3, temperature=1.0, max_tokens=12, seed=6)
+    assert tight._group_bytes(30, s) > tight.kv_cache_bytes
+    assert ([c.token_ids for g in roomy.generate(PROMPTS, s) for c in g.completions]
+            == [c.token_ids for g in tight.generate(PROMPTS, s) for c in g.completions])
