@@ -12,7 +12,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     src.add_argument("--random-init", metavar="CONFIG_JSON",
                      help="build a randomly initialised model of this architecture (e.g. benchmarks/configs/llama-75m.json)")
     p.add_argument("--tokenizer", default="artifacts/tiny-base", help="tokenizer directory for --random-init")
-    p.add_argument("--engines", default="vllm,hf",
+    p.add_argument("--engines", default="static,vllm,hf-generate",
                    help="semicolon- or comma-separated engines: vllm, static (compiled static-KV-cache loop), hf (our "
                         "KV-cache loop), hf-generate "
                         "(transformers' generate); options as kind:key=value,key=value, e.g. "
