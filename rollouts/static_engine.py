@@ -7,16 +7,20 @@ per sequence per step. This engine does only what sampling needs:
 
 - the weights the learner sends are copied into fused buffers (q/k/v in one matrix, gate/up in one),
   so a layer is two matmuls in and two out;
-- the KV cache is allocated once per batch (``[B, kv_heads, prompt + max_tokens, head_dim]`` per layer)
-  and written in place; decode attention reads it through ``scaled_dot_product_attention`` with a
-  key mask for the left padding;
+- the KV cache is allocated once per batch and written in place. A group's prompt is prefilled and
+  cached once (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each
+  sample's generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``).
+  Decode attention is two CPU flash-attention calls merged through their log-sum-exps: the
+  group's rows over the shared prompt (one call, the rows as extra queries) and each row over its
+  own tokens (see ``_decode_layer``);
 - one decode layer (norms, rotary embedding, cache write, attention, MLP) is one ``torch.compile``d
   function, so its element-wise work is fused into a few kernels (``compile=False``: eager);
 - sampling draws one uniform per sample per step from its prompt's own generator and inverts the
   CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
   cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary. A prompt's
   samples depend on its seed only, not on the batch it shares.
-- finished rows leave the batch (their cache rows are dropped) once a quarter of it has finished.
+- finished rows leave the batch (their cache rows are dropped, and a group's prompt once all its
+  rows ended) when a quarter of it has finished; ``kv_cache_gib`` bounds one batch's cache.
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
