@@ -152,6 +152,21 @@ def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n
     return x + F.linear(F.silu(gate) * up, w.down)
 
 
+def _own_inductor_cache() -> None:
+    """Point inductor's on-disk cache at a directory of this CPU dispatch level (unless the user
+    chose one). torch 2.13 keys its cached kernels without ``ATEN_CPU_CAPABILITY``: a kernel
+    compiled in an AVX-512 process and loaded in a process run at ``ATEN_CPU_CAPABILITY=avx2``
+    (or the reverse) computed garbage or crashed (``free(): invalid pointer``) here; separate
+    directories computed right in both."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())  # importing transformers already sets the variable to it
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{torch.backends.cpu.get_cpu_capability().lower()}"
+
+
 class StaticCacheEngine:
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
@@ -315,6 +330,7 @@ class StaticCacheEngine:
 
             self._decode_layer = self._eager_layer = step
             if self._compile:
+                _own_inductor_cache()
                 try:
                     self._decode_layer = torch.compile(step, dynamic=True)
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
