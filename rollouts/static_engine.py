@@ -153,18 +153,20 @@ def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n
 
 
 def _own_inductor_cache() -> None:
-    """Point inductor's on-disk cache at a directory of this CPU dispatch level (unless the user
-    chose one). torch 2.13 keys its cached kernels without ``ATEN_CPU_CAPABILITY``: a kernel
-    compiled in an AVX-512 process and loaded in a process run at ``ATEN_CPU_CAPABILITY=avx2``
-    (or the reverse) computed garbage or crashed (``free(): invalid pointer``) here; separate
-    directories computed right in both."""
+    """Point inductor's on-disk cache at a directory of this CPU dispatch level and thread count
+    (unless the user chose one). torch 2.13 keys its cached kernels without ``ATEN_CPU_CAPABILITY``:
+    a kernel compiled in an AVX-512 process and loaded in a process run at
+    ``ATEN_CPU_CAPABILITY=avx2`` (or the reverse) computed garbage or crashed (``free(): invalid
+    pointer``) here; separate directories computed right in both. Nor does it key them on the
+    thread count (pytorch/pytorch#184444: serial kernels served to a multi-threaded process)."""
     import os
 
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     default = os.path.abspath(default_cache_dir())  # importing transformers already sets the variable to it
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{torch.backends.cpu.get_cpu_capability().lower()}"
+        level = torch.backends.cpu.get_cpu_capability().lower()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{level}-{torch.get_num_threads()}threads"
 
 
 class StaticCacheEngine:
