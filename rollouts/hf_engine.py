@@ -8,14 +8,13 @@ behave the same way as in the vLLM engine.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 
 import torch
 
-from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop
 
 
 def sample_next(logits: torch.Tensor, sampling: SamplingConfig,
@@ -47,7 +46,7 @@ class HFEngine:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
-        self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype])
+        self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
         self.model.eval()
         self.max_batch = max_batch
         self.eos_id = self.tokenizer.eos_token_id
@@ -69,7 +68,7 @@ class HFEngine:
             per_prompt = [torch.Generator().manual_seed(s) for s in sampling.seeds]
             gens: torch.Generator | list[torch.Generator] = [per_prompt[g] for g, _ in flat]
         else:
-            gens = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % 2**63)
+            gens = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
         results: list[Completion] = []
         finished_at: list[float] = []
         groups = [Group(p, ids, []) for p, ids in zip(texts, prompt_ids)]
@@ -146,8 +145,6 @@ class HFEngine:
         completions = []
         for i in range(B):
             text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True) if sampling.detokenize else ""
-            for s in sampling.stop:  # like vLLM: the stop string is not part of the text
-                if s in text:
-                    text = text[: text.index(s)]
+            text = cut_at_stop(text, sampling.stop)
             completions.append(Completion(text, out_ids[i], out_lp[i], finish[i] or "length"))
         return completions

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from rollouts.hf_engine import HFEngine
-from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
+from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop
 
 
 class HFGenerateEngine(HFEngine):
@@ -61,9 +61,7 @@ class HFGenerateEngine(HFEngine):
                 if cut is not None:
                     ids, lp, finish = ids[:cut], lp[:cut], "stop"
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if sampling.detokenize else ""
-            for s in sampling.stop:  # like vLLM: the stop string is not part of the text
-                if s in text:
-                    text = text[: text.index(s)]
+            text = cut_at_stop(text, sampling.stop)
             completions.append(Completion(text, ids, lp, finish))
         return completions
 

@@ -30,6 +30,7 @@ every engine here returns them.
 
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -38,9 +39,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
+from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -188,8 +188,8 @@ class StaticCacheEngine:
         check_supported(config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype])
-        self.dtype = _DTYPES[dtype]
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
+        self.dtype = DTYPES[dtype]
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -292,7 +292,7 @@ class StaticCacheEngine:
                 raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
             seeds = list(sampling.seeds)
         else:
-            base = sampling.seed if sampling.seed is not None else int(torch.seed() % 2**31)
+            base = sampling.seed if sampling.seed is not None else secrets.randbits(31)  # not torch.seed(): it reseeds the global RNG
             seeds = [base * 1_000_003 + i for i in range(len(prompts))]
         groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
         missing = [sampling.n] * len(prompts)
@@ -466,7 +466,4 @@ class StaticCacheEngine:
     def _completion(self, ids: torch.Tensor, lps: torch.Tensor, reason: str, sampling: SamplingConfig) -> Completion:
         token_ids = ids.tolist()
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True) if sampling.detokenize else ""
-        for s in sampling.stop:  # like vLLM: the stop string is not part of the text
-            if s in text:
-                text = text[: text.index(s)]
-        return Completion(text, token_ids, lps.tolist(), reason)
+        return Completion(cut_at_stop(text, sampling.stop), token_ids, lps.tolist(), reason)

@@ -8,6 +8,16 @@ from typing import Protocol, Union
 
 import torch
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to its first stop string (like vLLM, the stop string is not part of the text)."""
+    for s in stop:
+        if s in text:
+            text = text[: text.index(s)]
+    return text
+
 
 @dataclass
 class SamplingConfig:
