@@ -41,7 +41,9 @@ def ray_instance():
     Ray's start-up once rather than once per module; see pytest_runtest_teardown for the stop."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        from rlvr.cluster.runtime import start_local_ray
+
+        start_local_ray(2)
     return ray
 
 

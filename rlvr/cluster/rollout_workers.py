@@ -29,7 +29,7 @@ import torch
 
 from rlvr.cluster.nccl_sync import NcclReceiver, NcclSender, choose_transport, host_transport
 from rlvr.cluster.nccl_sync import engine_kwargs as transport_engine_kwargs
-from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, ClusterError, ClusterInfo, cpus_each
+from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, ClusterError, ClusterInfo, cpus_each, keep_freed_memory
 from rlvr.cluster.weight_sync import Packed, WeightReceiver, WeightSender
 from rlvr.config import TrainConfig
 from rollouts import Group, SamplingConfig
@@ -60,6 +60,7 @@ class RolloutWorker:
         if cores is not None:  # vLLM's CPU backend pins its OpenMP threads: keep workers on their own cores
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
         torch.set_num_threads(threads)
+        keep_freed_memory()  # an actor that only generates would hand its KV cache back to the kernel after every draw
         self.index = index
         self.local = LocalRollouts(cfg, model_dir, build_rubric(cfg), threads, in_actor=True,
                                    engine_extra=transport_engine_kwargs(transport))
