@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
     the trainer's single process the learner's tensors sit above the engine's, so what a draw frees stays
     in the heap for the next one. An actor that only generates frees everything at the end of each
     draw, the heap is trimmed, and the next draw takes a page fault for every page of its KV cache and
-    activations again: ~8,000 faults per demo draw, generation ~10% slower than in process. With the
+    activations again: ~8,000 faults per demo draw, generation 14-23% slower than in process. With the
     thresholds fixed (allocations up to 32 MiB from the heap, trim only above 1 GiB free) the heap keeps
     its high-water mark, as the single process's does. Returns False where the C library is not glibc.
     """
