@@ -264,6 +264,16 @@ class Learner:
         One extra forward of each model, spent only when that penalty is on."""
         if self.ref_model is None:
             raise ValueError("KL in the reward needs a reference model")
+        policy, ref = self._logp(batch, (self.model, self.ref_model))
+        return policy, ref
+
+    @torch.no_grad()
+    def policy_logp(self, batch: RLBatch) -> Tensor:
+        """Log-probs [B, T] of the batch's tokens under the current policy, without gradient (0 off-response):
+        what the engine's log-probs are checked against before the first step (rlvr.parity)."""
+        return self._logp(batch, (self.model,))[0]
+
+    def _logp(self, batch: RLBatch, models: tuple) -> list[Tensor]:
         self.model.eval()
         device, home = next(self.model.parameters()).device, batch.input_ids.device
         batch = batch.to(device)
@@ -271,12 +281,12 @@ class Learner:
         in_order = batch.select(order)
         runs = self.lockstep(bounds)  # FSDP: as many forwards as every other rank (repeats discarded)
         out = []
-        for model in (self.model, self.ref_model):
+        for model in models:
             with self.autocast():
                 logp = torch.cat([self._forward(model, in_order.slice(a, b), shared)[0] for a, b in runs][:len(bounds)])
             logp[order] = logp.clone()  # back to the batch's row order
             out.append((logp * batch.response_mask).to(home))
-        return out[0], out[1]
+        return out
 
     def check_lengths(self, batch: RLBatch) -> None:
         """``train.max_seq_len`` against the batch's longest row (a learner group checks the whole

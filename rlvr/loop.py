@@ -58,7 +58,7 @@ from typing import Any
 import torch
 import yaml
 
-from rlvr import lora, preflight
+from rlvr import lora, parity, preflight
 from rlvr.alarms import Alarms
 from rlvr.algorithms import (
     ADVANTAGES,
@@ -69,8 +69,6 @@ from rlvr.algorithms import (
     kl_reward_penalty,
     last_token_rewards,
     masked_mean,
-    overlong_mask,
-    soft_overlong_penalty,
 )
 from rlvr.archs import read_config as read_model_config
 from rlvr.checkpoint import (
@@ -94,6 +92,7 @@ from rlvr.pipeline import RolloutPipeline, ScoredGroup, StepRollouts
 from rlvr.precision import check_learner_dtype
 from rlvr.rollout_backends import make_rollouts
 from rlvr.trackers import check_trackers, open_trackers
+from rlvr.train.batch import build_batch
 from rollouts import SamplingConfig
 from verifiers import get as get_verifier
 
@@ -165,40 +164,6 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
     stats = {"sampling_rounds": float(rounds), "groups_drawn": float(len(drawn)), "groups_dropped": float(len(dropped)),
              "groups_padded": float(padded), "informative_frac": len(kept) / len(drawn)}
     return kept[:want] + dropped[:padded], drawn, stats
-
-
-def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
-                max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
-    """Pack groups into right-padded tensors in target alignment (see rlvr.learner), with
-    DAPO's overlong shaping when configured; advantages are left at 0 for the caller."""
-    seqs, spans, engine_lp = [], [], []
-    for sg in scored:
-        for comp in sg.group.completions:
-            seqs.append(sg.group.prompt_ids + comp.token_ids)
-            spans.append((len(sg.group.prompt_ids) - 1, len(comp.token_ids)))
-            engine_lp.append(comp.logprobs)
-    B, L = len(seqs), max(map(len, seqs))
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L - 1))
-    elp = torch.zeros((B, L - 1))
-    for i, (seq, (start, n), lp) in enumerate(zip(seqs, spans, engine_lp)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        mask[i, start : start + n] = 1.0
-        elp[i, start : start + n] = torch.tensor(lp)
-    group_ids = torch.tensor([g for g, sg in enumerate(scored) for _ in sg.group.completions])
-    prompt_lens = torch.tensor([len(sg.group.prompt_ids) for sg in scored for _ in sg.group.completions])
-    rewards = torch.cat([sg.rewards for sg in scored])  # [B]
-    comps = [c for sg in scored for c in sg.group.completions]
-    if algo.overlong_buffer_frac > 0:  # DAPO soft overlong punishment, after the verifier's reward
-        lengths = torch.tensor([len(c.token_ids) for c in comps])
-        rewards = rewards + soft_overlong_penalty(lengths, max_tokens, round(algo.overlong_buffer_frac * max_tokens),
-                                                  algo.overlong_penalty_factor)
-    if algo.overlong_filter:  # DAPO overlong filtering: truncated completions carry no loss
-        mask = mask * overlong_mask([c.finish_reason for c in comps])[:, None]
-    batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)  # groups: shared-prefix forward
-    return batch, AdvantageInputs(rewards, group_ids, mask)
 
 
 def kl_token_rewards(learners: LearnerGroup, batch: RLBatch, inp: AdvantageInputs,
@@ -321,14 +286,18 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
                      "pending": [r.to_json() for r in pending]}
             save_checkpoint(run_dir, step, tensors=tensors, state=state, config_yaml=cfg_yaml, keep=cfg.checkpoint.keep)
 
-        if ckpt is None:
-            start, evals = 0, {0: run_eval(0)}
-        else:
+        if ckpt is not None:
             start, evals = ckpt.step, restore_state(ckpt, learners, sampler, pipe)
             weights = learners.policy_weights()
             pipe.call(lambda: rollouts.load_weights(weights))
             set_rng_state(ckpt.tensors["rng"])
         learners.broadcast_state()  # every learner rank starts from rank 0's state (no-op with one rank)
+        # a few tokens against the learner before anything is evaluated or trained (rlvr.parity)
+        probe = parity.probe(lambda rows, s: pipe.call(lambda: rollouts.generate_and_score(rows, s)),
+                             learners.policy_logp, train_rows, cfg, tokenizer.pad_token_id)
+        print(f"parity probe: engine and learner log-probs agree within {probe['probe_logp_diff_max']:.2g} nats")
+        if ckpt is None:
+            start, evals = 0, {0: run_eval(0)}
         for s in range(start + 1, min(start + staleness, tc.steps) + 1):  # async: fill the pipeline
             if not pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
                 pipe.submit_draw(s, version=start)
@@ -353,7 +322,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             batch.advantages = advantage_fn(adv_in, algo)  # [B, T]
             metrics.update(learners.step(batch))
             if ro.version == step - 1:  # a stale batch differs by the policy's own update, not by the engine
-                check_logprob_parity(metrics, cfg)
+                parity.check_step(metrics, cfg)
             if critic is not None:
                 metrics.update(learners.critic_step(batch, adv_in))
             t2 = time.perf_counter()
@@ -491,21 +460,3 @@ def check_max_seq_len(cfg: TrainConfig, rows: list[dict]) -> None:
                           f"sampling.max_tokens={cfg.sampling.max_tokens}, so a row can reach "
                           f"{longest + cfg.sampling.max_tokens} tokens; raise train.max_seq_len, lower "
                           "sampling.max_tokens, or cap prompts with task.max_prompt_tokens")
-
-
-class LogprobParityError(RuntimeError):
-    """The rollout engine's log-probs disagree with the learner's: training would be off-policy."""
-
-
-def check_logprob_parity(metrics: dict[str, float], cfg: TrainConfig) -> None:
-    worst, bound = metrics["logp_diff_max"], cfg.engine.max_logprob_diff
-    if worst > bound:
-        raise LogprobParityError(
-            f"engine/learner log-prob mismatch: max |delta| = {worst:.3g} nats > engine.max_logprob_diff = {bound} "
-            f"(engine.kind={cfg.engine.kind}, engine.dtype={cfg.engine.dtype}, learner {cfg.train.dtype}, "
-            f"sampling.temperature={cfg.sampling.temperature}, sampling.top_p={cfg.sampling.top_p}). "
-            + ("A bfloat16 engine samples from different numbers than the float32 learner: use engine.dtype=float32, "
-               "or keep bfloat16 with algorithm.is_cap set and a larger engine.max_logprob_diff."
-               if cfg.engine.dtype != "float32" else
-               "Both sides run float32, so the weights differ: check that the weight sync covers every parameter.")
-        )

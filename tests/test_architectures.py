@@ -16,8 +16,8 @@ import torch
 from rlvr.algorithms import ADVANTAGES, AlgorithmConfig
 from rlvr.archs import ARCHS, build_model, local_tokenizer, micro_config
 from rlvr.learner import Learner
-from rlvr.loop import build_batch
 from rlvr.pipeline import ScoredGroup
+from rlvr.train.batch import build_batch
 from rollouts import SamplingConfig, make_engine
 from verifiers import Score
 

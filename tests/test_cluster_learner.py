@@ -1,7 +1,7 @@
 """The data-parallel learner (rlvr.cluster.learner_group) on a local Ray instance and gloo.
 
 Rollouts are real: the micro model samples groups with the HF engine, the task's rubric scores
-them, and ``rlvr.loop.build_batch`` packs them, so shards carry real group structure (prompt
+them, and ``rlvr.train.batch.build_batch`` packs them, so shards carry real group structure (prompt
 lengths differ between groups, completion lengths within them). Two ranks must take the update
 one process takes on the whole batch; a killed rank must stop the step with an error naming it.
 """
@@ -20,9 +20,9 @@ from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_m
 from rlvr.components import build_policy_side, build_rubric, engine_kwargs, load_rows
 from rlvr.config import TrainConfig, load_config
 from rlvr.learner import RLBatch
-from rlvr.loop import build_batch
 from rlvr.pipeline import ScoredGroup
 from rlvr.scoring import Scorer, generate_and_score
+from rlvr.train.batch import build_batch
 from rollouts import SamplingConfig, make_engine
 
 SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",

@@ -69,11 +69,12 @@ def test_learner_step_moves_logprob_towards_positive_advantage(micro_model):
     assert m["logp_diff_max"] < 1e-5 and m["clip_frac"] == 0.0
 
 
-def test_logprob_parity_gate_stops_a_bfloat16_engine(micro_model, tmp_path):
-    """A bfloat16 engine samples from other numbers than the float32 learner: the gate names it."""
+def test_parity_probe_stops_a_bfloat16_engine_before_the_first_step(micro_model, tmp_path):
+    """A bfloat16 engine samples from other numbers than the float32 learner: the start-up probe names it
+    before anything is evaluated or trained."""
     import pytest
 
-    from rlvr.loop import LogprobParityError
+    from rlvr.parity import LogprobParityError
 
     cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
         f"model={micro_model}", f"run_dir={tmp_path / 'run'}", "engine.kind=hf", "engine.dtype=bfloat16",
@@ -81,5 +82,46 @@ def test_logprob_parity_gate_stops_a_bfloat16_engine(micro_model, tmp_path):
         "sampling.max_tokens=8", "eval.num_prompts=2", "eval.k=1", "eval.max_tokens=4", "logging.progress=false",
         "logging.tensorboard=false",
     ])
-    with pytest.raises(LogprobParityError, match=r"engine\.dtype=bfloat16"):
+    with pytest.raises(LogprobParityError, match=r"start-up parity probe.*engine\.kind=hf, engine\.dtype=bfloat16"):
         train(cfg)
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl") == []  # no evaluation, no step
+
+
+def test_parity_probe_catches_a_corrupted_engine_and_passes_a_sound_one(micro_model):
+    """Real engine, real learner: the probe passes the engine as built, and stops one whose weights were
+    corrupted behind the learner's back (what kernels computing wrong numbers look like from outside)."""
+    import pytest
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_policy_side, build_rubric, load_rows
+    from rlvr.parity import LogprobParityError, probe
+    from rlvr.rollout_backends import LocalRollouts
+
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [f"model={micro_model}", "engine.kind=hf",
+                                                                  "eval.num_prompts=2"])
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, tokenizer, rubric, micro_model, verbose=False).train
+    side = build_policy_side(cfg, micro_model, "cpu")
+    rollouts = LocalRollouts(cfg, micro_model, rubric, threads=1)
+    try:
+        sound = probe(rollouts.generate_and_score, side.learner.policy_logp, rows, cfg, tokenizer.pad_token_id)
+        assert sound["probe_logp_diff_max"] < 1e-4
+        # the embedding's rows shuffled: every token is read as another one, as a broken kernel would
+        embed = dict(side.policy.named_parameters())["model.embed_tokens.weight"].detach()
+        rollouts.load_weights([("model.embed_tokens.weight", embed[torch.randperm(len(embed))])])
+        with pytest.raises(LogprobParityError, match=r"engine\.kind=hf.*Likely causes"):
+            probe(rollouts.generate_and_score, side.learner.policy_logp, rows, cfg, tokenizer.pad_token_id)
+    finally:
+        rollouts.close()
+
+
+def test_step_gate_names_the_engine():
+    import pytest
+
+    from rlvr.parity import LogprobParityError, check_step
+
+    cfg = TrainConfig(engine={"kind": "static", "max_logprob_diff": 0.5})
+    check_step({"logp_diff_max": 0.4}, cfg)
+    with pytest.raises(LogprobParityError, match=r"0\.6 nats > engine\.max_logprob_diff = 0\.5 \(engine\.kind=static"):
+        check_step({"logp_diff_max": 0.6}, cfg)

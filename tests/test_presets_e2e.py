@@ -19,7 +19,8 @@ import verifiers
 from rlvr.algorithms import PRESETS, AlgorithmConfig
 from rlvr.config import TrainConfig, load_config
 from rlvr.logging import read_metrics
-from rlvr.loop import ScoredGroup, build_batch, sample_groups, train
+from rlvr.loop import ScoredGroup, sample_groups, train
+from rlvr.train.batch import build_batch
 from rollouts import Completion, Group
 from verifiers import Score
 

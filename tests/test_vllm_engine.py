@@ -141,3 +141,20 @@ def test_separate_process_engine_syncs_through_shared_memory(micro_model):
         assert engine.last_sync_s > 0
     finally:
         engine.close()
+
+
+def test_engines_built_at_other_thread_counts_agree(micro_model):
+    """Two in-process vLLM engines built at different thread counts, one after the other. Before the fix the
+    second computed log-probs ~9 nats off the model's on a real AVX2 CPU (whichever count came first):
+    every engine of a process is now built at the first one's count and runs at its own."""
+    from rollouts.vllm_engine import VLLMEngine
+
+    hf = HFEngine(micro_model)
+    for threads in (2, 1):
+        engine = VLLMEngine(micro_model, dtype="float32", seed=0, threads=threads)
+        try:
+            groups = engine.generate(PROMPTS[:4], SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=5))
+            assert check_logprobs(groups, hf.model) <= 1e-4, f"engine built for {threads} threads"
+        finally:
+            engine.close()
+

@@ -220,6 +220,9 @@ class LearnerRank:
     def policy_and_reference_logp(self, shard: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.side.learner.policy_and_reference_logp(shard)
 
+    def policy_logp(self, shard: RLBatch) -> torch.Tensor:
+        return self.side.learner.policy_logp(shard)
+
     def state(self) -> dict[str, Any]:
         return policy_side_state(self.side.learner, self.side.critic)
 
@@ -354,6 +357,17 @@ class LearnerGroup:
         mine = self._here(lambda: self.learner.policy_and_reference_logp(shards[0]), calls, "KL log-probs")
         parts = [mine] + self._gather(calls, "KL log-probs")
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # [B, T] each
+
+    def policy_logp(self, batch: RLBatch) -> torch.Tensor:
+        """``Learner.policy_logp`` of the whole batch (the start-up parity probe); sharded like
+        ``policy_and_reference_logp`` under FSDP."""
+        if not self.fsdp:
+            return self.learner.policy_logp(batch)
+        self._check_usable()
+        shards = shard_by_groups(batch, self.world)
+        calls = self._send("policy_logp", per_rank=shards[1:])
+        mine = self._here(lambda: self.learner.policy_logp(shards[0]), calls, "probe log-probs")
+        return torch.cat([mine] + self._gather(calls, "probe log-probs"))  # [B, T]
 
     def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
         """(name, tensor) of the policy as the engine loads it (LoRA merged), rank 0's tensors (read

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(config_yaml(cfg), end="")
         return 0
     from rlvr.alarms import RewardAlarm
-    from rlvr.loop import LogprobParityError, train
+    from rlvr.loop import train
+    from rlvr.parity import LogprobParityError
 
     if args.dry_run:
         from rlvr.dry_run import dry_run

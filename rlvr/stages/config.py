@@ -53,6 +53,10 @@ class PairsConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     max_tokens: int = Field(48, ge=1, description="Longest sampled completion.")
     engine: Literal["hf", "vllm", "static"] = Field("hf", description="Engine that samples the current model.")
+    verifier: str | None = Field(
+        None, description="Registered verifier that judges samples (None: the task's own). A sample is chosen when "
+        "the verifier calls it correct, or, for a verifier without a notion of correctness (e.g. r1_format), when "
+        "its reward is positive; a sample the verifier failed on (an error) is neither.")
     heldout_prompts: int = Field(64, ge=0, description="Held-out prompts sampled the same way to measure the "
                                  "chosen-over-rejected log-prob margin before and after (0: skip).")
 

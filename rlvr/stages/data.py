@@ -86,6 +86,11 @@ def midtrain_texts(task: TaskBase, rows: list[Row]) -> list[dict[str, str]]:
     return out
 
 
+def _judged_right(score: Any) -> bool:
+    """Correct by the verifier's own verdict; a verifier without one (``correct`` is None) by its reward."""
+    return bool(score.correct) if score.correct is not None else score.reward > 0
+
+
 class NoPairsError(ValueError):
     """Every sampled prompt was all right or all wrong: no preference pair can be formed."""
 
@@ -109,9 +114,9 @@ def sample_pairs(engine: Any, rows: list[Row], verifier: Any, n: int, temperatur
         scorer.close()
     pairs, all_right, all_wrong = [], 0, 0
     for row, group, group_scores in zip(rows, groups, scores):
-        done = [(c, s) for c, s in zip(group.completions, group_scores) if keep(c)]
-        right = [c for c, s in done if s.correct]
-        wrong = [c for c, s in done if not s.correct]
+        done = [(c, s) for c, s in zip(group.completions, group_scores) if keep(c) and s.error is None]
+        right = [c for c, s in done if _judged_right(s)]
+        wrong = [c for c, s in done if not _judged_right(s)]
         if right and wrong:
             pairs.append({"prompt": row["prompt_text"], "chosen": right[0].text, "rejected": wrong[0].text,
                           "prompt_ids": list(row["prompt_ids"]), "chosen_ids": list(right[0].token_ids),

@@ -160,7 +160,7 @@ def _pairs(cfg: DPOConfig, tokenizer: Any, model_dir: str, rows: list[dict], spl
     held = splits.test[: pc.heldout_prompts]
     ready = Splits(list(rows[: pc.num_prompts]), list(held) or list(splits.test[:1]))
     prepare_rows(ready, cfg.task, tokenizer, max_prompt_tokens=1 << 30)
-    verifier = get_verifier(default_verifier(cfg.task))
+    verifier = get_verifier(pc.verifier or default_verifier(cfg.task))
     kwargs = {"dtype": "float32"} if pc.engine in ("hf", "static") else {"dtype": "float32", "seed": cfg.seed, "threads": cfg.threads}
     engine = make_engine(pc.engine, model_dir, **kwargs)
     try:
