@@ -11,7 +11,7 @@ VLLM_EXTRA := $(if $(GPU),vllm-gpu,vllm-cpu)
 # against (CUDA 12.9), from PyTorch's index; set TORCH_INDEX for another CUDA (e.g. .../cu130).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu129
 
-.PHONY: setup demo demo-code phases test test-slow test-gpu bench clean
+.PHONY: setup demo demo-code phases test test-slow test-gpu clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,7 @@ phases: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-slow: setup

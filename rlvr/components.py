@@ -64,20 +64,16 @@ def thread_split(cfg: TrainConfig) -> tuple[int, int]:
     return learner, cfg.engine.threads or max(1, cores - learner)
 
 
-def engine_kwargs(cfg: TrainConfig, threads: int | None = None) -> dict[str, Any]:
-    """Engine constructor arguments. With ``train.async`` vLLM runs in its own process (its
-    thread pool then cannot collide with the learner's); the HF and static engines' threads are
-    set on the rollout worker thread instead (see RolloutPipeline)."""
+def build_engine(cfg: TrainConfig, model_dir: str, threads: int | None = None, separate_process: bool | None = None,
+                 **extra: Any):
+    """The run's engine (``cfg.engine.build``). With ``train.async`` an engine that can run its core in a
+    process of its own does (its thread pool then cannot collide with the learner's); the others compute
+    on the rollout worker thread, whose thread count the pipeline sets (see RolloutPipeline)."""
     e = cfg.engine
     threads = cfg.train.threads if threads is None else threads
-    if e.kind == "hf":
-        return {"dtype": e.dtype}
-    if e.kind == "static":
-        return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib}
-    return {"dtype": e.dtype, "kv_cache_gib": e.kv_cache_gib, "gpu_memory_utilization": e.gpu_memory_utilization,
-            "sleep_level": e.sleep_level,
-            "enforce_eager": e.enforce_eager, "seed": cfg.train.seed, "threads": threads,
-            "separate_process": cfg.train.async_}
+    if separate_process is None:
+        separate_process = cfg.train.async_ and e.own_process
+    return e.build(model_dir, threads=threads, seed=cfg.train.seed, separate_process=separate_process, **extra)
 
 
 @dataclass

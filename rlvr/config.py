@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.tasks import TASKS, ArithTask, default_verifier
+from rollouts.config import engine_config
 
 
 class Section(BaseModel):
@@ -101,30 +102,34 @@ class PretrainConfig(Section):
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
 
 
-class EngineConfig(Section):
-    kind: Literal["hf", "vllm", "static"] = Field(
-        "hf", description="Rollout engine: 'vllm' (fast), 'static' (a compiled static-KV-cache loop for small "
-        "Llama-family models on CPU, the fastest there) or 'hf' (transformers reference).")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine dtype; float32 keeps log-probs in parity with the learner.")
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM on GPU: share of memory for the engine.")
-    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB; static engine: the "
-                                "most one decode batch's KV cache may take (fewer groups per batch beyond it).")
-    sleep_level: Literal[0, 1, 2] = Field(
-        0, description="vLLM on GPU: sleep mode while the learner steps. 1: free the KV cache and offload the "
-        "weights to CPU memory; 2: free both (the sync writes every weight anyway). Woken before the sync and "
-        "generation. 0: off (the engine keeps its gpu_memory_utilization share throughout).")
-    gpu_memory_gib: float | None = Field(
-        None, gt=0, description="Memory of the GPU the run targets, for the memory preflight (None: the visible "
-        "GPU's; set it in a recipe to check the plan on a machine without that GPU, e.g. with --dry-run).")
-    threads: int = Field(0, ge=0, description="Engine threads (0: all cores; with `train.async`, the cores the learner leaves).")
-    enforce_eager: bool = Field(True, description="vLLM: skip graph compilation (faster start-up).")
-    max_logprob_diff: float | None = Field(
-        None, gt=0,
-        description="Parity gate: stop the run when any sampled token's engine log-prob differs from the "
-        "learner's recomputation by more than this many nats. None: by dtype, 0.5 when engine and learner both "
-        "run float32 (they stay below 1e-4), 8 when either runs bfloat16 (rare tokens drift by nats; truncated "
-        "IS corrects it and `mismatch_kl` measures it).",
-    )
+def _engine_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("kind", "hf")
+    return getattr(value, "kind", "hf")
+
+
+def _engine_union() -> Any:
+    """``engine:`` is a union of the registered trainable engine kinds' configs (rollouts.config), keyed on
+    ``kind`` (default hf): each kind has its own fields, so one of another kind is an unknown key."""
+    from pydantic import Discriminator, Tag
+
+    from rollouts.config import ENGINES
+
+    members = tuple(Annotated[cfg, Tag(kind)] for kind, cfg in sorted(ENGINES.items()) if cfg.trainable)
+    return Annotated[Union[members], Discriminator(_engine_kind)]  # noqa: UP007 (a runtime-built union)
+
+
+EngineConfig = _engine_union()
+
+
+def check_engine_kind(data: Any) -> Any:
+    """Before validation: an unknown ``engine.kind`` is one line naming the known kinds."""
+    from rollouts.config import trainable_kinds
+
+    engine = data.get("engine") if isinstance(data, dict) else None
+    if isinstance(engine, dict) and _engine_kind(engine) not in trainable_kinds():
+        raise ValueError(f"engine.kind: unknown engine {_engine_kind(engine)!r}; known: {', '.join(trainable_kinds())}")
+    return data
 
 
 class SamplingSection(Section):
@@ -284,7 +289,8 @@ class TrainConfig(Section):
     run_dir: str = Field("runs/tiny-r1zero", description="Output directory: metrics, TensorBoard, checkpoint, plot.")
     task: TaskConfig = Field(default_factory=ArithTask, description="What to train on: `kind` picks the task "
                              "(arith, countdown, gsm8k, math, code, hf); see `rlvr config task`.")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine: EngineConfig = Field(default_factory=lambda: engine_config("hf"), description="The rollout "
+                                 "engine: `kind` picks it (hf, static, vllm); see `rlvr config engine`.")
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers and workers.")
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="When a run stops itself.")
@@ -306,7 +312,7 @@ class TrainConfig(Section):
             data = {**data, "rewards": {"terms": data["rewards"]}}
         if isinstance(data, dict) and "rewards" in data and data["rewards"] is None:  # `rewards=null`: the task's
             data = {**data, "rewards": {}}
-        return check_task_kind(data)
+        return check_engine_kind(check_task_kind(data))
 
     @model_validator(mode="after")
     def _derive(self) -> TrainConfig:
@@ -363,9 +369,9 @@ class TrainConfig(Section):
         if self.sampling.n < 2 and group_relative:
             raise ValueError(f"sampling.n: {algo.advantage} compares completions within a group, so n=1 gives every "
                              "advantage 0 and trains nothing; use n >= 2 (8 is usual) or a non-group estimator")
-        if self.engine.sleep_level and (self.engine.kind != "vllm" or self.train.async_):
-            raise ValueError("engine.sleep_level: sleep mode is a vLLM feature for a synchronous loop (the engine "
-                             "sleeps while the learner steps); use engine.kind=vllm without train.async")
+        if self.engine.sleeps and self.train.async_:
+            raise ValueError("engine.sleep_level: sleep mode is for a synchronous loop (the engine sleeps while the "
+                             "learner steps); use it without train.async")
         if self.lora is not None and algo.needs_critic and algo.critic_model is None:
             raise ValueError("lora: the PPO critic is copied from the policy's backbone, which LoRA wraps; set "
                              "algorithm.critic_model to a model directory, or train without lora")
@@ -425,10 +431,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _format_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        kind = None
+        if len(parts) > 2 and parts[0] in ("engine", "task"):  # a union member's tag: engine.static.x -> engine.x
+            kind = parts.pop(1)
+        loc = ".".join(parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + (f" for {parts[0]}.kind={kind}" if kind else "")
         if re.match(r"^[a-z_]+(\.[\w]+)*: ", msg):
             lines.append(f"  {msg}")  # the validator's message already starts with the field it names
         else:

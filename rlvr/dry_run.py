@@ -111,9 +111,13 @@ def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bo
                     engine_kind: str | None = None) -> TrainConfig:
     data = cfg.model_dump(mode="json", by_alias=True)
     data.update(model=model_dir, run_dir=str(work / "run"))
-    if engine_kind is not None:
-        data["engine"]["kind"] = engine_kind
-    data["engine"].update(sleep_level=0, gpu_memory_gib=None, kv_cache_gib=0.25, threads=0)
+    from rollouts.config import ENGINES, EngineConfigBase
+
+    engine = data["engine"]
+    if engine_kind is not None and engine_kind != engine["kind"]:  # only the fields every kind has carry over
+        engine = {k: v for k, v in engine.items() if k in EngineConfigBase.model_fields} | {"kind": engine_kind}
+    cpu = dict(sleep_level=0, gpu_memory_gib=None, kv_cache_gib=0.25, threads=0)
+    data["engine"] = engine | {k: v for k, v in cpu.items() if k in ENGINES[engine["kind"]].model_fields}
     if not cpu_has_bf16_kernels():  # torch's CPU bf16 kernels need AVX-512 ("pack_vnni2 is only supported ...")
         data["engine"]["dtype"] = "float32"
         data["train"]["dtype"] = "float32"

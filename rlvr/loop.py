@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
         batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
         return StepRollouts(step, batch, drawn, stats, timings)
 
-    pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.kind in ("hf", "static") else 0)
+    pipe = RolloutPipeline(draw_step, staleness, worker_threads=engine_threads if cfg.engine.computes_on_caller_thread else 0)
     show = cfg.logging.progress if progress is None else progress
     try:
         trackers = open_trackers(cfg.logging.report_to, run_dir, yaml.safe_load(cfg_yaml), cfg.logging.project,
@@ -310,7 +310,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
             if step + staleness <= tc.steps:
                 pipe.submit_draw(step + staleness, version=synced_version)
             ro = pipe.take(step)  # staleness 0: drawn just now; else waits only if generation is behind
-            if cfg.engine.sleep_level:  # vLLM gives its GPU memory back while the learner steps
+            if cfg.engine.sleeps:  # the engine gives its GPU memory back while the learner steps
                 pipe.call(rollouts.sleep)
             t1 = time.perf_counter()
             metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rollouts.config import ENGINES
+
 GIB = 1024**3
 
 
@@ -127,13 +129,13 @@ def estimate(cfg, model_config: dict[str, Any], gpu_gib: float, prompt_tokens: i
     else:
         parts["activations"] = L * per_layer / GIB
     parts["logits"] = tokens * V * (3 * 4 + (2 if tc.dtype == "bfloat16" else 0)) / GIB
-    engine_gib = e.gpu_memory_utilization * gpu_gib if e.kind == "vllm" else n * (2 if e.dtype == "bfloat16" else 4) / GIB
+    engine_gib = e.gpu_gib(gpu_gib, n)
     q = c["num_attention_heads"]
     kv = c.get("num_key_value_heads") or q
     hd = c.get("head_dim") or H // q
     rollout_tokens = cfg.train.prompts_per_step * cfg.sampling.n * (prompt + cfg.sampling.max_tokens)
     kv_need = 2 * L * kv * hd * (2 if e.dtype == "bfloat16" else 4) * rollout_tokens / GIB
-    return Estimate(gpu_gib, parts, engine_gib, e.kind == "vllm" and e.sleep_level > 0, kv_need, n)
+    return Estimate(gpu_gib, parts, engine_gib, e.sleeps, kv_need, n)
 
 
 SUGGESTIONS: list[tuple[str, dict[str, Any]]] = [
@@ -159,7 +161,7 @@ def settings_that_fit(cfg, model_config: dict[str, Any], gpu_gib: float, prompt_
         if new == data or (label.startswith("train.micro_batch_size") and
                            data["train"]["micro_batch_size"] <= change["train"]["micro_batch_size"]):
             continue
-        if label.startswith("engine.sleep_level") and data["engine"]["kind"] != "vllm":
+        if label.startswith("engine.sleep_level") and not ENGINES[data["engine"]["kind"]].can_sleep:
             continue
         data = new
         chosen.append(label)

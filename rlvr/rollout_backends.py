@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from rlvr.components import engine_kwargs
+from rlvr.components import build_engine
 from rlvr.config import TrainConfig
 from rlvr.evaluate import evaluate
 from rlvr.scoring import Scorer, generate_and_score
-from rollouts import SamplingConfig, make_engine
+from rollouts import SamplingConfig
 from verifiers import Rubric
 
 
@@ -26,11 +26,10 @@ class LocalRollouts:
 
     def __init__(self, cfg: TrainConfig, model_dir: str, rubric: Rubric, threads: int, in_actor: bool = False,
                  engine_extra: dict[str, Any] | None = None):
-        kwargs = engine_kwargs(cfg, threads)
-        if in_actor and cfg.engine.kind == "vllm":
-            kwargs["separate_process"] = False  # a Ray actor is the engine's own process already
-        kwargs.update(engine_extra or {})  # e.g. the weight-sync transport's receiver (rlvr.cluster.nccl_sync)
-        self.engine = make_engine(cfg.engine.kind, model_dir, **kwargs)
+        # a Ray actor is the engine's own process already; engine_extra: e.g. the weight-sync transport's
+        # receiver (rlvr.cluster.nccl_sync)
+        self.engine = build_engine(cfg, model_dir, threads, separate_process=False if in_actor else None,
+                                   **(engine_extra or {}))
         self.rubric, self.workers = rubric, cfg.rewards.workers
         self.scorer = Scorer(rubric, cfg.rewards.workers)
 

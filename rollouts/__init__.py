@@ -1,30 +1,17 @@
 """Rollout engines: group sampling with token ids, log-probs and finish reasons.
 
-Usable on its own (no dependency on `rlvr` or `verifiers`).
+Usable on its own (no dependency on `rlvr` or `verifiers`). Engines are chosen through one registry
+(``rollouts.config.ENGINES``): a per-kind config with its own fields, capabilities and ``build()``.
 """
 
+from rollouts.config import ENGINES, EngineConfigBase, engine_class, engine_config, register_engine
 from rollouts.types import Completion, Engine, Group, OnGroup, Prompt, SamplingConfig
 
-__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "Prompt", "OnGroup", "make_engine"]
+__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "Prompt", "OnGroup", "make_engine", "ENGINES",
+           "EngineConfigBase", "engine_config", "register_engine"]
 
 
 def make_engine(kind: str, model_dir: str, **kwargs):
-    """Build an engine by name: ``"hf"``, ``"hf-generate"`` (transformers' ``generate``), ``"vllm"`` or
-    ``"static"`` (a compiled static-KV-cache decode loop for small Llama-family models on CPU)."""
-    if kind == "hf":
-        from rollouts.hf_engine import HFEngine
-
-        return HFEngine(model_dir, **kwargs)
-    if kind == "hf-generate":
-        from rollouts.hf_generate import HFGenerateEngine
-
-        return HFGenerateEngine(model_dir, **kwargs)
-    if kind == "vllm":
-        from rollouts.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model_dir, **kwargs)
-    if kind == "static":
-        from rollouts.static_engine import StaticCacheEngine
-
-        return StaticCacheEngine(model_dir, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; expected 'hf', 'hf-generate', 'vllm' or 'static'")
+    """The engine of registered ``kind`` on ``model_dir``, with its constructor's ``kwargs`` as given
+    (``"hf"``, ``"hf-generate"``, ``"vllm"``, ``"static"``, or a plugin's; see rollouts.config)."""
+    return engine_class(kind)(model_dir, **kwargs)

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rollouts.config import ENGINES
+
 BENCH_PROMPT = "User: Compute {a}+{b}-{c}. Show your steps.\nAssistant: <think>"
 
 
@@ -89,7 +91,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-ENGINE_KINDS = ("vllm", "static", "hf", "hf-generate")
 
 
 def parse_engine_spec(spec: str) -> tuple[str, dict]:
@@ -97,8 +98,8 @@ def parse_engine_spec(spec: str) -> tuple[str, dict]:
     Values are read as JSON where they parse (numbers, true/false), else kept as strings;
     ``env.NAME=value`` sets an environment variable in the worker before the engine starts."""
     kind, _, rest = spec.partition(":")
-    if kind not in ENGINE_KINDS:
-        raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(ENGINE_KINDS)}")
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(sorted(ENGINES))}")
     kwargs = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")

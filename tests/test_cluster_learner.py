@@ -17,13 +17,13 @@ import torch
 
 from rlvr.algorithms import ADVANTAGES
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_metrics, shard_by_groups
-from rlvr.components import build_policy_side, build_rubric, engine_kwargs, load_rows
+from rlvr.components import build_engine, build_policy_side, build_rubric, load_rows
 from rlvr.config import TrainConfig, load_config
 from rlvr.learner import RLBatch
 from rlvr.pipeline import ScoredGroup
 from rlvr.scoring import Scorer, generate_and_score
 from rlvr.train.batch import build_batch
-from rollouts import SamplingConfig, make_engine
+from rollouts import SamplingConfig
 
 SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
          "train.micro_batch_size=8", "optim.lr=1e-4", "logging.progress=false", "logging.tensorboard=false",
@@ -55,7 +55,7 @@ def sample_scored(model_dir: str) -> list[ScoredGroup]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rubric = build_rubric(cfg)
     rows = load_rows(cfg, tokenizer, rubric, model_dir, verbose=False).train[:8]
-    engine = make_engine("hf", model_dir, **engine_kwargs(cfg))
+    engine = build_engine(cfg, model_dir)
     scorer = Scorer(rubric, cfg.rewards.workers)
     try:
         sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)

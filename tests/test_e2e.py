@@ -121,7 +121,7 @@ def test_step_gate_names_the_engine():
 
     from rlvr.parity import LogprobParityError, check_step
 
-    cfg = TrainConfig(engine={"kind": "static", "max_logprob_diff": 0.5})
+    cfg = TrainConfig(model="m", engine={"kind": "static", "max_logprob_diff": 0.5})
     check_step({"logp_diff_max": 0.4}, cfg)
     with pytest.raises(LogprobParityError, match=r"0\.6 nats > engine\.max_logprob_diff = 0\.5 \(engine\.kind=static"):
         check_step({"logp_diff_max": 0.6}, cfg)

@@ -82,8 +82,8 @@ def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
     if c.weight_sync in ("shm", "object_store"):
         return c.weight_sync
     problems = []
-    if cfg.engine.kind != "vllm":
-        problems.append(f"needs engine.kind=vllm (the {cfg.engine.kind} engine has no NCCL receiver)")
+    if not cfg.engine.receives_nccl:
+        problems.append(f"needs an engine with an NCCL receiver (engine.kind={cfg.engine.kind} has none; vllm does)")
     if not cuda:
         problems.append("needs the learner on a CUDA GPU (this process sees none)")
     if c.gpus_per_worker <= 0:

@@ -23,7 +23,7 @@ def _fields(model, prefix: str, seen: set) -> list[tuple[str, str, str, str]]:
     for name, f in model.model_fields.items():
         key = f"{prefix}{f.alias or name}"
         ann = f.annotation
-        if name == "task" and not isinstance(ann, type):  # the kinds' union: listed per kind by run()
+        if name in ("task", "engine") and not isinstance(ann, type):  # the kinds' unions: listed per kind by run()
             continue
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows += _fields(ann, key + ".", seen)
@@ -40,6 +40,19 @@ def _fields(model, prefix: str, seen: set) -> list[tuple[str, str, str, str]]:
             seen.add(key)
             rows.append((key, _type_name(ann), default[:60], (f.description or "").replace("\n", " ")))
     return rows
+
+
+def _union_rows(section: str, default: str, what: str, base, kinds: dict) -> list[tuple[str, str, str, str]]:
+    """A union section: its kind, the fields every kind has, then each kind's own (tagged with the kinds)."""
+    rows = [(f"{section}.kind", "str", default, f"{what}: {', '.join(sorted(kinds))}.")]
+    rows += [(f"{section}." + r[0], *r[1:]) for r in _fields(base, "", set()) if r[0] != "kind"]
+    common = set(base.model_fields)
+    by_key: dict[str, tuple[list[str], tuple]] = {}
+    for name, config in sorted(kinds.items()):
+        for r in _fields(config, "", set()):
+            if r[0] not in common:
+                by_key.setdefault(r[0], ([], r))[0].append(name)
+    return rows + [(f"{section}.{key}  [{', '.join(names)}]", *r[1:]) for key, (names, r) in by_key.items()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,15 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if args.section in (None, "task"):
         from rlvr.tasks import TaskBase
 
-        rows.append(("task.kind", "str", "'arith'", f"Task kind: {', '.join(sorted(TASKS))}."))
-        rows += [("task." + r[0], *r[1:]) for r in _fields(TaskBase, "", set()) if r[0] != "kind"]
-        common = set(TaskBase.model_fields)
-        by_key: dict[str, tuple[list[str], tuple]] = {}
-        for name, kind in sorted(TASKS.items()):
-            for r in _fields(kind.config, "", set()):
-                if r[0] not in common:
-                    by_key.setdefault(r[0], ([], r))[0].append(name)
-        rows += [(f"task.{key}  [{', '.join(kinds)}]", *r[1:]) for key, (kinds, r) in by_key.items()]
+        rows += _union_rows("task", "'arith'", "Task kind", TaskBase, {n: k.config for n, k in TASKS.items()})
+    if args.section in (None, "engine"):
+        from rollouts.config import ENGINES, EngineConfigBase
+
+        rows += _union_rows("engine", "'hf'", "Rollout engine kind", EngineConfigBase,
+                            {n: c for n, c in ENGINES.items() if c.trainable})
     width = max(len(r[0]) for r in rows)
     for key, typ, default, desc in rows:
         print(f"{key:<{width}}  {typ}  = {default}\n{'':<{width}}  {desc}")

@@ -13,7 +13,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.description = ("Evaluate --model on the held-out split of the config's task, scored by the config's rewards "
                      "(the same task and reward settings as `rlvr train`): greedy pass@1, pass@k, format rate, "
                      "response length and verifier errors.")
-    p.add_argument("--engine", choices=["hf", "vllm", "static"], default=None, help="override engine.kind")
+    p.add_argument("--engine", default=None, help="override engine.kind (hf, static, vllm, or a registered kind)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
 
@@ -31,10 +31,9 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc)
     from transformers import AutoTokenizer
 
-    from rlvr.components import build_rubric, engine_kwargs, load_rows
+    from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.evaluate import evaluate
     from rlvr.models import resolve_model
-    from rollouts import make_engine
 
     try:
         model_dir = resolve_model(cfg.model)
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=not args.json).test
     except (FileNotFoundError, ValueError) as exc:
         return fail(exc)
-    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg))
+    engine = build_engine(cfg, model_dir)
     try:
         m = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
                      max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers,

@@ -10,9 +10,9 @@ reporting, no intermediate saves); anything in ``trl:`` wins.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlvr.config import Section, TaskConfig, check_task_kind
 from rlvr.tasks import ArithTask
@@ -52,7 +52,17 @@ class PairsConfig(Section):
     n: int = Field(8, ge=2, description="Samples per prompt; a pair needs a correct and a wrong one among them.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     max_tokens: int = Field(48, ge=1, description="Longest sampled completion.")
-    engine: Literal["hf", "vllm", "static"] = Field("hf", description="Engine that samples the current model.")
+    engine: str = Field("hf", description="Engine kind that samples the current model (hf, static, vllm; its "
+                        "default settings, float32).")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, kind: str) -> str:
+        from rollouts.config import trainable_kinds
+
+        if kind not in trainable_kinds():
+            raise ValueError(f"pairs.engine: unknown engine {kind!r}; known: {', '.join(trainable_kinds())}")
+        return kind
     verifier: str | None = Field(
         None, description="Registered verifier that judges samples (None: the task's own). A sample is chosen when "
         "the verifier calls it correct, or, for a verifier without a notion of correctness (e.g. r1_format), when "

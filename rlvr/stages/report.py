@@ -28,10 +28,9 @@ def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
     """Held-out metrics of ``model_dir`` under the evaluation config ``cfg`` (cached beside the model)."""
     from transformers import AutoTokenizer
 
-    from rlvr.components import build_rubric, engine_kwargs, load_rows
+    from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.evaluate import evaluate
     from rlvr.stages import stamp_of
-    from rollouts import make_engine
 
     stamp = stamp_of(model_dir) or {}
     key = f"{eval_key(cfg)}:{stamp.get('config_hash')}"
@@ -41,7 +40,7 @@ def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
         return cached[key]
     rubric = build_rubric(cfg)
     rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=False).test
-    engine = make_engine(cfg.engine.kind, model_dir, **engine_kwargs(cfg))
+    engine = build_engine(cfg, model_dir)
     try:
         metrics = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
                            max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers)

@@ -153,7 +153,7 @@ def _pairs(cfg: DPOConfig, tokenizer: Any, model_dir: str, rows: list[dict], spl
     """On-policy training pairs and held-out pairs, sampled from the stage's input model."""
     from rlvr.stages.data import NoPairsError, sample_pairs
     from rlvr.tasks import Splits, default_verifier, prepare_rows
-    from rollouts import make_engine
+    from rollouts import engine_config
     from verifiers import get as get_verifier
 
     pc = cfg.pairs
@@ -161,8 +161,7 @@ def _pairs(cfg: DPOConfig, tokenizer: Any, model_dir: str, rows: list[dict], spl
     ready = Splits(list(rows[: pc.num_prompts]), list(held) or list(splits.test[:1]))
     prepare_rows(ready, cfg.task, tokenizer, max_prompt_tokens=1 << 30)
     verifier = get_verifier(pc.verifier or default_verifier(cfg.task))
-    kwargs = {"dtype": "float32"} if pc.engine in ("hf", "static") else {"dtype": "float32", "seed": cfg.seed, "threads": cfg.threads}
-    engine = make_engine(pc.engine, model_dir, **kwargs)
+    engine = engine_config(pc.engine, dtype="float32").build(model_dir, threads=cfg.threads, seed=cfg.seed)
     try:
         train = sample_pairs(engine, ready.train, verifier, pc.n, pc.temperature, pc.max_tokens, cfg.seed,
                              f"dpo: model {cfg.model!r}", tokenizer)
