@@ -62,13 +62,12 @@ class HFEngine:
                       for p in prompts]
         texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
-        if sampling.seeds is not None:  # a generator per prompt, shared by its n rows
-            if len(sampling.seeds) != len(prompts):
-                raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
-            per_prompt = [torch.Generator().manual_seed(s) for s in sampling.seeds]
+        seeds = sampling.prompt_seeds(len(prompts))
+        if seeds is not None:  # a generator per prompt, shared by its n rows (the same rule as every engine)
+            per_prompt = [torch.Generator().manual_seed(s) for s in seeds]
             gens: torch.Generator | list[torch.Generator] = [per_prompt[g] for g, _ in flat]
         else:
-            gens = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+            gens = torch.Generator().manual_seed(secrets.randbits(63))
         results: list[Completion] = []
         finished_at: list[float] = []
         groups = [Group(p, ids, []) for p, ids in zip(texts, prompt_ids)]

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop
+from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop, prompt_seeds
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -287,13 +287,8 @@ class StaticCacheEngine:
         if any(not ids for ids in prompt_ids):
             raise ValueError("static engine: an empty prompt (no tokens) cannot be continued")
         texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
-        if sampling.seeds is not None:
-            if len(sampling.seeds) != len(prompts):
-                raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
-            seeds = list(sampling.seeds)
-        else:
-            base = sampling.seed if sampling.seed is not None else secrets.randbits(31)  # not torch.seed(): it reseeds the global RNG
-            seeds = [base * 1_000_003 + i for i in range(len(prompts))]
+        # unseeded: a random base from secrets, not torch.seed() (it reseeds the global RNG)
+        seeds = sampling.prompt_seeds(len(prompts)) or prompt_seeds(secrets.randbits(31), len(prompts))
         groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
         missing = [sampling.n] * len(prompts)
         latencies = [0.0] * len(prompts)

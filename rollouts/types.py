@@ -19,6 +19,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text
 
 
+def prompt_seeds(seed: int, n: int) -> list[int]:
+    """The one seed rule: the i-th of ``n`` prompts sampled with ``seed`` gets ``seed * 1_000_003 + i``
+    (what a call with ``seed`` and no ``seeds`` uses in every engine, and what a driver that splits
+    the prompts over workers sends, so both sample alike)."""
+    return [seed * 1_000_003 + i for i in range(n)]
+
+
 @dataclass
 class SamplingConfig:
     """How to sample. ``n`` completions per prompt form one group."""
@@ -31,8 +38,7 @@ class SamplingConfig:
     seed: int | None = None
     # One seed per prompt (overrides ``seed``): a prompt's samples then depend on its own seed only,
     # not on which other prompts share the call, so a driver can split prompts over workers freely.
-    # Without it, the i-th prompt of a call samples with ``seed * 1_000_003 + i`` (vLLM), or the
-    # call draws from one generator seeded with ``seed`` (HF).
+    # Without it, every engine gives the i-th prompt of a call the seed ``prompt_seeds(seed, n)[i]``.
     seeds: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: force equal lengths across engines
     detokenize: bool = True  # benchmarks of random-init models: token ids only, text left empty
@@ -48,6 +54,15 @@ class SamplingConfig:
             raise ValueError("SamplingConfig: give seed or seeds (one per prompt), not both")
         if self.max_tokens < 1:
             raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
+
+    def prompt_seeds(self, n: int) -> list[int] | None:
+        """One seed per prompt for a call of ``n`` prompts: ``seeds``, else the rule applied to ``seed``,
+        else None (unseeded). A wrong number of ``seeds`` is an error."""
+        if self.seeds is not None:
+            if len(self.seeds) != n:
+                raise ValueError(f"SamplingConfig.seeds: {len(self.seeds)} seeds for {n} prompts")
+            return list(self.seeds)
+        return None if self.seed is None else prompt_seeds(self.seed, n)
 
 
 @dataclass

@@ -178,13 +178,10 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        if sampling.seeds is not None and len(sampling.seeds) != len(prompts):
-            raise ValueError(f"SamplingConfig.seeds: {len(sampling.seeds)} seeds for {len(prompts)} prompts")
+        seeds = sampling.prompt_seeds(len(prompts))  # one seed per prompt: a shared seed correlates the groups
 
-        def seed(i: int) -> int | None:  # one seed per prompt: a shared seed correlates the groups
-            if sampling.seeds is not None:
-                return sampling.seeds[i]
-            return None if sampling.seed is None else sampling.seed * 1_000_003 + i
+        def seed(i: int) -> int | None:
+            return None if seeds is None else seeds[i]
 
         decode_at_end = sampling.detokenize and self.decode_at_end and not sampling.stop
 

@@ -43,6 +43,32 @@ def rows_of(cfg: TrainConfig, model_dir: str, k: int) -> list[dict]:
     return load_rows(cfg, tok, build_rubric(cfg), model_dir, verbose=False).train[:k]
 
 
+def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cluster, micro_model, tmp_path):
+    """The one seed rule (rollouts.types.prompt_seeds): a call with ``seed`` samples as the per-prompt seeds
+    the Ray driver sends. Before it, the HF engine drew a whole in-process call from one generator, so the
+    same step sampled differently on a worker."""
+    from rlvr.cluster.rollout_workers import RayRollouts
+    from rlvr.cluster.runtime import connect
+    from rlvr.components import build_rubric
+    from rlvr.rollout_backends import LocalRollouts
+
+    cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1")
+    rows = rows_of(cfg, micro_model, 4)
+    sampling = SamplingConfig(n=3, max_tokens=16, seed=11)
+    local = LocalRollouts(cfg, micro_model, build_rubric(cfg), threads=1)
+    try:
+        here, _, _ = local.generate_and_score(rows, sampling)
+    finally:
+        local.close()
+    backend = RayRollouts(cfg, micro_model, connect(cfg.cluster))
+    try:
+        there, _, _ = backend.generate_and_score(rows, sampling)
+    finally:
+        backend.close()
+    assert [[c.token_ids for c in g.completions] for g in here] == [[c.token_ids for c in g.completions] for g in there]
+    assert [[c.logprobs for c in g.completions] for g in here] == [[c.logprobs for c in g.completions] for g in there]
+
+
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])  # vllm: ~40 s more
 def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray_cluster, micro_model, tmp_path,
                                                                              engine):

@@ -1,7 +1,7 @@
 """Rollout workers as Ray actors: each owns one engine (vLLM or HF) and its own verifier pool.
 
 The driver decides everything that shapes a rollout: which rows, and the seed of every group
-(``sampling.seed * 1_000_003 + i`` for the step's i-th group, vLLM's own rule in one process).
+(``rollouts.types.prompt_seeds``: the rule every engine applies to a seeded call in one process).
 Workers receive that as a ``DrawRequest`` (plain data) and return their groups; the driver puts
 them back in request order. So a run's draw requests do not depend on the number of workers,
 and with ``cluster.batch_invariant`` (each group generated alone) neither do the token ids.
@@ -203,7 +203,7 @@ class RayRollouts:
 
     # -- what the loop calls ------------------------------------------------------------
     def generate_and_score(self, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig) -> Drawn:
-        seeds = None if sampling.seed is None else [sampling.seed * 1_000_003 + i for i in range(len(rows))]
+        seeds = sampling.prompt_seeds(len(rows))
         base = dataclasses.replace(sampling, seed=None)
         parts = split_evenly(len(rows), len(self.workers))
 
