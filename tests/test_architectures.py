@@ -23,7 +23,7 @@ from verifiers import Score
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1), (7, 7, 7)]]
-PARITY = 1e-4  # float32 engine vs float32 learner, nats (observed ~1e-5 after a sync)
+PARITY = 5e-4  # float32 engine vs float32 learner, nats (mostly ~1e-5; a rare sampled token reached 1.2e-4 on AVX2)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """vLLM (CPU build) against the HF reference: log-prob parity and in-place weight sync."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -90,7 +92,7 @@ def test_threads_are_the_engines_while_it_works_and_set_num_threads_still_works(
             assert torch.get_num_threads() == k
         vllm_engine.generate(PROMPTS[:2], SamplingConfig(n=1, max_tokens=4, seed=1),
                              on_group=lambda i, g: seen.append(torch.get_num_threads()))
-        assert seen == [1, 1] and torch.get_num_threads() == 2
+        assert seen == [vllm_engine.threads] * 2 and torch.get_num_threads() == 2  # the process's vLLM count
     finally:
         torch.set_num_threads(before)
 
@@ -143,18 +145,22 @@ def test_separate_process_engine_syncs_through_shared_memory(micro_model):
         engine.close()
 
 
-def test_engines_built_at_other_thread_counts_agree(micro_model):
-    """Two in-process vLLM engines built at different thread counts, one after the other. Before the fix the
+def test_engines_asked_for_other_thread_counts_agree(micro_model):
+    """Two in-process vLLM engines asked for different thread counts, one after the other. Before the fix the
     second computed log-probs ~9 nats off the model's on a real AVX2 CPU (whichever count came first):
-    every engine of a process is now built at the first one's count and runs at its own."""
+    every in-process engine of a process now builds and runs at the first one's count, and says so."""
     from rollouts.vllm_engine import VLLMEngine
 
     hf = HFEngine(micro_model)
+    counts = []
     for threads in (2, 1):
-        engine = VLLMEngine(micro_model, dtype="float32", seed=0, threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the second one warns that it runs on the first one's count
+            engine = VLLMEngine(micro_model, dtype="float32", seed=0, threads=threads)
         try:
             groups = engine.generate(PROMPTS[:4], SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=5))
-            assert check_logprobs(groups, hf.model) <= 1e-4, f"engine built for {threads} threads"
+            assert check_logprobs(groups, hf.model) <= 1e-4, f"engine asked for {threads} threads"
+            counts.append(engine.threads)
         finally:
             engine.close()
-
+    assert counts[0] == counts[1]
