@@ -38,6 +38,7 @@ import torch
 
 from rlvr.cluster.runtime import ClusterError
 from rlvr.config import ConfigError, TrainConfig
+from rollouts.config import ENGINES
 
 FIELD = "cluster.weight_sync"
 OTHERS = "use cluster.weight_sync=shm (one node) or object_store (several nodes)"
@@ -83,7 +84,8 @@ def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
         return c.weight_sync
     problems = []
     if not cfg.engine.receives_nccl:
-        problems.append(f"needs an engine with an NCCL receiver (engine.kind={cfg.engine.kind} has none; vllm does)")
+        receivers = "/".join(kind for kind, c in sorted(ENGINES.items()) if c.receives_nccl)
+        problems.append(f"needs engine.kind={receivers} (the {cfg.engine.kind} engine has no NCCL receiver)")
     if not cuda:
         problems.append("needs the learner on a CUDA GPU (this process sees none)")
     if c.gpus_per_worker <= 0:
