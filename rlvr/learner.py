@@ -264,7 +264,7 @@ class Learner:
         One extra forward of each model, spent only when that penalty is on."""
         if self.ref_model is None:
             raise ValueError("KL in the reward needs a reference model")
-        policy, ref = self._logp(batch, (self.model, self.ref_model))
+        policy, ref = self._logp(batch, (self.model, self.ref_model))  # [B, T] each
         return policy, ref
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ def probe(draw: Callable, policy_logp: Callable, rows: list[dict], cfg: Any, pad
     from rlvr.train.batch import build_batch
     from rollouts import SamplingConfig
 
-    rows = [{**r, "prompt_ids": list(r["prompt_ids"][1:])} for r in rows[:PROBE_PROMPTS]]
+    rows = [{**r, "prompt_ids": list(r["prompt_ids"][1:] or r["prompt_ids"])} for r in rows[:PROBE_PROMPTS]]
     sampling = SamplingConfig(n=PROBE_SAMPLES, temperature=1.0, max_tokens=PROBE_TOKENS,
                               seeds=[PROBE_SEED + i for i in range(len(rows))])
     groups, scores, _ = draw(rows, sampling)

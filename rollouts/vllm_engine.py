@@ -127,9 +127,7 @@ class VLLMEngine:
             kwargs["max_model_len"] = max_model_len
         # In process the engine computes on the calling thread's torch/OpenMP pool (vLLM's CPU platform
         # counts torch.get_num_threads() as its compute units); VLLM_CPU_OMP_THREADS_BIND only binds a spawned core.
-        self.threads = threads if threads and not separate_process and not _on_gpu() else 0
-        if not separate_process and not _on_gpu():
-            self.threads = _process_threads(threads)
+        self.threads = _process_threads(threads) if not separate_process and not _on_gpu() else 0
         self.separate_process = separate_process
         if separate_process:  # the engine core's worker gets a by-name method for shared-memory sync
             from rollouts.shm_sync import WORKER_EXTENSION
@@ -168,12 +166,11 @@ class VLLMEngine:
     def _own_threads(self) -> Iterator[None]:
         """The engine's thread count (``threads``) on the calling thread while it works in process;
         the caller's count (e.g. the learner's) afterwards."""
-        threads = self.threads
-        if not threads:
+        if not self.threads:
             yield
             return
         before = torch.get_num_threads()
-        _set_num_threads(threads)
+        _set_num_threads(self.threads)
         try:
             yield
         finally:

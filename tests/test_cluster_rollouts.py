@@ -55,18 +55,25 @@ def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cl
     cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1")
     rows = rows_of(cfg, micro_model, 4)
     sampling = SamplingConfig(n=3, max_tokens=16, seed=11)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker computes on train.threads=1: the same float sums here
     local = LocalRollouts(cfg, micro_model, build_rubric(cfg), threads=1)
     try:
         here, _, _ = local.generate_and_score(rows, sampling)
     finally:
         local.close()
+        torch.set_num_threads(before)
     backend = RayRollouts(cfg, micro_model, connect(cfg.cluster))
     try:
         there, _, _ = backend.generate_and_score(rows, sampling)
     finally:
         backend.close()
     assert [[c.token_ids for c in g.completions] for g in here] == [[c.token_ids for c in g.completions] for g in there]
-    assert [[c.logprobs for c in g.completions] for g in here] == [[c.logprobs for c in g.completions] for g in there]
+    gap = max(abs(a - b) for g, h in zip(here, there) for c, d in zip(g.completions, h.completions)
+              for a, b in zip(c.logprobs, d.logprobs))
+    assert gap < 1e-5
 
 
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])  # vllm: ~40 s more

@@ -351,11 +351,7 @@ class LearnerGroup:
         every rank runs its shard of whole groups (the forwards are collectives); else rank 0 alone."""
         if not self.fsdp:
             return self.learner.policy_and_reference_logp(batch)
-        self._check_usable()
-        shards = shard_by_groups(batch, self.world)
-        calls = self._send("policy_and_reference_logp", per_rank=shards[1:])
-        mine = self._here(lambda: self.learner.policy_and_reference_logp(shards[0]), calls, "KL log-probs")
-        parts = [mine] + self._gather(calls, "KL log-probs")
+        parts = self._forward_on_shards("policy_and_reference_logp", batch, "KL log-probs")
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # [B, T] each
 
     def policy_logp(self, batch: RLBatch) -> torch.Tensor:
@@ -363,11 +359,16 @@ class LearnerGroup:
         ``policy_and_reference_logp`` under FSDP."""
         if not self.fsdp:
             return self.learner.policy_logp(batch)
+        return torch.cat(self._forward_on_shards("policy_logp", batch, "probe log-probs"))  # [B, T]
+
+    def _forward_on_shards(self, method: str, batch: RLBatch, doing: str) -> list[Any]:
+        """Under FSDP: every rank runs the learner's no-grad ``method`` on its shard of whole groups (the
+        forwards are collectives); the shards' results in rank order."""
         self._check_usable()
         shards = shard_by_groups(batch, self.world)
-        calls = self._send("policy_logp", per_rank=shards[1:])
-        mine = self._here(lambda: self.learner.policy_logp(shards[0]), calls, "probe log-probs")
-        return torch.cat([mine] + self._gather(calls, "probe log-probs"))  # [B, T]
+        calls = self._send(method, per_rank=shards[1:])
+        mine = self._here(lambda: getattr(self.learner, method)(shards[0]), calls, doing)
+        return [mine] + self._gather(calls, doing)
 
     def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
         """(name, tensor) of the policy as the engine loads it (LoRA merged), rank 0's tensors (read

@@ -54,6 +54,12 @@ class PairsConfig(Section):
     max_tokens: int = Field(48, ge=1, description="Longest sampled completion.")
     engine: str = Field("hf", description="Engine kind that samples the current model (hf, static, vllm; its "
                         "default settings, float32).")
+    verifier: str | None = Field(
+        None, description="Registered verifier that judges samples (None: the task's own). A sample is chosen when "
+        "the verifier calls it correct, or, for a verifier without a notion of correctness (e.g. r1_format), when "
+        "its reward is positive; a sample the verifier failed on (an error) is neither.")
+    heldout_prompts: int = Field(64, ge=0, description="Held-out prompts sampled the same way to measure the "
+                                 "chosen-over-rejected log-prob margin before and after (0: skip).")
 
     @field_validator("engine")
     @classmethod
@@ -63,12 +69,6 @@ class PairsConfig(Section):
         if kind not in trainable_kinds():
             raise ValueError(f"pairs.engine: unknown engine {kind!r}; known: {', '.join(trainable_kinds())}")
         return kind
-    verifier: str | None = Field(
-        None, description="Registered verifier that judges samples (None: the task's own). A sample is chosen when "
-        "the verifier calls it correct, or, for a verifier without a notion of correctness (e.g. r1_format), when "
-        "its reward is positive; a sample the verifier failed on (an error) is neither.")
-    heldout_prompts: int = Field(64, ge=0, description="Held-out prompts sampled the same way to measure the "
-                                 "chosen-over-rejected log-prob margin before and after (0: skip).")
 
 
 class DPOConfig(StageBase):
