@@ -33,7 +33,8 @@ def worker(name: str, dtype: str, checkpointing: bool, steps: int, threads: int)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlvr.algorithms import AlgorithmConfig
-    from rlvr.learner import Learner, RLBatch
+    from rlvr.config import OptimConfig, TrainLoopConfig
+    from rlvr.train.learner import Learner, RLBatch
 
     if threads:
         torch.set_num_threads(threads)
@@ -48,8 +49,7 @@ def worker(name: str, dtype: str, checkpointing: bool, steps: int, threads: int)
     mask[:, L // 3 :] = 1.0  # a third prompt, the rest completion
     batch = RLBatch(ids, torch.ones(B, L, dtype=torch.long), mask, torch.randn(B, 1).expand(B, L - 1) * mask,
                     torch.zeros(B, L - 1))
-    learner = Learner(model, AlgorithmConfig(), lr=1e-5, micro_batch_size=B, dtype=dtype,
-                      gradient_checkpointing=checkpointing, shared_prefix=False)
+    learner = Learner(model, AlgorithmConfig(), OptimConfig(lr=1e-5), TrainLoopConfig(micro_batch_size=B, dtype=dtype, gradient_checkpointing=checkpointing, shared_prefix=False))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     learner.step(batch)  # warm-up (allocates the optimizer state)
     t0 = time.perf_counter()

@@ -218,7 +218,7 @@ def trl_dataset(s: Settings):
     """rlvr's training prompts in the order rlvr's PromptSampler draws them (TRL does not shuffle)."""
     from datasets import Dataset
 
-    from rlvr.loop import PromptSampler
+    from rlvr.draw import PromptSampler
     from rlvr.tasks import ArithTask, load_task, render
 
     cfg = ArithTask()

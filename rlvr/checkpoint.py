@@ -3,8 +3,8 @@
 A checkpoint is a directory ``run_dir/checkpoints/step_000012/`` holding everything the loop
 needs to continue as if it had never stopped:
 
-* ``model.pt``: the policy's ``state_dict`` (plus ``reference.pt`` / ``critic.pt`` when present);
-* ``optim.pt``: optimiser and LR-scheduler state (the critic's optimiser too);
+* ``learner.pt``: the policy's model (a LoRA policy: its adapter), optimiser, LR schedule and reference;
+* ``critic.pt``: PPO's critic and its optimiser (when present);
 * ``rng.pt``: python, numpy and torch RNG states;
 * ``state.json``: step, prompt-sampler position, evaluations so far, rollouts already drawn for
   upcoming steps (async mode), and a format version;
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Fields that may change between a run and its resume: they do not change what is trained.

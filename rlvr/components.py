@@ -83,32 +83,32 @@ class PolicySide:
 
     policy: Any  # transformers PreTrainedModel (or a peft model)
     ref: Any | None
-    learner: Any  # rlvr.learner.Learner
-    critic: Any | None  # rlvr.critic.Critic
+    learner: Any  # rlvr.train.learner.Learner
+    critic: Any | None  # rlvr.train.critic.Critic
 
 
-def build_policy_side(cfg: TrainConfig, model_dir: str, device: str) -> PolicySide:
+def build_policy_side(cfg: TrainConfig, model_dir: str, device: str, plan: Any = None) -> PolicySide:
     """The policy side of a run, built the same way in the trainer and in every learner rank, so
     the ranks hold the same models and optimisers (``LearnerGroup.broadcast_state`` then makes
-    their state equal). Seeding is the caller's: LoRA's initialisation draws from torch's RNG."""
+    their state equal). ``plan``: the rank's parallel plan (rlvr.train.parallel; default one
+    process), which prepares the models before their optimisers are built. Seeding is the
+    caller's: LoRA's initialisation draws from torch's RNG."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from rlvr import lora
-    from rlvr.critic import Critic
-    from rlvr.learner import Learner
+    from rlvr.train.critic import Critic
+    from rlvr.train.learner import Learner
+    from rlvr.train.parallel import SINGLE
 
-    tc, algo = cfg.train, cfg.algorithm
+    plan = SINGLE if plan is None else plan
+    algo = cfg.algorithm
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if cfg.lora is not None:
         policy = lora.wrap(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     ref = None
     if algo.needs_reference:  # KL to a frozen copy of the starting policy
         ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    optim_kw = dict(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, grad_clip=cfg.optim.grad_clip,
-                    micro_batch_size=tc.micro_batch_size, updates_per_batch=tc.updates_per_batch)
-    learner = Learner(policy, algo, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, ref_model=ref,
-                      shared_prefix=tc.shared_prefix, dtype=tc.dtype, gradient_checkpointing=tc.gradient_checkpointing,
-                      max_seq_len=tc.max_seq_len, **optim_kw)
-    critic = Critic.for_policy(policy, algo, **optim_kw) if algo.needs_critic else None
-    return PolicySide(policy, ref, learner, critic)
+    learner = Learner(policy, algo, cfg.optim, cfg.train, ref_model=ref, plan=plan)
+    critic = Critic.for_policy(policy, algo, cfg.optim, cfg.train, plan) if algo.needs_critic else None
+    return PolicySide(learner.model, learner.ref_model, learner, critic)

@@ -17,6 +17,7 @@ that release the GIL), so the overlap is real on CPU as long as each side has it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -76,10 +77,13 @@ class StepRollouts:
 
 
 class RolloutPipeline:
-    """Runs engine jobs inline (``staleness == 0``) or on one worker thread, in submission order."""
+    """Runs the jobs of ``rollouts`` inline (``staleness == 0``) or on one worker thread, in submission
+    order. A job is data: a step to draw (``draw_step(step)``, e.g. rlvr.draw.StepDrawer) or the name
+    of a ``rollouts`` method with its arguments (``submit("load_weights", weights)``)."""
 
-    def __init__(self, draw_step: Callable[[int], StepRollouts], staleness: int, worker_threads: int = 0):
-        self.draw_step, self.staleness = draw_step, staleness
+    def __init__(self, rollouts: Any, draw_step: Callable[[int], StepRollouts], staleness: int,
+                 worker_threads: int = 0):
+        self.rollouts, self.draw_step, self.staleness = rollouts, draw_step, staleness
         self._pending: dict[int, Future] = {}
         self._busy: list[tuple[float, float]] = []  # (start, end) of every worker job, for the idle metric
         self._running_since: float | None = None
@@ -142,12 +146,21 @@ class RolloutPipeline:
         """Rollouts drawn for steps not trained yet (waits for them), oldest first."""
         return [self._pending[s].result() for s in sorted(self._pending)]
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
-        """Any other engine job (weight load, evaluation), queued behind the draws."""
-        return self._run(fn)
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Future:
+        """``rollouts.<method>(*args, **kwargs)`` (a weight load, an evaluation), queued behind the draws."""
+        return self._run(functools.partial(getattr(self.rollouts, method), *args, **kwargs))
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        return self._run(fn).result()
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``submit`` and wait for its answer."""
+        return self.submit(method, *args, **kwargs).result()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rollouts drawn for steps not trained yet (waits for them), as JSON-ready data."""
+        return {"pending": [r.to_json() for r in self.pending()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for pending in state["pending"]:
+            self.restore(StepRollouts.from_json(pending))
 
     def busy_s(self, since: float, until: float) -> float:
         """Seconds the engine side spent on jobs within ``[since, until]``."""

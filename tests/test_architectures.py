@@ -15,9 +15,10 @@ import torch
 
 from rlvr.algorithms import ADVANTAGES, AlgorithmConfig
 from rlvr.archs import ARCHS, build_model, local_tokenizer, micro_config
-from rlvr.learner import Learner
+from rlvr.config import OptimConfig, TrainLoopConfig
 from rlvr.pipeline import ScoredGroup
 from rlvr.train.batch import build_batch
+from rlvr.train.learner import Learner
 from rollouts import SamplingConfig, make_engine
 from verifiers import Score
 
@@ -70,7 +71,7 @@ def test_sync_and_rl_steps(arch_models, arch, engine_kind):
     tied = bool(policy.config.tie_word_embeddings)
     assert tied == ARCHS[arch]["tie_word_embeddings"]
     algo = AlgorithmConfig()
-    learner = Learner(policy, algo, lr=3e-3, micro_batch_size=8)
+    learner = Learner(policy, algo, OptimConfig(lr=3e-3), TrainLoopConfig(micro_batch_size=8))
     engine = _engine(engine_kind, model_dir)
     try:
         sampling = SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=3)
@@ -114,7 +115,7 @@ def test_tied_head_syncs_through_shared_memory(arch_models):
 
     model_dir = arch_models["qwen2-tied"]
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    learner = Learner(policy, AlgorithmConfig(), lr=1e-3, micro_batch_size=8)
+    learner = Learner(policy, AlgorithmConfig(), OptimConfig(lr=1e-3), TrainLoopConfig(micro_batch_size=8))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in policy.parameters():

@@ -59,7 +59,7 @@ def test_overrides_pass_through(tmp_path):
 
 
 def test_trl_sees_rlvrs_prompts_and_rewards():
-    from rlvr.loop import PromptSampler
+    from rlvr.draw import PromptSampler
     from rlvr.tasks import ArithTask, load_task, render
     from verifiers import Rubric, get
 

@@ -1,4 +1,4 @@
-"""The FSDP2 learner (``cluster.learner_sharding: fsdp``, rlvr.cluster.fsdp) on a local Ray instance and gloo.
+"""The FSDP2 learner (``cluster.learner_sharding: fsdp``, rlvr.train.fsdp) on a local Ray instance and gloo.
 
 Two ranks each hold half of the policy (and of the reference); they must take the update one
 process takes on the whole batch in every ``loss_agg`` mode (two by default, all four under
@@ -21,10 +21,11 @@ from test_resume import assert_same_run, final_params
 from test_resume import config as run_config
 
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
-from rlvr.cluster.fsdp import is_sharded
 from rlvr.cluster.learner_group import LearnerGroup
 from rlvr.components import build_policy_side
 from rlvr.config import TrainConfig
+from rlvr.train.fsdp import is_sharded
+from rlvr.train.parallel import plan_for
 
 FSDP = ["cluster.learner_ranks=2", "cluster.learner_sharding=fsdp", "cluster.timeout_s=60"]
 # KL in the reward (collective log-probs of the policy and the sharded reference)
@@ -44,9 +45,14 @@ def scored(micro_model):
     return sample_scored(micro_model)
 
 
-def fresh_side(cfg: TrainConfig, model_dir: str, device: str = "cpu"):
+def fresh_side(cfg: TrainConfig, model_dir: str, device: str = "cpu", plan=None):
     torch.manual_seed(cfg.train.seed)
-    return build_policy_side(cfg, model_dir, device)
+    return build_policy_side(cfg, model_dir, device, plan)
+
+
+def fresh_group(cfg: TrainConfig, model_dir: str) -> LearnerGroup:
+    torch.manual_seed(cfg.train.seed)
+    return LearnerGroup(cfg, model_dir)
 
 
 def assert_close_state(a, b, tol: float) -> None:
@@ -110,13 +116,13 @@ def test_fsdp_ranks_take_the_one_process_update(ray_local, micro_model, scored, 
     data = batches(cfg, scored)
     single = fresh_side(cfg, micro_model)
     single_metrics = [single.learner.step(batch) for batch, _ in data]
-    side = fresh_side(cfg, micro_model)
-    group = LearnerGroup(cfg, micro_model, side.learner)
+    group = fresh_group(cfg, micro_model)
+    side = group.side
     try:
         assert is_sharded(side.policy) and (side.ref is None or is_sharded(side.ref))
         group.broadcast_state()  # nothing to send: every rank sharded the same weights
         metrics = [group.step(batch) for batch, _ in data]
-        state = group.full_state()
+        state = group.state_dict()["learner"]
     finally:
         group.close()
     start = fresh_side(cfg, micro_model).policy.state_dict()
@@ -134,26 +140,25 @@ def test_unequal_shards_kl_logp_and_checkpoint_layout(ray_local, micro_model, sc
     log-probs as a collective, and a single process's checkpoint loaded into the shards."""
     cfg = config(micro_model, "train.micro_batch_size=4", "algorithm.loss_agg=seq-mean-token-mean", *KL_REWARD, *FSDP)
     (batch, _), (batch2, _) = batches(cfg, scored)
-    single = fresh_side(cfg, micro_model)
+    single_group = fresh_group(cfg.model_copy(update={"cluster": cfg.cluster.model_copy(
+        update={"learner_ranks": 1, "learner_sharding": "ddp"})}), micro_model)
+    single = single_group.side
     single_logp = single.learner.policy_and_reference_logp(batch)
     single.learner.step(batch)
-    single_group = LearnerGroup(cfg.model_copy(update={"cluster": cfg.cluster.model_copy(
-        update={"learner_ranks": 1, "learner_sharding": "ddp"})}), micro_model, single.learner)
-    side = fresh_side(cfg, micro_model)
-    group = LearnerGroup(cfg, micro_model, side.learner)
+    group = fresh_group(cfg, micro_model)
     try:
         logp = group.policy_and_reference_logp(batch)
         for mine, theirs in zip(logp, single_logp):
             assert mine.shape == theirs.shape and float((mine - theirs).abs().max()) < 1e-5
         group.step_shards([batch.slice(0, 12), batch.slice(12, 16)])  # 3 groups and 1 group
-        assert_close_state(group.full_state()["model"], single.policy.state_dict(), 1e-5)
-        ckpt = group.checkpoint_tensors()
-        theirs = single_group.checkpoint_tensors()
-        assert_close_state(ckpt, theirs, 1e-5)  # the same layout: model, optim {policy, sched, critic}, reference
+        assert_close_state(group.state_dict()["learner"]["model"], single.policy.state_dict(), 1e-5)
+        ckpt = group.state_dict()
+        theirs = single_group.state_dict()
+        assert_close_state(ckpt, theirs, 1e-5)  # the same layout: learner {model, optim, sched, reference}
         single.learner.step(batch2)  # a single process moves on; its checkpoint loads into the shards exactly
-        theirs = single_group.checkpoint_tensors()
-        group.load_checkpoint_tensors(theirs)
-        assert_close_state(group.checkpoint_tensors(), theirs, 0.0)
+        theirs = single_group.state_dict()
+        group.load_state_dict(theirs)
+        assert_close_state(group.state_dict(), theirs, 0.0)
     finally:
         group.close()
 
@@ -168,10 +173,11 @@ def test_fsdp_run_checkpoints_what_one_process_loads(ray_local, micro_model, sco
     train(cfg)
     assert len(json.loads((run_dir / "cluster.json").read_text())["learner_ranks"]) == 2
     tensors, state = load_checkpoint(latest_checkpoint(run_dir))
-    assert state["step"] == 2 and {"model", "optim", "reference", "rng"} <= tensors.keys()
+    assert state["step"] == 2 and {"learner", "rng"} <= tensors.keys() and tensors["learner"]["reference"]
     one = run_config(micro_model, tmp_path / "one", 2, *KL_REWARD)
-    side = fresh_side(one, micro_model)
-    LearnerGroup(one, micro_model, side.learner).load_checkpoint_tensors(tensors)
+    group = fresh_group(one, micro_model)
+    group.load_state_dict(tensors)
+    side = group.side
     final = final_params(run_dir)  # written by rank 0 from the gathered weights
     saved = json.loads((run_dir / "final" / "config.json").read_text())["architectures"]
     assert saved == json.loads((Path(micro_model) / "config.json").read_text())["architectures"]  # not FSDP<class> (transformers strips it)
@@ -189,19 +195,14 @@ def _fsdp_rank(rank: int, backend: str, device: str, port: int, cfg_data: dict, 
     """One of two spawned processes: the sharded learner steps on ``shards[step][rank]`` (no Ray)."""
     import torch.distributed as dist
 
-    from rlvr.cluster.fsdp import shard_learner
-    from rlvr.cluster.learner_group import full_state
-
     if device == "cuda":
         torch.cuda.set_device(rank)
     torch.set_num_threads(1)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        side = fresh_side(TrainConfig.model_validate(cfg_data), model_dir, device)
-        side.learner.process_group = dist.group.WORLD
-        shard_learner(side.learner, 2)
+        side = fresh_side(TrainConfig.model_validate(cfg_data), model_dir, device, plan_for(2, "fsdp", device))
         metrics = [side.learner.step(step_shards[rank]) for step_shards in shards]
-        state = full_state(side.learner)
+        state = side.learner.state_dict()
         if rank == 0:
             torch.save({"state": state, "metrics": metrics}, out)
     finally:

@@ -19,10 +19,10 @@ from rlvr.algorithms import ADVANTAGES
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_metrics, shard_by_groups
 from rlvr.components import build_engine, build_policy_side, build_rubric, load_rows
 from rlvr.config import TrainConfig, load_config
-from rlvr.learner import RLBatch
 from rlvr.pipeline import ScoredGroup
 from rlvr.scoring import Scorer, generate_and_score
 from rlvr.train.batch import build_batch
+from rlvr.train.learner import RLBatch
 from rollouts import SamplingConfig
 
 SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
@@ -94,8 +94,8 @@ def two_ranks(cfg: TrainConfig, model_dir: str, scored: list[ScoredGroup]):
     """Rank 0 here, rank 1 a Ray actor; the same two steps through the learner group."""
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"learner_ranks": 2, "timeout_s": 60})})
     torch.manual_seed(cfg.train.seed)
-    side = build_policy_side(cfg, model_dir, "cpu")
-    group = LearnerGroup(cfg, model_dir, side.learner, side.critic)
+    group = LearnerGroup(cfg, model_dir)
+    side = group.side
     try:
         group.broadcast_state()
         metrics = []
@@ -151,7 +151,7 @@ def assert_two_ranks_equal_one(cfg: TrainConfig, model_dir: str, scored: list[Sc
         assert max_diff(dp.critic.model, single.critic.model) < 1e-5
     # the ranks apply the same summed gradient with the same optimiser: bit-identical weights and moments
     assert_same_state(rank0, rank1)
-    assert rank1["optim"]["state"]  # (AdamW's moments exist: they were compared too)
+    assert rank1["learner"]["optim"]["state"]  # (AdamW's moments exist: they were compared too)
     for m in metrics:
         assert m["grad_norm"] > 0 and m["logp_diff_max"] >= m["logp_diff_mean"] >= 0
     return metrics
@@ -180,15 +180,15 @@ def test_ppo_critic_two_ranks_equal_one(ray_local, micro_model, scored):
 def test_killed_rank_stops_the_step_naming_it(ray_local, micro_model, scored):
     cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=30")
     torch.manual_seed(cfg.train.seed)
-    side = build_policy_side(cfg, micro_model, "cpu")
-    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    group = LearnerGroup(cfg, micro_model)
+    side = group.side
     try:
         with torch.no_grad():  # as after a resume: rank 0 holds weights the other ranks did not build
             for p in side.policy.parameters():
                 p.add_(1e-3 * torch.randn_like(p))
         group.broadcast_state()
         here = side.policy.state_dict()
-        assert all(torch.equal(here[k], v) for k, v in group.rank_state(1)["model"].items())
+        assert all(torch.equal(here[k], v) for k, v in group.rank_state(1)["learner"]["model"].items())
         (batch, _), (batch2, _) = batches(cfg, scored)
         group.step(batch)
         pids = group.pids()
@@ -202,8 +202,7 @@ def test_killed_rank_stops_the_step_naming_it(ray_local, micro_model, scored):
             group.step(batch2)
     finally:
         group.close()
-    assert side.learner.process_group is None
-    side.learner.step(batch2)  # closed: the trainer's learner is a single process again
+    assert not torch.distributed.is_initialized()  # closed: this process left the process group
 
 
 @pytest.mark.slow  # waits out a deadline that must also cover building a rank on a loaded machine
@@ -211,8 +210,7 @@ def test_stuck_rank_is_named_within_its_deadline(ray_local, micro_model, scored)
     """A rank that stops answering (SIGSTOP: alive, silent) fails rank 0's collective at the deadline."""
     cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=15")
     torch.manual_seed(cfg.train.seed)
-    side = build_policy_side(cfg, micro_model, "cpu")
-    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    group = LearnerGroup(cfg, micro_model)
     pid = group.pids()[1]
     try:
         group.broadcast_state()
@@ -230,11 +228,10 @@ def test_stuck_rank_is_named_within_its_deadline(ray_local, micro_model, scored)
 
 def test_rank_that_cannot_build_fails_init_naming_it(ray_local, micro_model, tmp_path):
     cfg = config(micro_model, "cluster.learner_ranks=2", "cluster.timeout_s=30")
-    side = build_policy_side(cfg, micro_model, "cpu")
     with pytest.raises(LearnerRankError, match=r"learner rank 1 failed during the init: it could not be built: .*"
                                                + str(tmp_path / "missing")):
-        LearnerGroup(cfg, str(tmp_path / "missing"), side.learner, side.critic)
-    assert side.learner.process_group is None
+        LearnerGroup(cfg, str(tmp_path / "missing"))
+    assert not torch.distributed.is_initialized()
 
 
 def test_shard_by_groups_whole_groups_equal_counts(micro_model, scored):
@@ -264,10 +261,10 @@ def test_one_rank_is_the_plain_learner(micro_model, scored):
     cfg = config(micro_model)
     single = one_process(cfg, micro_model, scored)
     torch.manual_seed(cfg.train.seed)
-    side = build_policy_side(cfg, micro_model, "cpu")
-    group = LearnerGroup(cfg, micro_model, side.learner, side.critic)
+    group = LearnerGroup(cfg, micro_model)
+    side = group.side
     for batch, _ in batches(cfg, scored):
         group.step(batch)
     group.broadcast_state()
-    assert group.pids() == [os.getpid()] and side.learner.process_group is None
+    assert group.pids() == [os.getpid()] and not torch.distributed.is_initialized()
     assert all(torch.equal(a, b) for a, b in zip(side.policy.parameters(), single.policy.parameters()))

@@ -50,7 +50,8 @@ def test_learner_step_moves_logprob_towards_positive_advantage(micro_model):
     from transformers import AutoModelForCausalLM
 
     from rlvr.algorithms import AlgorithmConfig
-    from rlvr.learner import Learner, RLBatch, token_logp_and_entropy
+    from rlvr.config import OptimConfig, TrainLoopConfig
+    from rlvr.train.learner import Learner, RLBatch, token_logp_and_entropy
 
     model = AutoModelForCausalLM.from_pretrained(micro_model)
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 10, 11]])
@@ -59,7 +60,7 @@ def test_learner_step_moves_logprob_towards_positive_advantage(micro_model):
     adv = torch.tensor([[0, 0, 1.0, 1.0], [0, 0, -1.0, -1.0]])
     with torch.no_grad():
         before, _ = token_logp_and_entropy(model, ids, attn)
-    learner = Learner(model, AlgorithmConfig(), lr=1e-4, micro_batch_size=1)
+    learner = Learner(model, AlgorithmConfig(), OptimConfig(lr=1e-4), TrainLoopConfig(micro_batch_size=1))
     m = learner.step(RLBatch(ids, attn, mask, adv, before * mask))
     with torch.no_grad():
         after, _ = token_logp_and_entropy(model, ids, attn)

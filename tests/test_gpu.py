@@ -26,7 +26,7 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 def gap(policy, groups) -> float:
-    from rlvr.learner import token_logp_and_entropy
+    from rlvr.train.learner import token_logp_and_entropy
 
     worst = 0.0
     dev = next(policy.parameters()).device

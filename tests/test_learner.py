@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rlvr.algorithms import AlgorithmConfig
-from rlvr.learner import Learner, RLBatch, group_spans, shared_prefix_logp_and_entropy, token_logp_and_entropy
+from rlvr.config import OptimConfig, TrainLoopConfig
+from rlvr.train.learner import Learner, RLBatch, group_spans, shared_prefix_logp_and_entropy, token_logp_and_entropy
 
 
 def ragged_batch(model, seed: int = 0) -> RLBatch:
@@ -42,7 +43,7 @@ def test_sorted_trimmed_micro_batches_match_one_full_batch(micro_model, agg):
     results = []
     for micro in (len(batch), 3):
         model = copy.deepcopy(base)
-        learner = Learner(model, algo, lr=1e-3, micro_batch_size=micro, updates_per_batch=2)
+        learner = Learner(model, algo, OptimConfig(lr=1e-3), TrainLoopConfig(micro_batch_size=micro, updates_per_batch=2))
         # plain SGD: the update is the gradient itself (Adam's first step is ~lr*sign(g), which
         # would turn float noise in near-zero gradients into lr-sized differences)
         learner.opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -133,7 +134,7 @@ def test_shared_prefix_step_matches_flat_step(micro_base, agg, updates):
     for shared in (False, True):
         model = copy.deepcopy(micro_base)
         # micro 7 rows: whole groups of 3 pack two to a micro-batch (the flat path cuts 7-row slices)
-        learner = Learner(model, algo, lr=1e-3, micro_batch_size=7, updates_per_batch=updates, shared_prefix=shared)
+        learner = Learner(model, algo, OptimConfig(lr=1e-3), TrainLoopConfig(micro_batch_size=7, updates_per_batch=updates, shared_prefix=shared))
         learner.opt = torch.optim.SGD(model.parameters(), lr=0.05)  # the update is the gradient (see above)
         assert learner.plan(batch, by_length=True)[2] is shared
         results.append((model, learner.step(batch)))
@@ -157,7 +158,7 @@ def test_shared_prefix_with_reference_kl(micro_base):
     models, kl_inputs = [], []
     for shared in (False, True):
         model = copy.deepcopy(micro_base)
-        learner = Learner(model, algo, lr=1e-3, micro_batch_size=5, ref_model=ref, shared_prefix=shared)
+        learner = Learner(model, algo, OptimConfig(lr=1e-3), TrainLoopConfig(micro_batch_size=5, shared_prefix=shared), ref_model=ref)
         learner.opt = torch.optim.SGD(model.parameters(), lr=0.05)
         kl_inputs.append(learner.policy_and_reference_logp(batch))
         m = learner.step(batch)
@@ -171,7 +172,7 @@ def test_shared_prefix_with_reference_kl(micro_base):
 
 def test_shared_prefix_falls_back_to_flat_without_usable_groups(micro_base):
     batch = grouped_batch(micro_base)
-    learner = Learner(copy.deepcopy(micro_base), AlgorithmConfig(), lr=1e-3, micro_batch_size=4)
+    learner = Learner(copy.deepcopy(micro_base), AlgorithmConfig(), OptimConfig(lr=1e-3), TrainLoopConfig(micro_batch_size=4))
     order, bounds, shared = learner.plan(batch, by_length=True)
     assert shared and all((b - a) % 3 == 0 for a, b in bounds)  # whole groups (3 rows each), 3 <= 4 rows
     assert group_spans(batch) == [(0, 3), (3, 6), (6, 9), (9, 12)]
@@ -187,4 +188,4 @@ def test_shared_prefix_falls_back_to_flat_without_usable_groups(micro_base):
     singletons.group_ids = torch.arange(12)
     for b in (no_groups, split, other_prompt, unequal, singletons):
         assert learner.plan(b, by_length=True)[2] is False
-    assert Learner(learner.model, AlgorithmConfig(), lr=1e-3, shared_prefix=False).plan(batch, True)[2] is False
+    assert Learner(learner.model, AlgorithmConfig(), OptimConfig(lr=1e-3), TrainLoopConfig(shared_prefix=False)).plan(batch, True)[2] is False

@@ -8,7 +8,8 @@ import torch
 
 from rlvr.algorithms import AlgorithmConfig
 from rlvr.archs import build_model, local_tokenizer, micro_config
-from rlvr.learner import Learner, token_logp_and_entropy
+from rlvr.config import OptimConfig
+from rlvr.train.learner import Learner, token_logp_and_entropy
 from rollouts import SamplingConfig, make_engine
 
 pytest.importorskip("peft")
@@ -85,7 +86,7 @@ def test_engine_samples_with_merged_weights(qwen2_dir, engine_kind):
 
 
 def test_only_the_adapter_trains(qwen2_dir):
-    from rlvr.learner import RLBatch
+    from rlvr.train.learner import RLBatch
 
     policy = lora_policy(qwen2_dir)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
@@ -93,7 +94,7 @@ def test_only_the_adapter_trains(qwen2_dir):
     mask = torch.zeros(4, 11)
     mask[:, 4:] = 1
     batch = RLBatch(ids, torch.ones_like(ids), mask, torch.randn(4, 1).expand(4, 11) * mask, torch.zeros(4, 11))
-    Learner(policy, AlgorithmConfig(), lr=1e-2).step(batch)
+    Learner(policy, AlgorithmConfig(), OptimConfig(lr=1e-2)).step(batch)
     changed = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
 
@@ -116,7 +117,8 @@ def test_lora_run_checkpoints_the_adapter_and_writes_a_merged_model(qwen2_dir, t
     assert not run_dir.exists()  # refused before anything was written or loaded
     summary = train(load_config(TrainConfig, "configs/tiny_r1zero.yaml", over))
     tensors, _ = load_checkpoint(latest_checkpoint(run_dir))
-    assert tensors["model"] and all("lora_" in k for k in tensors["model"])
+    adapter = tensors["learner"]["model"]
+    assert adapter and all("lora_" in k for k in adapter)
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     final = AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
     assert not any("lora" in n for n, _ in final.named_parameters())
@@ -125,7 +127,7 @@ def test_lora_run_checkpoints_the_adapter_and_writes_a_merged_model(qwen2_dir, t
 
     rebuilt = lora.wrap(AutoModelForCausalLM.from_pretrained(qwen2_dir), r=4, alpha=8, dropout=0.0,
                         target_modules=["q_proj", "v_proj"])
-    lora.load_adapter_state(rebuilt, tensors["model"])
+    lora.load_adapter_state(rebuilt, adapter)
     merged = dict(rebuilt.merge_and_unload().named_parameters())
     for name, p in final.named_parameters():
         torch.testing.assert_close(p, merged[name], rtol=0, atol=1e-6, msg=name)

@@ -27,7 +27,7 @@ def gsm_rows(questions):
 
 # case 1: an empty training split with a separate test file used to spin forever in PromptSampler.next
 def test_empty_training_split_is_a_load_time_error(tmp_path):
-    from rlvr.loop import PromptSampler
+    from rlvr.draw import PromptSampler
 
     empty = jsonl(tmp_path / "empty.jsonl", [])
     test = jsonl(tmp_path / "test.jsonl", gsm_rows(["What is 1+1?", "What is 2+2?"]))
@@ -183,7 +183,7 @@ def test_splits_and_eval_counts_are_printed(micro_model, tmp_path, capsys):
 
 
 def test_format_rate_is_measured_without_a_format_reward():
-    from rlvr.loop import rollout_metrics
+    from rlvr.draw import rollout_metrics
     from rlvr.pipeline import ScoredGroup
     from rollouts import Completion, Group
     from verifiers import Score

@@ -11,8 +11,8 @@ import torch
 
 from rlvr.algorithms import AlgorithmConfig
 from rlvr.archs import build_model, local_tokenizer, micro_config
-from rlvr.config import ConfigError, TrainConfig
-from rlvr.learner import Learner, RLBatch, token_logp_and_entropy
+from rlvr.config import ConfigError, OptimConfig, TrainConfig, TrainLoopConfig
+from rlvr.train.learner import Learner, RLBatch, token_logp_and_entropy
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def load(model_dir):
 def test_bf16_learner_keeps_float32_master_weights_and_state(llama_dir):
     model = load(llama_dir)
     batch = batch_for(model)  # engine log-probs from the float32 model
-    learner = Learner(model, AlgorithmConfig(is_cap=2.0), lr=1e-3, dtype="bfloat16")
+    learner = Learner(model, AlgorithmConfig(is_cap=2.0), OptimConfig(lr=1e-3), TrainLoopConfig(dtype="bfloat16"))
     with learner.autocast():
         logp, _ = token_logp_and_entropy(model, batch.input_ids, batch.attention_mask)
     assert logp.dtype == torch.float32  # log-softmax on float32 logits
@@ -63,7 +63,7 @@ def test_mismatch_kl_is_k3_of_engine_vs_learner(llama_dir):
     batch = batch_for(model)
     delta = 0.1  # engine log-probs 0.1 nats above the learner's everywhere: r = exp(-0.1)
     batch.engine_logp = (batch.engine_logp + delta) * batch.response_mask
-    learner = Learner(model, AlgorithmConfig(), lr=1e-6)
+    learner = Learner(model, AlgorithmConfig(), OptimConfig(lr=1e-6))
     metrics = learner.step(batch)
     expected = math.exp(-delta) - 1 + delta
     assert metrics["mismatch_kl"] == pytest.approx(expected, rel=1e-3)
@@ -76,7 +76,7 @@ def test_gradient_checkpointing_gives_the_same_update(llama_dir):
     models = []
     for ckpt in (False, True):
         model = copy.deepcopy(base)
-        learner = Learner(model, AlgorithmConfig(), lr=1e-3, gradient_checkpointing=ckpt, micro_batch_size=3)
+        learner = Learner(model, AlgorithmConfig(), OptimConfig(lr=1e-3), TrainLoopConfig(gradient_checkpointing=ckpt, micro_batch_size=3))
         assert learner.shared_prefix is (not ckpt)
         learner.opt = torch.optim.SGD(model.parameters(), lr=0.1)  # the update is the gradient itself
         learner.step(batch)
@@ -87,13 +87,13 @@ def test_gradient_checkpointing_gives_the_same_update(llama_dir):
 
 def test_max_seq_len_refuses_a_longer_row(llama_dir):
     model = load(llama_dir)
-    learner = Learner(model, AlgorithmConfig(), lr=1e-3, max_seq_len=16)
+    learner = Learner(model, AlgorithmConfig(), OptimConfig(lr=1e-3), TrainLoopConfig(max_seq_len=16))
     with pytest.raises(ValueError, match="train.max_seq_len=16"):
         learner.step(batch_for(model))
 
 
 def test_max_seq_len_checked_on_prompts_before_models_load(tmp_path):
-    from rlvr.loop import check_max_seq_len
+    from rlvr.run import check_max_seq_len
 
     cfg = TrainConfig(model=str(tmp_path), train={"max_seq_len": 40}, sampling={"max_tokens": 32})
     with pytest.raises(ConfigError, match=r"longest training prompt has 12 tokens.*reach 44"):

@@ -18,8 +18,10 @@ import torch
 import verifiers
 from rlvr.algorithms import PRESETS, AlgorithmConfig
 from rlvr.config import TrainConfig, load_config
+from rlvr.draw import sample_groups
 from rlvr.logging import read_metrics
-from rlvr.loop import ScoredGroup, sample_groups, train
+from rlvr.loop import train
+from rlvr.pipeline import ScoredGroup
 from rlvr.train.batch import build_batch
 from rollouts import Completion, Group
 from verifiers import Score
@@ -158,13 +160,14 @@ def test_critic_values_are_target_aligned_and_step_fits_returns(micro_model):
     from transformers import AutoModelForCausalLM
 
     from rlvr.algorithms import AdvantageInputs
-    from rlvr.critic import Critic
-    from rlvr.learner import RLBatch
+    from rlvr.config import TrainLoopConfig
+    from rlvr.train.critic import Critic
+    from rlvr.train.learner import RLBatch
 
     torch.set_num_threads(1)
     policy = AutoModelForCausalLM.from_pretrained(micro_model)
     algo = AlgorithmConfig(preset="ppo", critic_lr=3e-3, value_clip_eps=None)
-    critic = Critic.for_policy(policy, algo, micro_batch_size=1)
+    critic = Critic.for_policy(policy, algo, train=TrainLoopConfig(micro_batch_size=1))
     ids = torch.tensor([[5, 6, 7, 8, 9], [4, 9, 7, 10, 0]])  # distinct states, so both targets can be fit
     attn = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
     mask = torch.tensor([[0, 0, 1.0, 1.0], [0, 0, 1.0, 0]])

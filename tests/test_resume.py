@@ -60,7 +60,7 @@ def test_three_steps_resume_three_steps_equals_six_steps(micro_model, tmp_path):
     train(config(micro_model, split, 3))
     ckpt = latest_checkpoint(split)
     assert ckpt is not None and ckpt.name == "step_000003"
-    at_three = load_checkpoint(ckpt)[0]["model"]
+    at_three = load_checkpoint(ckpt)[0]["learner"]["model"]
     train(config(micro_model, split, 6), resume=True)
     assert_same_run(whole, split, 6)
     # the resumed half did train: parameters moved after the step-3 checkpoint
@@ -81,10 +81,12 @@ def test_interrupted_run_resumes_identically(micro_model, tmp_path, variant):
     (crashed / "final").rename(crashed / "final-old")
     state = json.loads((crashed / "checkpoints" / "step_000003" / "state.json").read_text())
     if variant == "async":
-        assert [p["step"] for p in state["pending"]] == [4]  # drawn ahead with step 2's weights
-        assert state["pending"][0]["version"] == 2
+        pending = state["pipeline"]["pending"]
+        assert [p["step"] for p in pending] == [4]  # drawn ahead with step 2's weights
+        assert pending[0]["version"] == 2
     else:
-        assert {"critic", "reference", "optim"} <= {p.stem for p in (crashed / "checkpoints" / "step_000003").iterdir()}
+        tensors = load_checkpoint(crashed / "checkpoints" / "step_000003")[0]
+        assert tensors["critic"]["optim"]["state"] and tensors["learner"]["reference"]
     train(config(micro_model, crashed, 6, *more, base=base), resume=True)
     assert_same_run(whole, crashed, 6)
     if variant == "async":
@@ -154,7 +156,7 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(micro_model, tmp
     interrupted_step = int(killed_mid_write.name.split("_")[-1])
     assert int(previous.name.split("_")[-1]) == interrupted_step - 1
     tensors, state = load_checkpoint(previous)
-    assert state["step"] == interrupted_step - 1 and {"model", "optim", "rng"} <= tensors.keys()
+    assert state["step"] == interrupted_step - 1 and {"learner", "rng"} <= tensors.keys()
 
     target = state["step"] + 2
     done = subprocess.run([*rlvr_cli(), "train", "--resume", str(run), f"train.steps={target}"], env=env,
@@ -170,17 +172,17 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
     """Records past the checkpoint are redone by the resumed run; a line cut by a kill is dropped."""
     from rlvr.checkpoint import save_checkpoint
     from rlvr.config import config_yaml
-    from rlvr.loop import find_resume_point, prepare_run_dir
+    from rlvr.run import find_resume_point, prepare_run_dir
 
     run = tmp_path / "run"
     cfg_yaml = config_yaml(TrainConfig(model="m", run_dir=str(run)))
-    save_checkpoint(run, 2, tensors={"model": {"w": torch.ones(2)}},
-                    state={"sampler": {}, "evals": {}, "pending": []}, config_yaml=cfg_yaml, keep=2)
+    save_checkpoint(run, 2, tensors={"learner": {"w": torch.ones(2)}},
+                    state={"sampler": {}, "evals": {}, "pipeline": {"pending": []}}, config_yaml=cfg_yaml, keep=2)
     (run / "checkpoints" / ".tmp-step_000003").mkdir()  # a write that was killed
     lines = [json.dumps({"kind": "train", "step": s, "loss": 0.1 * s}) for s in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "train", "st')
     resumed = find_resume_point(run, cfg_yaml, resume=True, overwrite=False, steps=10)
     prepare_run_dir(run, cfg_yaml, resumed)
-    assert resumed.step == 2 and torch.equal(resumed.tensors["model"]["w"], torch.ones(2))
+    assert resumed.step == 2 and torch.equal(resumed.state["learner"]["w"], torch.ones(2))
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
     assert not (run / "checkpoints" / ".tmp-step_000003").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlvr.learner import token_logp_and_entropy
+from rlvr.train.learner import token_logp_and_entropy
 from rlvr.vocab_logprobs import selected_logp_and_entropy
 
 

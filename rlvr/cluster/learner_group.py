@@ -1,10 +1,11 @@
 """A data-parallel learner: M ranks on one torch.distributed process group (gloo on CPU, NCCL on GPU).
 
-Rank 0 is the trainer's own ``Learner`` (and ``Critic`` for PPO); ranks 1..M-1 are Ray actors
-(``LearnerRank``) that build the same policy side from the model directory and the run's config
-(``rlvr.components.build_policy_side``). A step splits the batch by whole groups, an equal number
-per rank (``shard_by_groups``), and every rank steps on its shard with the global batch's loss
-normalisers and the gradients summed over ranks (rlvr.cluster.distributed), so the M ranks take
+The group builds every rank's policy side (``rlvr.components.build_policy_side``) after the
+process group is up, with the rank's parallel plan (rlvr.train.parallel): rank 0 in the trainer's
+process, ranks 1..M-1 as Ray actors (``LearnerRank``), each from the model directory and the run's
+config. A step splits the batch by whole groups, an equal number per rank (``shard_by_groups``),
+and every rank steps on its shard with the global batch's loss normalisers and the gradients
+summed over ranks (the DDP plan), so the M ranks take
 the update one process takes on the whole batch, up to float summation order, and stay identical.
 Everything else the loop asks of the policy side (log-probs for a KL in the reward, the critic's
 values, checkpoints, weight sync) reads rank 0, which holds the same weights as every rank.
@@ -15,11 +16,11 @@ collectives carry the same deadline, and a rank that dies, raises or misses its 
 a ``LearnerRankError`` naming the rank and what it was doing. The group is then unusable: the
 run stops (a half-applied update cannot be continued).
 
-With ``cluster.learner_sharding: fsdp`` (rlvr.cluster.fsdp) each rank holds a shard of the policy
+With ``cluster.learner_sharding: fsdp`` (rlvr.train.fsdp) each rank holds a shard of the policy
 and the reference instead of a copy, so rank 0 cannot read or run them alone: the log-probs of a
 KL in the reward, the weights for the engine, checkpoints and the final model are collectives that
-every rank joins (``policy_and_reference_logp``, ``policy_weights``, ``checkpoint_tensors``,
-``load_checkpoint_tensors``, ``save_final``). The loop asks the group for these under DDP too, and
+every rank joins (``policy_and_reference_logp``, ``policy_weights``, ``state_dict``,
+``load_state_dict``, ``save_final``). The loop asks the group for these under DDP too, and
 gets what rank 0 holds.
 
 With ``cluster.learner_ranks == 1`` the group is the plain single-process learner: no Ray, no
@@ -29,7 +30,6 @@ process group, the same numbers.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import fields
 from datetime import timedelta
@@ -40,10 +40,12 @@ import torch
 
 from rlvr import lora
 from rlvr.algorithms import AdvantageInputs
-from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, cpus_each
+from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, cpus_each, free_port
+from rlvr.components import PolicySide, build_policy_side
 from rlvr.config import TrainConfig
-from rlvr.critic import Critic
-from rlvr.learner import Learner, RLBatch
+from rlvr.train.critic import Critic
+from rlvr.train.learner import Learner, RLBatch
+from rlvr.train.parallel import plan_for
 
 # After rank 0 failed in a collective, how long to wait for Ray to report which peer died (a
 # killed actor is reported within about a second); a peer still silent after it is named as stuck.
@@ -109,122 +111,57 @@ def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _cpu(obj: Any) -> Any:
-    """Tensors of a (nested) state dict on the CPU, so any rank can load them from the object store."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
+def side_state(side: PolicySide) -> dict[str, Any]:
+    """The policy side's state in the run's one layout: ``{"learner": Learner.state_dict(), "critic":
+    Critic.state_dict()}`` (no critic key without one). Under FSDP a gather every rank joins."""
+    state = {"learner": side.learner.state_dict()}
+    if side.critic is not None:
+        state["critic"] = side.critic.state_dict()
+    return state
 
 
-def policy_side_state(learner: Learner, critic: Critic | None) -> dict[str, Any]:
-    """Everything a rank needs to equal this one: model (or LoRA adapter), optimiser, scheduler,
-    reference and critic (what a checkpoint holds of the policy side), on the CPU."""
-    policy = learner.model
-    return _cpu({
-        "model": lora.adapter_state(policy) if lora.is_lora(policy) else policy.state_dict(),
-        "optim": learner.opt.state_dict(),
-        "sched": learner.sched.state_dict(),
-        "reference": None if learner.ref_model is None else learner.ref_model.state_dict(),
-        "critic": None if critic is None else critic.model.state_dict(),
-        "critic_optim": None if critic is None else critic.opt.state_dict(),
-    })
-
-
-def load_policy_side_state(learner: Learner, critic: Critic | None, state: dict[str, Any]) -> None:
-    policy = learner.model
-    if lora.is_lora(policy):
-        lora.load_adapter_state(policy, state["model"])
-    else:
-        policy.load_state_dict(state["model"])
-    learner.opt.load_state_dict(state["optim"])
-    learner.sched.load_state_dict(state["sched"])
-    if learner.ref_model is not None:
-        learner.ref_model.load_state_dict(state["reference"])
-    if critic is not None:
-        critic.model.load_state_dict(state["critic"])
-        critic.opt.load_state_dict(state["critic_optim"])
-
-
-def full_state(learner: Learner) -> dict[str, Any]:
-    """Under FSDP, ``policy_side_state``'s layout gathered from every rank's shards: full tensors on
-    rank 0's CPU, {} elsewhere. Collective: every rank calls it at once."""
-    from rlvr.cluster import fsdp
-
-    return {"model": fsdp.full_model_state(learner.model),
-            "optim": fsdp.full_optimizer_state(learner.model, learner.opt),
-            "sched": learner.sched.state_dict(),
-            "reference": None if learner.ref_model is None else fsdp.full_model_state(learner.ref_model),
-            "critic": None, "critic_optim": None}  # (no critic under FSDP: the config refuses it)
-
-
-def load_full_state(learner: Learner, state: dict[str, Any]) -> None:
-    """Under FSDP, load a full ``policy_side_state`` (every rank passes the same one). Collective."""
-    from rlvr.cluster import fsdp
-
-    fsdp.load_full_model_state(learner.model, state["model"])
-    fsdp.load_full_optimizer_state(learner.model, learner.opt, state["optim"])
-    learner.sched.load_state_dict(state["sched"])
-    if learner.ref_model is not None:
-        fsdp.load_full_model_state(learner.ref_model, state["reference"])
+def load_side_state(side: PolicySide, state: dict[str, Any]) -> None:
+    side.learner.load_state_dict(state["learner"])
+    if side.critic is not None:
+        side.critic.load_state_dict(state["critic"])
 
 
 class LearnerRank:
     """Learner rank ``rank`` >= 1, run as a Ray actor: its own policy side, built from the model
-    directory and the run's config (plain data: the validated config's dump), on ``device``."""
+    directory and the run's config (plain data: the validated config's dump) on ``device`` once it
+    joined the process group (``join``), with the rank's parallel plan."""
 
     def __init__(self, rank: int, world: int, cfg_data: dict[str, Any], model_dir: str, threads: int, device: str):
-        from rlvr.components import build_policy_side
+        from transformers import AutoConfig
 
         torch.set_num_threads(threads)
-        cfg = TrainConfig.model_validate(cfg_data)
-        torch.manual_seed(cfg.train.seed)  # as the trainer seeds before it builds (broadcast_state equalises anyway)
-        self.rank, self.world = rank, world
-        self.side = build_policy_side(cfg, model_dir, device)
+        self.cfg = TrainConfig.model_validate(cfg_data)
+        self.rank, self.world, self.model_dir, self.device = rank, world, model_dir, device
+        AutoConfig.from_pretrained(model_dir)  # an unreadable model fails here, named, before any collective
+        self.side: PolicySide | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
     def join(self, backend: str, init_method: str, timeout_s: float) -> None:
-        import torch.distributed as dist
+        """Join the process group, then build this rank's policy side with its plan."""
+        self.side = _join_and_build(self.cfg, self.model_dir, self.device, self.rank, self.world, backend,
+                                    init_method, timeout_s)
 
-        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world,
-                                timeout=timedelta(seconds=timeout_s))
-        self.side.learner.process_group = dist.group.WORLD
-        if self.side.critic is not None:
-            self.side.critic.process_group = dist.group.WORLD
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_side_state(self.side, state)
 
-    def shard(self) -> None:
-        from rlvr.cluster.fsdp import shard_learner
+    def state_dict(self) -> dict[str, Any]:
+        return side_state(self.side)
 
-        shard_learner(self.side.learner, self.world)
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        load_policy_side_state(self.side.learner, self.side.critic, state)
-
-    # FSDP: this rank's part of a gather whose result rank 0 receives
-    def join_state_gather(self) -> None:
-        full_state(self.side.learner)
-
-    def join_weight_gather(self) -> None:
-        from rlvr.cluster.fsdp import full_model_state
-
-        full_model_state(self.side.learner.model)
-
-    def load_full_state(self, state: dict[str, Any]) -> None:
-        load_full_state(self.side.learner, state)
+    def gather_model(self) -> None:  # FSDP: this rank's part of a gather of the policy's weights
+        self.side.learner.parallel.model_state(self.side.learner.model)
 
     def policy_and_reference_logp(self, shard: RLBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.side.learner.policy_and_reference_logp(shard)
 
     def policy_logp(self, shard: RLBatch) -> torch.Tensor:
         return self.side.learner.policy_logp(shard)
-
-    def state(self) -> dict[str, Any]:
-        return policy_side_state(self.side.learner, self.side.critic)
 
     def step(self, shard: RLBatch) -> dict[str, float]:
         return self.side.learner.step(shard)
@@ -233,10 +170,18 @@ class LearnerRank:
         return self.side.critic.step(shard, inp)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _join_and_build(cfg: TrainConfig, model_dir: str, device: str, rank: int, world: int, backend: str,
+                    init_method: str, timeout_s: float) -> PolicySide:
+    """Rank ``rank`` joins the process group and builds its policy side with its plan (every rank at once:
+    an FSDP plan's device mesh is made collectively). Seeded as the trainer seeds before it builds."""
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    plan = plan_for(world, cfg.cluster.learner_sharding, device)
+    if rank:
+        torch.manual_seed(cfg.train.seed)  # (rank 0: the caller seeded; broadcast_state equalises anyway)
+    return build_policy_side(cfg, model_dir, device, plan)
 
 
 def _last_line(text: str) -> str:
@@ -261,11 +206,12 @@ def _describe(exc: BaseException) -> str:
 class LearnerGroup:
     """M data-parallel learner ranks behind the single learner's interface (see the module docstring).
 
-    ``learner`` / ``critic`` are the trainer's own (rank 0); ``cfg.cluster`` gives the rank count,
-    resources and deadline. Ray must already be initialised when ``learner_ranks > 1``."""
+    Builds every rank's policy side: rank 0's here on ``device`` (``self.side``: ``learner`` and
+    ``critic``), the others on Ray actors. ``cfg.cluster`` gives the rank count, resources and
+    deadline. Ray must already be initialised when ``learner_ranks > 1``. The caller seeds torch
+    first (LoRA's and the critic head's initialisation draw from it)."""
 
-    def __init__(self, cfg: TrainConfig, model_dir: str, learner: Learner, critic: Critic | None = None):
-        self.learner, self.critic = learner, critic
+    def __init__(self, cfg: TrainConfig, model_dir: str, device: str = "cpu"):
         self.world, self.timeout_s = cfg.cluster.learner_ranks, cfg.cluster.timeout_s
         self.fsdp = self.world > 1 and cfg.cluster.learner_sharding == "fsdp"
         self._ranks: list[Any] = []  # actor handles of ranks 1..M-1
@@ -273,6 +219,7 @@ class LearnerGroup:
         self._failure: LearnerRankError | None = None
         self._joined = self._closed = False
         if self.world == 1:
+            self.side = build_policy_side(cfg, model_dir, device)
             return
         import ray
         import torch.distributed as dist
@@ -282,8 +229,7 @@ class LearnerGroup:
                                "(rlvr.cluster.runtime.connect)")
         if dist.is_initialized():
             raise RuntimeError("LearnerGroup: this process already belongs to a torch.distributed process group")
-        device = next(learner.model.parameters()).device
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl" and cfg.cluster.gpus_per_rank <= 0:
             raise ValueError("cluster.gpus_per_rank=0, but the trainer learns on a GPU: every learner rank needs one")
         # cpus_per_rank unset: an equal share of the cluster's CPUs (what rlvr.cluster.runtime checked)
@@ -294,25 +240,26 @@ class LearnerGroup:
                                                 runtime_env=ACTOR_RUNTIME_ENV)  # not niced below rank 0
         cfg_data = cfg.model_dump(mode="json", by_alias=True)
         try:
-            self._ranks = [actor.remote(r, self.world, cfg_data, model_dir, threads, device.type)
+            self._ranks = [actor.remote(r, self.world, cfg_data, model_dir, threads, torch.device(device).type)
                            for r in range(1, self.world)]
-            self._pids += self._gather(self._send("pid"), "init")  # built (or failed) by now
-            init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+            self._pids += self._gather(self._send("pid"), "init")  # started (or failed) by now
+            init_method = f"tcp://{ray.util.get_node_ip_address()}:{free_port()}"
             calls = self._send("join", backend, init_method, self.timeout_s)
-            self._here(lambda: dist.init_process_group(backend, init_method=init_method, rank=0, world_size=self.world,
-                                                       timeout=timedelta(seconds=self.timeout_s)), calls, "init")
-            self._joined = True
+            self._joined = True  # (from here on, close() leaves the process group if it was joined)
+            self.side = self._here(lambda: _join_and_build(cfg, model_dir, device, 0, self.world, backend,
+                                                           init_method, self.timeout_s), calls, "init")
             self._gather(calls, "init")
-            learner.process_group = dist.group.WORLD
-            if critic is not None:
-                critic.process_group = dist.group.WORLD
-            if self.fsdp:  # every rank shards the same weights (each built them from model_dir)
-                from rlvr.cluster.fsdp import shard_learner
-
-                self._everywhere("FSDP sharding", lambda: shard_learner(learner, self.world), "shard")
         except BaseException:
             self.close()
             raise
+
+    @property
+    def learner(self) -> Learner:
+        return self.side.learner
+
+    @property
+    def critic(self) -> Critic | None:
+        return self.side.critic
 
     # --- the learner's interface ------------------------------------------------------------
 
@@ -370,46 +317,35 @@ class LearnerGroup:
         mine = self._here(lambda: getattr(self.learner, method)(shards[0]), calls, doing)
         return [mine] + self._gather(calls, doing)
 
+    def values(self, batch: RLBatch) -> torch.Tensor:
+        """PPO: the critic's V(s_t) [B, T] at sampling time (rank 0's critic, which every rank equals)."""
+        return self.critic.values(batch)
+
     def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
         """(name, tensor) of the policy as the engine loads it (LoRA merged), rank 0's tensors (read
         only). Under FSDP every rank joins a gather of the full weights, which arrive on rank 0's CPU."""
         if not self.fsdp:
-            return list(lora.merged_named_tensors(self.learner.model))
-        from rlvr.cluster.fsdp import full_model_state
+            return self.learner.weights()
+        return self._everywhere("weight gather", self.learner.weights, "gather_model")
 
-        state = self._everywhere("weight gather", lambda: full_model_state(self.learner.model), "join_weight_gather")
-        return [(name, state[name]) for name, _ in self.learner.model.named_parameters()]
-
-    def full_state(self) -> dict[str, Any]:
-        """``policy_side_state`` of the whole policy side, on the CPU: rank 0's own, or under FSDP
-        gathered from every rank's shards."""
+    def state_dict(self) -> dict[str, Any]:
+        """The policy side's state on the CPU, in the run's one layout (``side_state``): what a
+        checkpoint holds and what ``broadcast_state`` sends; rank 0's own, or under FSDP gathered from
+        every rank's shards. DDP, FSDP and one process read and write the same layout."""
         if not self.fsdp:
-            return policy_side_state(self.learner, self.critic)
-        return self._everywhere("state gather", lambda: full_state(self.learner), "join_state_gather")
+            return side_state(self.side)
+        return self._everywhere("state gather", lambda: side_state(self.side), "state_dict")
 
-    def checkpoint_tensors(self) -> dict[str, Any]:
-        """The policy side's part of a checkpoint (rlvr.checkpoint's layout, the same under DDP, FSDP and
-        one process): ``model``, ``optim`` {policy, sched, critic}, and ``critic`` / ``reference`` if any."""
-        s = self.full_state()
-        tensors = {"model": s["model"], "optim": {"policy": s["optim"], "sched": s["sched"], "critic": s["critic_optim"]}}
-        for name in ("critic", "reference"):
-            if s[name] is not None:
-                tensors[name] = s[name]
-        return tensors
-
-    def load_checkpoint_tensors(self, tensors: dict[str, Any]) -> None:
-        """Load ``checkpoint_tensors``' layout into rank 0 (``broadcast_state`` then equalises the
-        other ranks), or under FSDP into every rank's shards at once."""
-        t = tensors
-        state = {"model": t["model"], "optim": t["optim"]["policy"], "sched": t["optim"]["sched"],
-                 "reference": t.get("reference"), "critic": t.get("critic"), "critic_optim": t["optim"].get("critic")}
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load ``state_dict``'s layout into rank 0 (``broadcast_state`` then equalises the other
+        ranks), or under FSDP into every rank's shards at once."""
         if not self.fsdp:
-            load_policy_side_state(self.learner, self.critic, state)
+            load_side_state(self.side, state)
             return
         import ray
 
         ref = ray.put(state)  # one copy, read by every rank
-        self._everywhere("state load", lambda: load_full_state(self.learner, state), "load_full_state", ref)
+        self._everywhere("state load", lambda: load_side_state(self.side, state), "load_state_dict", ref)
 
     def save_final(self, final_dir: Path, adapter_dir: Path) -> None:
         """The trained policy as a plain HF model directory (LoRA: merged, and the adapter alone in
@@ -420,39 +356,37 @@ class LearnerGroup:
                 policy.save_pretrained(adapter_dir)  # the adapter alone, loadable with peft on `model`
             lora.save_merged(policy, final_dir)  # a plain HF model (merged into a copy with LoRA)
             return
-        from rlvr.cluster.fsdp import full_model_state
-
-        state = self._everywhere("final weight gather", lambda: full_model_state(policy), "join_weight_gather")
+        state = self._everywhere("final weight gather", lambda: self.learner.parallel.model_state(policy), "gather_model")
         policy.save_pretrained(final_dir, state_dict=state, safe_serialization=True)
 
     def broadcast_state(self) -> None:
-        """Rank 0's model (or LoRA adapter), optimiser, scheduler, reference and critic to every rank,
-        through the Ray object store: after construction and after a resume, so all ranks start equal.
-        Nothing to do under FSDP: the ranks sharded the same weights, and a resume loads on every rank."""
+        """Rank 0's policy-side state to every rank, through the Ray object store: after construction
+        and after a resume, so all ranks start equal. Nothing to do under FSDP: the ranks sharded the
+        same weights, and a resume loads on every rank."""
         if self.world == 1 or self.fsdp:
             return
         import ray
 
         self._check_usable()
-        state = ray.put(policy_side_state(self.learner, self.critic))  # one copy, read by every rank
-        self._gather(self._send("load_state", state), "state broadcast")
+        state = ray.put(self.state_dict())  # one copy, read by every rank
+        self._gather(self._send("load_state_dict", state), "state broadcast")
 
     def rank_state(self, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s policy-side state (what ``broadcast_state`` sends), on the CPU: for checks."""
         if rank == 0:
-            return self.full_state()
+            return self.state_dict()
         if self.fsdp:
-            raise ValueError("rank_state: under FSDP the ranks hold shards of one state, not copies (full_state)")
+            raise ValueError("rank_state: under FSDP the ranks hold shards of one state, not copies (state_dict)")
         self._check_usable()
-        return self._gather({rank: self._ranks[rank - 1].state.remote()}, "state read")[0]
+        return self._gather({rank: self._ranks[rank - 1].state_dict.remote()}, "state read")[0]
 
     def pids(self) -> list[int]:
         """Process id of every rank (rank 0 is this process)."""
         return list(self._pids)
 
     def close(self) -> None:
-        """Stop the rank actors and leave the process group; the learner is single-process again
-        (under FSDP it still holds only its shard: read what you need before closing)."""
+        """Stop the rank actors and leave the process group (read what you need before closing: rank 0's
+        learner keeps its plan, and under FSDP it holds only its shard)."""
         if self._ranks:
             import ray
 
@@ -465,9 +399,6 @@ class LearnerGroup:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self._joined = False
-        self.learner.process_group = None
-        if self.critic is not None:
-            self.critic.process_group = None
         self._closed = True
 
     # --- calls, deadlines, failures -------------------------------------------------------

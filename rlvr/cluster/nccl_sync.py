@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlvr.cluster.runtime import ClusterError
+from rlvr.cluster.runtime import ClusterError, free_port
 from rlvr.config import ConfigError, TrainConfig
 from rollouts.config import ENGINES
 
@@ -144,12 +144,6 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # no Ray: this host's address
         return socket.gethostbyname(socket.gethostname())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def call_with_deadline(fn: Callable[[], Any], timeout_s: float, setup: Callable[[], Any] | None = None) -> Any:
@@ -302,7 +296,7 @@ class NcclSender:
         if why := check_own_gpus(gpu_id(self.device.index), [info["gpu"] for info in infos]):
             raise ClusterError(f"{FIELD}=nccl: {why}; or {OTHERS}")
         offsets = rank_offsets([info["ranks"] for info in infos])
-        init = NCCLTrainerInitInfo(master_address=_node_ip(), master_port=_free_port(),
+        init = NCCLTrainerInitInfo(master_address=_node_ip(), master_port=free_port(),
                                    world_size=1 + sum(info["ranks"] for info in infos), rank=0, packed=True)
         self.client = _WorkersClient(self.workers, offsets, self.timeout)
         self.engine = self._bounded(lambda: NCCLTrainerWeightTransferEngine.trainer_init(

@@ -145,3 +145,10 @@ def disconnect(info: ClusterInfo | None) -> None:
 
     if info is not None and info.started_here and ray.is_initialized():
         ray.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port free on this node now (for a process group's or a transport's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]

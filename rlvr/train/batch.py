@@ -1,5 +1,5 @@
 """Scored groups into the learner's tensors: prompt + completion rows, right-padded, in target
-alignment (see rlvr.learner), with the loss mask over the sampled tokens only."""
+alignment (see rlvr.train.learner), with the loss mask over the sampled tokens only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, overlong_mask, soft_overlong_penalty
-from rlvr.learner import RLBatch
+from rlvr.train.learner import RLBatch
 
 if TYPE_CHECKING:
     from rlvr.pipeline import ScoredGroup
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                 max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
-    """Pack groups into right-padded tensors in target alignment (see rlvr.learner), with
+    """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
     DAPO's overlong shaping when configured; advantages are left at 0 for the caller."""
     seqs, spans, engine_lp = [], [], []
     for sg in scored:

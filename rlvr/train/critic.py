@@ -5,7 +5,7 @@ step it is asked twice: ``values(batch)`` before the advantages (V(s_t) at sampl
 "old" values of GAE and of value clipping) and ``step(batch, adv_inputs)`` after the policy's
 update (regress V on the GAE returns with the clipped value loss).
 
-Like ``rlvr.learner`` it knows tensors only; per-token tensors are in target alignment [B, T]:
+Like ``rlvr.train.learner`` it knows tensors only; per-token tensors are in target alignment [B, T]:
 column t is the state *before* response token ``input_ids[:, t + 1]`` is emitted, which is the
 critic's output at position t (``CriticModel`` outputs [B, L]; we drop the last position).
 """
@@ -23,7 +23,10 @@ from rlvr.algorithms import (
     masked_mean,
     value_loss,
 )
-from rlvr.learner import RLBatch
+from rlvr.config import OptimConfig, TrainLoopConfig
+from rlvr.train.learner import RLBatch
+from rlvr.train.optimised import Optimised
+from rlvr.train.parallel import SINGLE, Single
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
@@ -34,29 +37,27 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     return float(1 - var_resid / var_r) if var_r > 0 else 0.0
 
 
-class Critic:
-    """AdamW at ``algo.critic_lr`` on a ``CriticModel``, micro-batched like the learner.
+class Critic(Optimised):
+    """AdamW at ``algorithm.critic_lr`` on a ``CriticModel``, micro-batched like the learner.
 
-    ``process_group`` (torch.distributed): this critic is one data-parallel rank, stepping on its
+    ``plan`` (rlvr.train.parallel): under DDP this critic is one data-parallel rank, stepping on its
     shard with the global token count and gradients summed over ranks (as ``Learner.step``)."""
 
-    def __init__(self, model: CriticModel, algo: AlgorithmConfig, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 32,
-                 updates_per_batch: int = 1, process_group=None):
-        self.model, self.algo = model, algo
-        self.opt = torch.optim.AdamW(model.parameters(), lr=algo.critic_lr, betas=betas, weight_decay=weight_decay,
-                                     fused=True)
-        self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
-        self.process_group = process_group
+    def __init__(self, model: CriticModel, algo: AlgorithmConfig, optim: OptimConfig | None = None,
+                 train: TrainLoopConfig | None = None, plan: Single = SINGLE):
+        optim, train = optim or OptimConfig(), train or TrainLoopConfig()
+        super().__init__(model, algo.critic_lr, optim, plan=plan)  # no warm-up: a constant rate
+        self.algo, self.micro, self.updates = algo, train.micro_batch_size, train.updates_per_batch
 
     @classmethod
-    def for_policy(cls, policy, algo: AlgorithmConfig, **kwargs) -> Critic:
+    def for_policy(cls, policy, algo: AlgorithmConfig, optim: OptimConfig | None = None,
+                   train: TrainLoopConfig | None = None, plan: Single = SINGLE) -> Critic:
         """``algo.critic_model`` (it must share the policy's tokenizer) or a copy of the policy's backbone."""
         if algo.critic_model is not None:
             model = CriticModel.from_pretrained(algo.critic_model, dtype=torch.float32)
         else:
             model = CriticModel.from_policy(policy)
-        return cls(model.float(), algo, **kwargs)
+        return cls(model.float(), algo, optim, train, plan)
 
     def _micro_batches(self, batch: RLBatch):
         for start in range(0, len(batch), self.micro):
@@ -79,12 +80,8 @@ class Critic:
         dev = next(self.model.parameters()).device
         old_values, returns, mask = old_values.to(dev), returns.to(dev), mask.to(dev)  # a GPU critic
         batch = batch.to(dev)
-        tokens = mask.sum().clamp(min=1)
-        local_tokens = tokens  # this rank's: its metrics are means over its own tokens
-        if self.process_group is not None:  # token-mean over the global batch
-            from rlvr.cluster.distributed import all_reduce_sum
-
-            tokens = all_reduce_sum(mask.sum(), self.process_group).clamp(min=1)
+        local_tokens = mask.sum().clamp(min=1)  # this rank's: its metrics are means over its own tokens
+        tokens = self.parallel.total(mask.sum()).clamp(min=1)  # token-mean over the global batch
         sums = {"value_loss": 0.0, "value_clip_frac": 0.0}
         for _ in range(self.updates):
             for start, mb in self._micro_batches(batch):
@@ -96,13 +93,7 @@ class Critic:
                 seen = float(mask[sl].sum() / local_tokens)  # == share in one process
                 sums["value_loss"] += float(m["vf_loss"]) * seen / self.updates
                 sums["value_clip_frac"] += float(m["vf_clip_frac"]) * seen / self.updates
-            if self.process_group is not None:
-                from rlvr.cluster.distributed import all_reduce_gradients
-
-                all_reduce_gradients(self.model.parameters(), self.process_group)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            grad_norm = self.apply_gradients()
         metrics = dict(sums)
         metrics.update(
             value_mean=float(masked_mean(old_values, mask)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from rlvr.algorithms import (
     policy_objective,
     truncated_is_weights,
 )
+from rlvr.config import OptimConfig, TrainLoopConfig
+from rlvr.train.optimised import Optimised
+from rlvr.train.parallel import SINGLE, Single
 from rlvr.vocab_logprobs import selected_logp_and_entropy
 
 
@@ -150,45 +154,54 @@ def shared_prefix_logp_and_entropy(model, input_ids: Tensor, attention_mask: Ten
     return (torch.where(valid, logp_c.gather(1, idx), 0.0), torch.where(valid, ent_c.gather(1, idx), 0.0))
 
 
-class Learner:
-    """AdamW on the policy with micro-batching, gradient accumulation and clipping.
+class Learner(Optimised):
+    """AdamW on the policy with micro-batching, gradient accumulation and clipping, built from the
+    run's ``algorithm``, ``optim`` and ``train`` sections.
 
-    ``shared_prefix``: when the batch carries group structure, micro-batches hold whole groups and
+    ``train.shared_prefix``: when the batch carries group structure, micro-batches hold whole groups and
     run the shared-prefix forward (see the module docstring); otherwise the flat forward.
 
-    ``dtype="bfloat16"``: forward and backward under bf16 autocast; the parameters (master
+    ``train.dtype="bfloat16"``: forward and backward under bf16 autocast; the parameters (master
     weights), their gradients and AdamW's moments stay float32, and log-softmax runs on float32
-    logits. ``gradient_checkpointing`` recomputes layer activations in the backward (flat forward
-    only: a checkpointed layer keeps no KV cache). ``max_seq_len`` refuses longer rows.
+    logits. ``train.gradient_checkpointing`` recomputes layer activations in the backward (flat forward
+    only: a checkpointed layer keeps no KV cache). ``train.max_seq_len`` refuses longer rows.
 
-    ``process_group`` (torch.distributed): this learner is one data-parallel rank; see ``step``."""
+    ``plan`` (rlvr.train.parallel): one process, or one of M data-parallel ranks (DDP, FSDP); see ``step``."""
 
-    def __init__(self, model, algo: AlgorithmConfig, lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.99), grad_clip: float = 1.0, warmup_steps: int = 0,
-                 micro_batch_size: int = 32, updates_per_batch: int = 1, ref_model=None, shared_prefix: bool = True,
-                 dtype: str = "float32", gradient_checkpointing: bool = False, max_seq_len: int | None = None,
-                 process_group=None):
+    def __init__(self, model, algo: AlgorithmConfig, optim: OptimConfig | None = None,
+                 train: TrainLoopConfig | None = None, ref_model=None, plan: Single = SINGLE):
+        optim, train = optim or OptimConfig(), train or TrainLoopConfig()
         if algo.policy_loss not in POLICY_LOSSES:
             raise KeyError(f"algorithm.policy_loss: unknown {algo.policy_loss!r}; known: {sorted(POLICY_LOSSES)}")
         if algo.needs_reference and ref_model is None:
             raise ValueError("algorithm.kl_coef > 0 needs a reference model")
-        self.model, self.ref_model, self.algo = model, ref_model, algo
-        # fused: one kernel per step for all tensors (the per-tensor loop costs ~15% of a tiny model's step)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
-        self.grad_clip, self.micro, self.updates = grad_clip, micro_batch_size, updates_per_batch
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"train.dtype: {dtype!r} is not float32 or bfloat16")
-        self.dtype, self.max_seq_len = dtype, max_seq_len
-        self.shared_prefix = shared_prefix and not gradient_checkpointing
-        if gradient_checkpointing:
+        if train.gradient_checkpointing:  # before the plan wraps the model
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # data parallelism (rlvr.cluster.learner_group): this rank steps on its shard of the batch, with the
-        # global batch's normalisers and the gradients summed over ranks, so it takes the one-process update
-        self.process_group = process_group
-        # FSDP2 (rlvr.cluster.fsdp.shard_learner sets it): the backward reduce-scatters the gradients, and every
-        # forward is a collective, so each rank runs the ranks' largest number of micro-batches
-        self.fsdp = False
+        super().__init__(model, optim.lr, optim, optim.warmup_steps, plan)
+        # frozen, but as large as the policy: sharded too under FSDP
+        self.ref_model = None if ref_model is None else plan.prepare(ref_model)
+        self.algo, self.micro, self.updates = algo, train.micro_batch_size, train.updates_per_batch
+        self.dtype, self.max_seq_len = train.dtype, train.max_seq_len
+        self.shared_prefix = train.shared_prefix and not train.gradient_checkpointing
+        if plan.sharded and self.shared_prefix:
+            raise ValueError("cluster.learner_sharding=fsdp runs the flat forward (the config sets train.shared_prefix "
+                             "to false); this learner was asked for the shared-prefix forward")
+
+    def state_dict(self) -> dict[str, Any]:
+        """``Optimised.state_dict`` and the reference model (None without one): what a checkpoint holds
+        of the policy, and what a data-parallel rank is sent to equal rank 0."""
+        return {**super().state_dict(),
+                "reference": None if self.ref_model is None else self.parallel.model_state(self.ref_model)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.ref_model is not None:
+            self.parallel.load_model_state(self.ref_model, state["reference"])
+
+    def weights(self) -> list[tuple[str, Tensor]]:
+        """(name, tensor) of the policy as an engine loads it (LoRA merged), read only (under FSDP a
+        gather every rank joins; rank 0 receives the tensors, the others an empty list)."""
+        return self.parallel.weights(self.model)
 
     def autocast(self):
         """bf16 autocast on the model's device for ``dtype="bfloat16"``, else nothing."""
@@ -225,12 +238,8 @@ class Learner:
     def lockstep(self, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """``bounds`` padded with repeats of its last micro-batch up to the ranks' largest count (under
         FSDP each forward all-gathers weights, so a rank with fewer would leave the others waiting);
-        the caller gives a repeat weight 0. Unchanged without FSDP."""
-        if not self.fsdp:
-            return bounds
-        from rlvr.cluster.distributed import all_reduce_max
-
-        most = all_reduce_max(len(bounds), self.process_group)
+        the caller gives a repeat weight 0. Unchanged by the other plans."""
+        most = self.parallel.lockstep(len(bounds))
         return bounds + [bounds[-1]] * (most - len(bounds))
 
     @staticmethod
@@ -304,7 +313,7 @@ class Learner:
         length, and are cut to their own longest row, so padding costs little compute. Only Dr.GRPO's aggregation without a fixed
         ``loss_agg_norm`` depends on the padded width; it keeps the full width.
 
-        With a ``process_group`` the batch is this rank's shard (whole groups, the full batch's
+        With a data-parallel plan the batch is this rank's shard (whole groups, the full batch's
         padded width): the token and sequence counts that weigh micro-batches are summed over the
         ranks, and so are the gradients before clipping, which makes the update the one-process
         update on the whole batch up to float summation order. Metrics are this rank's."""
@@ -312,14 +321,8 @@ class Learner:
         batch = batch.to(next(self.model.parameters()).device)  # a GPU learner: the batch is built on CPU
         self.check_lengths(batch)
         mask = batch.response_mask
-        tokens, seqs = mask.sum().clamp(min=1), len(batch)
-        local_tokens = tokens  # this rank's: its metrics are means over its own rows
-        if self.process_group is not None:  # a rank weighs its micro-batches by the global batch
-            from rlvr.cluster.distributed import all_reduce_sum
-
-            counts = torch.tensor([float(mask.sum()), float(seqs)], dtype=torch.float64, device=mask.device)
-            counts = all_reduce_sum(counts, self.process_group)  # [2] response tokens, sequences of every rank
-            tokens, seqs = counts[0].to(mask.dtype).clamp(min=1), int(counts[1])
+        local_tokens = mask.sum().clamp(min=1)  # this rank's: its metrics are means over its own rows
+        tokens, seqs = self.parallel.batch_totals(mask)  # a rank weighs its micro-batches by the global batch
         width_free = not (self.algo.loss_agg == "seq-mean-token-sum-norm" and self.algo.loss_agg_norm is None)
         order, bounds, shared = self.plan(batch, by_length=width_free)
         by_len = batch.select(order)
@@ -343,14 +346,7 @@ class Learner:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_micro += 1
-            if self.process_group is not None and not self.fsdp:  # every rank then steps on the same summed gradient
-                from rlvr.cluster.distributed import all_reduce_gradients
-
-                all_reduce_gradients(self.model.parameters(), self.process_group)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
+            grad_norm = self.apply_gradients()  # summed over the ranks first: every rank takes the same step
         metrics = {k: v / n_micro for k, v in sums.items()}
         old_logp[order] = old_logp.clone()  # back to the batch's row order
         log_ratio = old_logp - batch.engine_logp  # learner vs engine, same weights  [B, T]

@@ -10,8 +10,8 @@ that does not fit one device. Three things keep it the update one process takes:
   asks for a pre-multiplied sum (``ReduceOp.PREMUL_SUM``), which gloo does not have ("Cannot use
   ReduceOp.PREMUL_SUM with Gloo"), so the reduction is forced to a plain SUM on every backend;
 * every forward is a collective (each layer all-gathers its weights), so every rank runs the same
-  number of forwards: the learner pads its micro-batches to the ranks' maximum (``Learner``'s
-  ``fsdp`` flag) and uses the flat forward (the shared-prefix forward calls the model a number of
+  number of forwards: the learner pads its micro-batches to the ranks' maximum (the plan's
+  ``lockstep``, rlvr.train.parallel.Sharded) and uses the flat forward (the shared-prefix forward calls the model a number of
   times that depends on the micro-batch's rows; the config turns it off under FSDP);
 * whatever needs the whole model (weights for the engine, checkpoints, the final model) is a
   collective gather of the full state that every rank joins; rank 0 receives it on the CPU.
@@ -34,7 +34,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 # full tensors, gathered to the CPU of rank 0 only (the other ranks get {})
@@ -62,28 +61,6 @@ def shard_model(model: nn.Module, mesh) -> None:
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum: the learner normalises by the global batch itself
             m.set_force_sum_reduction_for_comms(True)  # ReduceOp.SUM (gloo lacks PREMUL_SUM), then / 1
-
-
-def shard_learner(learner, world: int) -> None:
-    """Shard the learner's policy and reference over the ``world`` ranks of the default process
-    group, and rebuild its optimiser and LR schedule on the sharded parameters (before any step).
-    Every rank calls this at the same time (the device mesh is made collectively)."""
-    if learner.shared_prefix:
-        raise ValueError("cluster.learner_sharding=fsdp runs the flat forward (the config sets train.shared_prefix "
-                         "to false); this learner was built with shared_prefix on")
-    if learner.sched.last_epoch != 0:
-        raise RuntimeError("shard_learner: the learner has already stepped; shard it before training")
-    device = next(learner.model.parameters()).device.type
-    mesh = init_device_mesh(device, (world,))
-    shard_model(learner.model, mesh)
-    if learner.ref_model is not None:  # frozen, but as large as the policy: sharded too
-        shard_model(learner.ref_model, mesh)
-    old_opt, old_sched = learner.opt, learner.sched
-    d = old_opt.defaults  # the learner's AdamW, on the DTensor parameters
-    learner.opt = torch.optim.AdamW(learner.model.parameters(), lr=d["lr"], betas=d["betas"], eps=d["eps"],
-                                    weight_decay=d["weight_decay"], fused=d["fused"])
-    learner.sched = torch.optim.lr_scheduler.LambdaLR(learner.opt, old_sched.lr_lambdas[0])
-    learner.fsdp = True
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,139 @@
+"""What each step draws: which training prompts (``PromptSampler``), how many rounds (DAPO's dynamic
+sampling, ``sample_groups``), with which seeds (``StepDrawer``), and the rollout metrics of a step.
+
+Every row and seed is chosen here, on the driver, so the rollouts do not depend on where they are
+drawn (this process, or Ray workers) or on how many workers draw them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rlvr.algorithms import dynamic_sampling_filter
+from rlvr.config import TrainConfig
+from rlvr.pipeline import ScoredGroup, StepRollouts
+from rollouts import SamplingConfig
+from verifiers import get as get_verifier
+
+
+class PromptSampler:
+    """Shuffled epochs over the training rows; its position is plain state (for resume)."""
+
+    def __init__(self, n_rows: int, seed: int):
+        if n_rows < 1:
+            raise ValueError("the training split is empty: nothing to sample prompts from")
+        self.n_rows, self.seed, self.epoch, self.pos = n_rows, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.n_rows))
+        random.Random(self.seed * 1000 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n_rows:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            take = min(k - len(out), self.n_rows - self.pos)
+            out += self._order[self.pos : self.pos + take]
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n_rows": self.n_rows, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state["n_rows"], state["seed"]) != (self.n_rows, self.seed):
+            raise ValueError(f"resume: the checkpoint's prompt sampler saw {state['n_rows']} rows with seed "
+                             f"{state['seed']}, this run has {self.n_rows} rows with seed {self.seed}")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
+
+
+def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dynamic: bool,
+                  max_rounds: int) -> tuple[list[ScoredGroup], list[ScoredGroup], dict[str, float]]:
+    """The step's groups: ``(batch, drawn, stats)``; ``draw(round, k)`` generates and scores ``k`` prompts.
+
+    Without ``dynamic`` sampling this is one round of ``want`` prompts, used as is. With it
+    (DAPO), groups whose rewards are all equal (no signal for a group-relative advantage) are
+    dropped, and further rounds draw the missing number of prompts, scaled up by the share of
+    informative groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
+    excess is trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they
+    carry no group-relative advantage), so a step never trains on an empty batch.
+    """
+    if not dynamic:
+        drawn = draw(0, want)
+        return drawn, drawn, {}
+    kept, dropped, drawn, rounds = [], [], [], 0
+    while len(kept) < want and rounds < max_rounds:
+        informative_frac = len(kept) / len(drawn) if drawn else 1.0
+        k = want if not drawn else min(want, math.ceil((want - len(kept)) / max(informative_frac, 1 / want)))
+        new = draw(rounds, k)
+        rounds += 1
+        rewards = torch.cat([sg.rewards for sg in new])  # [B]
+        sizes = torch.tensor([len(sg.scores) for sg in new])
+        keep = dynamic_sampling_filter(rewards, torch.repeat_interleave(torch.arange(len(new)), sizes))
+        first = torch.cumsum(sizes, 0) - sizes  # index of each group's first member
+        for sg, informative in zip(new, keep[first].tolist()):
+            (kept if informative else dropped).append(sg)
+        drawn += new
+    padded = max(0, want - len(kept))
+    stats = {"sampling_rounds": float(rounds), "groups_drawn": float(len(drawn)), "groups_dropped": float(len(dropped)),
+             "groups_padded": float(padded), "informative_frac": len(kept) / len(drawn)}
+    return kept[:want] + dropped[:padded], drawn, stats
+
+
+class StepDrawer:
+    """Draws a step's rollouts (every dynamic-sampling round) from ``rollouts``, generated and scored
+    as groups finish: the job the rollout pipeline runs for each step. Round ``r`` of step ``s`` samples
+    with seed ``train.seed * 100_003 + s + r * 1_000_003``; the prompts come from ``sampler``."""
+
+    def __init__(self, cfg: TrainConfig, rows: list[dict[str, Any]], sampler: PromptSampler, rollouts: Any):
+        self.cfg, self.rows, self.sampler, self.rollouts = cfg, rows, sampler, rollouts
+
+    def __call__(self, step: int) -> StepRollouts:
+        cfg, tc = self.cfg, self.cfg.train
+        timings = {"generate_s": 0.0, "score_s": 0.0, "score_wait_s": 0.0, "score_hidden_s": 0.0}
+
+        def draw(rnd: int, k: int) -> list[ScoredGroup]:
+            rows = [self.rows[i] for i in self.sampler.next(k)]
+            sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature,
+                                      top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
+                                      seed=tc.seed * 100_003 + step + rnd * 1_000_003)
+            groups, scores, t = self.rollouts.generate_and_score(rows, sampling)
+            for key in timings:
+                timings[key] += t[key]
+            return [ScoredGroup(row, g, sc) for row, g, sc in zip(rows, groups, scores)]
+
+        algo = cfg.algorithm
+        batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
+        return StepRollouts(step, batch, drawn, stats, timings)
+
+
+def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
+    """Rollout statistics of every group drawn; the format rate is the strict R1 check whatever the rewards are."""
+    fmt = get_verifier("r1_format")
+    comps = [c for sg in scored for c in sg.group.completions]
+    scores = [s for sg in scored for s in sg.scores]
+    rewards = torch.cat([sg.rewards for sg in scored])
+    lengths = [len(c.token_ids) for c in comps]
+    per_group = rewards.view(len(scored), -1)
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "accuracy": sum(bool(s.correct) for s in scores) / len(scores),
+        "format_rate": sum(fmt.score(c.text, {}).reward for c in comps) / len(comps),
+        "response_len_mean": sum(lengths) / len(lengths),
+        "response_len_max": float(max(lengths)),
+        "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+        "solved_none_frac": float((per_group.max(1).values == per_group.min(1).values).float().mean()),
+        "verifier_errors": float(sum(s.error is not None for s in scores)),
+        "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
+    }
