@@ -102,10 +102,8 @@ def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[Rec
         extra.append(f"{stage.out_field}={st.out or Path(recipe.out_root) / st.name}")
         try:
             cfg = load_config(stage.config(), st.config, extra)
-            if st.command in ("midtrain", "sft", "dpo"):  # TRL's argument names, before anything runs
-                from rlvr.stages.trl_stages import check_trl_section, trl_config_class
-
-                check_trl_section(trl_config_class(st.command), cfg)
+            if stage.check is not None:  # e.g. TRL's argument names, before anything runs
+                stage.check(cfg)
         except (ConfigError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         outputs[st.name] = stage.output(cfg)

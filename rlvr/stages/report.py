@@ -72,8 +72,8 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
     key = eval_key(eval_cfg(output[rep.base]))
     k = eval_cfg(output[rep.base]).eval.k
     known: dict[str, dict[str, float]] = {}  # model dir -> metrics, from RL stages evaluated the same way
-    for name, rec in records.items():
-        if commands[name] == "train" and "after" in rec and eval_key(cfgs[name]) == key:
+    for name, rec in records.items():  # an RL stage's record holds its input's and output's evaluations
+        if "before" in rec and "after" in rec and eval_key(cfgs[name]) == key:
             known[output[name]] = rec["after"]
             known.setdefault(str(cfgs[name].model), rec["before"])
     needed = [rep.base] + [n for stages in rep.paths.values() for n in stages]
@@ -105,12 +105,12 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
           "budget = optimizer steps x tokens trained, summed over the path's stages)")
     print_table(rows, headers)
     for name, rec in records.items():  # what DPO is meant to change, on pairs it never trained on
-        if commands[name] == "dpo" and rec.get("heldout_margin_before") is not None:
+        if rec.get("heldout_margin_before") is not None:
             print(f"{name}: held-out chosen-over-rejected log-prob margin {rec['heldout_margin_before']:+.2f} -> "
                   f"{rec['heldout_margin_after']:+.2f} ({rec['heldout_pairs']} pairs, {rec['pairs']} training pairs)")
     inputs = {st.name: st.input for st, _ in wired}
-    for name in metrics:  # what SFT is meant to change, against the model it started from
-        if commands[name] == "sft" and inputs[name] in metrics:
+    for name in metrics:  # what each stage changed against the model it started from
+        if inputs[name] in metrics:
             before, after = metrics[inputs[name]], metrics[name]
             print(f"{name}: held-out over {inputs[name]}: greedy pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "
                   f"format {before['format_rate']:.3f} -> {after['format_rate']:.3f}, sampled format "
