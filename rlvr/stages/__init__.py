@@ -3,11 +3,18 @@
 ``pretrain`` (random init -> base), ``midtrain`` (continued pretraining on task text), ``sft``
 (TRL SFTTrainer on correct traces), ``dpo`` (TRL DPOTrainer on on-policy pairs) and ``train``
 (our RL loop). Each registry entry carries how it runs (``run(cfg, out, progress) -> record``);
-``run_stage(command, cfg)`` runs one, cached by config hash like pretraining: the hash covers
-the stage's config and the stamp of its input model, so a changed upstream stage invalidates
-everything after it. A TRL stage's output directory is written beside its final place and moved
-there only when the stage finished, so a failed stage leaves no half model and earlier stages'
-outputs untouched. Recipes (`rlvr.stages.recipe`) chain these.
+``run_stage(command, cfg)`` runs one the same way for all:
+
+* **Cached.** A stage's key covers its config and the stamp of its input model, so a changed
+  upstream stage invalidates everything after it.
+* **Never destroys work it did not make.** A stage writes only into an output directory that is
+  absent, empty, or holds this kind of stage's own output (its stamp, or the marker a stage that
+  writes in place leaves before it starts); anything else is refused with one sentence.
+* **Resumes.** TRL stages write beside their final place and move there when they finished, so
+  a failed stage leaves no half model; the RL stage resumes an interrupted run of the same key
+  from its newest checkpoint (``rlvr.loop.train(resume=True)``).
+
+Recipes (`rlvr.stages.recipe`) chain these.
 """
 
 from __future__ import annotations
@@ -21,8 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlvr.config import ConfigError
+
 STAMP = "rlvr_stage.json"  # a finished stage's record, in its output model directory
+OWNER = "rlvr_stage_owner.json"  # left by a stage that writes in place (pretrain, the RL run dir) before it starts
 PRETRAIN_STAMP = "rlvr_pretrain.json"  # rlvr.pretrain.STAMP (kept here so the registry loads without it)
+
+
+class OutputInUse(ConfigError):
+    """A stage's output directory holds files no stage of its kind wrote."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Stage:
 def _run_pretrain(cfg: Any, out: Path, progress: bool) -> dict[str, Any]:
     from rlvr.pretrain import pretrain
 
+    claim(out, "pretrain", "")  # it writes in place: a killed pretraining leaves files that are ours
     pretrain(cfg, force=True, progress=progress)
     return json.loads((out / PRETRAIN_STAMP).read_text())
 
@@ -86,14 +101,39 @@ def _run_dpo(cfg: Any, out: Path, progress: bool) -> dict[str, Any]:
 
 
 def _run_rl(cfg: Any, out: Path, progress: bool) -> dict[str, Any]:
-    """Our RL loop; a fresh run (a stale run_dir is replaced), tokens counted from its metrics."""
+    """Our RL loop: resumes an interrupted run of the same key from its newest checkpoint, else a
+    fresh run in the stage's own run_dir; tokens counted from its metrics."""
+    from rlvr.checkpoint import latest_checkpoint
     from rlvr.loop import train
 
+    run_dir, key = Path(cfg.run_dir), stage_key("train", cfg)
+    resume = interrupted_checkpoint(run_dir, key, cfg.train.steps)
+    if resume is not None:
+        print(f"train: resuming the interrupted run in {run_dir} from {resume.name} (same config and input)")
+    elif latest_checkpoint(run_dir) is not None:
+        print(f"train: training afresh in {run_dir} (its checkpoints are of a finished run, or of another config or "
+              "input model)")
+    claim(run_dir, "train", key)
     shutil.rmtree(out, ignore_errors=True)  # final/: no stamp survives from an earlier run of other settings
-    summary = train(cfg, progress=progress, overwrite=True)
+    summary = train(cfg, progress=progress, resume=resume is not None, overwrite=resume is None)
     steps, tokens, curve = rl_budget(cfg)
     return {"optimizer_steps": steps, "tokens": tokens, "before": summary["before"], "after": summary["after"],
             "curve": curve}
+
+
+def interrupted_checkpoint(run_dir: Path, key: str, steps: int) -> Path | None:
+    """The newest checkpoint of an unfinished RL stage run in ``run_dir`` made with ``key`` (config and
+    input model), if any. A finished run (its last checkpoint at ``steps``) is not resumed: a rerun of
+    a finished stage (``--force``, ``cache: false``) trains afresh."""
+    from rlvr.checkpoint import latest_checkpoint
+
+    marker = run_dir / OWNER
+    if not marker.is_file() or json.loads(marker.read_text()).get("key") != key:
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or int(ckpt.name.split("_")[-1]) >= steps:
+        return None
+    return ckpt
 
 
 def _trl_check(config_class: str) -> Callable[[Any], None]:
@@ -144,7 +184,7 @@ STAGES: dict[str, Stage] = {
 }
 
 
-# ---- keys and stamps ----------------------------------------------------------------------------
+# ---- keys, stamps and ownership -----------------------------------------------------------------
 
 def stamp_of(model_dir: str | Path) -> dict[str, Any] | None:
     """The record a stage left in its output directory (pretraining's own stamp counts), if any."""
@@ -174,12 +214,46 @@ def is_cached(command: str, cfg: Any) -> bool:
     return stamp is not None and stamp.get("config_hash") == stage_key(command, cfg)
 
 
+def owner(root: Path, final: str | None = None) -> str | None:
+    """The stage command that wrote directory ``root`` (its stamp or its marker), None if none did."""
+    places = [root / STAMP, root / OWNER] + ([root / final / STAMP] if final else [])
+    for path in places:
+        if path.is_file():
+            return json.loads(path.read_text()).get("command")
+    return "pretrain" if (root / PRETRAIN_STAMP).is_file() else None
+
+
+def check_output(command: str, cfg: Any, field: str | None = None) -> None:
+    """Refuse an output directory that holds anything but this kind of stage's own work.
+
+    ``field`` names the setting in the error (default: the config field; a recipe says ``out``)."""
+    stage = STAGES[command]
+    root, field = stage.root(cfg), field or stage.out_field
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise OutputInUse(f"{field} {str(root)!r} is a file, not a directory; choose another {field}")
+    made_by = owner(root, stage.final)
+    if made_by == command or (made_by is None and not any(root.iterdir())):
+        return
+    what = (f"the output of a {made_by!r} stage" if made_by else
+            f"files that no {command!r} stage wrote (a stage never overwrites work it did not make)")
+    raise OutputInUse(f"{field} {str(root)!r} already holds {what}; choose another {field} or delete that directory")
+
+
+def claim(root: Path, command: str, key: str) -> None:
+    """Mark ``root`` as this stage's before it writes there in place (the key: what the run is of)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / OWNER).write_text(json.dumps({"command": command, "key": key}))
+
+
 # ---- running --------------------------------------------------------------------------------------
 
 def run_stage(command: str, cfg: Any, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run one stage (or reuse its cached output); returns its record (output dir, steps, tokens, seconds)."""
     stage = STAGES[command]
     out = stage.output(cfg)
+    check_output(command, cfg)
     if not force and is_cached(command, cfg):
         print(f"{command}: reusing {out} (config and input unchanged; --force to rerun)")
         return {**stamp_of(out), "output": str(out), "cached": True}
