@@ -1,5 +1,7 @@
-"""Stages never destroy work: an `out` a stage did not write is refused, and an RL stage killed
-mid-stage resumes on rerun."""
+"""Stages never destroy work and never reuse a stale output: an `out` a stage did not write is
+refused, an RL stage killed mid-stage resumes on rerun, and a stage's cache is keyed on its input
+model's content (replaced weights or tokenizer, a stamped or unstamped input, a rebuilt earlier
+stage invalidate it and every stage after it)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import yaml
 from rlvr.cli import main
 from rlvr.config import ConfigError
 from rlvr.logging import read_metrics
-from rlvr.stages import OutputInUse
+from rlvr.stages import OutputInUse, is_cached, stamp_of
 from rlvr.stages.recipe import load_recipe, run_recipe
 
 FAST = ["num_examples=48", "threads=1", "trl.max_steps=2", "trl.per_device_train_batch_size=8"]
@@ -142,3 +144,78 @@ def test_an_rl_stage_killed_mid_stage_resumes_on_rerun(micro_model, tmp_path, ca
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
     assert run_recipe(recipe)["stages"]["rl"]["cached"]  # finished: reused, not resumed again
+
+
+# ---- caches keyed on content ----------------------------------------------------------------------
+
+def perturb_weights(model_dir) -> None:
+    """Save other weights (same architecture, same size) over the model's own."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(model_dir, safe_serialization=True)
+
+
+@pytest.mark.parametrize("stamped", [True, False], ids=["stamped-input", "unstamped-input"])
+def test_replaced_input_weights_or_tokenizer_rerun_the_stage(micro_model, tmp_path, capsys, stamped):
+    """The input model's weights replaced in place: `rlvr sft` rebuilds instead of reusing, whether the
+    input carries a stage stamp (unchanged by the replacement) or none (a user's or a hub model)."""
+    model, out = tmp_path / "in", tmp_path / "sft"
+    shutil.copytree(micro_model, model)
+    if not stamped:
+        (model / "rlvr_pretrain.json").unlink()
+    args = ["sft", f"model={model}", f"out_dir={out}", *FAST]
+    assert main(args) == 0 and main(args) == 0
+    assert "sft: reusing" in capsys.readouterr().out
+    old = stamp_of(out)
+    perturb_weights(model)
+    assert (stamp_of(model) is not None) == stamped
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "reusing" not in said and f"sft: rebuilding {out} (its input model changed)" in said
+    new = stamp_of(out)
+    assert new["input_fingerprint"] != old["input_fingerprint"] and new["config_hash"] != old["config_hash"]
+    assert main(args) == 0 and "sft: reusing" in capsys.readouterr().out
+    tok = model / "tokenizer_config.json"  # the tokenizer counts too
+    tok.write_text(json.dumps({**json.loads(tok.read_text()), "model_max_length": 77}))
+    assert not is_cached("sft", sft_cfg(model, out))
+
+
+def sft_cfg(model, out):
+    from rlvr.config import load_config
+    from rlvr.stages import STAGES
+
+    return load_config(STAGES["sft"].config(), "configs/stages/sft.yaml", [f"model={model}", f"out_dir={out}", *FAST])
+
+
+def test_a_rebuilt_stage_invalidates_every_stage_after_it(micro_model, tmp_path, capsys):
+    """`rlvr sft --force` rebuilds a recipe's first stage with the same config: the next `rlvr run`
+    reuses that stage (its config and input are unchanged) and rebuilds both stages after it."""
+    recipe = write_recipe(tmp_path, [sft_stage("sft", model=micro_model), sft_stage("sft_again", input="sft"),
+                                     sft_stage("mid", input="sft_again", command="midtrain")])
+    first = run_recipe(recipe)["stages"]
+    assert [r["cached"] for r in first.values()] == [False, False, False]
+    assert main(["sft", "--force", f"model={micro_model}", f"out_dir={tmp_path / 'out' / 'sft'}", *FAST]) == 0
+    capsys.readouterr()
+    again = run_recipe(recipe)["stages"]
+    said = capsys.readouterr().out
+    assert [r["cached"] for r in again.values()] == [True, False, False]
+    assert said.count("(its input model changed)") == 2
+    assert all(again[n]["config_hash"] != first[n]["config_hash"] for n in ("sft_again", "mid"))
+
+
+def test_the_report_reevaluates_a_model_whose_weights_were_replaced(micro_model, tmp_path):
+    """The report's evaluation cache beside a model is keyed on its content too, not on its stamp."""
+    from rlvr.config import TrainConfig, load_config
+    from rlvr.stages.report import evaluate_model
+
+    model = tmp_path / "m"
+    shutil.copytree(micro_model, model)
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [*RL, f"model={model}"])
+    first = evaluate_model(str(model), cfg)
+    assert evaluate_model(str(model), cfg) == first  # cached
+    perturb_weights(model)
+    evaluate_model(str(model), cfg)
+    assert len(json.loads((model / "rlvr_eval.json").read_text())) == 2  # evaluated again, under a new key

@@ -5,8 +5,10 @@
 (our RL loop). Each registry entry carries how it runs (``run(cfg, out, progress) -> record``);
 ``run_stage(command, cfg)`` runs one the same way for all:
 
-* **Cached.** A stage's key covers its config and the stamp of its input model, so a changed
-  upstream stage invalidates everything after it.
+* **Cached on content.** A stage's key covers its config and the *content* of its input model
+  (``model_fingerprint``: config and tokenizer files by digest, weights by size and modification
+  time), so a replaced or rebuilt input, stamped or not, invalidates the stage, and through its
+  own rebuilt output every stage after it.
 * **Never destroys work it did not make.** A stage writes only into an output directory that is
   absent, empty, or holds this kind of stage's own output (its stamp, or the marker a stage that
   writes in place leaves before it starts); anything else is refused with one sentence.
@@ -33,6 +35,10 @@ from rlvr.config import ConfigError
 STAMP = "rlvr_stage.json"  # a finished stage's record, in its output model directory
 OWNER = "rlvr_stage_owner.json"  # left by a stage that writes in place (pretrain, the RL run dir) before it starts
 PRETRAIN_STAMP = "rlvr_pretrain.json"  # rlvr.pretrain.STAMP (kept here so the registry loads without it)
+EVAL_CACHE = "rlvr_eval.json"  # the report's evaluations, cached beside a model (rlvr.stages.report)
+BOOKKEEPING = {STAMP, OWNER, PRETRAIN_STAMP, EVAL_CACHE}  # rlvr's notes in a model directory, not its content
+DIGESTED = (".json", ".txt", ".model", ".jinja", ".tiktoken")  # configs, tokenizers, chat templates
+DIGEST_LIMIT = 64 << 20  # bytes; a larger file counts by size and mtime whatever its suffix
 
 
 class OutputInUse(ConfigError):
@@ -195,17 +201,41 @@ def stamp_of(model_dir: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def model_fingerprint(model: str, field: str = "model") -> str:
+    """A digest of what a model directory holds: every top-level file but rlvr's own notes in it,
+    config and tokenizer files by content, weights (and anything large) by size and modification
+    time (reading gigabytes of weights at every cache check would not pay). Replacing a file, or
+    rebuilding the model, changes it; a stamp is not needed (a user's or a hub model counts as is)."""
+    from rlvr.models import resolve_model
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(resolve_model(model, field)).iterdir()):
+        if f.name in BOOKKEEPING or f.name.startswith(".") or not f.is_file():
+            continue
+        st = f.stat()
+        if f.suffix in DIGESTED and st.st_size <= DIGEST_LIMIT:
+            what = hashlib.sha256(f.read_bytes()).hexdigest()
+        else:
+            what = f"{st.st_size}:{st.st_mtime_ns}"
+        digest.update(f"{f.name}\0{what}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def input_fingerprint(command: str, cfg: Any) -> str | None:
+    stage = STAGES[command]
+    return model_fingerprint(getattr(cfg, stage.model_field), stage.model_field) if stage.model_field else None
+
+
 def stage_key(command: str, cfg: Any) -> str:
-    """Hash of the stage's config and of its input model's stamp (a rebuilt input invalidates the stage).
+    """Hash of the stage's config and of its input model's content.
 
     Only fields set away from their defaults count, so a config field added to rlvr later (with a
     default) keeps finished stages cached."""
     stage = STAGES[command]
     if stage.config_key is not None:
         return stage.config_key(cfg)
-    upstream = stamp_of(getattr(cfg, stage.model_field))
     payload = {"command": command, "config": cfg.model_dump(mode="json", exclude_defaults=True),
-               "input": upstream.get("config_hash") if upstream else None}
+               "input": input_fingerprint(command, cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -254,16 +284,18 @@ def run_stage(command: str, cfg: Any, force: bool = False, progress: bool = True
     stage = STAGES[command]
     out = stage.output(cfg)
     check_output(command, cfg)
-    if not force and is_cached(command, cfg):
-        print(f"{command}: reusing {out} (config and input unchanged; --force to rerun)")
-        return {**stamp_of(out), "output": str(out), "cached": True}
-    if stage.model_field:
-        from rlvr.models import check_model_dir
-
-        check_model_dir(getattr(cfg, stage.model_field), stage.model_field)
+    key, fingerprint = stage_key(command, cfg), input_fingerprint(command, cfg)
+    stamp = stamp_of(out)
+    if stamp is not None and stamp.get("config_hash") == key and not force:
+        print(f"{command}: reusing {out} (config and input model unchanged; --force to rerun)")
+        return {**stamp, "output": str(out), "cached": True}
+    if stamp is not None and stamp.get("config_hash") != key:
+        why = ("its input model changed" if stamp.get("input_fingerprint") not in (None, fingerprint) else
+               "its config changed" if "input_fingerprint" in stamp else "its config or input model changed")
+        print(f"{command}: rebuilding {out} ({why})")
     t0 = time.time()
     record = stage.run(cfg, out, progress)
-    record = {"command": command, **record, "config_hash": stage_key(command, cfg),
+    record = {"command": command, **record, "config_hash": key, "input_fingerprint": fingerprint,
               "seconds": round(time.time() - t0, 1), "config": cfg.model_dump(mode="json", by_alias=True)}
     (out / stage.stamp).write_text(json.dumps(record, indent=1, default=str))
     return {**record, "output": str(out), "cached": False}

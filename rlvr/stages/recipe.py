@@ -4,7 +4,7 @@ A recipe names its stages; a stage's ``input`` is the name of an earlier stage, 
 model directory becomes the stage's ``model`` (its output goes to ``out``, default
 ``<out_root>/<name>``). Every stage config is loaded and checked, and every stage's ``out``
 checked to be its own (absent, empty, or written by that kind of stage), before anything runs.
-Stages are cached by config hash and input stamp (`rlvr.stages.run_stage`), so a rerun skips
+Stages are cached by config and input model content (`rlvr.stages.run_stage`), so a rerun skips
 finished stages and resumes at the first one that did not finish (an RL stage from its newest
 checkpoint); a failed stage leaves the earlier outputs as they were.
 

@@ -4,7 +4,8 @@ one PNG of held-out greedy pass@1 against cumulative training tokens.
 Evaluations are the RL loop's own `evaluate` with one config (task, rubric, eval settings,
 engine). An RL stage already evaluated its input and output with those settings; those numbers
 are reused, every other model is evaluated once and the result cached beside it
-(``rlvr_eval.json``, keyed by the evaluation settings and the model's stamp).
+(``rlvr_eval.json``, keyed by the evaluation settings and the model's content,
+`rlvr.stages.model_fingerprint`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-EVAL_CACHE = "rlvr_eval.json"
+from rlvr.stages import EVAL_CACHE
 
 
 def eval_key(cfg: Any) -> str:
@@ -30,10 +31,9 @@ def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
 
     from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.evaluate import evaluate
-    from rlvr.stages import stamp_of
+    from rlvr.stages import model_fingerprint
 
-    stamp = stamp_of(model_dir) or {}
-    key = f"{eval_key(cfg)}:{stamp.get('config_hash')}"
+    key = f"{eval_key(cfg)}:{model_fingerprint(model_dir)}"
     cache = Path(model_dir) / EVAL_CACHE
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in cached and complete(cached[key], cfg.eval.k):
