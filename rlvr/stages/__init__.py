@@ -74,7 +74,7 @@ def _run_pretrain(cfg: Any, out: Path, progress: bool) -> dict[str, Any]:
 
     claim(out, "pretrain", "")  # it writes in place: a killed pretraining leaves files that are ours
     pretrain(cfg, force=True, progress=progress)
-    return json.loads((out / PRETRAIN_STAMP).read_text())
+    return {**json.loads((out / PRETRAIN_STAMP).read_text()), "optimizer_steps": cfg.train.steps}
 
 
 def _into_partial(train_fn: Callable[[Any, Path], dict[str, Any]], cfg: Any, out: Path) -> dict[str, Any]:
