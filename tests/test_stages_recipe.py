@@ -102,7 +102,8 @@ def test_shipped_recipes_load():
 
 
 def test_report_tables_every_path_and_plots(micro_model, tmp_path):
-    """sft -> RL beside RL-Zero, evaluated with one config; the PNG and the table are written."""
+    """sft -> RL beside RL-Zero, evaluated with one config; the PNG and the table are written; the base
+    row names the stages that made the base (here SFT, not "(pretrained)") and what they trained."""
     rl = ["engine.kind=hf", "train.steps=2", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
           "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "eval.every=1", "logging.progress=false",
           "train.micro_batch_size=16", "checkpoint.every=0"]
@@ -121,6 +122,10 @@ def test_report_tables_every_path_and_plots(micro_model, tmp_path):
         "report": {"eval_config": str(ev), "base": "sft", "paths": {"RL-Zero": ["rl_zero"], "SFT→RL": ["sft_rl"]}}}))
     table = run_recipe(str(path))["report"]["table"]
     assert [row["path"] for row in table] == ["base", "RL-Zero", "SFT→RL"]
+    base_row = table[0]  # the base is an SFT model: the row says so and counts what SFT trained
+    assert base_row["stages"] == "sft" and base_row["optimizer_steps"] == 2 and base_row["tokens"] > 0
+    assert table[2]["stages"] == "train" and table[2]["optimizer_steps"] == 2  # the path: after the base
+    assert "(pretrained)" not in (tmp_path / "out" / "table.md").read_text()
     rl_row = table[1]
     assert rl_row["optimizer_steps"] == 2 and rl_row["tokens"] > 0 and 0 <= rl_row["pass@1"] <= 1
     assert all(0 <= row["sampled_format_rate"] <= 1 for row in table)  # the pass@k samples' format, beside greedy

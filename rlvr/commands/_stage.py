@@ -11,7 +11,8 @@ def configure_stage(p: argparse.ArgumentParser, default_config: str) -> None:
     add_config_args(p, default_config)
     p.add_argument("--force", action="store_true", help="rerun even if the output holds this config's result")
     p.epilog = ("TRL's own arguments go under `trl:` in the config (or trl.learning_rate=1e-4 on the command line). "
-                "The output is cached by config hash and the input model's stamp.")
+                "The output is cached by config and the input model's content; out_dir must be absent, empty "
+                "or this stage's own earlier output.")
 
 
 def run_stage_command(command: str, args: argparse.Namespace) -> int:

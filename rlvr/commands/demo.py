@@ -65,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = next(c for st, c in wired if st.name == rl)
     print(f"rlvr demo ({args.recipe}): random init -> pretraining (cached) -> RL-Zero (no SFT, no preference "
           "tuning) straight from the base")
+    from rlvr.stages import OutputInUse
+
     try:
         result = run_wired(recipe, wired)
+    except OutputInUse as exc:  # e.g. an `rlvr train` run in the demo's run_dir
+        return fail(f"{exc} (`rlvr demo run_dir=DIR` sets the RL stage's out)")
     except StageFailed as exc:
         return fail(exc)
     summary = json.loads(Path(cfg.run_dir, "summary.json").read_text())  # what the RL run wrote

@@ -1,6 +1,7 @@
 """`rlvr run RECIPE.yaml`: chain stages (pretrain, midtrain, sft, dpo, train), each stage's output
-feeding the next; finished stages are reused (cached by config hash), a failed stage keeps the
-earlier outputs and a rerun resumes at it. See docs/stages.md."""
+feeding the next; finished stages are reused (cached by config and input model content), a failed
+stage keeps the earlier outputs and a rerun resumes at it (an RL stage from its newest checkpoint);
+no stage writes over a directory it did not make. See docs/stages.md."""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 A recipe names its stages; a stage's ``input`` is the name of an earlier stage, whose output
 model directory becomes the stage's ``model`` (its output goes to ``out``, default
-``<out_root>/<name>``). Every stage config is loaded and checked before anything runs. Stages
-are cached by config hash and input stamp (`rlvr.stages.run_stage`), so a rerun skips finished
-stages and resumes at the first one that did not finish; a failed stage leaves the earlier
-outputs as they were.
+``<out_root>/<name>``). Every stage config is loaded and checked, and every stage's ``out``
+checked to be its own (absent, empty, or written by that kind of stage), before anything runs.
+Stages are cached by config and input model content (`rlvr.stages.run_stage`), so a rerun skips
+finished stages and resumes at the first one that did not finish (an RL stage from its newest
+checkpoint); a failed stage leaves the earlier outputs as they were.
 
 An optional ``report`` evaluates the final model of each named path (a list of stages) on the
 held-out split with one evaluation config, and writes a table (markdown + JSON) and a PNG of
@@ -31,10 +32,13 @@ class RecipeStage(Section):
     command: str = Field(description="Stage command: pretrain, midtrain, sft, dpo or train.")
     config: str | None = Field(None, description="The stage's YAML config (the command's own format).")
     input: str | None = Field(None, description="Name of an earlier stage whose output model this stage starts from.")
-    out: str | None = Field(None, description="Output directory (the run_dir for `train`); default <out_root>/<name>.")
+    out: str | None = Field(None, description="Output directory (the run_dir for `train`); default <out_root>/<name>. "
+                            "It must be absent, empty, or this kind of stage's own earlier output: a stage never "
+                            "writes over anything else.")
     overrides: list[str] = Field(default_factory=list, description="key.sub=value overrides of the stage config.")
-    cache: bool = Field(True, description="Reuse the stage's output when its config and input are unchanged; false "
-                        "reruns it every time (the demo's RL stage, whose run is what the demo shows).")
+    cache: bool = Field(True, description="Reuse the stage's output when its config and input model are unchanged; "
+                        "false reruns it every time (the demo's RL stage, whose run is what the demo shows). An RL "
+                        "stage that was interrupted resumes from its newest checkpoint either way.")
 
 
 class ReportConfig(Section):
@@ -80,6 +84,7 @@ def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[Rec
         raise ConfigError(_format_error(exc, repr(path))) from None
     names = [s.name for s in recipe.stages]
     outputs: dict[str, Path] = {}
+    roots: dict[Path, str] = {}  # each stage's own directory -> the stage
     wired = []
     for i, st in enumerate(recipe.stages):
         where = f"recipe {path!r}: stages.{i} ({st.name!r})"
@@ -102,12 +107,15 @@ def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[Rec
         extra.append(f"{stage.out_field}={st.out or Path(recipe.out_root) / st.name}")
         try:
             cfg = load_config(stage.config(), st.config, extra)
-            if st.command in ("midtrain", "sft", "dpo"):  # TRL's argument names, before anything runs
-                from rlvr.stages.trl_stages import check_trl_section, trl_config_class
-
-                check_trl_section(trl_config_class(st.command), cfg)
+            if stage.check is not None:  # e.g. TRL's argument names, before anything runs
+                stage.check(cfg)
         except (ConfigError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        root = stage.root(cfg).resolve()
+        if root in roots:
+            raise ConfigError(f"{where}: out {str(stage.root(cfg))!r} is already the out of stage "
+                              f"{roots[root]!r}; give each stage its own out")
+        roots[root] = st.name
         outputs[st.name] = stage.output(cfg)
         wired.append((st, cfg))
     if recipe.report is not None:
@@ -134,8 +142,13 @@ def run_wired(recipe: Recipe, wired: list[tuple[RecipeStage, Any]], force: bool 
 
     Returns the stages' records, ``wall_s`` (each stage's seconds in this run; a reused stage's
     are its check) and the report's table when there is one."""
-    from rlvr.stages import run_stage
+    from rlvr.stages import OutputInUse, check_output, run_stage
 
+    for st, cfg in wired:  # before any stage runs: no stage would write over work it did not make
+        try:
+            check_output(st.command, cfg, field="out")
+        except OutputInUse as exc:
+            raise OutputInUse(f"stage {st.name!r} ({st.command}): {exc}") from None
     records: dict[str, dict[str, Any]] = {}
     wall: dict[str, float] = {}
     t0 = time.time()

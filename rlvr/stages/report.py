@@ -4,7 +4,11 @@ one PNG of held-out greedy pass@1 against cumulative training tokens.
 Evaluations are the RL loop's own `evaluate` with one config (task, rubric, eval settings,
 engine). An RL stage already evaluated its input and output with those settings; those numbers
 are reused, every other model is evaluated once and the result cached beside it
-(``rlvr_eval.json``, keyed by the evaluation settings and the model's stamp).
+(``rlvr_eval.json``, keyed by the evaluation settings and the model's content,
+`rlvr.stages.model_fingerprint`).
+
+The base row says which stages made the base and what they trained; a path row, what its
+stages trained after the base.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-EVAL_CACHE = "rlvr_eval.json"
+from rlvr.stages import EVAL_CACHE
 
 
 def eval_key(cfg: Any) -> str:
@@ -30,10 +34,9 @@ def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
 
     from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.evaluate import evaluate
-    from rlvr.stages import stamp_of
+    from rlvr.stages import model_fingerprint
 
-    stamp = stamp_of(model_dir) or {}
-    key = f"{eval_key(cfg)}:{stamp.get('config_hash')}"
+    key = f"{eval_key(cfg)}:{model_fingerprint(model_dir)}"
     cache = Path(model_dir) / EVAL_CACHE
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in cached and complete(cached[key], cfg.eval.k):
@@ -72,8 +75,8 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
     key = eval_key(eval_cfg(output[rep.base]))
     k = eval_cfg(output[rep.base]).eval.k
     known: dict[str, dict[str, float]] = {}  # model dir -> metrics, from RL stages evaluated the same way
-    for name, rec in records.items():
-        if commands[name] == "train" and "after" in rec and eval_key(cfgs[name]) == key:
+    for name, rec in records.items():  # an RL stage's record holds its input's and output's evaluations
+        if "before" in rec and "after" in rec and eval_key(cfgs[name]) == key:
             known[output[name]] = rec["after"]
             known.setdefault(str(cfgs[name].model), rec["before"])
     needed = [rep.base] + [n for stages in rep.paths.values() for n in stages]
@@ -83,34 +86,35 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
         metrics[name] = reused if complete(reused, k) else evaluate_model(output[name], eval_cfg(output[name]))
         print(f"evaluated {name}: pass@1 {metrics[name]['pass@1']:.3f}")
     base = metrics[rep.base]
+    inputs = {st.name: st.input for st, _ in wired}
     rows, table = [], []
-    for label, stages in [("base", [])] + list(rep.paths.items()):
-        final = metrics[stages[-1]] if stages else base
-        steps = sum(records[n].get("optimizer_steps", 0) for n in stages)
-        tokens = sum(records[n].get("tokens", 0) for n in stages)
+    for label, stages, final in [("base", made_of(rep.base, inputs), base)] + \
+            [(label, stages, metrics[stages[-1]]) for label, stages in rep.paths.items()]:
+        steps = _total(records, stages, "optimizer_steps")  # None: a stage did not count it (pretraining's tokens)
+        tokens = _total(records, stages, "tokens")
         wall = sum(records[n].get("seconds", 0.0) for n in stages)
-        chain = " → ".join(commands[n] for n in stages) or "(pretrained)"
+        chain = " → ".join(commands[n] for n in stages)
         entry = {"path": label, "stages": chain, "optimizer_steps": steps, "tokens": tokens, "wall_s": round(wall, 1),
                  "pass@1": final["pass@1"], f"pass@{k}": final.get(f"pass@{k}"), "format_rate": final["format_rate"],
                  "sampled_format_rate": final.get("sampled_format_rate"), "response_len": final["response_len"]}
         table.append(entry)
-        rows.append((label, chain, str(steps), f"{tokens:,}", f"{final['pass@1']:.3f}", f"{final.get(f'pass@{k}', 0):.3f}",
+        rows.append((label, chain, "-" if steps is None else str(steps), "-" if tokens is None else f"{tokens:,}",
+                     f"{final['pass@1']:.3f}", f"{final.get(f'pass@{k}', 0):.3f}",
                      f"{final['format_rate']:.3f}", _fmt(final.get("sampled_format_rate")),
                      f"{final['response_len']:.1f}", f"{wall:.0f}"))
     # format: the strict R1 check of the greedy completion; sampled format: of the pass@k samples (T > 0)
     headers = ("path", "stages", "opt steps", "tokens trained", "pass@1", f"pass@{k}", "format", "sampled format",
                "resp len", "wall s")
     n_test = int(base.get("num_prompts", 0))
-    print(f"\n{recipe.name}: held-out results ({n_test} test prompts; same base, same task; "
-          "budget = optimizer steps x tokens trained, summed over the path's stages)")
+    print(f"\n{recipe.name}: held-out results ({n_test} test prompts; same base, same task; budget = optimizer "
+          "steps and tokens trained: the base row's by the stages that made the base, a path's by its stages after it)")
     print_table(rows, headers)
     for name, rec in records.items():  # what DPO is meant to change, on pairs it never trained on
-        if commands[name] == "dpo" and rec.get("heldout_margin_before") is not None:
+        if rec.get("heldout_margin_before") is not None:
             print(f"{name}: held-out chosen-over-rejected log-prob margin {rec['heldout_margin_before']:+.2f} -> "
                   f"{rec['heldout_margin_after']:+.2f} ({rec['heldout_pairs']} pairs, {rec['pairs']} training pairs)")
-    inputs = {st.name: st.input for st, _ in wired}
-    for name in metrics:  # what SFT is meant to change, against the model it started from
-        if commands[name] == "sft" and inputs[name] in metrics:
+    for name in metrics:  # what each stage changed against the model it started from
+        if inputs[name] in metrics:
             before, after = metrics[inputs[name]], metrics[name]
             print(f"{name}: held-out over {inputs[name]}: greedy pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "
                   f"format {before['format_rate']:.3f} -> {after['format_rate']:.3f}, sampled format "
@@ -122,6 +126,19 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
     plot = plot_paths(rep, records, metrics, commands, out_root / rep.plot, recipe.name)
     print(f"table: {out_root / 'table.md'}\nplot: {plot}")
     return {"table": table, "plot": str(plot)}
+
+
+def made_of(name: str, inputs: dict[str, str | None]) -> list[str]:
+    """The recipe's stages that made stage ``name``'s model, first to last (``name`` included)."""
+    chain = [name]
+    while inputs.get(chain[0]) is not None:
+        chain.insert(0, inputs[chain[0]])
+    return chain
+
+
+def _total(records: dict[str, dict[str, Any]], stages: list[str], field: str) -> int | None:
+    values = [records[n].get(field) for n in stages]
+    return None if None in values else sum(values)
 
 
 def _fmt(value: float | None) -> str:

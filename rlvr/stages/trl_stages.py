@@ -24,12 +24,6 @@ CPU_DEFAULTS: dict[str, Any] = {
 }
 
 
-def trl_config_class(command: str) -> type:
-    import trl
-
-    return trl.DPOConfig if command == "dpo" else trl.SFTConfig
-
-
 def check_trl_section(config_cls: type, cfg: StageBase) -> dict[str, Any]:
     """The ``trl:`` section with numbers as numbers; an unknown key is an error naming it."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
