@@ -5,12 +5,19 @@ its traceback. Models are random-init micro models: nothing here depends on what
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from rlvr.errors import DataError
+from rlvr.cli import main
+from rlvr.config import ConfigError
+from rlvr.errors import DataError, StorageError, is_user_error
 from rlvr.tasks import load_task, prepare_rows
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -125,6 +132,55 @@ def test_stdio_code_row_with_unequal_inputs_and_outputs_is_a_load_error(tmp_path
 
 # ---- issue 24 item 4: one sentence instead of a traceback ------------------------------------------
 
+def test_disk_full_during_a_checkpoint_names_the_file_and_keeps_the_last_checkpoint(tiny_model, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from rlvr.checkpoint import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "run"
+    first = run / "checkpoints" / "step_000001"
+    real_write = os.write
+
+    def full_after_first_checkpoint(fd, data):  # the disk fills once step 1's checkpoint is written
+        if first.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_after_first_checkpoint)
+    assert main(run_args(tiny_model, run)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "checkpoint step 2: No space left on device: " in line
+    assert str(run / "checkpoints" / ".tmp-step_000002" / "model.pt") in line and str(first) in line
+    assert list_checkpoints(run) == [first] and not list((run / "checkpoints").glob(".tmp-*"))
+    tensors, state = load_checkpoint(first)  # intact
+    assert state["step"] == 1 and "model" in tensors
+    monkeypatch.setattr(os, "write", real_write)  # space freed: the run continues from step 1
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_000002"
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot write in: a read-only one for a normal user; as root (which
+    passes any mode check) a system directory that refuses new files, such as /sys."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for candidate in (ro, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no directory here refuses a write")
+
+
+def test_read_only_run_dir_is_one_error_before_any_model_loads(tmp_path, capsys):
+    where = unwritable_dir(tmp_path)
+    assert main(run_args(str(tmp_path / "no-model-needed"), where / "run")) == 2  # the model is never looked at
+    line = one_error_line(capsys.readouterr().err)
+    assert f"run_dir {str(where / 'run')!r}: cannot write in {str(where)!r}" in line
+
+
 def test_empty_question_is_named_as_empty(tmp_path):
     from rlvr.tasks.gsm8k import GSM8KTask
 
@@ -136,3 +192,50 @@ def test_empty_question_is_named_as_empty(tmp_path):
     with pytest.raises(DataError, match=r"row 5 has no 'question'"):
         load_task(GSM8KTask(path=jsonl(tmp_path / "g.jsonl", rows)))
 
+
+def test_resume_with_overwrite_is_refused(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--overwrite"]) == 2
+    assert "give one of them" in one_error_line(capsys.readouterr().err)
+
+
+# ---- issue 25 step 7: named errors are one line, anything else keeps its traceback -----------------
+
+def test_named_error_is_one_line_and_debug_adds_the_traceback(capsys):
+    assert main(["train", "model=m", "train.stepz=1"]) == 2
+    err = capsys.readouterr().err
+    one_error_line(err)
+    assert "train.stepz: unknown key" in err
+    assert main(["train", "model=m", "train.stepz=1", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err and err.count("error:") == 1
+    assert main(["--debug", "train", "model=m", "train.stepz=1"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_unexpected_exception_keeps_its_traceback(tmp_path):
+    """A KeyError from deep code is a bug: no `error:` line, its traceback, exit status 1."""
+    code = ("import sys, rlvr.models\n"
+            "def resolve(name, field='model'):\n    raise KeyError('deep bug')\n"
+            "rlvr.models.resolve_model = resolve\n"
+            "from rlvr.cli import main\nsys.exit(main())\n")
+    out = subprocess.run([sys.executable, "-c", code, "eval", "--model", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "KeyError: 'deep bug'" in out.stderr and "error:" not in out.stderr
+
+
+def test_which_errors_are_named():
+    from rlvr.stages.recipe import StageFailed
+
+    def wrapped(cause: BaseException) -> StageFailed:
+        try:
+            raise StageFailed("stage 'sft' failed") from cause
+        except StageFailed as exc:
+            return exc
+
+    assert is_user_error(ConfigError("x")) and is_user_error(DataError("x"))
+    assert not is_user_error(KeyError("x")) and not is_user_error(ValueError("x"))
+    assert is_user_error(wrapped(DataError("row 3"))) and not is_user_error(wrapped(KeyError("bug")))
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/metrics.jsonl")
+    assert is_user_error(full) and not is_user_error(OSError(errno.EBADF, "bad fd"))
+    assert is_user_error(StorageError("checkpoint step 2: ...", errno.ENOSPC, "/x"))
