@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rlvr.cli import main
-from rlvr.config import ConfigError
+from rlvr.config import ConfigError, TrainConfig, load_config
 from rlvr.errors import DataError, StorageError, is_user_error
 from rlvr.tasks import load_task, prepare_rows
 
@@ -52,6 +53,22 @@ def one_error_line(err: str) -> str:
 
 
 # ---- issue 24 item 3: silent cases -----------------------------------------------------------------
+
+def test_every_unmatched_lora_target_is_an_error_before_weights_load(tiny_model, tmp_path, capsys):
+    pytest.importorskip("peft")
+    from rlvr.lora import check_targets
+
+    with pytest.raises(ConfigError, match=r"lora\.target_modules: \['q_prj'\] matches no linear layer .*its linear "
+                                          r"layers are named: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"):
+        check_targets(tiny_model, ["q_prj", "v_proj"])  # v_proj alone used to train, with no word
+    with pytest.raises(ConfigError, match=r"\['q_prj', 'v_prj'\] match no linear layer"):
+        check_targets(tiny_model, ["q_prj", "v_prj", "k_proj"])
+    assert len(check_targets(tiny_model, ["self_attn.q_proj", "v_proj"])) == 4  # peft's dotted suffixes match
+    run = tmp_path / "run"
+    assert main(run_args(tiny_model, run, "lora.target_modules=[q_prj,v_proj]")) == 2
+    assert "'q_prj'" in one_error_line(capsys.readouterr().err)
+    assert not run.exists()  # refused before the run directory, let alone a model
+
 
 def gsm_rows(n: int = 40) -> list[dict]:
     return [{"question": f"Tom has {i} apples and buys 3 more. How many now?", "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}
@@ -181,6 +198,44 @@ def test_read_only_run_dir_is_one_error_before_any_model_loads(tmp_path, capsys)
     assert f"run_dir {str(where / 'run')!r}: cannot write in {str(where)!r}" in line
 
 
+def test_wandb_without_a_login_is_one_error_before_data_loads(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    from rlvr.trackers import wandb_can_log
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_DISABLED", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.com login u password p\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert main(run_args(str(tmp_path / "nowhere"), tmp_path / "run", "logging.report_to=[wandb]")) == 2
+    assert "'wandb' has no login" in one_error_line(capsys.readouterr().err)
+    netrc.write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    assert wandb_can_log()
+    netrc.write_text("")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_can_log()
+
+
+def test_missing_tracker_package_is_one_error_before_the_model_is_looked_at(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    assert main(run_args(str(tmp_path / "nowhere"), tmp_path / "run", "logging.report_to=[trackio]")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "'trackio' needs the `trackio` package" in line and "pip install -e '.[trackio]'" in line
+
+
+def test_bench_on_a_model_without_a_tokenizer_names_it(tiny_model, tmp_path, capsys):
+    model = tmp_path / "no-tok"
+    shutil.copytree(tiny_model, model)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (model / f).unlink()
+    assert main(["bench", "rollouts", "--model", str(model)]) == 2
+    assert f"--model: {str(model)!r} has no tokenizer" in one_error_line(capsys.readouterr().err)
+
+
 def test_empty_question_is_named_as_empty(tmp_path):
     from rlvr.tasks.gsm8k import GSM8KTask
 
@@ -191,6 +246,14 @@ def test_empty_question_is_named_as_empty(tmp_path):
     del rows[5]["question"]
     with pytest.raises(DataError, match=r"row 5 has no 'question'"):
         load_task(GSM8KTask(path=jsonl(tmp_path / "g.jsonl", rows)))
+
+
+def test_task_name_says_task_kind_replaced_it():
+    with pytest.raises(ConfigError, match=r"task\.name: renamed task\.kind: write task\.kind=gsm8k"):
+        load_config(TrainConfig, None, ["model=m", "task.name=gsm8k"])
+    with pytest.raises(ConfigError, match=r"task\.name: unknown key for task\.kind=gsm8k \(task\.name was renamed "
+                                          r"task\.kind\)"):
+        load_config(TrainConfig, None, ["model=m", "task.kind=gsm8k", "task.path=configs", "task.name=x"])
 
 
 def test_resume_with_overwrite_is_refused(tmp_path, capsys):

@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(config_yaml(cfg), end="")
         return 0
+    from rlvr.trackers import check_trackers
+
+    check_trackers(cfg.logging.report_to)  # a missing package or login: before any data or model loads
     if args.dry_run:
         from rlvr.dry_run import dry_run
 
