@@ -134,6 +134,29 @@ def test_trl_messages_conversation_is_cut_before_the_reply_which_becomes_the_ans
         load_task(task.model_copy(update={"path": jsonl(tmp_path / "bad.jsonl", rows)}))
 
 
+def test_eval_of_a_run_output_reads_the_runs_config(tiny_model, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run / "final")
+    path = jsonl(tmp_path / "g.jsonl", gsm_rows())
+    from rlvr.config import config_yaml
+
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
+        "model=base", f"run_dir={run}", "task.kind=gsm8k", f"task.path={path}", "task.test_size=3",
+        "rewards=[{verifier: math}]", "engine.kind=hf", "eval.k=1", "eval.max_tokens=4"])
+    (run / "config.yaml").write_text(config_yaml(cfg))
+    assert main(["eval", "--model", str(run / "final"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"using {run / 'config.yaml'}, the config of the run" in err
+    assert json.loads(out)["num_prompts"] == 3.0  # the run's gsm8k held-out rows, not arith's 200
+
+
+def test_verify_names_a_row_whose_answer_is_null(tmp_path, capsys):
+    data = jsonl(tmp_path / "v.jsonl", [{"completion": "x = 3", "answer": "3"}, {"completion": "4", "answer": None}])
+    assert main(["verify", data, "--no-progress"]) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: {data}:2: 'answer' is null, which verifier 'math' needs to score it (give it, or drop the row)")
+
+
 def test_stdio_code_row_with_unequal_inputs_and_outputs_is_a_load_error(tmp_path):
     from rlvr.tasks.code import CodeTask
 
