@@ -14,7 +14,13 @@ Writing is atomic: everything goes into ``checkpoints/.tmp-step_000012``, every 
 directory are fsynced, then the directory is renamed into place and its parent fsynced. A
 process killed mid-write leaves only a ``.tmp-*`` directory, which is never read and is
 removed by the next save or resume; the previous checkpoint is untouched. The newest
-``keep`` checkpoints are kept.
+``keep`` checkpoints are kept. A write the file system refuses (disk full, read-only) removes the
+partial directory and raises a `StorageError` naming the file and the last complete checkpoint
+(torch's own writer would say only ``unexpected pos``: every byte goes through ``os.write`` here).
+
+``check_run_dir`` refuses, before any data or model loads, a run directory that cannot be
+written, that holds an earlier run's checkpoints (without ``--resume`` / ``--overwrite``), or
+that has none to resume from.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,24 +92,74 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+class _FdWriter:
+    """A file object for ``torch.save`` whose every byte goes through ``os.write``, so a refused
+    write keeps its OSError (torch's C++ writer reports a failed fwrite as ``unexpected pos``)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.error = exc
+            raise
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_file(path: Path, obj: Any) -> None:
+    """``obj`` (bytes, or anything ``torch.save`` takes) into ``path``; a refused write raises the OSError itself."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        writer = _FdWriter(fd)
+        if isinstance(obj, bytes):
+            writer.write(obj)
+        else:
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, *, tensors: dict[str, Any], state: dict[str, Any],
                     config_yaml: str, keep: int) -> Path:
     """Write ``tensors`` (name -> torch-serialisable object, one ``name.pt`` each), ``state``
-    (JSON) and the config atomically as checkpoint ``step``; prune to the newest ``keep``."""
+    (JSON) and the config atomically as checkpoint ``step``; prune to the newest ``keep``.
+    A write the file system refuses is a `StorageError`; the partial directory is removed and
+    the earlier checkpoints stay as they were."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-{final.name}"
-    tmp.mkdir()
-    for name, obj in tensors.items():
-        torch.save(obj, tmp / f"{name}.pt")
-    (tmp / "state.json").write_text(json.dumps({"format": FORMAT_VERSION, "step": step, **state}))
-    (tmp / "config.yaml").write_text(config_yaml)
-    for f in tmp.iterdir():
-        _fsync_path(f)
-    _fsync_path(tmp)
+    current = root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a process killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        current = tmp
+        tmp.mkdir()
+        files = {f"{name}.pt": obj for name, obj in tensors.items()}
+        files["state.json"] = json.dumps({"format": FORMAT_VERSION, "step": step, **state}).encode()
+        files["config.yaml"] = config_yaml.encode()
+        for name, obj in files.items():
+            current = tmp / name
+            _write_file(current, obj)
+            _fsync_path(current)
+        current = tmp
+        _fsync_path(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _refused(exc, current, step, run_dir) from exc
     if final.exists():  # a re-run of the same step after a resume
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -112,15 +169,56 @@ def save_checkpoint(run_dir: str | Path, step: int, *, tensors: dict[str, Any], 
     return final
 
 
+def _refused(exc: OSError, path: Path, step: int, run_dir: str | Path) -> Exception:
+    """The one-sentence error for a checkpoint write the file system refused."""
+    from rlvr.errors import StorageError
+
+    last = latest_checkpoint(run_dir)
+    kept = f"the last complete checkpoint, {str(last)!r}, is untouched" if last else "no earlier checkpoint exists"
+    why = exc.strerror or str(exc)
+    return StorageError(f"checkpoint step {step}: {why}: {str(exc.filename or path)!r}; the partial checkpoint was "
+                        f"removed and {kept}. Free space (or fix the directory), then continue with "
+                        f"`rlvr train --resume {run_dir}`", exc.errno, str(exc.filename or path))
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Before any data or model loads: ``run_dir`` can be written, and holds checkpoints exactly
+    when the run resumes (an earlier run's checkpoints are deleted only with ``overwrite``)."""
+    from rlvr.config import ConfigError
+    from rlvr.errors import NotFoundError, StorageError
+
+    run_dir = Path(run_dir)
+    if resume and latest_checkpoint(run_dir) is None:
+        raise NotFoundError(f"resume: no checkpoint in {str(checkpoints_dir(run_dir))!r}")
+    if not resume and not overwrite and list_checkpoints(run_dir):
+        raise ConfigError(f"run_dir {str(run_dir)!r} holds checkpoints of an earlier run: continue it with "
+                          f"`rlvr train --resume {run_dir}`, start over with --overwrite, or choose another run_dir")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:  # the directory that a fresh run_dir goes into
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r}: {str(existing)!r} is a file, not a directory")
+    try:  # a real write, not os.access: root passes any mode check, and a read-only mount fails only here
+        fd, probe = tempfile.mkstemp(prefix=".rlvr-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"run_dir {str(run_dir)!r}: cannot write in {str(existing)!r} "
+                           f"({exc.strerror or exc}); choose a run_dir on a writable disk", exc.errno,
+                           str(existing)) from exc
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, state)`` of a checkpoint directory written by ``save_checkpoint``."""
     path = Path(path)
+    from rlvr.errors import DataError, NotFoundError
+
     state_file = path / "state.json"
     if not state_file.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} is incomplete: no state.json")
+        raise NotFoundError(f"checkpoint {str(path)!r} is incomplete: no state.json")
     state = json.loads(state_file.read_text())
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r}: format {state.get('format')!r}, this rlvr reads {FORMAT_VERSION}")
+        raise DataError(f"checkpoint {str(path)!r}: format {state.get('format')!r}, this rlvr reads {FORMAT_VERSION}")
     tensors = {}
     for f in sorted(path.glob("*.pt")):
         # weights_only: a checkpoint holds tensors, numbers, strings and containers, never code

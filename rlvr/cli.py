@@ -4,6 +4,11 @@
 
 Each subcommand lives in a module with ``configure(parser)`` (cheap: argparse only) and
 ``run(args) -> int``.
+
+Errors: the project's named errors (rlvr.errors: config, data, paths, packages, reward alarms,
+parity, cluster) are mistakes a user can fix or stops the run decided on; they print as one
+``error:`` line and exit 2 (``--debug`` adds the traceback). Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 # name -> (module, one-line help). Modules must not import torch at import time.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -30,10 +36,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL with verifiable rewards: pretrain, train, eval, verify, bench.")
+    debug_help = "on an error, print its full traceback too (errors of rlvr's own kinds are otherwise one line)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).configure(p)
+        # also after the command (`rlvr train --debug`); SUPPRESS keeps `rlvr --debug train` working
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -48,12 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    return run_subcommand(importlib.import_module(SUBCOMMANDS[args.command][0]), args)
+
+
+def run_subcommand(module, args: argparse.Namespace) -> int:
+    """``module.run(args)`` as an exit status: a named error (rlvr.errors) is one ``error:`` line and
+    status 2 (with its traceback under ``--debug``); any other exception propagates with its traceback."""
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from rlvr.errors import is_user_error
+
+        if not is_user_error(exc):
+            raise  # a bug: its traceback is what a report needs
+        from rlvr.commands._common import fail
+
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
+        return fail(exc)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.config import TrainConfig
+from rlvr.config import ConfigError, TrainConfig
 from rlvr.tasks import Splits, load_task, prepare_rows
 from verifiers import Rubric
 from verifiers import get as get_verifier
@@ -29,8 +29,8 @@ def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:
     if context is None:
         return 1 << 30
     if context <= longest:
-        raise ValueError(f"sampling.max_tokens / eval.max_tokens = {longest} leave no room for a prompt in the "
-                         f"model's context of {context} tokens")
+        raise ConfigError(f"sampling.max_tokens / eval.max_tokens = {longest} leave no room for a prompt in the "
+                          f"model's context of {context} tokens")
     return context - longest
 
 

@@ -27,10 +27,15 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and field."""
 
 
+# fields that an older config may still use: the error for the old name says what replaced it
+RENAMED = {"task.name": "renamed task.kind"}
+
+
 def _task_kind(value: Any) -> str:
     if isinstance(value, dict):
         if "name" in value and "kind" not in value:
-            raise ValueError("task.name was renamed task.kind (arith, countdown, gsm8k, math, code, hf)")
+            raise ValueError(f"task.name: {RENAMED['task.name']}: write task.kind={value['name']} "
+                             f"(kinds: {', '.join(sorted(TASKS))})")
         return value.get("kind", "arith")
     return getattr(value, "kind", "arith")
 
@@ -439,6 +444,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key" + (f" for {parts[0]}.kind={kind}" if kind else "")
+            if loc in RENAMED:
+                msg += f" ({loc} was {RENAMED[loc]})"
         if re.match(r"^[a-z_]+(\.[\w]+)*: ", msg):
             lines.append(f"  {msg}")  # the validator's message already starts with the field it names
         else:

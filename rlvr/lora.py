@@ -26,32 +26,53 @@ def require_peft():
     try:
         import peft
     except ImportError as exc:
-        raise ImportError("lora: needs the `peft` package; install the extra: pip install -e '.[lora]'") from exc
+        from rlvr.errors import MissingPackageError
+
+        raise MissingPackageError("lora: needs the `peft` package; install the extra: pip install -e '.[lora]'") from exc
     return peft
+
+
+def _linear_layers(model) -> list[str]:
+    """Names of the layers LoRA adapts as linear maps: ``nn.Linear`` and GPT-2's ``Conv1D``."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
 
 
 def check_targets(model_dir: str, target_modules: list[str] | str) -> list[str]:
     """The module names ``target_modules`` matches in the model at ``model_dir``, built on the meta
-    device (no weights read); none matched is an error listing the model's linear layer names."""
+    device (no weights read). A list matches as peft does (a name, or a dotted suffix of one);
+    every name of it that matches no linear layer is an error naming it and listing the model's
+    linear layer names (peft itself would adapt the names that match and drop the others silently)."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlvr.config import ConfigError
 
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    linear = _linear_layers(model)
+    short = ", ".join(sorted({n.split(".")[-1] for n in linear}))
     if isinstance(target_modules, str):  # peft: a string is a regex over the full name ("all-linear" is special)
         import re
 
         if target_modules == "all-linear":
             return [n for n in linear if not n.endswith("lm_head")]
         hits = [n for n in linear if re.fullmatch(target_modules, n)]
-    else:
-        hits = [n for n in linear if n.split(".")[-1] in target_modules or n in target_modules]
-    if not hits:
-        short = sorted({n.split(".")[-1] for n in linear})
-        raise ValueError(f"lora.target_modules: {target_modules!r} matches no linear layer of {model_dir!r}; "
-                         f"its linear layers are named: {', '.join(short)}")
-    return hits
+        if not hits:
+            raise ConfigError(f"lora.target_modules: {target_modules!r} matches no linear layer of {model_dir!r}; "
+                              f"its linear layers are named: {short}")
+        return hits
+
+    def matches(name: str, target: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    unmatched = [t for t in target_modules if not any(matches(n, t) for n in linear)]
+    if unmatched:
+        verb = "matches" if len(unmatched) == 1 else "match"
+        raise ConfigError(f"lora.target_modules: {unmatched!r} {verb} no linear layer of {model_dir!r}; "
+                          f"its linear layers are named: {short}")
+    return [n for n in linear if any(matches(n, t) for t in target_modules)]
 
 
 def wrap(model, r: int, alpha: float, dropout: float, target_modules: list[str] | str):
@@ -100,7 +121,9 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
     result = peft.set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise KeyError(f"resume: adapter keys the model does not have: {unexpected[:5]}")
+        from rlvr.config import ConfigError
+
+        raise ConfigError(f"resume: the checkpoint's adapter has keys the model does not have: {unexpected[:5]}")
 
 
 def save_merged(model, out_dir: str | Path, tokenizer: Any = None) -> None:

@@ -19,7 +19,7 @@ import random
 import time
 from pathlib import Path
 
-from rlvr.config import PretrainConfig
+from rlvr.config import ConfigError, PretrainConfig
 from rlvr.tasks import TASKS
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -32,8 +32,8 @@ def build_corpus(cfg: PretrainConfig) -> list[str]:
     corpus = TASKS[cfg.task.kind].corpus
     if corpus is None:
         procedural = sorted(name for name, kind in TASKS.items() if kind.corpus is not None)
-        raise ValueError(f"task.kind: {cfg.task.kind!r} has no procedural pretraining corpus; "
-                         f"kinds with one: {', '.join(procedural)}")
+        raise ConfigError(f"task.kind: {cfg.task.kind!r} has no procedural pretraining corpus; "
+                          f"kinds with one: {', '.join(procedural)}")
     return [doc + EOS for doc in corpus(cfg)]
 
 
@@ -90,10 +90,10 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     m = cfg.model
     if m.hidden_size % m.num_heads:
-        raise ValueError("model.hidden_size must be divisible by model.num_heads")
+        raise ConfigError("model.hidden_size must be divisible by model.num_heads")
     longest = max(len(ids) for ids in encoded)
     if longest > m.max_position_embeddings:
-        raise ValueError(f"corpus documents reach {longest} tokens > model.max_position_embeddings={m.max_position_embeddings}")
+        raise ConfigError(f"corpus documents reach {longest} tokens > model.max_position_embeddings={m.max_position_embeddings}")
     if m.arch == "llama":
         model_cfg = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,

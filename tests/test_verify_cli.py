@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Runs the verify subcommand exactly as rlvr.cli does (configure + run from SUBCOMMANDS), so
+# Runs the verify subcommand exactly as rlvr.cli does (configure + run_subcommand), so
 # this test does not depend on the other subcommand modules being importable.
 LAUNCH = (
     "import argparse, importlib, sys\n"
-    "from rlvr.cli import SUBCOMMANDS\n"
+    "from rlvr.cli import SUBCOMMANDS, run_subcommand\n"
     "m = importlib.import_module(SUBCOMMANDS['verify'][0])\n"
     "p = argparse.ArgumentParser(prog='rlvr verify'); m.configure(p)\n"
-    "sys.exit(m.run(p.parse_args(sys.argv[1:])))\n"
+    "sys.exit(run_subcommand(m, p.parse_args(sys.argv[1:])))\n"
 )
 
 

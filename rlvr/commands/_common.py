@@ -14,7 +14,9 @@ def add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> N
 def fail(message: str | BaseException) -> int:
     """Print one ``error:`` line (an exception's own message, never its repr) and return exit status 2."""
     if isinstance(message, BaseException):  # str(KeyError("x")) is "'x'": take the message itself
-        message = str(message.args[0]) if len(message.args) == 1 else str(message)
+        from rlvr.errors import one_line
+
+        message = one_line(message)
     print(f"error: {message}", file=sys.stderr)
     return 2
 

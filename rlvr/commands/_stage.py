@@ -1,10 +1,10 @@
-"""What `rlvr midtrain`, `rlvr sft` and `rlvr dpo` share: config, cache, one-line errors."""
+"""What `rlvr midtrain`, `rlvr sft` and `rlvr dpo` share: config and cache (named errors are one line: rlvr.cli)."""
 
 from __future__ import annotations
 
 import argparse
 
-from rlvr.commands._common import add_config_args, fail
+from rlvr.commands._common import add_config_args
 
 
 def configure_stage(p: argparse.ArgumentParser, default_config: str) -> None:
@@ -18,20 +18,13 @@ def configure_stage(p: argparse.ArgumentParser, default_config: str) -> None:
 def run_stage_command(command: str, args: argparse.Namespace) -> int:
     import json
 
-    from rlvr.config import ConfigError, load_config
+    from rlvr.config import load_config
     from rlvr.stages import STAGES
 
-    try:
-        cfg = load_config(STAGES[command].config(), args.config, args.overrides)
-    except ConfigError as exc:
-        return fail(exc)
+    cfg = load_config(STAGES[command].config(), args.config, args.overrides)  # ConfigError: one line (rlvr.cli)
     from rlvr.stages import run_stage
-    from rlvr.stages.data import NoPairsError
 
-    try:
-        record = run_stage(command, cfg, force=args.force)
-    except (FileNotFoundError, NoPairsError, ValueError) as exc:
-        return fail(exc)
+    record = run_stage(command, cfg, force=args.force)
     shown = {k: record.get(k) for k in ("output", "optimizer_steps", "tokens", "seconds", "pairs",
                                         "heldout_margin_before", "heldout_margin_after") if record.get(k) is not None}
     print(f"{command}: " + json.dumps(shown))

@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--tokenizer: no tokenizer in {args.tokenizer!r} (run `rlvr pretrain` first)")
         tmp = tempfile.TemporaryDirectory(prefix="rlvr-bench-")
         model = build_random_model(args.random_init, args.tokenizer, tmp.name)
-    elif not (Path(model) / "config.json").is_file():
-        return fail(f"--model: {model!r} is not a Hugging Face model directory")
+    else:  # config, weights and a tokenizer, each named when absent (transformers would blame sentencepiece)
+        from rlvr.models import check_model_dir
+
+        check_model_dir(model, "--model")
     results = []
     for dtype in dtypes:
         results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlvr.commands._common import fail, print_table
+from rlvr.commands._common import print_table
 
 RECIPE = "configs/recipes/demo.yaml"
 
@@ -54,14 +54,10 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from rlvr.config import ConfigError
-    from rlvr.stages.recipe import StageFailed, run_wired
+    from rlvr.stages.recipe import run_wired
 
     t0 = time.time()
-    try:
-        recipe, wired, base, rl = demo_recipe(args)
-    except ConfigError as exc:
-        return fail(str(exc))
+    recipe, wired, base, rl = demo_recipe(args)  # ConfigError, StageFailed: one line (rlvr.cli)
     cfg = next(c for st, c in wired if st.name == rl)
     print(f"rlvr demo ({args.recipe}): random init -> pretraining (cached) -> RL-Zero (no SFT, no preference "
           "tuning) straight from the base")
@@ -70,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_wired(recipe, wired)
     except OutputInUse as exc:  # e.g. an `rlvr train` run in the demo's run_dir
-        return fail(f"{exc} (`rlvr demo run_dir=DIR` sets the RL stage's out)")
-    except StageFailed as exc:
-        return fail(exc)
+        raise OutputInUse(f"{exc} (`rlvr demo run_dir=DIR` sets the RL stage's out)") from exc
     summary = json.loads(Path(cfg.run_dir, "summary.json").read_text())  # what the RL run wrote
     b, a = summary["before"], summary["after"]
     k = cfg.eval.k

@@ -3,44 +3,57 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from rlvr.commands._common import add_config_args, fail
+from rlvr.commands._common import add_config_args
+
+DEFAULT_CONFIG = "configs/tiny_r1zero.yaml"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model directory (or hub id) to evaluate")
-    add_config_args(p, "configs/tiny_r1zero.yaml")
+    add_config_args(p, None)
     p.description = ("Evaluate --model on the held-out split of the config's task, scored by the config's rewards "
                      "(the same task and reward settings as `rlvr train`): greedy pass@1, pass@k, format rate, "
-                     "response length and verifier errors.")
+                     "response length and verifier errors. Without --config, a model inside a run directory "
+                     f"(RUN/final) is evaluated with that run's RUN/config.yaml, any other with {DEFAULT_CONFIG}.")
     p.add_argument("--engine", default=None, help="override engine.kind (hf, static, vllm, or a registered kind)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
 
+def run_config(model: str) -> str | None:
+    """The ``config.yaml`` of the run whose output ``model`` is (``RUN/final`` -> ``RUN/config.yaml``)."""
+    candidate = Path(model).parent / "config.yaml"
+    return str(candidate) if Path(model).is_dir() and candidate.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
-    from rlvr.config import ConfigError, TrainConfig, load_config
+    from rlvr.config import TrainConfig, load_config
 
+    config = args.config
+    if config is None:
+        config = run_config(args.model)
+        if config is not None:
+            print(f"rlvr eval: using {config}, the config of the run that wrote {args.model} (its task and rewards; "
+                  "--config to choose another)", file=sys.stderr)
+        else:
+            config = DEFAULT_CONFIG
     overrides = [f"model={args.model}", *args.overrides]
     if args.engine:
         overrides.append(f"engine.kind={args.engine}")
-    try:
-        cfg = load_config(TrainConfig, args.config, overrides)
-    except ConfigError as exc:
-        return fail(exc)
+    cfg = load_config(TrainConfig, config, overrides)
     from transformers import AutoTokenizer
 
     from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.evaluate import evaluate
     from rlvr.models import resolve_model
 
-    try:
-        model_dir = resolve_model(cfg.model)
-        rubric = build_rubric(cfg)
-        rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=not args.json).test
-    except (FileNotFoundError, ValueError) as exc:
-        return fail(exc)
+    model_dir = resolve_model(cfg.model)
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=not args.json).test
     engine = build_engine(cfg, model_dir)
     try:
         m = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlvr.commands._common import add_config_args, fail
+from rlvr.commands._common import add_config_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -13,12 +13,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlvr.config import ConfigError, PretrainConfig, load_config
+    from rlvr.config import PretrainConfig, load_config
 
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        return fail(str(exc))
+    cfg = load_config(PretrainConfig, args.config, args.overrides)  # ConfigError: one line (rlvr.cli)
     from rlvr.pretrain import pretrain
 
     pretrain(cfg, force=args.force)

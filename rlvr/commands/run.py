@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from rlvr.commands._common import fail
-
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (e.g. configs/recipes/phases.yaml)")
@@ -17,11 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlvr.config import ConfigError
-    from rlvr.stages.recipe import StageFailed, run_recipe
+    from rlvr.stages.recipe import run_recipe
 
-    try:
-        run_recipe(args.recipe, args.overrides, force=args.force)
-    except (ConfigError, StageFailed) as exc:
-        return fail(exc)
+    run_recipe(args.recipe, args.overrides, force=args.force)  # ConfigError, StageFailed: one line (rlvr.cli)
     return 0

@@ -27,8 +27,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlvr.config import ConfigError, TrainConfig, load_config
+    from rlvr.config import TrainConfig, load_config
 
+    if args.resume and args.overwrite:
+        return fail("--resume continues the run in RUN_DIR and --overwrite deletes it: give one of them")
     config = args.config
     overrides = list(args.overrides)
     if args.resume:
@@ -38,32 +40,26 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             config = str(run_dir / "config.yaml")
         overrides.append(f"run_dir={args.resume}")
-    try:
-        cfg = load_config(TrainConfig, config or DEFAULT_CONFIG, overrides)
-    except ConfigError as exc:
-        return fail(exc)
+    cfg = load_config(TrainConfig, config or DEFAULT_CONFIG, overrides)  # ConfigError: one line (rlvr.cli)
     if args.print_config:
         from rlvr.config import config_yaml
 
         print(config_yaml(cfg), end="")
         return 0
-    from rlvr.alarms import RewardAlarm
-    from rlvr.loop import train
-    from rlvr.parity import LogprobParityError
+    from rlvr.trackers import check_trackers
 
+    check_trackers(cfg.logging.report_to)  # a missing package or login: before any data or model loads
     if args.dry_run:
         from rlvr.dry_run import dry_run
 
-        try:
-            dry_run(cfg)
-        except (FileNotFoundError, KeyError, ValueError, ImportError, LogprobParityError) as exc:
-            return fail(exc)
+        dry_run(cfg)
         return 0
+    from rlvr.checkpoint import check_run_dir
 
-    try:
-        summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError, RewardAlarm, LogprobParityError) as exc:
-        return fail(exc)  # ConfigError is a ValueError
+    check_run_dir(cfg.run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    from rlvr.loop import train
+
+    summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     print_summary(summary, cfg.eval.k)
     return 0
 

@@ -54,12 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _kwargs(settings: list[str]) -> dict[str, Any]:
+def _kwargs(settings: list[str], flag: str) -> dict[str, Any]:
+    from rlvr.config import ConfigError
+
     out = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -67,8 +69,43 @@ def _kwargs(settings: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_rows(path: str, limit: int | None) -> list[tuple[str, dict[str, Any], Any, dict[str, Any]]]:
-    """(completion, task, label, raw row) per line; raises ValueError naming the bad line."""
+def build_verifier(name: str, settings: list[str], flag: str, set_flag: str) -> Any:
+    """``verifiers.get(name, **settings)``; an unknown name, a plugin that fails to import or a
+    constructor argument it does not take is one error naming the flag."""
+    import inspect
+
+    import verifiers
+    from rlvr.config import ConfigError
+    from rlvr.errors import MissingPackageError
+    from verifiers.registry import factory_of
+
+    kwargs = _kwargs(settings, set_flag)
+    try:
+        factory = factory_of(name)
+    except KeyError as exc:
+        raise ConfigError(f"{flag}: {exc.args[0]}") from None
+    except ImportError as exc:
+        raise MissingPackageError(f"{flag}: {exc}") from exc
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:  # checked before the call, so a TypeError inside the verifier stays a bug
+        raise ConfigError(f"{set_flag}: verifier {name!r} does not take {sorted(kwargs)}: {exc}") from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
+    return verifiers.get(name, **kwargs)
+
+
+def read_rows(path: str, limit: int | None,
+              needed_by: tuple = ()) -> list[tuple[str, dict[str, Any], Any, dict[str, Any]]]:
+    """(completion, task, label, raw row) per line; a DataError names the bad line, including a row
+    that lacks (or holds null for) a key a verifier of ``needed_by`` needs, such as ``answer``."""
+    from pathlib import Path
+
+    from rlvr.errors import DataError, NotFoundError
+    from verifiers import missing_keys
+
+    if not Path(path).is_file():
+        raise NotFoundError(f"{path!r}: no such file (the JSONL of rows to score)")
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -79,18 +116,26 @@ def read_rows(path: str, limit: int | None) -> list[tuple[str, dict[str, Any], A
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
+                raise DataError(f"{path}:{lineno}: not JSON ({exc})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
+                raise DataError(f"{path}:{lineno}: a row must be a JSON object")
             key = next((k for k in ("completion", "prediction", "response") if k in row), None)
             if key is None:
-                raise ValueError(f"{path}:{lineno}: no 'completion' (or 'prediction'/'response') field")
+                raise DataError(f"{path}:{lineno}: no 'completion' (or 'prediction'/'response') field")
             if isinstance(row.get("task"), dict):
                 task = dict(row["task"])
             else:
                 task = {k: v for k, v in row.items() if k not in (key, "expected")}
             if "answer" not in task and "reference" in task:
                 task["answer"] = task["reference"]
+            for verifier in needed_by:
+                missing = missing_keys(verifier, task)
+                if missing:
+                    nulls = [k for k in missing if k in task and task[k] is None]
+                    what = (f"{', '.join(map(repr, nulls))} is null" if nulls
+                            else f"the row has no {', '.join(map(repr, missing))}")
+                    raise DataError(f"{path}:{lineno}: {what}, which verifier {verifier.name!r} needs to score it "
+                                    "(give it, or drop the row)")
             rows.append((str(row[key]), task, row.get("expected"), row))
     return rows
 
@@ -166,18 +211,14 @@ def _as_dict(score: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import verifiers
+    from rlvr.commands._common import fail
 
-    try:
-        main = verifiers.get(args.verifier, **_kwargs(args.settings))
-        other = verifiers.get(args.compare, **_kwargs(args.compare_settings)) if args.compare else None
-        rows = read_rows(args.data, args.limit)
-    except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
-        print(f"rlvr verify: {exc}", file=sys.stderr)
-        return 2
+    # every mistake in the input is one `error:` line, exit 2 (rlvr.cli)
+    main = build_verifier(args.verifier, args.settings, "--verifier", "--set")
+    other = build_verifier(args.compare, args.compare_settings, "--compare", "--compare-set") if args.compare else None
     if other is not None and other.name == main.name:
-        print("rlvr verify: --compare names the same verifier as --verifier", file=sys.stderr)
-        return 2
+        return fail("--compare names the same verifier as --verifier")
+    rows = read_rows(args.data, args.limit, (main,) if other is None else (main, other))
     progress = not args.no_progress
     print(f"rlvr verify: {len(rows)} rows from {args.data}, verifier {main.name}"
           + (f" vs {other.name}" if other else "") + f", {args.workers} workers", file=sys.stderr)

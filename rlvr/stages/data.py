@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from rlvr.errors import DataError
 from rlvr.tasks import Row, Splits, TaskBase, load_task, render
 from rlvr.tasks.arith import ArithProblem, reasoning_steps
 
@@ -45,8 +46,8 @@ def _reasoning_and_answer(row: Row, kind: str) -> tuple[str, str]:
         text = str(row["solution"])
         reasoning = text.rsplit("####", 1)[0].strip() if "####" in text else text.strip()
         return " ".join(reasoning.split()), str(row["answer"])
-    raise ValueError(f"task {kind!r}: row has no solution to make a trace from (procedural kinds: arith, countdown; "
-                     "data kinds need a 'solution' column, e.g. task.columns.solution=COLUMN)")
+    raise DataError(f"task {kind!r}: row has no solution to make a trace from (procedural kinds: arith, countdown; "
+                    "data kinds need a 'solution' column, e.g. task.columns.solution=COLUMN)")
 
 
 def training_rows(task: TaskBase, limit: int, seed: int) -> tuple[list[Row], Splits]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlvr.config import ConfigError
 from rlvr.stages.config import DPOConfig, MidtrainConfig, SFTConfig, StageBase
 
 # What this CPU needs; a key in the stage's `trl:` section wins over these.
@@ -30,11 +31,11 @@ def check_trl_section(config_cls: type, cfg: StageBase) -> dict[str, Any]:
     given = {}
     for key, value in cfg.trl.items():
         if key not in fields:
-            raise ValueError(f"trl.{key}: not an argument of trl.{config_cls.__name__} "
-                             f"(see `python -c 'import trl; help(trl.{config_cls.__name__})'`)")
+            raise ConfigError(f"trl.{key}: not an argument of trl.{config_cls.__name__} "
+                              f"(see `python -c 'import trl; help(trl.{config_cls.__name__})'`)")
         given[key] = _numeric(value, fields[key].default, key)
     if "output_dir" in given:
-        raise ValueError("trl.output_dir: the stage writes to out_dir; set that instead")
+        raise ConfigError("trl.output_dir: the stage writes to out_dir; set that instead")
     return given
 
 
@@ -52,7 +53,7 @@ def _numeric(value: Any, default: Any, key: str) -> Any:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"trl.{key}: expected a number, got {value!r}") from None
+        raise ConfigError(f"trl.{key}: expected a number, got {value!r}") from None
     return int(number) if isinstance(default, int) and number.is_integer() else number
 
 

@@ -15,6 +15,7 @@ import pkgutil
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rlvr.errors import DataError
 from rlvr.tasks.base import R1_SYSTEM_PROMPT, R1_TEMPLATE, TASKS, Row, Splits, TaskBase, register_task, split_of
 
 for _mod in pkgutil.iter_modules(__path__):  # every kind registers itself on import
@@ -42,7 +43,7 @@ def load_task(cfg: TaskBase, verifiers: Iterable[Any] = ()) -> Splits:
 
 
 def check_rows(rows: Sequence[Row], verifiers: Iterable[Any], where: str) -> None:
-    """A ValueError naming the first row, verifier and key missing, before any model loads."""
+    """A DataError naming the first row, verifier and key missing, before any model loads."""
     from verifiers import missing_keys
 
     verifiers = list(verifiers)
@@ -50,20 +51,30 @@ def check_rows(rows: Sequence[Row], verifiers: Iterable[Any], where: str) -> Non
         for v in verifiers:
             missing = missing_keys(v, row)
             if missing:
-                raise ValueError(f"{where}: row {i} lacks {', '.join(map(repr, missing))}, which verifier "
-                                 f"{v.name!r} needs (map a column with task.columns.<key>=COLUMN); "
-                                 f"row keys: {sorted(row)}")
+                raise DataError(f"{where}: row {i} lacks {', '.join(map(repr, missing))}, which verifier "
+                                f"{v.name!r} needs (map a column with task.columns.<key>=COLUMN); "
+                                f"row keys: {sorted(row)}")
 
 
-def render(question: str, cfg: TaskBase, tokenizer: Any = None) -> str:
-    """The prompt text for ``question``: the raw template, or the tokenizer's chat template."""
-    if cfg.format == "raw":
+def render(question: str | list[dict[str, str]], cfg: TaskBase, tokenizer: Any = None) -> str:
+    """The prompt text for ``question``: the raw template, or the tokenizer's chat template. A
+    question that is a list of chat messages (TRL's conversational format) always goes through the
+    chat template, with ``system_prompt`` first when it has no system turn of its own."""
+    if isinstance(question, list):
+        if cfg.format != "chat":
+            raise DataError("a question of chat messages needs task.format=chat (it is rendered through the "
+                            "tokenizer's chat template; task.format=raw puts text into task.template)")
+        messages = list(question)
+    elif cfg.format == "raw":
         return cfg.template.format(question=question)
+    else:
+        messages = [{"role": "user", "content": question}]
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("task.format='chat' needs a tokenizer with a chat template; this model's tokenizer has "
-                         "none (use task.format=raw, or a model whose tokenizer_config.json has a chat_template)")
-    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-    messages.append({"role": "user", "content": question})
+        raise DataError("task.format='chat' needs a tokenizer with a chat template; this model's tokenizer has "
+                        "none (use task.format=raw with text questions, or a model whose tokenizer_config.json has "
+                        "a chat_template)")
+    if cfg.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": cfg.system_prompt})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -82,13 +93,13 @@ def prepare_rows(splits: Splits, cfg: TaskBase, tokenizer: Any, max_prompt_token
             if len(row["prompt_ids"]) <= max_prompt_tokens:
                 kept.append(row)
             elif cfg.strict:
-                raise ValueError(f"task {name} split: row {i} has a {len(row['prompt_ids'])}-token prompt > "
-                                 f"task.max_prompt_tokens={max_prompt_tokens} (task.strict is set)")
+                raise DataError(f"task {name} split: row {i} has a {len(row['prompt_ids'])}-token prompt > "
+                                f"task.max_prompt_tokens={max_prompt_tokens} (task.strict is set)")
         if len(kept) < len(rows):
             notes.append(f"task {name} split: dropped {len(rows) - len(kept)} of {len(rows)} rows whose prompt is "
                          f"longer than {max_prompt_tokens} tokens (task.max_prompt_tokens; task.strict=true stops instead)")
         if not kept:
-            raise ValueError(f"task {name} split: every prompt is longer than {max_prompt_tokens} tokens "
-                             "(task.max_prompt_tokens, or a model with a longer context)")
+            raise DataError(f"task {name} split: every prompt is longer than {max_prompt_tokens} tokens "
+                            "(task.max_prompt_tokens, or a model with a longer context)")
         setattr(splits, name, kept)
     return notes

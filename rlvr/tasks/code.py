@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from rlvr.errors import DataError
 from rlvr.tasks.base import Row, Splits, register_task
 from rlvr.tasks.sources import SourceTask, load_source
 
@@ -39,21 +40,41 @@ def make_row(rec: dict, i: int, where: str, columns: dict[str, str], cfg: CodeTa
     has_function_tests = "test" in row or "test_list" in row
     has_io_tests = ("inputs" in row and "outputs" in row) or "input_output" in row
     if not (has_function_tests or has_io_tests):
-        raise ValueError(f"{where}: row {i} has no tests: the code verifier needs 'test' (+ 'entry_point') or "
-                         "'test_list' for function tasks, or 'inputs' + 'outputs' (or 'input_output') for "
-                         f"stdin/stdout tasks (map columns with task.columns.<key>=COLUMN); keys: {sorted(rec)}")
+        raise DataError(f"{where}: row {i} has no tests: the code verifier needs 'test' (+ 'entry_point') or "
+                        "'test_list' for function tasks, or 'inputs' + 'outputs' (or 'input_output') for "
+                        f"stdin/stdout tasks (map columns with task.columns.<key>=COLUMN); keys: {sorted(rec)}")
     if "test" in row and "entry_point" not in row and "test_list" not in row:
-        raise ValueError(f"{where}: row {i} has a 'test' but no 'entry_point' (column "
-                         f"{columns.get('entry_point', 'entry_point')!r}); keys: {sorted(rec)}")
+        raise DataError(f"{where}: row {i} has a 'test' but no 'entry_point' (column "
+                        f"{columns.get('entry_point', 'entry_point')!r}); keys: {sorted(rec)}")
+    if has_io_tests:
+        check_io_cases(row, i, where)
     text = rec.get("question") or rec.get("text")
+    if isinstance(text, (list, dict)):
+        raise DataError(f"{where}: row {i}: 'question' (column {columns.get('question', 'question')!r}) is not text; "
+                        "the code kind puts the problem text into task.stdio_question (chat messages are not taken "
+                        "here: use task.kind=hf with task.verifier=code and task.format=chat)")
     if has_function_tests and row.get("prompt"):
         row["question"] = cfg.function_question.format(stub=row["prompt"])
     elif text:
         row["question"] = cfg.stdio_question.format(text=str(text).strip()) if has_io_tests else str(text)
     else:
-        raise ValueError(f"{where}: row {i} has neither a 'prompt' (function stub) nor a 'question' (column "
-                         f"{columns.get('question', 'question')!r}); keys: {sorted(rec)}")
+        raise DataError(f"{where}: row {i} has neither a 'prompt' (function stub) nor a 'question' (column "
+                        f"{columns.get('question', 'question')!r}); keys: {sorted(rec)}")
     return row
+
+
+def check_io_cases(row: Row, i: int, where: str) -> None:
+    """The stdin/stdout cases the verifier will run, read as it reads them: one expected output per
+    input (else every score of the row would be a verifier error)."""
+    from verifiers.code.program import io_cases
+
+    try:
+        cases = io_cases(row)
+    except (ValueError, TypeError) as exc:  # unequal counts, no cases, input_output that is not JSON
+        raise DataError(f"{where}: row {i}: its stdin/stdout tests cannot run: {exc} (columns 'inputs' and "
+                        "'outputs', or 'input_output'); every input needs exactly one expected output") from None
+    if cases is None:
+        raise DataError(f"{where}: row {i}: 'input_output' holds no 'inputs' and 'outputs' lists")
 
 
 @register_task("code", CodeTask, verifier="code")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from rlvr.errors import DataError
 from rlvr.tasks.base import Row, Splits, register_task, split_of
 from rlvr.tasks.sources import SourceTask, load_source, need
 
@@ -79,7 +80,7 @@ def _generate(cfg: CountdownTask, split: str, count: int, seed: int) -> list[Row
             continue
         seen.add(row["question"])
         rows.append(row)
-    raise ValueError(f"task countdown: cannot find {count} distinct {split} problems; widen the ranges")
+    raise DataError(f"task countdown: cannot find {count} distinct {split} problems; widen the ranges")
 
 
 def _from_record(rec: dict, i: int, where: str, columns: dict[str, str], cfg: CountdownTask) -> Row:
@@ -88,12 +89,12 @@ def _from_record(rec: dict, i: int, where: str, columns: dict[str, str], cfg: Co
         try:
             numbers = ast.literal_eval(numbers) if numbers.strip().startswith("[") else numbers.split()
         except (ValueError, SyntaxError):
-            raise ValueError(f"{where}: row {i}: 'numbers' {numbers!r} is not a list of integers") from None
+            raise DataError(f"{where}: row {i}: 'numbers' {numbers!r} is not a list of integers") from None
     try:
         return make_row([int(n) for n in numbers], int(target), cfg)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: row {i}: 'numbers' must be integers and 'target' an integer, "
-                         f"got {numbers!r} and {target!r}") from None
+        raise DataError(f"{where}: row {i}: 'numbers' must be integers and 'target' an integer, "
+                        f"got {numbers!r} and {target!r}") from None
 
 
 @register_task("countdown", CountdownTask, verifier="countdown")

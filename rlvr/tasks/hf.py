@@ -13,10 +13,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from rlvr.errors import DataError
 from rlvr.tasks.base import Row, Splits, register_task
-from rlvr.tasks.gsm8k import gsm8k_reference
+from rlvr.tasks.gsm8k import gsm8k_reference, is_bare_number
 from rlvr.tasks.math import last_boxed
-from rlvr.tasks.sources import SourceTask, load_source, need
+from rlvr.tasks.sources import SourceTask, load_source, prompt_of
 
 
 class HFTask(SourceTask):
@@ -34,11 +35,17 @@ class HFTask(SourceTask):
 
 def make_row(rec: dict, i: int, where: str, columns: dict[str, str], cfg: HFTask) -> Row:
     row: Row = {key: rec.get(key) for key in cfg.columns}
-    row["question"] = str(need(rec, "question", i, where, columns))
+    row["question"] = prompt_of(rec, i, where, columns)
+    if "answer" not in row and isinstance(row["question"], list) and rec.get("answer") is not None:
+        row["answer"] = rec["answer"]  # a TRL conversation's final reply (rlvr.tasks.sources.split_conversation)
     if "answer" in row and row["answer"] is not None and cfg.answer_format != "raw":
-        ref = gsm8k_reference(row["answer"]) if cfg.answer_format == "gsm8k" else last_boxed(str(row["answer"]))
+        text = str(row["answer"])
+        if cfg.answer_format == "gsm8k":
+            ref = gsm8k_reference(text) if "####" in text or is_bare_number(text) else None
+        else:
+            ref = last_boxed(text)
         if not ref:
-            raise ValueError(f"{where}: row {i}: no {cfg.answer_format} reference in column {columns['answer']!r}")
+            raise DataError(f"{where}: row {i}: no {cfg.answer_format} reference in column {columns['answer']!r}")
         row["answer"] = ref
     return row
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from rlvr.errors import DataError
 from rlvr.tasks.base import Row, Splits, register_task
-from rlvr.tasks.sources import SourceTask, load_source, need
+from rlvr.tasks.sources import SourceTask, load_source, prompt_of
 
 COLUMNS = {"question": "problem", "answer": "answer", "solution": "solution"}
 
@@ -38,14 +39,14 @@ def last_boxed(text: str) -> str | None:
 
 
 def to_row(rec: dict, i: int, where: str, columns: dict[str, str]) -> Row:
-    question = str(need(rec, "question", i, where, columns))
+    question = prompt_of(rec, i, where, columns)
     answer = rec.get("answer")
     if answer is None or not str(answer).strip():
         solution = rec.get("solution")
         answer = last_boxed(str(solution)) if solution else None
         if not answer:
-            raise ValueError(f"{where}: row {i} has no 'answer' (column {columns.get('answer')!r}) and no "
-                             f"\\boxed{{}} in its 'solution' (column {columns.get('solution')!r}); keys: {sorted(rec)}")
+            raise DataError(f"{where}: row {i} has no 'answer' (column {columns.get('answer')!r}) and no "
+                            f"\\boxed{{}} in its 'solution' (column {columns.get('solution')!r}); keys: {sorted(rec)}")
     row = {"question": question, "answer": str(answer).strip()}
     if rec.get("solution"):
         row["solution"] = str(rec["solution"])
