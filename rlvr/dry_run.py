@@ -179,7 +179,8 @@ def dry_run(cfg: TrainConfig, workdir: str | None = None, engine_kind: str | Non
         if not est.fits:
             fix = preflight.settings_that_fit(cfg, real_config, gpu_gib)
             print("  settings that would fit one GPU: " + (" ".join(fix) if fix else
-                  "none: needs the model sharded over several GPUs (a cluster: section, not implemented yet)"))
+                  "none: shard the learner over GPUs (cluster.learner_ranks=M cluster.learner_sharding=fsdp "
+                  "cluster.gpus_per_rank=1) or use a smaller model"))
     print("# one RL step on CPU (random-init, same architecture, shrunk)")
     from rlvr.loop import train
 
