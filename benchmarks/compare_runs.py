@@ -358,7 +358,9 @@ class Comparison:
         return not self.first_diff and self.weights == "yes"
 
 
-def compare_metrics(a: Path, b: Path, cmp: Comparison) -> None:
+def compare_metrics(a: Path, b: Path, cmp: Comparison, new_keys: frozenset[str] = frozenset()) -> None:
+    """Every non-timing value of every line, exactly; ``new_keys``: metrics the head adds on purpose
+    (absent from the base), left out and listed."""
     ra, rb = read_lines(a / "metrics.jsonl"), read_lines(b / "metrics.jsonl")
     cmp.lines = min(len(ra), len(rb))
     if len(ra) != len(rb):
@@ -367,7 +369,7 @@ def compare_metrics(a: Path, b: Path, cmp: Comparison) -> None:
     for i, (x, y) in enumerate(zip(ra, rb)):
         where = f"line {i + 1} ({x.get('kind')} step {x.get('step')})"
         kx = {k for k in x if not is_timing(k)}
-        ky = {k for k in y if not is_timing(k)}
+        ky = {k for k in y if not is_timing(k) and k not in new_keys}
         cmp.skipped |= (set(x) | set(y)) - kx - ky
         if kx != ky and not cmp.first_diff:
             cmp.first_diff = f"{where}: keys only in base {sorted(kx - ky)}, only in head {sorted(ky - kx)}"
@@ -440,6 +442,8 @@ def main() -> int:
     p.add_argument("--keep-worktrees", action="store_true", help="keep the worktrees and the head snapshot")
     p.add_argument("--in-place", action="store_true", help="run a directory --head in place, not in a snapshot")
     p.add_argument("--list", action="store_true", help="print the scenarios and their overrides, and exit")
+    p.add_argument("--new-keys", default="", help="comma-separated metrics the head adds on purpose (absent from the "
+                   "base): not compared, listed with the timing keys")
     args = p.parse_args()
 
     if args.list:
@@ -526,7 +530,7 @@ def main() -> int:
                 results.append((sc, None, None, None))
                 continue
             cmp = Comparison()
-            compare_metrics(bdir / "run", hdir / "run", cmp)
+            compare_metrics(bdir / "run", hdir / "run", cmp, frozenset(filter(None, args.new_keys.split(","))))
             compare_weights(bdir / "run", hdir / "run", cmp)
             print(f"  {'identical' if cmp.identical else 'DIFFERENT'}: {cmp.lines} lines, {cmp.keys} keys, "
                   f"{cmp.values} values; weights identical: {cmp.weights}" +
@@ -545,7 +549,7 @@ def main() -> int:
     print_table(rows, ("scenario", "metric lines", "keys", "first difference", "weights identical", "base s",
                        "head s"))
     skipped = set().union(*(c.skipped for _, c, _, _ in results if c is not None))
-    print(f"\ntiming keys not compared: {', '.join(sorted(skipped)) or '(none)'}")
+    print(f"\nnot compared (timing, and --new-keys): {', '.join(sorted(skipped)) or '(none)'}")
     if failed:
         print(f"failed runs: {', '.join(failed)}")
         return 2

@@ -45,6 +45,7 @@ RESUME_MAY_CHANGE = (
     "run_dir", "train.steps", "train.threads", "logging.", "checkpoint.", "eval.every",
     "engine.kv_cache_gib", "engine.max_logprob_diff", "engine.threads", "engine.gpu_memory_utilization",
     "rewards.workers", "alarms.",
+    "resolved.engine.max_logprob_diff", "resolved.logging.",  # (config.yaml's derived values of the fields above)
 )
 
 

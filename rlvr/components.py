@@ -15,7 +15,12 @@ from verifiers import get as get_verifier
 
 
 def build_rubric(cfg: TrainConfig) -> Rubric:
-    return Rubric([(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards.terms])
+    """The run's weighted verifiers; the strict R1 format check joins at weight 0 when the terms lack it, so
+    every run measures its format rate from its own scores (a metric, not a reward)."""
+    parts = [(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards.terms]
+    if not any(v.name == "r1_format" for v, _ in parts):
+        parts.append((get_verifier("r1_format"), 0.0))
+    return Rubric(parts)
 
 
 def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:
@@ -38,7 +43,9 @@ def load_rows(cfg: TrainConfig, tokenizer: Any, rubric: Rubric, model_dir: str, 
     """The task's rows, checked against the rubric, rendered and tokenized; prints what was split and dropped."""
     splits = load_task(cfg.task, [v for v, _ in rubric.parts])
     notes = splits.notes + prepare_rows(splits, cfg.task, tokenizer, max_prompt_tokens(cfg, model_dir))
-    if len(splits.test) > cfg.eval.num_prompts:
+    if cfg.eval.num_prompts == 0:
+        notes.append("evaluation: off (eval.num_prompts=0)")
+    elif len(splits.test) > cfg.eval.num_prompts:
         notes.append(f"evaluation: {cfg.eval.num_prompts} of {len(splits.test)} held-out prompts (eval.num_prompts)")
     elif cfg.eval.num_prompts > len(splits.test):
         notes.append(f"evaluation: all {len(splits.test)} held-out prompts (eval.num_prompts={cfg.eval.num_prompts} "

@@ -7,12 +7,13 @@ names the field.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.tasks import TASKS, ArithTask, default_verifier
@@ -217,7 +218,7 @@ class CheckpointConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(20, ge=0, description="Evaluate every N steps (0: only before and after).")
-    num_prompts: int = Field(200, ge=1, description="Held-out prompts per evaluation.")
+    num_prompts: int = Field(200, ge=0, description="Held-out prompts per evaluation (0: no evaluation at all).")
     k: int = Field(8, ge=1, description="Samples per prompt for pass@k.")
     temperature: float = Field(1.0, ge=0, description="Temperature of the pass@k samples.")
     max_tokens: int = Field(64, ge=1, description="Longest evaluation completion.")
@@ -310,9 +311,14 @@ class TrainConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Rollout workers and learner ranks "
                                    "on Ray and torch.distributed (default: one process).")
 
+    # the config as the user wrote it (defaults filled in), before `_derive` filled the derived fields
+    _written: dict[str, Any] | None = PrivateAttr(None)
+
     @model_validator(mode="before")
     @classmethod
     def _shorthands(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "resolved" in data:  # a run's config.yaml: derived again, never read back
+            data = {k: v for k, v in data.items() if k != "resolved"}
         if isinstance(data, dict) and isinstance(data.get("rewards"), list):  # `rewards: [...]` = rewards.terms
             data = {**data, "rewards": {"terms": data["rewards"]}}
         if isinstance(data, dict) and "rewards" in data and data["rewards"] is None:  # `rewards=null`: the task's
@@ -321,7 +327,9 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _derive(self) -> TrainConfig:
-        """Values derived from others are filled here, so the dumped config is what the run used."""
+        """Values derived from others are filled here, once, at validation; what the user wrote is kept
+        (``as_written``) and ``config.yaml`` lists the derived values apart (``resolved``)."""
+        self._written = self.model_dump(mode="json", by_alias=True)
         if self.rewards.terms is None:
             self.rewards.terms = [RewardTerm(verifier=default_verifier(self.task), weight=1.0),
                                   RewardTerm(verifier="r1_format", weight=0.1)]
@@ -343,6 +351,16 @@ class TrainConfig(Section):
         if algo.loss_agg == "seq-mean-token-sum-norm" and algo.loss_agg_norm is None:
             algo.loss_agg_norm = float(self.sampling.max_tokens)  # Dr.GRPO: a constant, not the batch width
         return self
+
+    def as_written(self) -> dict[str, Any]:
+        """The config as the user wrote it (with defaults): derived fields hold what was written (often None)."""
+        return copy.deepcopy(self._written) if self._written is not None else self.model_dump(mode="json", by_alias=True)
+
+    def resolved(self) -> dict[str, Any]:
+        """``{"section.field": value}`` of every field validation derived from others (is_cap under async or
+        bf16, the parity bound, the reward terms of the task, Dr.GRPO's normaliser, ...)."""
+        now, written = _flatten(self.model_dump(mode="json", by_alias=True)), _flatten(self.as_written())
+        return {key: value for key, value in now.items() if written.get(key, _ABSENT) != value}
 
     @model_validator(mode="after")
     def _check_cluster(self) -> TrainConfig:
@@ -468,6 +486,8 @@ def load_config(cls: type[Section], path: str | None, overrides: list[str] | Non
             raise ConfigError(f"config {path!r} must be a mapping at the top level")
     if isinstance(data.get("rewards"), list):  # the shorthand `rewards: [...]`, so `rewards.workers=` can override
         data["rewards"] = {"terms": data["rewards"]}
+    if cls is TrainConfig:
+        check_preset_override(data, overrides or [], path)
     data = apply_overrides(data, overrides or [])
     try:
         return cls.model_validate(data)
@@ -475,9 +495,52 @@ def load_config(cls: type[Section], path: str | None, overrides: list[str] | Non
         raise ConfigError(_format_error(exc, repr(path) if path else "(overrides)")) from None
 
 
+def check_preset_override(data: dict, overrides: list[str], path: str | None) -> None:
+    """``algorithm.preset=NAME`` on the command line over a YAML whose ``algorithm`` section sets fields that
+    preset defines otherwise is an error naming them: the file's explicit fields would silently win over the
+    preset the command asked for. (``algorithm=NAME`` replaces the file's whole section: the preset wins.)"""
+    from rlvr.algorithms.presets import PRESETS
+
+    asked = [(item, _parse_override(item)[1]) for item in overrides
+             if _parse_override(item)[0] == ["algorithm", "preset"]]
+    section = data.get("algorithm")
+    if not asked or not isinstance(section, dict):
+        return
+    item, name = asked[-1]
+    if not isinstance(name, str) or name not in PRESETS:
+        return  # an unknown preset is the validator's error
+    clash = [k for k in section if k != "preset" and k in PRESETS[name] and section[k] != PRESETS[name][k]
+             and not any(_parse_override(o)[0] == ["algorithm", k] for o in overrides)]
+    if clash:
+        fields = ", ".join(f"algorithm.{k}={section[k]!r} (the preset: {PRESETS[name][k]!r})" for k in clash)
+        raise ConfigError(f"{item!r} on the command line conflicts with fields {path!r} sets: {fields}; the file's "
+                          "fields would win over the preset. Drop them from the file, set them on the command line "
+                          "too, or name the preset in the file")
+
+
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(config_yaml(cfg))
 
 
 def config_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+    """The config as YAML; a run's config: what the user wrote, then the derived values under ``resolved:``
+    (loading it back ignores that block and derives them again)."""
+    if not isinstance(cfg, TrainConfig):
+        return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+    data, resolved = cfg.as_written(), cfg.resolved()
+    if resolved:
+        data["resolved"] = resolved
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+_ABSENT = object()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b.c": leaf}`` (lists are leaves)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}

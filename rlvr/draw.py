@@ -16,9 +16,10 @@ import torch
 
 from rlvr.algorithms import dynamic_sampling_filter
 from rlvr.config import TrainConfig
+from rlvr.errors import DataError
+from rlvr.evaluate import FORMAT
 from rlvr.pipeline import ScoredGroup, StepRollouts
 from rollouts import SamplingConfig
-from verifiers import get as get_verifier
 
 
 class PromptSampler:
@@ -51,7 +52,7 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if (state["n_rows"], state["seed"]) != (self.n_rows, self.seed):
-            raise ValueError(f"resume: the checkpoint's prompt sampler saw {state['n_rows']} rows with seed "
+            raise DataError(f"resume: the checkpoint's prompt sampler saw {state['n_rows']} rows with seed "
                              f"{state['seed']}, this run has {self.n_rows} rows with seed {self.seed}")
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._order = self._shuffle()
@@ -118,18 +119,19 @@ class StepDrawer:
 
 
 def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
-    """Rollout statistics of every group drawn; the format rate is the strict R1 check whatever the rewards are."""
-    fmt = get_verifier("r1_format")
+    """Rollout statistics of every group drawn; the format rate is the rubric's own ``r1_format`` score
+    (absent when the rubric does not check the format)."""
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
     lengths = [len(c.token_ids) for c in comps]
     per_group = rewards.view(len(scored), -1)
+    fmt = [s.metrics[FORMAT] for s in scores] if all(FORMAT in s.metrics for s in scores) else None
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
         "accuracy": sum(bool(s.correct) for s in scores) / len(scores),
-        "format_rate": sum(fmt.score(c.text, {}).reward for c in comps) / len(comps),
+        **({"format_rate": sum(fmt) / len(comps)} if fmt is not None else {}),
         "response_len_mean": sum(lengths) / len(lengths),
         "response_len_max": float(max(lengths)),
         "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),

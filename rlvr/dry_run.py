@@ -109,7 +109,7 @@ def cpu_has_bf16_kernels() -> bool:
 
 def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bool,
                     engine_kind: str | None = None) -> TrainConfig:
-    data = cfg.model_dump(mode="json", by_alias=True)
+    data = cfg.as_written()  # derived values (the parity bound for the dtype, ...) are derived again
     data.update(model=model_dir, run_dir=str(work / "run"))
     from rollouts.config import ENGINES, EngineConfigBase
 
@@ -121,7 +121,6 @@ def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bo
     if not cpu_has_bf16_kernels():  # torch's CPU bf16 kernels need AVX-512 ("pack_vnni2 is only supported ...")
         data["engine"]["dtype"] = "float32"
         data["train"]["dtype"] = "float32"
-    data["engine"]["max_logprob_diff"] = None if cfg.engine.max_logprob_diff in (0.5, 8.0) else cfg.engine.max_logprob_diff
     data["sampling"].update(n=min(cfg.sampling.n, 4), max_tokens=min(cfg.sampling.max_tokens, 24))
     data["train"].update(steps=1, prompts_per_step=2, micro_batch_size=min(cfg.train.micro_batch_size, 8), threads=0,
                          max_seq_len=None)

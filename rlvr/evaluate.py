@@ -3,7 +3,8 @@
 crashes, sandbox errors), kept apart from wrong answers.
 
 ``correct`` comes from the rubric (its first verifier that judges correctness, e.g. ``math``
-or ``code``); the format rate is the strict R1 check, computed whatever the rubric rewards.
+or ``code``); the format rates are the rubric's own ``r1_format`` scores (absent when the rubric
+does not check the format).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from typing import Any
 
 from rollouts import Engine, SamplingConfig
 from verifiers import Rubric
-from verifiers import get as get_verifier
+
+FORMAT = "r1_format"  # the strict R1 format check: its score in a rubric is the format rate
+
+
+def format_scores(rubric: Rubric, scores) -> list[float] | None:
+    """The rubric's own ``r1_format`` reward of each score, or None when the rubric has no format check."""
+    if not any(v.name == FORMAT for v, _ in rubric.parts):
+        return None
+    return [s.metrics[FORMAT] for s in scores]
 
 
 def evaluate(
@@ -34,7 +43,6 @@ def evaluate(
 
     if not rows:
         raise ValueError("evaluate: no held-out rows")
-    fmt = get_verifier("r1_format")
     scorer = Scorer(rubric, workers)
     bar = tqdm(total=len(rows) * (2 if k > 1 else 1), desc="eval", unit="prompt", disable=not progress,
                mininterval=1, leave=False)
@@ -42,17 +50,18 @@ def evaluate(
         greedy, g_scores, _ = generate_and_score(
             engine, rows, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed), scorer)
         bar.update(len(rows))
-        g_text = [g.completions[0].text for g in greedy]
         first = [s[0] for s in g_scores]
         errors = sum(s.error is not None for s in first)
         metrics = {
             "pass@1": sum(bool(s.correct) for s in first) / len(rows),
-            "format_rate": sum(fmt.score(t, {}).reward for t in g_text) / len(rows),
             "response_len": sum(len(g.completions[0].token_ids) for g in greedy) / len(rows),
             "verifier_errors": float(errors),
             "verifier_error_rate": errors / len(rows),
             "num_prompts": float(len(rows)),
         }
+        greedy_format = format_scores(rubric, first)
+        if greedy_format is not None:
+            metrics["format_rate"] = sum(greedy_format) / len(rows)
         for verifier, _ in rubric.parts:  # which verifiers judged this evaluation, and their mean reward
             metrics[f"reward/{verifier.name}"] = sum(s.metrics.get(verifier.name, 0.0) for s in first) / len(rows)
         if k > 1:
@@ -65,10 +74,40 @@ def evaluate(
             metrics[f"sampled_acc@{k}"] = sum(bool(s.correct) for s in flat) / len(flat)
             # the strict R1 format of the T>0 samples: a base whose greedy answer is always well formed
             # can still sample malformed completions, and what SFT or RL does to that shows here
-            metrics["sampled_format_rate"] = (sum(fmt.score(c.text, {}).reward for g in sampled for c in g.completions)
-                                              / len(flat))
+            sampled_format = format_scores(rubric, flat)
+            if sampled_format is not None:
+                metrics["sampled_format_rate"] = sum(sampled_format) / len(flat)
             metrics["sampled_error_rate"] = sum(s.error is not None for s in flat) / len(flat)
     finally:
         bar.close()
         scorer.close()
     return metrics
+
+
+def eval_settings(cfg: Any) -> dict[str, Any]:
+    """The evaluation arguments of a run's config (``eval.*``, its seed): the same in ``rlvr train``'s
+    evaluations, ``rlvr eval`` and a recipe's report, so their numbers compare."""
+    ev = cfg.eval
+    return {"k": ev.k, "temperature": ev.temperature, "max_tokens": ev.max_tokens, "seed": cfg.train.seed + 7}
+
+
+def evaluate_model(cfg: Any, model_dir: str | None = None, progress: bool = False,
+                   verbose: bool = False) -> dict[str, float]:
+    """Held-out metrics of the model ``model_dir`` (default ``cfg.model``) on ``cfg``'s task and rubric, on a
+    fresh engine of ``cfg.engine`` (what ``rlvr eval`` and a recipe's report run)."""
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_engine, build_rubric, load_rows
+    from rlvr.config import ConfigError
+    from rlvr.models import resolve_model
+
+    if cfg.eval.num_prompts == 0:
+        raise ConfigError("eval.num_prompts=0 turns evaluation off: there is nothing to evaluate on")
+    model_dir = resolve_model(cfg.model if model_dir is None else model_dir)
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=verbose).test
+    engine = build_engine(cfg, model_dir)
+    try:
+        return evaluate(engine, rows, rubric, workers=cfg.rewards.workers, progress=progress, **eval_settings(cfg))
+    finally:
+        engine.close()

@@ -104,6 +104,8 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
         adv_in.values = learners.values(batch)
     batch.advantages = ADVANTAGES[algo.advantage](adv_in, algo)  # [B, T]
     metrics.update(learners.step(batch))
+    # every real token (prompt + completion) of the batch, once per optimiser pass over it
+    metrics["tokens_trained"] = float(batch.attention_mask.sum()) * cfg.train.updates_per_batch
     if ro.version == step - 1:  # a stale batch differs by the policy's own update, not by the engine
         parity.check_step(metrics, cfg)
     if learners.critic is not None:

@@ -31,10 +31,10 @@ from rlvr import lora, parity, preflight
 from rlvr.alarms import Alarms
 from rlvr.archs import read_config as read_model_config
 from rlvr.checkpoint import (
+    check_run_dir,
     checkpoints_dir,
     config_changes,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -45,6 +45,7 @@ from rlvr.cluster.runtime import ClusterError, connect, disconnect
 from rlvr.components import build_rubric, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.draw import PromptSampler, StepDrawer
+from rlvr.evaluate import eval_settings
 from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline
@@ -100,7 +101,7 @@ class Run:
             (self.run_dir / "cluster.json").write_text(json.dumps({
                 "rollout_workers": getattr(self.rollouts, "pids", []), "learner_ranks": self.learners.pids()}))
         self.sampler = PromptSampler(len(self.data.train), tc.seed)
-        self.alarms = Alarms(cfg.alarms, [v.name for v, _ in rubric.parts])
+        self.alarms = Alarms(cfg.alarms, [v.name for v, w in rubric.parts if w])  # the verifiers that reward
         worker_threads = engine_threads if cfg.engine.computes_on_caller_thread else 0
         self.pipe = RolloutPipeline(self.rollouts, StepDrawer(cfg, self.data.train, self.sampler, self.rollouts),
                                     self.staleness, worker_threads)
@@ -144,7 +145,7 @@ class Run:
         probe = parity.probe(lambda rows, s: self.pipe.call("generate_and_score", rows, s), self.learners.policy_logp,
                              self.data.train, self.cfg, self.tokenizer.pad_token_id)
         print(f"parity probe: engine and learner log-probs agree within {probe['probe_logp_diff_max']:.2g} nats")
-        if self.resumed is None:
+        if self.resumed is None and self.cfg.eval.num_prompts:
             self.evals = {0: self.evaluate(0)}
         for s in range(start + 1, min(start + self.staleness, tc.steps) + 1):  # async: fill the pipeline
             if not self.pipe.has(s):  # (a resumed run brings the rollouts it had drawn)
@@ -188,17 +189,16 @@ class Run:
         self.alarms.check(step, drawn, metrics)
         self.bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                              len=f"{metrics['response_len_mean']:.0f}")
-        if step == cfg.train.steps or (ev.every and step % ev.every == 0):
+        if ev.num_prompts and (step == cfg.train.steps or (ev.every and step % ev.every == 0)):
             self.evals[step] = self.evaluate(step)
         if step == cfg.train.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             self.save(step)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out pass@k on the run's engine, scored by the run's rubric; logged as ``eval``."""
-        ev = self.cfg.eval
         t0 = time.perf_counter()
-        m = self.pipe.call("evaluate", self.data.test, k=ev.k, temperature=ev.temperature, max_tokens=ev.max_tokens,
-                           seed=self.cfg.train.seed + 7, progress=self.show and self.cluster is None)
+        m = self.pipe.call("evaluate", self.data.test, progress=self.show and self.cluster is None,
+                           **eval_settings(self.cfg))
         m["eval_s"] = time.perf_counter() - t0
         self.logger.log(step, m, kind="eval")
         return m
@@ -210,8 +210,8 @@ class Run:
         self.tokenizer.save_pretrained(final)
         plot = plot_reward_accuracy(self.run_dir / "metrics.jsonl", self.run_dir / "reward_accuracy.png",
                                     title=self.run_dir.name)
-        # the last step always evaluates (also in a resumed, finished run)
-        summary = {"before": self.evals[0], "after": self.evals[self.cfg.train.steps], "checkpoint": str(final),
+        # the last step always evaluates (also in a resumed, finished run), unless evaluation is off
+        summary = {"before": self.evals.get(0), "after": self.evals.get(self.cfg.train.steps), "checkpoint": str(final),
                    "plot": str(plot), "data": self.data.notes}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
@@ -262,15 +262,10 @@ class Resumed:
 def find_resume_point(run_dir: Path, cfg_yaml: str, resume: bool, overwrite: bool, steps: int) -> Resumed | None:
     """The checkpoint a resumed run continues from (None for a fresh run), after every check
     that can refuse the command; reads only, so a refused command leaves the run as it was."""
+    check_run_dir(run_dir, resume, overwrite)  # (`rlvr train` checked it before loading anything)
     if not resume:
-        if list_checkpoints(run_dir) and not overwrite:
-            raise FileExistsError(
-                f"run_dir {str(run_dir)!r} holds checkpoints of an earlier run: continue it with "
-                f"`rlvr train --resume {run_dir}`, start over with --overwrite, or choose another run_dir")
         return None
     path = latest_checkpoint(run_dir)
-    if path is None:
-        raise FileNotFoundError(f"resume: no checkpoint in {str(checkpoints_dir(run_dir))!r}")
     changed = config_changes((path / "config.yaml").read_text(), yaml.safe_load(cfg_yaml))
     if changed:
         raise ConfigError(f"resume: the config of {str(run_dir)!r} changed in fields that matter "

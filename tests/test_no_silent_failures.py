@@ -183,16 +183,22 @@ def test_splits_and_eval_counts_are_printed(micro_model, tmp_path, capsys):
 
 
 def test_format_rate_is_measured_without_a_format_reward():
+    """A run that rewards correctness only still reports its format rate: the run's rubric checks the format
+    at weight 0 (a metric, no reward), and the rate comes from those scores."""
+    from rlvr.components import build_rubric
     from rlvr.draw import rollout_metrics
     from rlvr.pipeline import ScoredGroup
     from rollouts import Completion, Group
-    from verifiers import Score
 
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", ["model=m", "rewards=[{verifier: arith, weight: 1.0}]"])
+    rubric = build_rubric(cfg)
+    assert [(v.name, w) for v, w in rubric.parts] == [("arith", 1.0), ("r1_format", 0.0)]
     comps = [Completion(" 1+1=2 </think> <answer>2</answer>", [1], [0.0], "stop"),
-             Completion(" guess 3", [1], [0.0], "stop")]
-    scored = [ScoredGroup({"question": "q", "answer": "2"}, Group("p", [0], comps),
-                          [Score(1.0, True, {"arith": 1.0}), Score(0.0, False, {"arith": 0.0})])]
-    assert rollout_metrics(scored)["format_rate"] == 0.5
+             Completion(" guess 2", [1], [0.0], "stop")]
+    row = {"question": "q", "answer": "2"}
+    scores = [rubric.score(c.text, row) for c in comps]
+    assert [s.reward for s in scores] == [rubric.parts[0][0].score(c.text, row).reward for c in comps]  # no reward
+    assert rollout_metrics([ScoredGroup(row, Group("p", [0], comps), scores)])["format_rate"] == 0.5
 
 
 def test_config_command_and_print_config(tmp_path):

@@ -189,10 +189,10 @@ def test_disk_full_during_a_checkpoint_names_the_file_and_keeps_the_last_checkpo
     assert main(run_args(tiny_model, run)) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "checkpoint step 2: No space left on device: " in line
-    assert str(run / "checkpoints" / ".tmp-step_000002" / "model.pt") in line and str(first) in line
+    assert str(run / "checkpoints" / ".tmp-step_000002" / "learner.pt") in line and str(first) in line
     assert list_checkpoints(run) == [first] and not list((run / "checkpoints").glob(".tmp-*"))
     tensors, state = load_checkpoint(first)  # intact
-    assert state["step"] == 1 and "model" in tensors
+    assert state["step"] == 1 and "model" in tensors["learner"]
     monkeypatch.setattr(os, "write", real_write)  # space freed: the run continues from step 1
     assert main(["train", "--resume", str(run)]) == 0
     assert [p.name for p in list_checkpoints(run)][-1] == "step_000002"

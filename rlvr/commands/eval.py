@@ -45,22 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.engine:
         overrides.append(f"engine.kind={args.engine}")
     cfg = load_config(TrainConfig, config, overrides)
-    from transformers import AutoTokenizer
+    from rlvr.evaluate import evaluate_model
 
-    from rlvr.components import build_engine, build_rubric, load_rows
-    from rlvr.evaluate import evaluate
-    from rlvr.models import resolve_model
-
-    model_dir = resolve_model(cfg.model)
-    rubric = build_rubric(cfg)
-    rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=not args.json).test
-    engine = build_engine(cfg, model_dir)
-    try:
-        m = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
-                     max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers,
-                     progress=not args.json)
-    finally:
-        engine.close()
+    m = evaluate_model(cfg, progress=not args.json, verbose=not args.json)
     if args.json:
         print(json.dumps(m))
     else:

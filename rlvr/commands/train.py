@@ -68,6 +68,9 @@ def print_summary(summary: dict, k: int) -> None:
     from rlvr.commands._common import print_table
 
     b, a = summary["before"], summary["after"]
+    if a is None or b is None:
+        print(f"\nno held-out evaluation (eval.num_prompts=0); checkpoint: {summary['checkpoint']}")
+        return
     rows = [(name, f"{b[key]:.3f}", f"{a[key]:.3f}", f"{a[key] - b[key]:+.3f}")
             for name, key in (("greedy pass@1", "pass@1"), (f"pass@{k}", f"pass@{k}"), ("format rate", "format_rate"),
                               ("response length", "response_len"), ("verifier errors", "verifier_errors"))

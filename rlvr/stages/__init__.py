@@ -303,22 +303,14 @@ def run_stage(command: str, cfg: Any, force: bool = False, progress: bool = True
 
 def rl_budget(cfg: Any) -> tuple[int, int, list[tuple[int, float]]]:
     """(optimizer steps, tokens trained, [(tokens so far, held-out pass@1) per evaluation]) of a finished
-    RL run, from its metrics.jsonl: every sampled sequence (prompt + completion) of a step is trained
-    on ``updates_per_batch`` times."""
-    from transformers import AutoTokenizer
-
-    from rlvr.tasks import load_task, render
-
+    RL run, from its metrics.jsonl (each step logs ``tokens_trained``: its batch's real tokens, prompt and
+    completion, once per optimiser pass)."""
     tc = cfg.train
-    rows = load_task(cfg.task).train[:200]
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    prompt_len = sum(len(tok(render(r["question"], cfg.task, tok), add_special_tokens=False)["input_ids"])
-                     for r in rows) / len(rows)
     tokens, curve = 0.0, []
     for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         if m.get("kind") == "train":
-            tokens += (prompt_len + m["response_len_mean"]) * cfg.sampling.n * tc.prompts_per_step * tc.updates_per_batch
+            tokens += m["tokens_trained"]
         elif m.get("kind") == "eval":
             curve.append((round(tokens), m["pass@1"]))
     return tc.steps * tc.updates_per_batch, round(tokens), curve

@@ -30,10 +30,7 @@ def eval_key(cfg: Any) -> str:
 
 def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
     """Held-out metrics of ``model_dir`` under the evaluation config ``cfg`` (cached beside the model)."""
-    from transformers import AutoTokenizer
-
-    from rlvr.components import build_engine, build_rubric, load_rows
-    from rlvr.evaluate import evaluate
+    from rlvr.evaluate import evaluate_model as evaluate
     from rlvr.stages import model_fingerprint
 
     key = f"{eval_key(cfg)}:{model_fingerprint(model_dir)}"
@@ -41,14 +38,7 @@ def evaluate_model(model_dir: str, cfg: Any) -> dict[str, float]:
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in cached and complete(cached[key], cfg.eval.k):
         return cached[key]
-    rubric = build_rubric(cfg)
-    rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=False).test
-    engine = build_engine(cfg, model_dir)
-    try:
-        metrics = evaluate(engine, rows, rubric, k=cfg.eval.k, temperature=cfg.eval.temperature,
-                           max_tokens=cfg.eval.max_tokens, seed=cfg.train.seed + 7, workers=cfg.rewards.workers)
-    finally:
-        engine.close()
+    metrics = evaluate(cfg, model_dir)
     cached[key] = metrics
     cache.write_text(json.dumps(cached, indent=1))
     return metrics
@@ -95,12 +85,12 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
         wall = sum(records[n].get("seconds", 0.0) for n in stages)
         chain = " → ".join(commands[n] for n in stages)
         entry = {"path": label, "stages": chain, "optimizer_steps": steps, "tokens": tokens, "wall_s": round(wall, 1),
-                 "pass@1": final["pass@1"], f"pass@{k}": final.get(f"pass@{k}"), "format_rate": final["format_rate"],
+                 "pass@1": final["pass@1"], f"pass@{k}": final.get(f"pass@{k}"), "format_rate": final.get("format_rate"),
                  "sampled_format_rate": final.get("sampled_format_rate"), "response_len": final["response_len"]}
         table.append(entry)
         rows.append((label, chain, "-" if steps is None else str(steps), "-" if tokens is None else f"{tokens:,}",
                      f"{final['pass@1']:.3f}", f"{final.get(f'pass@{k}', 0):.3f}",
-                     f"{final['format_rate']:.3f}", _fmt(final.get("sampled_format_rate")),
+                     _fmt(final.get("format_rate")), _fmt(final.get("sampled_format_rate")),
                      f"{final['response_len']:.1f}", f"{wall:.0f}"))
     # format: the strict R1 check of the greedy completion; sampled format: of the pass@k samples (T > 0)
     headers = ("path", "stages", "opt steps", "tokens trained", "pass@1", f"pass@{k}", "format", "sampled format",
@@ -117,7 +107,7 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
         if inputs[name] in metrics:
             before, after = metrics[inputs[name]], metrics[name]
             print(f"{name}: held-out over {inputs[name]}: greedy pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "
-                  f"format {before['format_rate']:.3f} -> {after['format_rate']:.3f}, sampled format "
+                  f"format {_fmt(before.get('format_rate'))} -> {_fmt(after.get('format_rate'))}, sampled format "
                   f"{_fmt(before.get('sampled_format_rate'))} -> {_fmt(after.get('sampled_format_rate'))}")
     out_root = Path(recipe.out_root)
     md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
