@@ -6,8 +6,9 @@ can do reads a capability, never the kind's name. This module imports no torch, 
 validates (and ``--help`` answers) without loading any engine.
 
 Adding an engine: subclass ``EngineConfigBase`` with a ``kind: Literal["mine"]`` field and
-``engine_path`` naming the class, decorate it with ``@register_engine``, and write the engine
-(``generate`` / ``load_weights`` / ``close``); see docs/rollouts.md.
+``engine_path`` naming the class, decorate it with ``@register_engine``, and write the engine on
+``rollouts.base.EngineBase`` (its decode ``_generate`` and its weight load ``_load_weights``); see
+docs/rollouts.md.
 """
 
 from __future__ import annotations
