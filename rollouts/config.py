@@ -40,7 +40,7 @@ class EngineConfigBase(BaseModel):
     engine_path: ClassVar[str]  # "module:Class" of the engine, imported only by build()
     trainable: ClassVar[bool] = True  # may sample a training run (reports log-probs, loads weights in place)
     can_sleep: ClassVar[bool] = False  # frees its GPU memory while the learner steps (``sleep`` / ``wake_up``)
-    receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.cluster.nccl_sync)
+    receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.rollout.nccl)
     own_process: ClassVar[bool] = False  # can run its core in a process of its own (``separate_process``)
     # computes on the calling thread's torch pool: the caller sets that thread's thread count (rlvr.pipeline)
     computes_on_caller_thread: ClassVar[bool] = True

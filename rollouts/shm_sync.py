@@ -23,10 +23,12 @@ Layout = list[tuple[str, str, tuple[int, ...], int, int]]  # name, dtype, shape,
 
 
 def layout_of(tensors: list[tuple[str, torch.Tensor]]) -> tuple[Layout, int]:
-    """Where each tensor goes in the buffer, and the buffer's size in bytes."""
+    """Where each tensor goes in the buffer, and the buffer's size in bytes. Each tensor starts at a multiple
+    of its element size (a view of the bytes as its dtype needs it), so tensors of one dtype lie back to back."""
     layout, offset = [], 0
     for name, t in tensors:
         nbytes = t.numel() * t.element_size()
+        offset += -offset % t.element_size()
         layout.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, nbytes))
         offset += nbytes
     return layout, offset

@@ -29,7 +29,6 @@ process group, the same numbers.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import fields
 from datetime import timedelta
@@ -41,6 +40,7 @@ import torch
 from rlvr import lora
 from rlvr.algorithms import AdvantageInputs
 from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, cpus_each
+from rlvr.cluster.runtime import free_port as _free_port
 from rlvr.config import TrainConfig
 from rlvr.critic import Critic
 from rlvr.learner import Learner, RLBatch
@@ -231,12 +231,6 @@ class LearnerRank:
 
     def critic_step(self, shard: RLBatch, inp: AdvantageInputs) -> dict[str, float]:
         return self.side.critic.step(shard, inp)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _last_line(text: str) -> str:
