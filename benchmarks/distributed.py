@@ -61,11 +61,11 @@ def sync_times(model_dir: str, syncs: int) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlvr.cluster.rollout_workers import RayRollouts
     from rlvr.cluster.runtime import connect
     from rlvr.components import build_rubric
     from rlvr.config import TrainConfig, load_config
-    from rlvr.rollout_backends import LocalRollouts
+    from rlvr.rollout import LocalRollouts
+    from rlvr.rollout.ray import RayRollouts
 
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     named = list(policy.named_parameters())

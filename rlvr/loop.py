@@ -34,7 +34,7 @@ Simplifications of the textbook algorithms, on purpose:
 * Checkpoints (rlvr.checkpoint) hold the full state, including rollouts already drawn ahead,
   so ``--resume`` continues bit-identically on CPU.
 * ``cluster:`` changes where the work runs, not what it is (docs/distributed.md): rollouts come
-  from the engine in this process or from Ray actors (rlvr.rollout_backends), with every row and
+  from the engine in this process or from Ray actors (rlvr.rollout), with every row and
   seed chosen here (rlvr.draw); the learner steps on one process or on M data-parallel ranks
   (rlvr.cluster.learner_group), rank 0 being this process, so the checkpoint has one writer.
   The policy's weights, log-probs and state are read through that group, because under FSDP

@@ -50,7 +50,7 @@ from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
 from rlvr.pipeline import RolloutPipeline
 from rlvr.precision import check_learner_dtype
-from rlvr.rollout_backends import make_rollouts
+from rlvr.rollout import make_rollouts
 from rlvr.trackers import check_trackers, open_trackers
 
 

@@ -4,11 +4,12 @@ Usable on its own (no dependency on `rlvr` or `verifiers`). Engines are chosen t
 (``rollouts.config.ENGINES``): a per-kind config with its own fields, capabilities and ``build()``.
 """
 
+from rollouts.base import EngineBase
 from rollouts.config import ENGINES, EngineConfigBase, engine_class, engine_config, register_engine
 from rollouts.types import Completion, Engine, Group, OnGroup, Prompt, SamplingConfig
 
-__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "Prompt", "OnGroup", "make_engine", "ENGINES",
-           "EngineConfigBase", "engine_config", "register_engine"]
+__all__ = ["SamplingConfig", "Completion", "Group", "Engine", "EngineBase", "Prompt", "OnGroup", "make_engine",
+           "ENGINES", "EngineConfigBase", "engine_config", "register_engine"]
 
 
 def make_engine(kind: str, model_dir: str, **kwargs):

@@ -6,8 +6,9 @@ can do reads a capability, never the kind's name. This module imports no torch, 
 validates (and ``--help`` answers) without loading any engine.
 
 Adding an engine: subclass ``EngineConfigBase`` with a ``kind: Literal["mine"]`` field and
-``engine_path`` naming the class, decorate it with ``@register_engine``, and write the engine
-(``generate`` / ``load_weights`` / ``close``); see docs/rollouts.md.
+``engine_path`` naming the class, decorate it with ``@register_engine``, and write the engine on
+``rollouts.base.EngineBase`` (its decode ``_generate`` and its weight load ``_load_weights``); see
+docs/rollouts.md.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class EngineConfigBase(BaseModel):
     engine_path: ClassVar[str]  # "module:Class" of the engine, imported only by build()
     trainable: ClassVar[bool] = True  # may sample a training run (reports log-probs, loads weights in place)
     can_sleep: ClassVar[bool] = False  # frees its GPU memory while the learner steps (``sleep`` / ``wake_up``)
-    receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.cluster.nccl_sync)
+    receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.rollout.nccl)
     own_process: ClassVar[bool] = False  # can run its core in a process of its own (``separate_process``)
     # computes on the calling thread's torch pool: the caller sets that thread's thread count (rlvr.pipeline)
     computes_on_caller_thread: ClassVar[bool] = True

@@ -10,32 +10,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 
-from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop
+from rollouts.base import EngineBase
+from rollouts.sampling import sample_multinomial
+from rollouts.types import DTYPES, Completion, Group, OnGroup, SamplingConfig, cut_at_stop
 
 
-def sample_next(logits: torch.Tensor, sampling: SamplingConfig,
-                gen: torch.Generator | list[torch.Generator]) -> torch.Tensor:
-    """Pick next tokens from ``logits`` [B, V] with temperature and top-p. Returns [B].
-    ``gen``: one generator for the batch, or one per row (per-prompt seeds)."""
-    if sampling.temperature == 0:
-        return logits.argmax(-1)
-    scaled = logits.float() / sampling.temperature
-    probs = scaled.softmax(-1)  # [B, V]
-    if sampling.top_p < 1.0:
-        sorted_p, sorted_idx = probs.sort(-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_p)
-    if isinstance(gen, list):
-        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gen)])
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
-class HFEngine:
+class HFEngine(EngineBase):
     """``Engine`` on transformers. ``max_batch`` bounds sequences decoded together."""
 
     def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, threads: int = 0, model=None):
@@ -44,57 +28,45 @@ class HFEngine:
         t0 = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.padding_side = "left"
+        self._set_tokenizer(tokenizer)
         self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
         self.model.eval()
         self.max_batch = max_batch
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.startup_s = time.perf_counter() - t0
-        self.last_sync_s = 0.0
-        self.last_group_latencies: list[float] = []
 
-    # -- Engine protocol -------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
-                 on_group: OnGroup | None = None) -> list[Group]:
-        prompt_ids = [list(p) if not isinstance(p, str) else self.tokenizer(p, add_special_tokens=False)["input_ids"]
-                      for p in prompts]
-        texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+    # -- decode: static batching over chunks of max_batch rows ---------------------------------
+    def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
+                  sampling: SamplingConfig, finished: OnGroup) -> list[Group]:
         flat = [(g, ids) for g, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
-        seeds = sampling.prompt_seeds(len(prompts))
         if seeds is not None:  # a generator per prompt, shared by its n rows (the same rule as every engine)
             per_prompt = [torch.Generator().manual_seed(s) for s in seeds]
             gens: torch.Generator | list[torch.Generator] = [per_prompt[g] for g, _ in flat]
         else:
             gens = torch.Generator().manual_seed(secrets.randbits(63))
         results: list[Completion] = []
-        finished_at: list[float] = []
         groups = [Group(p, ids, []) for p, ids in zip(texts, prompt_ids)]
         done, n = 0, sampling.n  # groups complete so far: flat holds each group's n samples in a row
-        t0 = time.perf_counter()
         for start in range(0, len(flat), self.max_batch):
             chunk = [ids for _, ids in flat[start : start + self.max_batch]]
             results.extend(self._decode(chunk, sampling, gens[start : start + self.max_batch]
                                         if isinstance(gens, list) else gens))
-            finished_at.extend([time.perf_counter() - t0] * len(chunk))
             while done < len(groups) and (done + 1) * n <= len(results):  # static batching: whole chunks finish
                 groups[done].completions = results[done * n : (done + 1) * n]
-                if on_group is not None:
-                    on_group(done, groups[done])
+                finished(done, groups[done])
                 done += 1
-        self.last_group_latencies = [finished_at[(g + 1) * sampling.n - 1] for g in range(len(prompts))]
         return groups
 
+    # -- weights: a copy into the model's parameters -----------------------------------------
+    def weight_shapes(self) -> dict[str, torch.Size]:
+        return {name: p.shape for name, p in self.model.named_parameters()}
+
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        t0 = time.perf_counter()
+    def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters())
         for name, tensor in named_tensors:
-            if name not in params:
-                raise KeyError(f"load_weights: unknown parameter {name!r}")
             params[name].copy_(tensor)
-        self.last_sync_s = time.perf_counter() - t0
 
     def close(self) -> None:
         self.model = None
@@ -123,7 +95,7 @@ class HFEngine:
             logits = self.model(input_ids=step_input, attention_mask=attn, position_ids=step_pos,
                                 past_key_values=cache, use_cache=True).logits[:, -1].float()  # [B, V]
             logprobs = logits.log_softmax(-1)
-            nxt = sample_next(logits, sampling, gen)  # [B]
+            nxt = sample_multinomial(logits, sampling, gen)  # [B]
             lp = logprobs.gather(-1, nxt[:, None]).squeeze(-1)
             for i in torch.nonzero(alive).flatten().tolist():
                 tok = int(nxt[i])

@@ -31,10 +31,10 @@ class HFGenerateEngine(HFEngine):
         return super().generate(prompts, sampling, on_group)
 
     def _decode(self, prompt_ids: list[list[int]], sampling: SamplingConfig, gen) -> list[Completion]:
-        return self._generate(prompt_ids, sampling)
+        return self._model_generate(prompt_ids, sampling)
 
     @torch.no_grad()
-    def _generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+    def _model_generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
         batch = self.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
         width = batch["input_ids"].shape[1]
         greedy = sampling.temperature == 0

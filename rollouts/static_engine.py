@@ -33,13 +33,15 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from rollouts.types import DTYPES, Completion, Group, OnGroup, Prompt, SamplingConfig, cut_at_stop, prompt_seeds
+from rollouts.base import EngineBase
+from rollouts.sampling import sample_inverse_cdf
+from rollouts.types import DTYPES, Completion, Group, OnGroup, SamplingConfig, cut_at_stop, prompt_seeds
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -169,7 +171,7 @@ def _own_inductor_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{level}-{torch.get_num_threads()}threads"
 
 
-class StaticCacheEngine:
+class StaticCacheEngine(EngineBase):
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
     ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of one batch's
@@ -186,7 +188,7 @@ class StaticCacheEngine:
             torch.set_num_threads(threads)
         config = model.config if model is not None else AutoConfig.from_pretrained(model_dir)
         check_supported(config)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._set_tokenizer(AutoTokenizer.from_pretrained(model_dir))
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
         self.dtype = DTYPES[dtype]
@@ -200,15 +202,11 @@ class StaticCacheEngine:
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         self.max_batch = max_batch
         self.kv_cache_bytes = kv_cache_gib * 2**30
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self._build(model)
         self._compile = compile
         self._decode_layer = self._eager_layer = None
         self.startup_s = time.perf_counter() - t0
-        self.last_sync_s = 0.0
         self.last_sync_path = "copy"
-        self.last_group_latencies: list[float] = []
 
     # -- weights ----------------------------------------------------------------------
     @torch.no_grad()
@@ -261,55 +259,43 @@ class StaticCacheEngine:
         else:
             self.head = own("lm_head.weight")
 
+    def weight_shapes(self) -> dict[str, torch.Size]:
+        return {name: t.shape for name, t in self.targets.items()}
+
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy each ``(name, tensor)`` (the model's own parameter names) into the engine's buffers."""
-        t0 = time.perf_counter()
+    def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each ``(name, tensor)`` into the engine buffer slice it fills."""
         for name, tensor in named_tensors:
-            target = self.targets.get(name)
-            if target is None:
-                raise KeyError(f"load_weights: unknown parameter {name!r}")
-            if target.shape != tensor.shape:
-                raise ValueError(f"load_weights: {name!r} has shape {tuple(tensor.shape)}, the engine's is "
-                                 f"{tuple(target.shape)}")
+            target = self.targets[name]
             if target.data_ptr() != tensor.data_ptr():  # a tied head sends the embedding twice
                 target.copy_(tensor)
-        self.last_sync_s = time.perf_counter() - t0
 
     def close(self) -> None:
         self.layers, self.targets = [], {}
 
     # -- generation -------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
-                 on_group: OnGroup | None = None) -> list[Group]:
-        prompt_ids = [list(p) if not isinstance(p, str) else self.tokenizer(p, add_special_tokens=False)["input_ids"]
-                      for p in prompts]
+    def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
+                  sampling: SamplingConfig, on_group: OnGroup) -> list[Group]:
         if any(not ids for ids in prompt_ids):
             raise ValueError("static engine: an empty prompt (no tokens) cannot be continued")
-        texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         # unseeded: a random base from secrets, not torch.seed() (it reseeds the global RNG)
-        seeds = sampling.prompt_seeds(len(prompts)) or prompt_seeds(secrets.randbits(31), len(prompts))
+        seeds = seeds or prompt_seeds(secrets.randbits(31), len(prompt_ids))
         groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
-        missing = [sampling.n] * len(prompts)
-        latencies = [0.0] * len(prompts)
-        t0 = time.perf_counter()
+        missing = [sampling.n] * len(prompt_ids)
 
         def finished(row: tuple[int, int], completion: Completion) -> None:
             g, j = row
             groups[g].completions[j] = completion
             missing[g] -= 1
             if missing[g] == 0:
-                latencies[g] = time.perf_counter() - t0
-                if on_group is not None:
-                    on_group(g, groups[g])
+                on_group(g, groups[g])
 
         # whole groups per batch, so a group's rows share its generator's draws
         per_batch = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(
             max(map(len, prompt_ids)), sampling))))
-        for start in range(0, len(prompts), per_batch):
-            idx = range(start, min(len(prompts), start + per_batch))
+        for start in range(0, len(prompt_ids), per_batch):
+            idx = range(start, min(len(prompt_ids), start + per_batch))
             self._decode([prompt_ids[g] for g in idx], [seeds[g] for g in idx], list(idx), sampling, finished)
-        self.last_group_latencies = latencies
         return groups
 
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
@@ -385,7 +371,7 @@ class StaticCacheEngine:
         kept_groups = list(range(G))  # the prompts whose keys and values prompt_kv holds
         ended = [False] * B
         for t in range(T):
-            nxt, out_lp[alive, t] = self._sample(logits, uniforms[alive, t], sampling)
+            nxt, out_lp[alive, t] = sample_inverse_cdf(logits, uniforms[alive, t], sampling)
             out_ids[alive, t] = nxt
             for row in self._ended_now(alive, t, nxt, out_ids, ended, sampling, stop_tail):
                 ended[row] = True
@@ -417,28 +403,6 @@ class StaticCacheEngine:
         for row in range(B):
             if not ended[row]:
                 finished(rows[row], self._completion(out_ids[row], out_lp[row], "length", sampling))
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next tokens [B] and their log-probs [B] under the raw ``logits`` [B, V] (float32). A token is
-        drawn by inverting its row's CDF at the row's uniform ``u`` [B]. The CDF is a float32 running
-        sum, scaled by its own total, so rounding moves a token's probability by ~1e-7 at most; a token
-        of probability 0 (outside the nucleus) is never drawn."""
-        lse = logits.logsumexp(-1, keepdim=True)
-        if sampling.temperature == 0:
-            pick = logits.argmax(-1)
-        else:
-            probs = (logits - lse).exp_() if sampling.temperature == 1.0 else (logits / sampling.temperature).softmax(-1)
-            order = None
-            if sampling.top_p < 1.0:  # the nucleus: the most likely tokens whose mass before them is < top_p
-                probs, order = probs.sort(-1, descending=True)
-                probs = probs * (probs.cumsum(-1) - probs < sampling.top_p)
-            cdf = probs.cumsum_(-1)
-            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
-            pick = pick.clamp_(max=cdf.shape[-1] - 1)
-            if order is not None:
-                pick = order.gather(-1, pick[:, None]).squeeze(-1)
-        return pick, logits.gather(-1, pick[:, None]).squeeze(-1) - lse.squeeze(-1)
 
     def _ended_now(self, alive: list[int], t: int, nxt: torch.Tensor, out_ids: torch.Tensor, ended: list[bool],
                    sampling: SamplingConfig, stop_tail: int) -> list[int]:

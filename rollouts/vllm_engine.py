@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
+from rollouts.base import EngineBase
 from rollouts.types import Completion, Group, OnGroup, Prompt, SamplingConfig
 
 # vLLM 0.32's CPU worker (CPUWorker.init_device) replaces ``torch.set_num_threads`` with a no-op that only
@@ -99,7 +100,7 @@ def _process_threads(threads: int) -> int:
     return _PROCESS_THREADS
 
 
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     """``Engine`` on vLLM. ``separate_process=True`` runs the engine core in its own process
     (isolation); weights then travel through shared memory instead of in-process references."""
 
@@ -151,15 +152,13 @@ class VLLMEngine:
                 self.llm = LLM(**kwargs)
             finally:
                 torch.set_num_threads = _set_num_threads  # undo vLLM's process-wide no-op (see above)
-        self.tokenizer = self.llm.get_tokenizer()
+        self._set_tokenizer(self.llm.get_tokenizer())
         hf_config = self.llm.llm_engine.model_config.hf_config
         # A tied head shares the embedding's storage but keeps a stale packed GEMM handle after
         # an in-place reload (see rollouts.tied_head); load_weights rebuilds it after each sync.
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.startup_s = time.perf_counter() - t0
-        self.last_sync_s = 0.0
-        self.last_sync_path = ""  # "in-place" (rollouts.inplace_sync), "vllm-reload", or "shm" + either
-        self.last_group_latencies: list[float] = []
+        self.last_sync_path = ""  # "in-place" (rollouts.inplace_sync), "vllm-reload", "shm" + either, or "nccl"
         self._next_id = 0
 
     @contextmanager
@@ -178,17 +177,15 @@ class VLLMEngine:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                  on_group: OnGroup | None = None) -> list[Group]:
-        """Submit every prompt, step the engine to completion, record when each group finished
-        (and hand it to ``on_group`` right then). Token-id prompts are used as is."""
         with self._own_threads():
-            return self._generate(prompts, sampling, on_group)
+            return super().generate(prompts, sampling, on_group)
 
-    def _generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
-                  on_group: OnGroup | None) -> list[Group]:
+    def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
+                  sampling: SamplingConfig, finished: OnGroup) -> list[Group]:
+        """Submit every prompt's ids, step the engine to completion, hand each group to ``finished`` as
+        soon as all its samples are done. Unseeded: vLLM's own per-request randomness."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
-
-        seeds = sampling.prompt_seeds(len(prompts))  # one seed per prompt: a shared seed correlates the groups
 
         def seed(i: int) -> int | None:
             return None if seeds is None else seeds[i]
@@ -206,34 +203,27 @@ class VLLMEngine:
 
         self.wake_up()
         engine = self.llm.llm_engine
-        t0 = time.perf_counter()
         base = self._next_id
-        self._next_id += len(prompts)
-        for i, prompt in enumerate(prompts):
-            engine.add_request(str(base + i), prompt if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)},
-                               params(i))
-        samples: list[dict[int, object]] = [{} for _ in prompts]
-        prompt_ids: list[list[int]] = [[] for _ in prompts]
-        latencies = [0.0] * len(prompts)
-        groups: list[Group | None] = [None] * len(prompts)
+        self._next_id += len(prompt_ids)
+        for i, ids in enumerate(prompt_ids):
+            engine.add_request(str(base + i), {"prompt_token_ids": list(ids)}, params(i))
+        samples: list[dict[int, object]] = [{} for _ in prompt_ids]
+        groups: list[Group | None] = [None] * len(prompt_ids)
         while engine.has_unfinished_requests():
             for out in engine.step():
                 if not out.finished:
                     continue
                 idx = int(out.request_id) - base
-                prompt_ids[idx] = list(out.prompt_token_ids)
                 for c in out.outputs:
                     samples[idx][c.index] = c
-                latencies[idx] = time.perf_counter() - t0
-                groups[idx] = self._group(prompts[idx], prompt_ids[idx], samples[idx], sampling.n, idx, decode_at_end)
-                if on_group is not None:
-                    on_group(idx, groups[idx])
-        self.last_group_latencies = latencies
+                groups[idx] = self._group(texts[idx], list(out.prompt_token_ids), samples[idx], sampling.n, idx,
+                                          decode_at_end)
+                finished(idx, groups[idx])
         if any(g is None for g in groups):
             raise RuntimeError(f"vLLM finished without {sum(g is None for g in groups)} of {len(groups)} groups")
         return groups  # type: ignore[return-value]
 
-    def _group(self, prompt: Prompt, prompt_ids: list[int], samples: dict[int, object], n: int, i: int,
+    def _group(self, text: str, prompt_ids: list[int], samples: dict[int, object], n: int, i: int,
                decode: bool) -> Group:
         if len(samples) != n:
             raise RuntimeError(f"vLLM returned {len(samples)} samples for prompt {i}, expected {n}")
@@ -241,19 +231,17 @@ class VLLMEngine:
         for _, c in sorted(samples.items()):
             ids = list(c.token_ids)
             lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids)]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True) if decode else c.text or ""
-            comps.append(Completion(text, ids, lps, "length" if c.finish_reason == "length" else "stop"))
-        text = prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt_ids)
+            out = self.tokenizer.decode(ids, skip_special_tokens=True) if decode else c.text or ""
+            comps.append(Completion(out, ids, lps, "length" if c.finish_reason == "length" else "stop"))
         return Group(text, prompt_ids, comps)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Stream the tensors in place; a tied output head is then rebuilt from the new embedding
-        (the shared-memory worker does the same after its reload)."""
+        (the shared-memory worker does the same after its reload). vLLM's loaders check the names."""
         with self._own_threads():
-            self._load_weights(named_tensors)
+            super().load_weights(named_tensors)
 
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        t0 = time.perf_counter()
         if self.asleep:  # weights first, then the KV cache: the reload needs room for its buffers
             self.llm.wake_up(tags=["weights"])
         if self.separate_process:
@@ -276,7 +264,6 @@ class VLLMEngine:
                 self.llm.collective_rpc(refresh_tied_heads_on_worker)
         self.wake_up()
         self.llm.reset_prefix_cache()
-        self.last_sync_s = time.perf_counter() - t0
 
     def sleep(self) -> None:
         """Free GPU memory while the learner steps (``sleep_level`` 1 or 2; no-op when 0)."""

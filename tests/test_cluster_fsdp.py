@@ -22,10 +22,10 @@ from test_resume import config as run_config
 
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
 from rlvr.cluster.learner_group import LearnerGroup
-from rlvr.components import build_policy_side
 from rlvr.config import TrainConfig
 from rlvr.train.fsdp import is_sharded
 from rlvr.train.parallel import plan_for
+from rlvr.train.side import build_policy_side
 
 FSDP = ["cluster.learner_ranks=2", "cluster.learner_sharding=fsdp", "cluster.timeout_s=60"]
 # KL in the reward (collective log-probs of the policy and the sharded reference)

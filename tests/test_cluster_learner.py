@@ -17,12 +17,13 @@ import torch
 
 from rlvr.algorithms import ADVANTAGES
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_metrics, shard_by_groups
-from rlvr.components import build_engine, build_policy_side, build_rubric, load_rows
+from rlvr.components import build_engine, build_rubric, load_rows
 from rlvr.config import TrainConfig, load_config
 from rlvr.pipeline import ScoredGroup
 from rlvr.scoring import Scorer, generate_and_score
 from rlvr.train.batch import build_batch
 from rlvr.train.learner import RLBatch
+from rlvr.train.side import build_policy_side
 from rollouts import SamplingConfig
 
 SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",

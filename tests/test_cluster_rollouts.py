@@ -47,10 +47,10 @@ def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cl
     """The one seed rule (rollouts.types.prompt_seeds): a call with ``seed`` samples as the per-prompt seeds
     the Ray driver sends. Before it, the HF engine drew a whole in-process call from one generator, so the
     same step sampled differently on a worker."""
-    from rlvr.cluster.rollout_workers import RayRollouts
     from rlvr.cluster.runtime import connect
     from rlvr.components import build_rubric
-    from rlvr.rollout_backends import LocalRollouts
+    from rlvr.rollout import LocalRollouts
+    from rlvr.rollout.ray import RayRollouts
 
     cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1")
     rows = rows_of(cfg, micro_model, 4)
@@ -79,8 +79,8 @@ def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cl
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])  # vllm: ~40 s more
 def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray_cluster, micro_model, tmp_path,
                                                                              engine):
-    from rlvr.cluster.rollout_workers import RayRollouts
     from rlvr.cluster.runtime import connect
+    from rlvr.rollout.ray import RayRollouts
 
     if engine == "vllm":
         pytest.importorskip("vllm")

@@ -94,9 +94,10 @@ def test_parity_probe_catches_a_corrupted_engine_and_passes_a_sound_one(micro_mo
     import pytest
     from transformers import AutoTokenizer
 
-    from rlvr.components import build_policy_side, build_rubric, load_rows
+    from rlvr.components import build_rubric, load_rows
     from rlvr.parity import LogprobParityError, probe
-    from rlvr.rollout_backends import LocalRollouts
+    from rlvr.rollout import LocalRollouts
+    from rlvr.train.side import build_policy_side
 
     cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [f"model={micro_model}", "engine.kind=hf",
                                                                   "eval.num_prompts=2"])

@@ -52,9 +52,9 @@ def test_a_worker_receives_weights_over_nccl_and_samples_like_a_fresh_engine(mod
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.cluster.rollout_workers import RayRollouts
     from rlvr.cluster.runtime import connect
     from rlvr.components import build_rubric, load_rows
+    from rlvr.rollout.ray import RayRollouts
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.cuda.set_device(1)  # the trainer (the learner's rank 0) on GPU 1; Ray's one GPU (0) goes to the worker

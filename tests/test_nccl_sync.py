@@ -1,4 +1,4 @@
-"""NCCL weight sync (rlvr.cluster.nccl_sync) on CPU: what can run without a GPU.
+"""NCCL weight sync (rlvr.rollout.nccl) on CPU: what can run without a GPU.
 
 * choosing the transport: an explicit ``nccl`` that cannot work names the field and the alternatives;
   ``auto`` never picks it on CPU;
@@ -18,18 +18,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr.cluster.nccl_sync import (
+from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.rollout.nccl import (
+    NcclSync,
     call_with_deadline,
     check_own_gpus,
     choose_transport,
-    engine_kwargs,
     late_ones,
     make_source,
     rank_offsets,
     update_info,
     weight_transfer_api_problem,
 )
-from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.rollout.weight_sync import TRANSPORTS
 
 PROMPTS = [f"User: Compute {a}+{b}-{c}.\nAssistant: <think>" for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]]
 
@@ -58,8 +59,8 @@ def test_ray_rollouts_refuse_nccl_on_cpu_before_any_engine_starts():
     pytest.importorskip("ray")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from rlvr.cluster.rollout_workers import RayRollouts
     from rlvr.cluster.runtime import ClusterInfo
+    from rlvr.rollout.ray import RayRollouts
 
     cfg = cfg_with("engine.kind=vllm", "cluster.weight_sync=nccl")
     with pytest.raises(ConfigError, match="cluster.weight_sync=nccl needs the learner on a CUDA GPU"):
@@ -100,8 +101,8 @@ def test_auto_picks_nccl_only_with_gpus_vllm_and_the_api():
 def test_the_installed_vllm_has_the_weight_transfer_api():
     pytest.importorskip("vllm")
     assert weight_transfer_api_problem() is None
-    assert type(engine_kwargs("nccl")["weight_transfer_config"]).__name__ == "WeightTransferConfig"
-    assert engine_kwargs("shm") == {} == engine_kwargs("object_store")
+    assert type(TRANSPORTS["nccl"].engine_kwargs()["weight_transfer_config"]).__name__ == "WeightTransferConfig"
+    assert TRANSPORTS["shm"].engine_kwargs() == {} == TRANSPORTS["object_store"].engine_kwargs()
 
 
 def test_rank_offsets_and_shared_gpus():
@@ -206,19 +207,18 @@ def sample(engine) -> list[list[int]]:
 @pytest.mark.parametrize("arch", ["qwen2-tied", "llama"])
 def test_the_engines_end_loads_the_manifest_like_a_fresh_engine(models, arch, tmp_path):
     pytest.importorskip("vllm")
-    from rlvr.cluster.nccl_sync import NcclReceiver
     from rollouts.vllm_engine import VLLMEngine
 
     policy = perturbed(models[arch])
     source = make_source(torch.float32, "cpu")
     source.stage(policy.named_parameters())
-    engine = VLLMEngine(models[arch], dtype="float32", seed=0, threads=1, **engine_kwargs("nccl"))
+    engine = VLLMEngine(models[arch], dtype="float32", seed=0, threads=1, **NcclSync.engine_kwargs())
     try:
         before = sample(engine)
-        receiver = NcclReceiver(engine)
-        receiver.start()
+        receiver = NcclSync()  # the engine's end, as a rollout worker holds it
+        receiver.begin(engine)
         engine.llm.collective_rpc(load_as_nccl_receiver_does, args=(list(source),))
-        assert receiver.finish() > 0 and engine.last_sync_path == "nccl"
+        assert receiver.end(engine) > 0 and engine.last_sync_path == "nccl"
         synced = sample(engine)
     finally:
         engine.close()

@@ -41,11 +41,11 @@ import torch
 from rlvr import lora
 from rlvr.algorithms import AdvantageInputs
 from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, cpus_each, free_port
-from rlvr.components import PolicySide, build_policy_side
 from rlvr.config import TrainConfig
 from rlvr.train.critic import Critic
 from rlvr.train.learner import Learner, RLBatch
 from rlvr.train.parallel import plan_for
+from rlvr.train.side import PolicySide, build_policy_side
 
 # After rank 0 failed in a collective, how long to wait for Ray to report which peer died (a
 # killed actor is reported within about a second); a peer still silent after it is named as stuck.

@@ -50,6 +50,13 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def free_port() -> int:
+    """A TCP port free on this host right now (for a rendezvous: torch.distributed, NCCL weight transfer)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def start_local_ray(num_cpus: int, **kwargs) -> None:
     """``ray.init`` for a Ray instance inside this run, without Ray's prestarted idle workers.
 
@@ -146,9 +153,3 @@ def disconnect(info: ClusterInfo | None) -> None:
     if info is not None and info.started_here and ray.is_initialized():
         ray.shutdown()
 
-
-def free_port() -> int:
-    """A TCP port free on this node now (for a process group's or a transport's rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]

@@ -10,7 +10,8 @@ import torch
 
 from rlvr.archs import build_model, local_tokenizer, micro_config
 from rollouts import SamplingConfig, make_engine
-from rollouts.static_engine import StaticCacheEngine, check_supported
+from rollouts.sampling import sample_inverse_cdf
+from rollouts.static_engine import check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -65,7 +66,7 @@ def test_sampling_is_exact():
     u = torch.rand(40_000)
     for temperature, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
         s = SamplingConfig(temperature=temperature, top_p=top_p)
-        picks, logprobs = StaticCacheEngine._sample(logits, u, s)
+        picks, logprobs = sample_inverse_cdf(logits, u, s)
         assert torch.allclose(logprobs, logits.log_softmax(-1).gather(-1, picks[:, None]).squeeze(-1), atol=1e-6)
         freq = torch.bincount(picks, minlength=5).double() / len(picks)
         probs = (logits[0] / temperature).softmax(-1).double()
@@ -76,7 +77,7 @@ def test_sampling_is_exact():
             probs = torch.where(keep, probs, 0) / probs[keep].sum()
         assert (freq - probs).abs().max() < 0.01, (temperature, top_p, freq, probs)
         assert freq[probs == 0].sum() == 0  # outside the nucleus: never
-    greedy, _ = StaticCacheEngine._sample(logits[:3], u[:3], SamplingConfig(temperature=0.0))
+    greedy, _ = sample_inverse_cdf(logits[:3], u[:3], SamplingConfig(temperature=0.0))
     assert greedy.tolist() == [0, 0, 0]
 
 

@@ -6,9 +6,9 @@ Workers receive that as a ``DrawRequest`` (plain data) and return their groups; 
 them back in request order. So a run's draw requests do not depend on the number of workers,
 and with ``cluster.batch_invariant`` (each group generated alone) neither do the token ids.
 
-New weights reach the workers through ``cluster.weight_sync``: one packed buffer in shared memory or
-the object store (rlvr.cluster.weight_sync), or a NCCL broadcast from the trainer's GPU into every
-engine (rlvr.cluster.nccl_sync).
+New weights reach the workers through the transport ``cluster.weight_sync`` names, built from the
+registry of transports (rlvr.rollout.weight_sync.TRANSPORTS): one packed buffer in shared memory or
+the object store, or a NCCL broadcast from the trainer's GPU into every engine (rlvr.rollout.nccl).
 
 Every call has the deadline ``cluster.timeout_s``. A worker that dies (killed, out of memory)
 is started again, given the weights the others sample with, and its groups are drawn again
@@ -27,15 +27,12 @@ from typing import Any
 
 import torch
 
-from rlvr.cluster.nccl_sync import NcclReceiver, NcclSender, choose_transport, host_transport
-from rlvr.cluster.nccl_sync import engine_kwargs as transport_engine_kwargs
 from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, ClusterError, ClusterInfo, cpus_each, keep_freed_memory
-from rlvr.cluster.weight_sync import Packed, WeightReceiver, WeightSender
 from rlvr.config import TrainConfig
-from rollouts import Group, SamplingConfig
-from verifiers import Score
-
-Drawn = tuple[list[Group], list[list[Score]], dict[str, float]]
+from rlvr.rollout.base import Drawn
+from rlvr.rollout.nccl import NcclSync, choose_transport
+from rlvr.rollout.weight_sync import TRANSPORTS, Packed, WeightSync
+from rollouts import SamplingConfig
 
 
 @dataclass
@@ -50,22 +47,22 @@ class DrawRequest:
 
 class RolloutWorker:
     """What runs inside one actor: the in-process rollouts (engine, rubric, scoring pool) of
-    rlvr.rollout_backends, fed by requests, plus the receiving end of the weight sync."""
+    rlvr.rollout.local, fed by requests, plus the engine's end of the weight sync."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str, index: int, threads: int, cores: str | None,
                  transport: str = "shm"):
         from rlvr.components import build_rubric
-        from rlvr.rollout_backends import LocalRollouts
+        from rlvr.rollout.local import LocalRollouts
 
         if cores is not None:  # vLLM's CPU backend pins its OpenMP threads: keep workers on their own cores
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
         torch.set_num_threads(threads)
         keep_freed_memory()  # an actor that only generates would hand its KV cache back to the kernel after every draw
-        self.index = index
+        self.index, self.transport = index, transport
         self.local = LocalRollouts(cfg, model_dir, build_rubric(cfg), threads, in_actor=True,
-                                   engine_extra=transport_engine_kwargs(transport))
-        self.receiver = WeightReceiver()
-        self.nccl_receiver = NcclReceiver(self.local.engine) if transport == "nccl" else None
+                                   engine_extra=TRANSPORTS[transport].engine_kwargs())
+        self.receivers: dict[str, WeightSync] = {}  # the engine's end of each transport that sent to it
+        self.version = 0  # of the weights the engine holds (0: the model directory's)
 
     def pid(self) -> int:
         return os.getpid()
@@ -86,22 +83,49 @@ class RolloutWorker:
     def evaluate(self, rows: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, float]:
         return self.local.evaluate(rows, **kwargs)
 
-    def load(self, packed: Packed) -> float:
-        # the engine copies out of the views into its own weights
-        return self.local.load_weights(self.receiver.tensors(packed))["sync_s"]
+    def _receiver(self, transport: str):
+        if transport not in self.receivers:
+            self.receivers[transport] = TRANSPORTS[transport]()
+        return self.receivers[transport]
 
-    def nccl(self, what: str, *args):
-        """One step of a NCCL sync on this worker's engine (``NcclReceiver.<what>``), called by the trainer."""
-        if self.nccl_receiver is None or what not in ("info", "init", "start", "update", "finish", "shutdown"):
-            raise RuntimeError(f"rollout worker {self.index}: no NCCL receiver call {what!r} (transport is not nccl)")
-        return getattr(self.nccl_receiver, what)(*args)
+    def load_weights(self, packed: Packed) -> float:
+        """A host transport's payload (shared memory, object store) into the engine; the load's seconds."""
+        seconds = self._receiver(packed.transport).load_into(self.local.engine, packed)
+        self.version = packed.version
+        return seconds
+
+    # the engine's end of a NCCL round (rlvr.rollout.nccl.NcclSync), each called by the trainer on every worker
+    def nccl_info(self) -> dict[str, Any]:
+        return self._nccl().info(self.local.engine)
+
+    def nccl_join(self, init_info: dict[str, Any]) -> None:
+        self._nccl().join(self.local.engine, init_info)
+
+    def nccl_begin(self) -> None:
+        self._nccl().begin(self.local.engine)
+
+    def nccl_receive(self, update_info: dict[str, Any]) -> float:
+        return self._nccl().load_into(self.local.engine, update_info)
+
+    def nccl_end(self) -> float:
+        return self._nccl().end(self.local.engine)
+
+    def nccl_leave(self) -> None:
+        self._nccl().leave(self.local.engine)
+
+    def _nccl(self) -> NcclSync:
+        if self.transport != NcclSync.name:
+            raise RuntimeError(f"rollout worker {self.index}: its engine has no NCCL receiver (transport "
+                               f"{self.transport})")
+        return self._receiver(NcclSync.name)
 
     def sleep(self) -> None:
         self.local.sleep()
 
     def close(self) -> None:
         self.local.close()
-        self.receiver.close()
+        for receiver in self.receivers.values():
+            receiver.close()
 
 
 def split_evenly(n: int, parts: int) -> list[range]:
@@ -111,7 +135,7 @@ def split_evenly(n: int, parts: int) -> list[range]:
 
 
 class RayRollouts:
-    """``cluster.rollout_workers`` actors behind the calls the loop makes on its rollouts."""
+    """``Rollouts`` on ``cluster.rollout_workers`` actors; also the ``WorkerPool`` its weight sync sends through."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str, info: ClusterInfo):
         import ray
@@ -120,31 +144,24 @@ class RayRollouts:
         self.cfg, self.model_dir, self.timeout = cfg, model_dir, c.timeout_s
         self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker, info.cpus)
         self.transport = choose_transport(cfg, info.nodes)  # a wrong explicit choice fails here, before any engine
-        self.sender: WeightSender | None = None if self.transport == "nccl" else WeightSender(self.transport)
-        self.nccl: NcclSender | None = None
+        self.sync: WeightSync | None = None
         self.nodes, self.local = info.nodes, c.address == "local"
-        self.restarts = 0
+        self.restarts, self.version = 0, 0
         self.last_requests: list[DrawRequest] = []  # the latest draw's requests, one per worker (tests, debugging)
         self._remote = ray.remote(RolloutWorker)
-        self.workers: list[Any] = [self._spawn(i) for i in range(c.rollout_workers)]
-        self.pids: list[int] = self._gather({i: w.pid.remote() for i, w in enumerate(self.workers)},
-                                            "starting its engine", retry=None)
-        if self.transport == "nccl":
-            try:
-                self._open_nccl()
-            except BaseException:
-                self.close()
-                raise
-
-    def _open_nccl(self) -> None:
-        self.nccl = NcclSender(lambda: self.workers, self.timeout, getattr(torch, self.cfg.engine.dtype))
-        why = self.nccl.shared_gpu_problem() if self.cfg.cluster.weight_sync == "auto" else None
-        if why is None:
-            self.nccl.connect()  # an explicit nccl with a worker on the trainer's GPU fails here, naming it
-        else:  # auto: the workers' engines also take in-place loads
-            self.transport = host_transport(self.nodes)
-            print(f"cluster.weight_sync=auto: not nccl ({why}); using {self.transport}")
-            self.sender, self.nccl = WeightSender(self.transport), None
+        self.workers: list[Any] = []
+        self.pids: list[int] = []
+        try:  # a worker that fails to start, or a transport that cannot open, leaves no actor behind
+            for i in range(c.rollout_workers):
+                self.workers.append(self._spawn(i))
+            self.pids = self._gather({i: w.pid.remote() for i, w in enumerate(self.workers)}, "starting its engine",
+                                     retry=None)
+            # NCCL joins every worker into its group here (or, under auto, hands over to a host transport)
+            self.sync = TRANSPORTS[self.transport](self).open()
+        except BaseException:
+            self.close()
+            raise
+        self.transport = self.sync.name
 
     def _spawn(self, index: int):
         cores = None
@@ -170,10 +187,8 @@ class RayRollouts:
             pass
         self.workers[index] = worker = self._spawn(index)
         self.pids[index] = ray.get(worker.pid.remote(), timeout=self.timeout)
-        if self.nccl is not None:  # an NCCL group cannot take a new member: open it again, resend the weights
-            self.nccl.reconnect()
-        elif self.sender.current is not None:  # the weights the other workers sample with
-            ray.get(worker.load.remote(self.sender.current), timeout=self.timeout)
+        if self.sync is not None:  # the weights the other workers sample with
+            self.sync.resend(index)
 
     def _gather(self, refs: dict[int, Any], doing: str, retry: Callable[[int], Any] | None) -> list[Any]:
         """Results per worker index, in index order. A dead worker is restarted and ``retry(i)`` resubmits
@@ -200,6 +215,14 @@ class RayRollouts:
                 pending[retry(i)] = i
                 deadline = time.monotonic() + self.timeout
         return [out[i] for i in sorted(out)]
+
+    def call_all(self, call: Callable[[Any], Any], doing: str) -> list[Any]:
+        """``call(actor)`` on every worker, results in worker order; a dead worker is restarted and called again."""
+
+        def submit(w: int):
+            return call(self.workers[w])
+
+        return self._gather({w: submit(w) for w in range(len(self.workers))}, doing, submit)
 
     # -- what the loop calls ------------------------------------------------------------
     def generate_and_score(self, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig) -> Drawn:
@@ -228,20 +251,10 @@ class RayRollouts:
 
         return self._gather({0: submit(0)}, f"evaluating {len(rows)} prompts", submit)[0]
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
-        t0 = time.perf_counter()
-        if self.nccl is not None:  # GPU to GPU; the manifest travels in the Ray calls
-            sent = self.nccl.send(named_tensors)  # sync_load_s (the slowest engine's), sync_bytes
-            return {"sync_s": time.perf_counter() - t0, **sent}
-        packed = self.sender.pack(named_tensors)
-        t1 = time.perf_counter()
-
-        def submit(w: int):
-            return self.workers[w].load.remote(packed)
-
-        loads = self._gather({w: submit(w) for w in range(len(self.workers))}, "loading new weights", submit)
-        return {"sync_s": time.perf_counter() - t0, "sync_pack_s": t1 - t0, "sync_load_s": max(loads),
-                "sync_bytes": float(packed.nbytes)}
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                     version: int | None = None) -> dict[str, float]:
+        self.version = self.version + 1 if version is None else version
+        return self.sync.push(named_tensors, self.version)
 
     def sleep(self) -> None:
         self._gather({w: a.sleep.remote() for w, a in enumerate(self.workers)}, "going to sleep", retry=None)
@@ -252,13 +265,11 @@ class RayRollouts:
     def close(self) -> None:
         import ray
 
-        if self.nccl is not None:
-            self.nccl.close()
+        if self.sync is not None:  # the learner's end: the NCCL group's, or the host transport's buffer
+            self.sync.close()
         for worker in self.workers:
             try:
                 ray.get(worker.close.remote(), timeout=30)
             except Exception:  # a worker already down has nothing to close
                 pass
             ray.kill(worker, no_restart=True)
-        if self.sender is not None:
-            self.sender.release()

@@ -1,4 +1,5 @@
-"""Weights from the learner's GPU to every rollout worker's vLLM engine over NCCL (``cluster.weight_sync: nccl``).
+"""Weights from the learner's GPU to every rollout worker's vLLM engine over NCCL (``cluster.weight_sync: nccl``):
+``NcclSync``, the NCCL transport of rlvr.rollout.weight_sync, and ``choose_transport``.
 
 Built on vLLM's own weight-transfer API (``vllm.distributed.weight_transfer``, vLLM >= 0.32):
 
@@ -11,7 +12,10 @@ Built on vLLM's own weight-transfer API (``vllm.distributed.weight_transfer``, v
 * the engines are driven through the four calls of vLLM's ``VLLMWeightSyncClient`` protocol. The client
   is ours (``_WorkersClient``): vLLM's trainer engine hands every engine the same rank offset (one engine
   spanning GPUs), while rlvr runs N separate one-engine actors, so worker i is given the offset after
-  the ranks of workers 0..i-1.
+  the ranks of workers 0..i-1. Each call is a method of the worker actor (``RolloutWorker.nccl_join``,
+  ``nccl_begin``, ``nccl_receive``, ``nccl_end``, ...), which runs the engine's end of ``NcclSync`` on
+  its engine: ``join``, ``begin``, ``load_into`` (the receive: vLLM loads each chunk as it arrives),
+  ``end``.
 
 Only the manifest (names, dtypes, shapes) travels in Ray calls; the bytes go GPU to GPU. Tensors are
 sent in the engine's dtype (``engine.dtype``): the engine would cast them on load anyway, and a
@@ -32,12 +36,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from rlvr.cluster.runtime import ClusterError, free_port
 from rlvr.config import ConfigError, TrainConfig
+from rlvr.rollout.weight_sync import TRANSPORTS, WorkerPool, host_transport, register_transport
+from rollouts import Engine
 from rollouts.config import ENGINES
 
 FIELD = "cluster.weight_sync"
@@ -67,17 +73,13 @@ def weight_transfer_api_problem() -> str | None:
     return None
 
 
-def host_transport(nodes: int) -> str:
-    """What ``auto`` uses without NCCL: shared memory on one node, else the object store."""
-    return "shm" if nodes == 1 else "object_store"
-
-
 def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
                      api_problem: Callable[[], str | None] = weight_transfer_api_problem) -> str:
-    """``shm``, ``object_store`` or ``nccl``; an explicit ``nccl`` that cannot work is a ConfigError naming
-    the field and what to use instead. ``auto`` picks ``nccl`` when the learner and the workers are on CUDA
-    with vLLM engines and the installed vLLM has the API (whether every worker has a GPU of its own is
-    checked once the workers run: ``check_own_gpus``)."""
+    """The name in ``TRANSPORTS`` of the run's transport: ``shm``, ``object_store`` or ``nccl``; an explicit
+    ``nccl`` that cannot work is a ConfigError naming the field and what to use instead. ``auto`` picks
+    ``nccl`` when the learner and the workers are on CUDA with vLLM engines and the installed vLLM has the
+    API (whether every worker has a GPU of its own is checked once the workers run: ``check_own_gpus``),
+    else the host transport of the cluster (``host_transport``)."""
     c = cfg.cluster
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if c.weight_sync in ("shm", "object_store"):
@@ -97,15 +99,6 @@ def choose_transport(cfg: TrainConfig, nodes: int, cuda: bool | None = None,
     if c.weight_sync == "auto":
         return host_transport(nodes)
     raise ConfigError(f"{FIELD}=nccl {'; '.join(problems)}; {OTHERS}")
-
-
-def engine_kwargs(transport: str) -> dict[str, Any]:
-    """What the worker's vLLM engine needs for the transport (vLLM's worker then builds its receiver)."""
-    if transport != "nccl":
-        return {}
-    from vllm.config import WeightTransferConfig
-
-    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
 
 
 def check_own_gpus(trainer_gpu: str, worker_gpus: list[str]) -> str | None:
@@ -222,12 +215,13 @@ class _WorkersClient:
         self.doing, self.waiting = "", set()
         self.loaded_s = 0.0  # the slowest worker's start-to-finish time of the latest round
 
-    def _call(self, method: str, args: Callable[[int], tuple], doing: str) -> list[Any]:
+    def _call(self, call: Callable[[Any, int], Any], doing: str) -> list[Any]:
+        """``call(actor, i)`` (an ObjectRef) on every worker, their results in worker order."""
         import ray
         from ray.exceptions import RayActorError
 
         workers = self.workers()
-        refs = {w.nccl.remote(method, *args(i)): i for i, w in enumerate(workers)}
+        refs = {call(w, i): i for i, w in enumerate(workers)}
         self.doing, self.waiting = doing, set(refs.values())
         out: dict[int, Any] = {}
         deadline = time.monotonic() + self.timeout
@@ -245,19 +239,26 @@ class _WorkersClient:
         self.waiting = set()
         return [out[i] for i in sorted(out)]
 
+    def infos(self) -> list[dict[str, Any]]:
+        return self._call(lambda w, i: w.nccl_info.remote(), "reporting its GPU")
+
+    def leave(self) -> None:
+        self._call(lambda w, i: w.nccl_leave.remote(), "leaving the old NCCL group")
+
     # the four calls vLLM's trainer engine makes
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self._call("init", lambda i: ({**init_info, "rank_offset": self.offsets[i]},),
+        self._call(lambda w, i: w.nccl_join.remote({**init_info, "rank_offset": self.offsets[i]}),
                    "joining the NCCL weight-transfer group")
 
     def start_weight_update(self) -> None:
-        self._call("start", lambda i: (), "preparing to receive weights")
+        self._call(lambda w, i: w.nccl_begin.remote(), "preparing to receive weights")
 
     def update_weights(self, update_info) -> None:
-        self._call("update", lambda i: (update_info,), f"receiving {len(update_info['names'])} tensors over NCCL")
+        self._call(lambda w, i: w.nccl_receive.remote(update_info),
+                   f"receiving {len(update_info['names'])} tensors over NCCL")
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.loaded_s = max(self._call("finish", lambda i: (), "loading the received weights"), default=0.0)
+        self.loaded_s = max(self._call(lambda w, i: w.nccl_end.remote(), "loading the received weights"), default=0.0)
 
 
 def late_ones(workers: set[int]) -> str:
@@ -267,45 +268,80 @@ def late_ones(workers: set[int]) -> str:
     return f"rollout worker{'s' if len(workers) > 1 else ''} {', '.join(map(str, sorted(workers)))}"
 
 
-class NcclSender:
-    """The trainer's end of the transfer group, driving vLLM's ``NCCLTrainerWeightTransferEngine``.
+@register_transport
+class NcclSync:
+    """The NCCL transport. The learner's end (built with the ``WorkerPool``) is rank 0 of the transfer
+    group, driving vLLM's ``NCCLTrainerWeightTransferEngine``; the engine's end (built without one, in
+    each rollout worker) runs vLLM's weight-transfer calls on one ``rollouts.vllm_engine.VLLMEngine``,
+    plus what rlvr's in-place load does around them: weights woken from sleep first, a tied head
+    refreshed and the prefix cache reset after."""
 
-    ``workers`` returns the live worker actors (a restart replaces one); each has a method
-    ``nccl(what, *args)`` that runs ``NcclReceiver.<what>`` on its engine."""
+    name: ClassVar[str] = "nccl"
 
-    def __init__(self, workers: Callable[[], list[Any]], timeout_s: float, dtype: torch.dtype):
-        self.workers, self.timeout = workers, timeout_s
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        self.source = make_source(dtype, self.device)
-        self.engine = None
+    def __init__(self, pool: WorkerPool | None = None):
+        self.pool = pool
+        self.timeout = pool.timeout if pool is not None else 0.0
+        self.engine = None  # vLLM's trainer engine, once the group is open
         self.client: _WorkersClient | None = None
         self.current: list[tuple[str, torch.Tensor]] | None = None  # the latest weights sent (restarts resend them)
+        self.version = 0
+        self._t0 = 0.0  # the engine's end: when the latest receive began
 
-    def _infos(self) -> list[dict[str, Any]]:
-        return _WorkersClient(self.workers, [], self.timeout)._call("info", lambda i: (), "reporting its GPU")
+    @classmethod
+    def engine_kwargs(cls) -> dict[str, Any]:
+        """What the worker's vLLM engine needs for the transport (vLLM's worker then builds its receiver)."""
+        from vllm.config import WeightTransferConfig
+
+        return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+    # -- the learner's end -------------------------------------------------------------
+    def _workers(self) -> list[Any]:
+        return self.pool.workers
+
+    def open(self):
+        """Join every worker into the transfer group; the transport to use. An explicit ``nccl`` with a
+        worker on the trainer's GPU fails here, naming it; ``auto`` then uses the host transport instead
+        (the workers' engines also take in-place loads)."""
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.source = make_source(getattr(torch, self.pool.cfg.engine.dtype), self.device)
+        why = self.shared_gpu_problem() if self.pool.cfg.cluster.weight_sync == "auto" else None
+        if why is None:
+            self.connect()
+            return self
+        fallback = host_transport(self.pool.nodes)
+        print(f"cluster.weight_sync=auto: not nccl ({why}); using {fallback}")
+        return TRANSPORTS[fallback](self.pool).open()
 
     def shared_gpu_problem(self) -> str | None:
         """Why some worker cannot join the trainer's NCCL group (it shares the trainer's GPU), or None."""
-        return check_own_gpus(gpu_id(self.device.index), [info["gpu"] for info in self._infos()])
+        infos = _WorkersClient(self._workers, [], self.timeout).infos()
+        return check_own_gpus(gpu_id(self.device.index), [info["gpu"] for info in infos])
 
     def connect(self) -> None:
         """Open the group with every worker (vLLM's ``trainer_init``, bounded by the deadline)."""
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
-        infos = self._infos()
+        infos = _WorkersClient(self._workers, [], self.timeout).infos()
         if why := check_own_gpus(gpu_id(self.device.index), [info["gpu"] for info in infos]):
             raise ClusterError(f"{FIELD}=nccl: {why}; or {OTHERS}")
         offsets = rank_offsets([info["ranks"] for info in infos])
         init = NCCLTrainerInitInfo(master_address=_node_ip(), master_port=free_port(),
                                    world_size=1 + sum(info["ranks"] for info in infos), rank=0, packed=True)
-        self.client = _WorkersClient(self.workers, offsets, self.timeout)
+        self.client = _WorkersClient(self._workers, offsets, self.timeout)
         self.engine = self._bounded(lambda: NCCLTrainerWeightTransferEngine.trainer_init(
             init, client=self.client, source=self.source), "joining the NCCL weight-transfer group")
 
-    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
+    def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> dict[str, float]:
+        """GPU to GPU; the manifest travels in the Ray calls. Stats: ``sync_s``, ``sync_load_s`` (the slowest
+        engine's), ``sync_bytes``."""
+        t0 = time.perf_counter()
+        sent = self._send(list(named_tensors))
+        self.version = version
+        return {"sync_s": time.perf_counter() - t0, **sent}
+
+    def _send(self, tensors: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
         if self.engine is None:
             raise ClusterError(f"{FIELD}=nccl: the transfer group was closed by an earlier failure")
-        tensors = list(named_tensors)
         self.source.stage(tensors)
         nbytes = self.source.nbytes()
         self._bounded(self.engine.send_weights, f"receiving {len(tensors)} tensors ({nbytes / 1e6:.1f} MB) over NCCL")
@@ -313,13 +349,14 @@ class NcclSender:
         self.source.stage([])  # the staged list would keep a copy (async) or LoRA merge alive until the next sync
         return {"sync_load_s": self.client.loaded_s, "sync_bytes": float(nbytes)}
 
-    def reconnect(self) -> None:
-        """A worker was replaced: open the group again with every worker and resend the latest weights."""
+    def resend(self, index: int) -> None:
+        """Worker ``index`` was replaced: an NCCL group cannot take a new member, so the group is opened again
+        with every worker and the latest weights are sent again."""
         self._close_trainer_end()
-        _WorkersClient(self.workers, [], self.timeout)._call("shutdown", lambda i: (), "leaving the old NCCL group")
+        _WorkersClient(self._workers, [], self.timeout).leave()
         self.connect()
         if self.current is not None:
-            self.send(self.current)
+            self._send(self.current)
 
     def _bounded(self, fn: Callable[[], Any], doing: str) -> Any:
         """``fn()`` within ``cluster.timeout_s``; past it the trainer's communicator is aborted and the error
@@ -351,45 +388,38 @@ class NcclSender:
         self._close_trainer_end()
         self.current = None
 
-
-# -- the engine's end (inside a rollout worker) ---------------------------------------------------
-class NcclReceiver:
-    """vLLM's weight-transfer calls on one ``rollouts.vllm_engine.VLLMEngine``, plus what rlvr's in-place
-    load does around them: weights woken from sleep first, a tied head refreshed and the prefix cache
-    reset after."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self._t0 = 0.0
-
-    def info(self) -> dict[str, Any]:
-        parallel = self.engine.llm.llm_engine.vllm_config.parallel_config
+    # -- the engine's end (inside a rollout worker) ------------------------------------------
+    def info(self, engine: Engine) -> dict[str, Any]:
+        parallel = engine.llm.llm_engine.vllm_config.parallel_config
         return {"gpu": gpu_id(), "ranks": int(parallel.world_size)}
 
-    def init(self, init_info: dict[str, Any]) -> None:
-        self.engine.llm.init_weight_transfer_engine({"init_info": init_info})
+    def join(self, engine: Engine, init_info: dict[str, Any]) -> None:
+        engine.llm.init_weight_transfer_engine({"init_info": init_info})
 
-    def start(self) -> None:
+    def begin(self, engine: Engine) -> None:
         self._t0 = time.perf_counter()
-        if self.engine.asleep:  # weights first: the reload needs them resident
-            self.engine.llm.wake_up(tags=["weights"])
-        self.engine.llm.start_weight_update()
+        if engine.asleep:  # weights first: the reload needs them resident
+            engine.llm.wake_up(tags=["weights"])
+        engine.llm.start_weight_update()
 
-    def update(self, update_info: dict[str, Any]) -> None:
-        self.engine.llm.update_weights({"update_info": update_info})
+    def load_into(self, engine: Engine, payload: dict[str, Any]) -> float:
+        """Receive one round's tensors (``payload``: the manifest) and load them as they arrive; returns
+        the seconds since ``begin``."""
+        engine.llm.update_weights({"update_info": payload})
+        return time.perf_counter() - self._t0
 
-    def finish(self) -> float:
-        llm = self.engine.llm
+    def end(self, engine: Engine) -> float:
+        llm = engine.llm
         llm.finish_weight_update()
-        if self.engine.tied_embeddings:
+        if engine.tied_embeddings:
             from rollouts.tied_head import refresh_tied_heads_on_worker
 
             llm.collective_rpc(refresh_tied_heads_on_worker)
-        self.engine.wake_up()
+        engine.wake_up()
         llm.reset_prefix_cache()
-        self.engine.last_sync_path = "nccl"
-        self.engine.last_sync_s = time.perf_counter() - self._t0
-        return self.engine.last_sync_s
+        engine.last_sync_path = "nccl"
+        engine.last_sync_s = time.perf_counter() - self._t0
+        return engine.last_sync_s
 
-    def shutdown(self) -> None:
-        self.engine.llm.shutdown_weight_transfer_engine()
+    def leave(self, engine: Engine) -> None:
+        engine.llm.shutdown_weight_transfer_engine()
