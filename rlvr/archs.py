@@ -89,16 +89,5 @@ def build_model(spec: dict[str, Any], tokenizer: Any, out_dir: str | Path, seed:
     return str(out)
 
 
-def local_tokenizer(num_docs: int = 600, vocab_size: int = 320):
-    """The project's byte-level BPE (digits split, R1 tags as tokens), trained on a few arithmetic
-    documents in a second: a tokenizer for models built where no real one is at hand."""
-    from rlvr.config import PretrainConfig
-    from rlvr.pretrain import build_corpus, build_tokenizer
-
-    cfg = PretrainConfig(vocab_size=vocab_size)
-    cfg.corpus.num_docs = max(100, num_docs)
-    return build_tokenizer(build_corpus(cfg), vocab_size)
-
-
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / "config.json").read_text())

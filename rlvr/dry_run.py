@@ -149,7 +149,8 @@ def dry_run(cfg: TrainConfig, workdir: str | None = None, engine_kind: str | Non
     """Print the checks and run the CPU step; returns {"model_ok", "dataset_ok", "preflight", "metrics"}.
     ``engine_kind``: run the CPU step on this engine instead of the recipe's (tests: hf starts faster)."""
     from rlvr import preflight
-    from rlvr.archs import build_model, local_tokenizer, read_config, shrink_config
+    from rlvr.archs import build_model, read_config, shrink_config
+    from rlvr.pretrain import local_tokenizer
 
     print("# resolved config")
     print(config_yaml(cfg), end="")

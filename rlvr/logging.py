@@ -111,3 +111,13 @@ def plot_reward_accuracy(metrics_path: str | Path, out_png: str | Path, title: s
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def print_table(rows: list[tuple], headers: tuple) -> None:
+    """``rows`` as a plain-text table under ``headers``, columns as wide as their widest cell."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*headers))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row))

@@ -168,3 +168,13 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
     }, indent=1))
     print(f"pretrain: done in {elapsed:.0f}s, final loss {loss_ema:.3f}, saved to {out}")
     return out
+
+
+def local_tokenizer(num_docs: int = 600, vocab_size: int = 320):
+    """The project's byte-level BPE (digits split, R1 tags as tokens), trained on a few arithmetic
+    documents in a second: a tokenizer for models built where no real one is at hand."""
+    from rlvr.config import PretrainConfig
+
+    cfg = PretrainConfig(vocab_size=vocab_size)
+    cfg.corpus.num_docs = max(100, num_docs)
+    return build_tokenizer(build_corpus(cfg), vocab_size)

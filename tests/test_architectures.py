@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from rlvr.algorithms import ADVANTAGES, AlgorithmConfig
-from rlvr.archs import ARCHS, build_model, local_tokenizer, micro_config
+from rlvr.archs import ARCHS, build_model, micro_config
 from rlvr.config import OptimConfig, TrainLoopConfig
 from rlvr.pipeline import ScoredGroup
+from rlvr.pretrain import local_tokenizer
 from rlvr.train.batch import build_batch
 from rlvr.train.learner import Learner
 from rollouts import SamplingConfig, make_engine

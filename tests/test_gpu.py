@@ -18,7 +18,8 @@ def models(tmp_path_factory) -> dict[str, str]:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     pytest.importorskip("vllm")
-    from rlvr.archs import build_model, local_tokenizer, micro_config
+    from rlvr.archs import build_model, micro_config
+    from rlvr.pretrain import local_tokenizer
 
     tok = local_tokenizer()
     root = tmp_path_factory.mktemp("gpu-archs")

@@ -28,7 +28,8 @@ def model_dir(tmp_path_factory) -> str:
         pytest.skip("needs 2 CUDA GPUs: NCCL cannot join the trainer and a rollout worker on one GPU")
     pytest.importorskip("vllm")
     pytest.importorskip("ray")
-    from rlvr.archs import build_model, local_tokenizer, micro_config
+    from rlvr.archs import build_model, micro_config
+    from rlvr.pretrain import local_tokenizer
 
     tok = local_tokenizer()
     return build_model(micro_config("llama", len(tok), hidden=128, heads=2), tok,

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rlvr.algorithms import AlgorithmConfig
-from rlvr.archs import build_model, local_tokenizer, micro_config
+from rlvr.archs import build_model, micro_config
 from rlvr.config import OptimConfig
+from rlvr.pretrain import local_tokenizer
 from rlvr.train.learner import Learner, token_logp_and_entropy
 from rollouts import SamplingConfig, make_engine
 

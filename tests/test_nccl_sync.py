@@ -133,7 +133,8 @@ def test_a_blocked_call_is_given_up_at_its_deadline_and_the_late_are_named():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    from rlvr.archs import build_model, local_tokenizer, micro_config
+    from rlvr.archs import build_model, micro_config
+    from rlvr.pretrain import local_tokenizer
 
     tok = local_tokenizer()
     root = tmp_path_factory.mktemp("nccl-archs")

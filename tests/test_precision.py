@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rlvr.algorithms import AlgorithmConfig
-from rlvr.archs import build_model, local_tokenizer, micro_config
+from rlvr.archs import build_model, micro_config
 from rlvr.config import ConfigError, OptimConfig, TrainConfig, TrainLoopConfig
+from rlvr.pretrain import local_tokenizer
 from rlvr.train.learner import Learner, RLBatch, token_logp_and_entropy
 
 

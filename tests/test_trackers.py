@@ -71,9 +71,10 @@ def test_mlflow_local_file_store(tmp_path, monkeypatch):
 
 def test_training_run_reports_to_wandb_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from rlvr.archs import build_model, local_tokenizer, micro_config
+    from rlvr.archs import build_model, micro_config
     from rlvr.config import load_config
     from rlvr.loop import train
+    from rlvr.pretrain import local_tokenizer
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -28,7 +28,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     """A random-init micro Llama with the project's tokenizer (seconds to build)."""
-    from rlvr.archs import build_model, local_tokenizer, micro_config
+    from rlvr.archs import build_model, micro_config
+    from rlvr.pretrain import local_tokenizer
 
     tok = local_tokenizer()
     return build_model(micro_config("llama", len(tok)), tok, tmp_path_factory.mktemp("user-errors") / "model")

@@ -9,7 +9,7 @@ from rlvr.algorithms.advantages import (  # noqa: E402  (registers the estimator
     gae_advantages_and_returns,
     group_stats,
 )
-from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.algorithms.config import AlgorithmConfig, resolve_algorithm
 from rlvr.algorithms.core import (
     ADVANTAGES,
     POLICY_LOSSES,
@@ -25,7 +25,7 @@ from rlvr.algorithms.core import (
 from rlvr.algorithms.dapo import dynamic_sampling_filter, overlong_mask, soft_overlong_penalty
 from rlvr.algorithms.kl import kl_penalty, kl_reward_penalty
 from rlvr.algorithms.losses import MAX_LOG_RATIO, policy_objective, truncated_is_weights
-from rlvr.algorithms.presets import PRESETS, resolve_algorithm
+from rlvr.algorithms.presets import PRESETS
 from rlvr.algorithms.value import CriticModel, ValueHead, value_loss
 
 __all__ = [

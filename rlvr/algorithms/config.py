@@ -7,6 +7,7 @@ reinforce_pp | ppo`` (``resolve_algorithm``), each field still overridable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -171,3 +172,18 @@ class AlgorithmConfig(BaseModel):
     def reward_kl_coef(self) -> float:
         """Weight of the per-token KL subtracted from token rewards (0 when the KL is in the loss)."""
         return self.kl_coef if self.kl_in_reward else 0.0
+
+
+def resolve_algorithm(
+    name: str, overrides: Mapping[str, Any] | None = None, max_response_len: int | None = None
+) -> AlgorithmConfig:
+    """The preset ``name`` with ``overrides`` applied on top, validated.
+
+    ``max_response_len`` (the sampling max_tokens) fills ``loss_agg_norm`` for the
+    ``seq-mean-token-sum-norm`` mode when neither preset nor overrides set it, so Dr.GRPO's
+    normaliser is a true constant rather than the padded width of each batch.
+    """
+    cfg = AlgorithmConfig(**{**(overrides or {}), "preset": name})
+    if cfg.loss_agg == "seq-mean-token-sum-norm" and cfg.loss_agg_norm is None and max_response_len:
+        cfg = cfg.model_copy(update={"loss_agg_norm": float(max_response_len)})
+    return cfg

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.algorithms.kl import kl_penalty  # noqa: F401  (re-exported: its historical home)
+
+if TYPE_CHECKING:  # (the config's validators read the registries here: a run-time import would be a cycle)
+    from rlvr.algorithms.config import AlgorithmConfig
 
 
 @dataclass
@@ -42,8 +45,8 @@ class LossInputs:
     is_weights: Tensor | None = None  # [B, T] truncated IS weights multiplying the per-token loss; None: 1
 
 
-AdvantageFn = Callable[[AdvantageInputs, AlgorithmConfig], Tensor]
-PolicyLossFn = Callable[[LossInputs, AlgorithmConfig], tuple[Tensor, dict[str, Tensor]]]
+AdvantageFn = Callable[[AdvantageInputs, "AlgorithmConfig"], Tensor]
+PolicyLossFn = Callable[[LossInputs, "AlgorithmConfig"], tuple[Tensor, dict[str, Tensor]]]
 ADVANTAGES: dict[str, AdvantageFn] = {}
 POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 

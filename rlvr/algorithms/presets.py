@@ -8,10 +8,7 @@ so a run config can say ``algorithm: dapo`` or ``algorithm: {preset: dapo, clip_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
-
-from rlvr.algorithms.config import AlgorithmConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeekMath GRPO: group-normalised outcome advantages, PPO clip, per-sequence mean,
@@ -92,18 +89,3 @@ PRESETS: dict[str, dict[str, Any]] = {
         "critic_lr": 1e-5,
     },
 }
-
-
-def resolve_algorithm(
-    name: str, overrides: Mapping[str, Any] | None = None, max_response_len: int | None = None
-) -> AlgorithmConfig:
-    """The preset ``name`` with ``overrides`` applied on top, validated.
-
-    ``max_response_len`` (the sampling max_tokens) fills ``loss_agg_norm`` for the
-    ``seq-mean-token-sum-norm`` mode when neither preset nor overrides set it, so Dr.GRPO's
-    normaliser is a true constant rather than the padded width of each batch.
-    """
-    cfg = AlgorithmConfig(**{**(overrides or {}), "preset": name})
-    if cfg.loss_agg == "seq-mean-token-sum-norm" and cfg.loss_agg_norm is None and max_response_len:
-        cfg = cfg.model_copy(update={"loss_agg_norm": float(max_response_len)})
-    return cfg

@@ -19,12 +19,3 @@ def fail(message: str | BaseException) -> int:
         message = one_line(message)
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def print_table(rows: list[tuple], headers: tuple) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*headers))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line.format(*row))

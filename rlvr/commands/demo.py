@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlvr.commands._common import print_table
+from rlvr.logging import print_table
 
 RECIPE = "configs/recipes/demo.yaml"
 

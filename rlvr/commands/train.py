@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict, k: int) -> None:
-    from rlvr.commands._common import print_table
+    from rlvr.logging import print_table
 
     b, a = summary["before"], summary["after"]
     if a is None or b is None:

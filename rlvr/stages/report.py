@@ -51,8 +51,8 @@ def complete(metrics: dict[str, float] | None, k: int) -> bool:
 
 
 def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from rlvr.commands._common import print_table
     from rlvr.config import TrainConfig, load_config
+    from rlvr.logging import print_table
 
     rep = recipe.report
     cfgs = {st.name: cfg for st, cfg in wired}

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlvr.archs import build_model, local_tokenizer, micro_config
+from rlvr.archs import build_model, micro_config
+from rlvr.pretrain import local_tokenizer
 from rollouts import SamplingConfig, make_engine
 from rollouts.sampling import sample_inverse_cdf
 from rollouts.static_engine import check_supported
