@@ -5,10 +5,11 @@ its capabilities as class attributes, and ``build()``. A caller that needs to kn
 can do reads a capability, never the kind's name. This module imports no torch, so a config
 validates (and ``--help`` answers) without loading any engine.
 
-Adding an engine: subclass ``EngineConfigBase`` with a ``kind: Literal["mine"]`` field and
-``engine_path`` naming the class, decorate it with ``@register_engine``, and write the engine on
-``rollouts.base.EngineBase`` (its decode ``_generate`` and its weight load ``_load_weights``); see
-docs/rollouts.md.
+Adding an engine: one module with a subclass of ``EngineConfigBase`` (a ``kind: Literal["mine"]``
+field, ``engine_path`` naming the class) decorated with ``@register_engine``, and the engine on
+``rollouts.base.EngineBase`` (its decode ``_generate`` and its weight load ``_load_weights``),
+declared in the ``rlvr.engines`` entry points of its package (imported when this module loads); see
+docs/rollouts.md and examples/engine_plugin.
 """
 
 from __future__ import annotations
@@ -157,3 +158,27 @@ def engine_class(kind: str) -> type:
         raise ValueError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINES))}")
     module, _, name = ENGINES[kind].engine_path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+ENTRY_POINT_GROUP = "rlvr.engines"
+
+
+def load_engine_plugins() -> list[str]:
+    """Import every module the ``rlvr.engines`` entry points name: an engine kind in a package of its own
+    registers its config (``@register_engine``) as it is imported. A plugin that fails to import is named
+    in a warning and left out (the kinds it would add are then unknown kinds, named as such)."""
+    import warnings
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+            loaded.append(ep.name)
+        except Exception as exc:  # a broken third-party plugin must not stop every other engine
+            warnings.warn(f"engine plugin {ep.name!r} ({ep.value}) failed to import and is left out: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
+    return loaded
+
+
+load_engine_plugins()
