@@ -48,7 +48,8 @@ def test_math_task_latex_references(micro_model, tmp_path):
     import yaml
 
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["rewards"]["terms"][0]["verifier"] == "math"  # derived default, written down
+    assert saved["rewards"]["terms"] is None  # as the user wrote it: the task's default rubric
+    assert saved["resolved"]["rewards.terms"][0]["verifier"] == "math"  # derived, written down apart
 
 
 def test_math_verifier_reads_the_extracted_references():
