@@ -12,6 +12,7 @@ before temperature/top-p, the same quantity ``HFEngine`` returns and the learner
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -98,6 +99,16 @@ def _process_threads(threads: int) -> int:
                       f"{_PROCESS_THREADS} threads, so this one does too (vLLM on CPU computed wrong log-probs "
                       "with engines at different thread counts in one process)", stacklevel=3)
     return _PROCESS_THREADS
+
+
+def spread_seed(seed: int) -> int:
+    """The seed vLLM gets for a prompt seeded ``seed``: a 62-bit hash of it. vLLM seeds the k-th of a
+    request's n samples with ``seed + k`` (its parallel sampling), and prompts of one call carry consecutive
+    seeds (rollouts.types.prompt_seeds), so passed as they are, sample k+1 of prompt i and sample k of
+    prompt i+1 would share one random stream (copies of a prompt repeated each other's samples; a
+    chi-square test of the sampler caught it). Hashed, every prompt's n streams lie far apart."""
+    digest = hashlib.blake2b(seed.to_bytes(16, "little", signed=True), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 class VLLMEngine(EngineBase):
@@ -188,7 +199,7 @@ class VLLMEngine(EngineBase):
         from vllm.sampling_params import RequestOutputKind
 
         def seed(i: int) -> int | None:
-            return None if seeds is None else seeds[i]
+            return None if seeds is None else spread_seed(seeds[i])
 
         decode_at_end = sampling.detokenize and self.decode_at_end and not sampling.stop
 

@@ -231,22 +231,11 @@ def test_top_p_matches_the_renormalised_nucleus(engine, reference):
     assert control[2] < ALPHA
 
 
-VLLM_SHARED_STREAMS = (
-    "vLLM gives the k-th of a request's n samples the seed `seed + k` (vllm/v1/engine/parallel_sampling.py) "
-    "and the engine sends prompt i the seed `base + i` (rollouts.types.prompt_seeds): sample k+1 of prompt i "
-    "and sample k of prompt i+1 share one random stream, so copies of a prompt repeat each other's samples")
-
-
-@pytest.fixture
-def xfail_vllm_shared_streams(request, engine):
-    if type(engine).__name__ == "VLLMEngine":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=VLLM_SHARED_STREAMS))
-
-
-def test_copies_of_a_prompt_sample_independently(engine, reference, xfail_vllm_shared_streams):
+def test_copies_of_a_prompt_sample_independently(engine, reference):
     """Prompts of one seeded call draw from random streams of their own (each prompt has its own seed): N
     samples pooled from COPIES copies of the prompt follow the model's distribution like N from one. Shared
-    streams repeat samples, and repeats inflate the statistic (by about the number of copies that share)."""
+    streams repeat samples, and repeats inflate the statistic (by about the number of copies that share): vLLM
+    did, before its engine hashed each prompt's seed (rollouts.vllm_engine.spread_seed)."""
     kind = type(engine).__name__
     tokens, logprobs = first_tokens(engine, reference, 1.0, copies=COPIES)
     result = chi_square(tokens, reference.probs)
