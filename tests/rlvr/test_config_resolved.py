@@ -44,7 +44,7 @@ def test_a_command_line_preset_conflicting_with_the_file_is_an_error_naming_the_
 
 
 def test_eval_num_prompts_zero_turns_evaluation_off(micro_model, tmp_path):
-    from test_resume import config
+    from helpers import run_config as config
 
     from rlvr.logging import read_metrics
     from rlvr.loop import train

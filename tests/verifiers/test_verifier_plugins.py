@@ -8,14 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import verifiers
 from verifiers.batch import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = ROOT / "examples" / "verifier_plugin"
 
 

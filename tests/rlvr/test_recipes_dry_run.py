@@ -35,7 +35,7 @@ def test_there_are_gpu_recipes():
 
 # Every recipe's step runs on the hf engine (it starts in a second); the slow case runs one recipe
 # on its own engine, vLLM with a tied Qwen2 head, as a user's dry run does (~45 s more: the engine's
-# start-up; tests/test_architectures.py covers the tied Qwen2 on vLLM in the default suite).
+# start-up; tests/rlvr/test_architectures.py covers the tied Qwen2 on vLLM in the default suite).
 CASES = [*[pytest.param(p, "hf", id=p.stem) for p in RECIPES],
          pytest.param(Path("configs/recipes/qwen2.5-0.5b-gsm8k.yaml"), None, id="qwen2.5-0.5b-gsm8k-own-engine",
                       marks=pytest.mark.slow)]

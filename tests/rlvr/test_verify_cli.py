@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Runs the verify subcommand exactly as rlvr.cli does (configure + run_subcommand), so
 # this test does not depend on the other subcommand modules being importable.
 LAUNCH = (
