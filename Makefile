@@ -55,9 +55,9 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # The `gpu` tests: vLLM on CUDA with in-place and sleep-mode sync, a bf16 learner against a bf16
-# engine (parity gate, IS), the tied-Qwen2 head after sync (tests/test_gpu.py); NCCL weight sync
-# through vLLM's weight-transfer API (tests/test_gpu_nccl_sync.py, 2 GPUs); FSDP2 ranks on NCCL
-# equal one process (tests/test_cluster_fsdp.py, 2 GPUs).
+# engine (parity gate, IS), the tied-Qwen2 head after sync (tests/rlvr/test_gpu.py); NCCL weight sync
+# through vLLM's weight-transfer API (tests/rlvr/rollout/test_gpu_nccl_sync.py, 2 GPUs); FSDP2 ranks on NCCL
+# equal one process (tests/rlvr/cluster/test_cluster_fsdp.py, 2 GPUs).
 test-gpu: setup
 	@test -n "$(GPU)" || { echo "make test-gpu: no NVIDIA GPU answers nvidia-smi on this machine"; exit 2; }
 	$(PY) -m pytest -q -m gpu
