@@ -25,10 +25,10 @@ DATA = Path(__file__).resolve().parent / "data"
 TINY_R1ZERO = "configs/tiny_r1zero.yaml"
 
 # The small run most tests train: the HF engine, 4 prompts x 4 completions of 16 tokens, evaluation only
-# at the start and the end on 8 prompts, quiet logs.
-TINY = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
-        "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
-        "logging.progress=false", "logging.tensorboard=false"]
+# at the start and the end on 8 prompts (SMALL_EVAL), quiet logs.
+SMALL_EVAL = ["eval.every=0", "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16"]
+TINY = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", *SMALL_EVAL,
+        "train.micro_batch_size=8", "optim.lr=3e-4", "logging.progress=false", "logging.tensorboard=false"]
 
 
 def override(key: str, value: Any) -> str:
@@ -41,13 +41,15 @@ def override(key: str, value: Any) -> str:
 
 
 def tiny_config(*overrides: str | Iterable[str], model: str | Path = "m", run_dir: str | Path | None = None,
-                base: str = TINY_R1ZERO, **dotted: Any) -> TrainConfig:
+                base: str = TINY_R1ZERO, small_eval: bool = True, **dotted: Any) -> TrainConfig:
     """``base`` (configs/tiny_r1zero.yaml) with ``model=``, ``run_dir=`` (when given), the small run
-    (``TINY``) and then the caller's overrides: ``key=value`` strings or lists of them, and dotted keys
-    as keyword arguments (``**{"train.steps": 2}``), applied in that order (a later one wins)."""
+    (``TINY``; without ``SMALL_EVAL`` when ``small_eval=False``: the eval section stays the file's) and then
+    the caller's overrides: ``key=value`` strings or lists of them, and dotted keys as keyword arguments
+    (``**{"train.steps": 2}``), applied in that order (a later one wins)."""
     from rlvr.config import TrainConfig, load_config
 
-    items = [f"model={model}"] + ([f"run_dir={run_dir}"] if run_dir is not None else []) + list(TINY)
+    small = TINY if small_eval else [o for o in TINY if o not in SMALL_EVAL]
+    items = [f"model={model}"] + ([f"run_dir={run_dir}"] if run_dir is not None else []) + small
     for o in overrides:
         items.extend([o] if isinstance(o, str) else o)
     items.extend(override(k, v) for k, v in dotted.items())
@@ -114,13 +116,9 @@ def kill_when(run_dir: Path, step: int, key: str, index: int, killed: list[int])
 
 # --- the learner on real scored groups (data-parallel and FSDP tests) ------------------------------
 
-LEARNER = ["eval.every=40", "eval.num_prompts=200", "eval.k=8", "eval.max_tokens=48", "optim.lr=1e-4",
-           "train.threads=1"]
-
-
 def learner_config(model: str, *more: str, base: str = TINY_R1ZERO) -> TrainConfig:
-    """The small run's learner, on one thread, at lr 1e-4 (these tests never evaluate: the file's eval section)."""
-    return tiny_config(*LEARNER, *more, model=model, base=base)
+    """The small run's learner on one thread at lr 1e-4 (these tests never evaluate: the file's eval section)."""
+    return tiny_config("optim.lr=1e-4", "train.threads=1", *more, model=model, base=base, small_eval=False)
 
 
 # every loss_agg mode (the key); two updates per batch, KL to a reference, an entropy bonus and

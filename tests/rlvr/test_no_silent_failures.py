@@ -201,6 +201,7 @@ def test_format_rate_is_measured_without_a_format_reward():
     assert rollout_metrics([ScoredGroup(row, Group("p", [0], comps), scores)])["format_rate"] == 0.5
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_config_command_and_print_config(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlvr.cli", "config", "alarms"], capture_output=True, text=True,
                          check=True).stdout

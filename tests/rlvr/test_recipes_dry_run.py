@@ -41,6 +41,7 @@ CASES = [*[pytest.param(p, "hf", id=p.stem) for p in RECIPES],
                       marks=pytest.mark.slow)]
 
 
+@pytest.mark.e2e  # one RL step on a random-init model of each recipe's architecture
 @pytest.mark.parametrize("recipe,engine", CASES)
 def test_dry_run(recipe, engine, tmp_path, capsys):
     from rlvr.dry_run import dry_run
@@ -57,6 +58,7 @@ def test_dry_run(recipe, engine, tmp_path, capsys):
         assert not result["preflight"].fits and "settings that would fit one GPU: lora" in out
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_missing_model_path_is_one_error_before_loading(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", "--config", str(RECIPES[0]),
                           f"model={tmp_path / 'nope'}", f"run_dir={tmp_path / 'run'}"],

@@ -15,6 +15,9 @@ from helpers import ROOT
 import verifiers
 from verifiers.batch import summarize
 
+# e2e: pip-installs the example plugin and runs `rlvr verify` in a subprocess
+pytestmark = pytest.mark.e2e
+
 PLUGIN_SRC = ROOT / "examples" / "verifier_plugin"
 
 
