@@ -11,7 +11,7 @@ VLLM_EXTRA := $(if $(GPU),vllm-gpu,vllm-cpu)
 # against (CUDA 12.9), from PyTorch's index; set TORCH_INDEX for another CUDA (e.g. .../cu130).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu129
 
-.PHONY: setup demo demo-code phases test test-slow test-gpu clean
+.PHONY: setup demo demo-code phases test test-unit test-slow test-gpu clean
 
 setup: $(STAMP)
 
@@ -46,18 +46,28 @@ demo-code: setup
 phases: setup
 	$(VENV)/bin/rlvr run configs/recipes/phases.yaml
 
+# Test tiers: every test is `unit` (no model, no Ray), `e2e` (builds or loads a model, trains, or runs
+# the CLI or the sandbox end to end) or `cluster` (Ray, tests/rlvr/cluster/), as tests/conftest.py
+# assigns them; `slow` and `gpu` tests are left out unless asked for.
+# `make test`: ruff, the import contracts, then unit + e2e + cluster (not slow, not gpu).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
+# `make test-unit`: the same checks and the unit tier only (under a minute on 2 cores).
+test-unit: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "unit and not slow and not gpu"
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # The `gpu` tests: vLLM on CUDA with in-place and sleep-mode sync, a bf16 learner against a bf16
-# engine (parity gate, IS), the tied-Qwen2 head after sync (tests/test_gpu.py); NCCL weight sync
-# through vLLM's weight-transfer API (tests/test_gpu_nccl_sync.py, 2 GPUs); FSDP2 ranks on NCCL
-# equal one process (tests/test_cluster_fsdp.py, 2 GPUs).
+# engine (parity gate, IS), the tied-Qwen2 head after sync (tests/rlvr/test_gpu.py); NCCL weight sync
+# through vLLM's weight-transfer API (tests/rlvr/rollout/test_gpu_nccl_sync.py, 2 GPUs); FSDP2 ranks on NCCL
+# equal one process (tests/rlvr/cluster/test_cluster_fsdp.py, 2 GPUs).
 test-gpu: setup
 	@test -n "$(GPU)" || { echo "make test-gpu: no NVIDIA GPU answers nvidia-smi on this machine"; exit 2; }
 	$(PY) -m pytest -q -m gpu

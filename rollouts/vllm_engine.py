@@ -35,8 +35,8 @@ _set_num_threads = torch._C.set_num_threads
 # changed), in both directions (2 then 1 thread, 1 then 2), with inductor's caches and torch.compile off;
 # building at the first count and running at another still went wrong after a weight sync when the earlier
 # engine held another model. One count per process computed right in every sequence tried. AVX-512
-# machines did not show it. Tests: tests/test_vllm_engine.py (engines at other thread counts, sync after
-# a perturbation) after tests/test_architectures.py in one process.
+# machines did not show it. Tests: tests/rollouts/test_vllm_engine.py (engines at other thread counts, sync after
+# a perturbation) after tests/rlvr/test_architectures.py in one process.
 _PROCESS_THREADS: int | None = None
 
 

@@ -1,13 +1,43 @@
-"""Shared fixtures: a micro base model built by the real pretraining stage."""
+"""Shared fixtures (a micro base model built by the real pretraining stage, the small-run config, one
+Ray instance per session) and the test tiers.
+
+Tiers (markers, assigned here unless a test sets one itself):
+* ``cluster``: uses the Ray fixture (``ray_instance``, or a wrapper of it) or lives in tests/rlvr/cluster/;
+* ``e2e``: uses a fixture that builds or loads a model (MODEL_FIXTURES), so it starts an engine or trains;
+* ``unit``: everything else (`make test-unit`: seconds, no model).
+``slow`` and ``gpu`` are set by the tests themselves and left out of `make test`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# tests/helpers.py is importable as `helpers` from every test folder, whatever pytest's import mode
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+TIERS = ("unit", "e2e", "cluster")
+RAY_FIXTURE = "ray_instance"
+CLUSTER_DIR = TESTS / "rlvr" / "cluster"
+# fixtures that build or load a model (a test using one, or a fixture built on one, is e2e); a new
+# fixture that builds a model goes here, a test that builds one in its body says @pytest.mark.e2e
+MODEL_FIXTURES = {
+    "micro_pretrain_cfg", "micro_model",  # here: the pretrained micro base
+    "arch_models",  # tests/rlvr/test_architectures.py
+    "tiny_model",  # tests/rlvr/test_user_errors.py
+    "llama_dir",  # tests/rlvr/train/test_precision.py
+    "qwen2_dir",  # tests/rlvr/train/test_lora.py
+    "gqa_models",  # tests/rollouts/test_static_engine.py
+    "models",  # tests/rlvr/test_gpu.py, tests/rlvr/rollout/test_nccl_sync.py
+    "model_dir",  # tests/rlvr/rollout/test_gpu_nccl_sync.py
+}
 
 
 @pytest.fixture(scope="session")
@@ -31,29 +61,71 @@ def micro_model(micro_pretrain_cfg) -> str:
     return str(pretrain(micro_pretrain_cfg, progress=False))
 
 
-RAY_FIXTURE = "ray_instance"
+@pytest.fixture
+def tiny_cfg():
+    """``tiny_cfg(*overrides, model="m", run_dir=None, base=..., **{"train.steps": 2})``: a TrainConfig from
+    configs/tiny_r1zero.yaml with the small run most tests train (helpers.TINY) and the caller's overrides
+    (``key=value`` strings, lists of them, or dotted keys as keyword arguments); see helpers.tiny_config."""
+    from helpers import tiny_config
+
+    return tiny_config
+
+
+# --- one Ray instance per session -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The session's local Ray instance (2 CPUs): started by the first test that asks for it (through
+    ``ray_instance``), shut down after the last test of the run that asks for it (pytest_runtest_teardown),
+    so its daemons do not take CPU from the tests after it, and at the latest when the session ends."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture
-def ray_instance():
-    """A local Ray instance (2 CPUs), started by the first test that asks for it and kept for the
-    tests that follow it and ask too (the cluster modules sit side by side), so the suite pays
-    Ray's start-up once rather than once per module; see pytest_runtest_teardown for the stop."""
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
+def ray_instance(ray_session):
+    """The session's Ray instance, started if it is not running. Whatever the order the tests run in
+    (``-k``, ``--lf``, a single test), it starts once and stops once."""
+    if not ray_session.is_initialized():
         from rlvr.cluster.runtime import start_local_ray
 
         start_local_ray(2)
-    return ray
+    return ray_session
+
+
+LAST_RAY_USER = pytest.StashKey[str | None]()
+
+
+def pytest_collection_finish(session):
+    """Note the last test of this run (after selection and reordering) that uses Ray."""
+    users = [item for item in session.items if RAY_FIXTURE in getattr(item, "fixturenames", ())]
+    session.config.stash[LAST_RAY_USER] = users[-1].nodeid if users else None
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """Stop the shared Ray instance once the next test does not use it (or at the end), so its
-    daemons do not take CPU from the rest of the suite."""
-    if RAY_FIXTURE not in getattr(item, "fixturenames", ()):
-        return
-    if nextitem is not None and RAY_FIXTURE in getattr(nextitem, "fixturenames", ()):
+    """Stop Ray once the last test that uses it has run."""
+    if item.nodeid != item.config.stash.get(LAST_RAY_USER, None):
         return
     ray = sys.modules.get("ray")  # absent: the fixture skipped the test, nothing was started
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# --- tiers ------------------------------------------------------------------------------------------
+
+def tier_of(item) -> str:
+    names = set(getattr(item, "fixturenames", ()))
+    if RAY_FIXTURE in names or CLUSTER_DIR in Path(str(item.path)).resolve().parents:
+        return "cluster"
+    if names & MODEL_FIXTURES:
+        return "e2e"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give every test one tier (unit, e2e or cluster) unless it has one of its own."""
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(tier_of(item))

@@ -1,7 +1,7 @@
 """`rlvr.evaluate`: the sampled format rate is measured on the pass@k samples, beside the greedy one.
 
 A scripted engine stands in for the model here (this is a unit test of the metric's arithmetic;
-the report test in tests/test_stages_recipe.py runs it on a real micro model)."""
+the report test in tests/rlvr/stages/test_stages_recipe.py runs it on a real micro model)."""
 
 from __future__ import annotations
 

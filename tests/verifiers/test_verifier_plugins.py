@@ -8,14 +8,16 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import verifiers
 from verifiers.batch import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+# e2e: pip-installs the example plugin and runs `rlvr verify` in a subprocess
+pytestmark = pytest.mark.e2e
+
 PLUGIN_SRC = ROOT / "examples" / "verifier_plugin"
 
 

@@ -84,6 +84,7 @@ def test_unknown_family_is_a_config_error():
         PyFuncTask(families=["nope"])
 
 
+@pytest.mark.e2e  # pretrains a micro base in its body, then trains it
 def test_e2e_pretrain_then_rl_with_the_sandbox(tmp_path):
     """Micro base pretrained on the pyfunc corpus, 2 GRPO steps on the HF engine, every reward
     from the sandboxed code verifier."""

@@ -24,8 +24,6 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     trl = pytest.importorskip("trl")
-    from accelerate import Accelerator
-    from trl import GRPOConfig, GRPOTrainer
 
 from rlvr.algorithms import POLICY_LOSSES, AlgorithmConfig, LossInputs, agg_loss, policy_objective
 
@@ -36,6 +34,10 @@ AGG = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean
 
 def trl_loss(tmp_path, logp, old_logp, adv, mask, max_len, is_ratio=None, ref_logp=None, **cfg):
     """TRL's loss (and its gradient w.r.t. logp) for the given tensors."""
+    with warnings.catch_warnings():  # imported here, not at collection: GRPOTrainer imports vLLM (seconds)
+        warnings.simplefilter("ignore")
+        from accelerate import Accelerator
+        from trl import GRPOConfig, GRPOTrainer
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_completion_length=max_len,
                       use_bias_correction_kl=False, **cfg)
     tr = GRPOTrainer.__new__(GRPOTrainer)

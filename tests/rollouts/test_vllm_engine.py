@@ -123,7 +123,7 @@ def test_sync_after_perturbation_matches_hf(micro_model, engines):
     assert vllm_engine.last_sync_s > 0
 
 
-@pytest.mark.slow  # ~35 s; tests/test_architectures.py's tied-head variant runs in the default suite
+@pytest.mark.slow  # ~35 s; tests/rlvr/test_architectures.py's tied-head variant runs in the default suite
 def test_separate_process_engine_syncs_through_shared_memory(micro_model):
     """Isolation mode: the engine core runs in its own process; weights go through shm."""
     from rollouts.vllm_engine import VLLMEngine

@@ -110,7 +110,7 @@ def test_tied_head_syncs_through_shared_memory(arch_models):
     """The engine core in its own process (vLLM's isolation mode): weights go through shared memory
     and the worker rebuilds the tied head too. The greedy samples after the sync are the HF
     engine's on the same weights, and the sampled log-probs are the learner's. (The untied micro
-    base's variant, tests/test_vllm_engine.py, is `slow`: a separate-process engine costs ~30 s.)"""
+    base's variant, tests/rollouts/test_vllm_engine.py, is `slow`: a separate-process engine costs ~30 s.)"""
     pytest.importorskip("vllm")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

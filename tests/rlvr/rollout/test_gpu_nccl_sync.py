@@ -3,7 +3,7 @@ worker's vLLM engine through vLLM's weight-transfer API; the worker then samples
 engine loaded from those weights samples, and still does after it is killed, restarted and sent the
 weights again over a new group. Needs two CUDA GPUs: NCCL cannot join the trainer and a worker on one.
 The CPU half of this path (choosing the transport, the manifest, the engine's load) is in
-tests/test_nccl_sync.py."""
+tests/rlvr/rollout/test_nccl_sync.py."""
 
 from __future__ import annotations
 

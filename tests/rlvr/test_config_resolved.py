@@ -43,13 +43,12 @@ def test_a_command_line_preset_conflicting_with_the_file_is_an_error_naming_the_
     assert load_config(TrainConfig, "configs/tiny_r1zero.yaml", ["model=m", "algorithm=ppo"]).algorithm.needs_critic
 
 
-def test_eval_num_prompts_zero_turns_evaluation_off(micro_model, tmp_path):
-    from test_resume import config
-
+def test_eval_num_prompts_zero_turns_evaluation_off(micro_model, tmp_path, tiny_cfg):
     from rlvr.logging import read_metrics
     from rlvr.loop import train
 
-    summary = train(config(micro_model, tmp_path / "run", 2, "eval.num_prompts=0", "train.threads=1"))
+    summary = train(tiny_cfg(model=micro_model, run_dir=tmp_path / "run", **{
+        "train.steps": 2, "checkpoint.every": 3, "eval.num_prompts": 0, "train.threads": 1}))
     assert summary["before"] is None and summary["after"] is None
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["kind"] for r in records] == ["train", "train"]  # no evaluation at step 0 or at the end

@@ -9,15 +9,12 @@ from rlvr.logging import read_metrics
 from rlvr.loop import train
 
 
-def test_rl_steps_change_parameters_and_write_metrics(micro_model, tmp_path):
+def test_rl_steps_change_parameters_and_write_metrics(micro_model, tmp_path, tiny_cfg):
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
-    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
-        f"model={micro_model}", f"run_dir={run_dir}", "engine.kind=hf", "train.steps=3", "train.prompts_per_step=4",
-        "sampling.n=4", "sampling.max_tokens=16", "eval.every=2", "eval.num_prompts=8", "eval.k=2",
-        "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=1e-3", "logging.progress=false",
-    ])
+    cfg = tiny_cfg("train.steps=3", "eval.every=2", "optim.lr=1e-3", "logging.tensorboard=true",
+                   model=micro_model, run_dir=run_dir)
     summary = train(cfg)
 
     records = read_metrics(run_dir / "metrics.jsonl")

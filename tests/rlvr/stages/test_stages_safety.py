@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 import yaml
+from helpers import TINY
 
 from rlvr.cli import main
 from rlvr.config import ConfigError
@@ -24,9 +25,7 @@ from rlvr.stages import OutputInUse, is_cached, stamp_of
 from rlvr.stages.recipe import load_recipe, run_recipe
 
 FAST = ["num_examples=48", "threads=1", "trl.max_steps=2", "trl.per_device_train_batch_size=8"]
-RL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
-      "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
-      "logging.progress=false", "logging.tensorboard=false", "train.threads=1"]
+RL = [*TINY, "train.threads=1"]  # an RL stage's overrides: the small run on one thread
 
 
 def write_recipe(tmp_path, stages, name="r.yaml", out_root="out"):
@@ -206,14 +205,13 @@ def test_a_rebuilt_stage_invalidates_every_stage_after_it(micro_model, tmp_path,
     assert all(again[n]["config_hash"] != first[n]["config_hash"] for n in ("sft_again", "mid"))
 
 
-def test_the_report_reevaluates_a_model_whose_weights_were_replaced(micro_model, tmp_path):
+def test_the_report_reevaluates_a_model_whose_weights_were_replaced(micro_model, tmp_path, tiny_cfg):
     """The report's evaluation cache beside a model is keyed on its content too, not on its stamp."""
-    from rlvr.config import TrainConfig, load_config
     from rlvr.stages.report import evaluate_model
 
     model = tmp_path / "m"
     shutil.copytree(micro_model, model)
-    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [*RL, f"model={model}"])
+    cfg = tiny_cfg("train.threads=1", model=model)
     first = evaluate_model(str(model), cfg)
     assert evaluate_model(str(model), cfg) == first  # cached
     perturb_weights(model)

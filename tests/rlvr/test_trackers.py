@@ -69,6 +69,7 @@ def test_mlflow_local_file_store(tmp_path, monkeypatch):
     assert json.loads(next((tmp_path / "run" / "mlruns").rglob("config.json")).read_text()) == config
 
 
+@pytest.mark.e2e  # builds a micro model in its body and trains it
 def test_training_run_reports_to_wandb_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from rlvr.archs import build_model, micro_config

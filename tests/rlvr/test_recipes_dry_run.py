@@ -35,12 +35,13 @@ def test_there_are_gpu_recipes():
 
 # Every recipe's step runs on the hf engine (it starts in a second); the slow case runs one recipe
 # on its own engine, vLLM with a tied Qwen2 head, as a user's dry run does (~45 s more: the engine's
-# start-up; tests/test_architectures.py covers the tied Qwen2 on vLLM in the default suite).
+# start-up; tests/rlvr/test_architectures.py covers the tied Qwen2 on vLLM in the default suite).
 CASES = [*[pytest.param(p, "hf", id=p.stem) for p in RECIPES],
          pytest.param(Path("configs/recipes/qwen2.5-0.5b-gsm8k.yaml"), None, id="qwen2.5-0.5b-gsm8k-own-engine",
                       marks=pytest.mark.slow)]
 
 
+@pytest.mark.e2e  # one RL step on a random-init model of each recipe's architecture
 @pytest.mark.parametrize("recipe,engine", CASES)
 def test_dry_run(recipe, engine, tmp_path, capsys):
     from rlvr.dry_run import dry_run
@@ -57,6 +58,7 @@ def test_dry_run(recipe, engine, tmp_path, capsys):
         assert not result["preflight"].fits and "settings that would fit one GPU: lora" in out
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_missing_model_path_is_one_error_before_loading(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", "--config", str(RECIPES[0]),
                           f"model={tmp_path / 'nope'}", f"run_dir={tmp_path / 'run'}"],

@@ -26,6 +26,9 @@ import pytest
 from verifiers.code import CodeVerifier, sandbox_capabilities, status_of
 from verifiers.code.client import SERVER, UID_BASE
 
+# e2e: every attack runs real sandboxed processes, most of them to their time or memory limit (~17 s in all)
+pytestmark = pytest.mark.e2e
+
 TIMEOUT = 1.0
 TASK = {
     "task_id": "attack/square",

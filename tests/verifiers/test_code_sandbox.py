@@ -71,6 +71,7 @@ def test_prompt_helpers_are_available_to_the_test(v):
 # --------------------------------------------------------------------------- statuses
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_every_status_is_reported(v):
     assert status(v, "    return a + b\n", ADD)[1] == "passed"
     assert status(v, "    return a * b\n", ADD)[1] == "failed"
@@ -144,6 +145,7 @@ def test_stdin_stdout_cases_and_comparisons(v):
     assert v.score("print(1 / 3)\n", dict(floats, compare="whitespace")).reward == 0.0
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_stdin_stdout_statuses(v):
     task = {"inputs": ["5\n"], "outputs": ["5\n"]}
     assert status(v, "x = input(\nprint(x)\n", task)[1] == "syntax_error"
@@ -189,6 +191,7 @@ def test_candidate_sees_a_scrubbed_environment_and_its_own_directory(v):
     assert v.score(body, task).reward == 1.0
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_score_many_keeps_order_and_mixes_outcomes(v):
     bodies = ["    return a + b\n", "    return a - b\n", "    while True: pass\n", "    return a +\n"] * 3
     scores = v.score_many(bodies, [ADD] * len(bodies), workers=4)
@@ -216,6 +219,7 @@ NICE_BODY = "    import os, time\n    t = time.monotonic()\n    while time.monot
             "    return os.getpriority(os.PRIO_PROCESS, 0)\n"
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_a_sample_past_its_demotion_age_runs_at_nice_19():
     """Old samples give their CPU slot back and are reniced, so that a batch's infinite
     loops wait out their timeouts together without slowing fresh samples (the wall time
@@ -226,6 +230,7 @@ def test_a_sample_past_its_demotion_age_runs_at_nice_19():
     assert strict.score(NICE_BODY, NICE).reward == 0.0
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_concurrent_score_calls_from_many_threads(v):
     """The training loop's scoring pool calls score() from many threads at once."""
     from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +241,7 @@ def test_concurrent_score_calls_from_many_threads(v):
     assert statuses == ["passed", "timeout", "failed"] * 6
 
 
+@pytest.mark.e2e  # waits out a sandboxed candidate's time limit (the unit tier stays under a minute)
 def test_cpu_time_tells_a_starved_timeout_from_a_spinning_one(v):
     sleeper = v.score("    import time\n    time.sleep(10)\n", ADD)
     assert status_of(sleeper) == "timeout" and 0.0 <= sleeper.metrics["cpu_s"] < 0.5

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+# e2e: each test runs `rlvr verify` in a subprocess with real worker processes (~17 s in all)
+pytestmark = pytest.mark.e2e
+
 # Runs the verify subcommand exactly as rlvr.cli does (configure + run_subcommand), so
 # this test does not depend on the other subcommand modules being importable.
 LAUNCH = (
@@ -76,7 +79,8 @@ def test_verify_math_report_and_out(data, tmp_path):
 
 
 def test_verify_compare_math_verify(data):
-    pytest.importorskip("math_verify")
+    if importlib.util.find_spec("math_verify") is None:  # not imported here: this process never loads sympy
+        pytest.skip("math_verify is not installed")
     out = run_verify("--verifier", "math", str(data), "--compare", "math_verify", "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "agreement math vs math_verify:" in out.stdout

@@ -1,7 +1,7 @@
 """The weight-sync transports (rlvr.rollout.weight_sync) and the Rollouts protocol, without Ray or a model:
 the one packer round-trips every dtype, the shared-memory transport's learner end packs once into a block
 it reuses and its engine's end loads views of it, and the registry holds what ``cluster.weight_sync`` names.
-(The transports over real Ray workers: tests/test_cluster_rollouts.py; NCCL: tests/test_nccl_sync.py.)"""
+(The transports over real Ray workers: tests/rlvr/cluster/test_cluster_rollouts.py; NCCL: tests/rlvr/rollout/test_nccl_sync.py.)"""
 
 from __future__ import annotations
 

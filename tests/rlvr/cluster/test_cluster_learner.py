@@ -14,25 +14,14 @@ import time
 
 import pytest
 import torch
+from helpers import CASES, batches, sample_scored
+from helpers import learner_config as config
 
-from rlvr.algorithms import ADVANTAGES
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError, combine_metrics, shard_by_groups
-from rlvr.components import build_engine, build_rubric, load_rows
-from rlvr.config import TrainConfig, load_config
+from rlvr.config import TrainConfig
 from rlvr.pipeline import ScoredGroup
-from rlvr.scoring import Scorer, generate_and_score
 from rlvr.train.batch import build_batch
-from rlvr.train.learner import RLBatch
 from rlvr.train.side import build_policy_side
-from rollouts import SamplingConfig
-
-SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
-         "train.micro_batch_size=8", "optim.lr=1e-4", "logging.progress=false", "logging.tensorboard=false",
-         "train.threads=1"]
-
-
-def config(model: str, *more: str, base: str = "configs/tiny_r1zero.yaml") -> TrainConfig:
-    return load_config(TrainConfig, base, [f"model={model}", *SMALL, *more])
 
 
 @pytest.fixture
@@ -46,38 +35,6 @@ def ray_local(ray_instance):
 @pytest.fixture(scope="module")
 def scored(micro_model) -> list[ScoredGroup]:
     return sample_scored(micro_model)
-
-
-def sample_scored(model_dir: str) -> list[ScoredGroup]:
-    """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric."""
-    from transformers import AutoTokenizer
-
-    cfg = config(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rubric = build_rubric(cfg)
-    rows = load_rows(cfg, tokenizer, rubric, model_dir, verbose=False).train[:8]
-    engine = build_engine(cfg, model_dir)
-    scorer = Scorer(rubric, cfg.rewards.workers)
-    try:
-        sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)
-        groups, scores, _ = generate_and_score(engine, rows, sampling, scorer)
-    finally:
-        scorer.close()
-        engine.close()
-    return [ScoredGroup(r, g, s) for r, g, s in zip(rows, groups, scores)]
-
-
-def batches(cfg: TrainConfig, scored: list[ScoredGroup], critic=None) -> list[tuple[RLBatch, object]]:
-    """The two steps' batches, packed and given advantages as the loop does (PPO: critic values first)."""
-    out = []
-    for step in range(2):
-        batch, adv_in = build_batch(scored[4 * step: 4 * step + 4], 1, cfg.algorithm, cfg.sampling.max_tokens)
-        if critic is not None:
-            adv_in.values = critic.values(batch)
-        batch.advantages = ADVANTAGES[cfg.algorithm.advantage](adv_in, cfg.algorithm)  # [B, T]
-        out.append((batch, adv_in))
-    assert all(b.advantages.abs().sum() > 0 for b, _ in out)  # rewards differ within groups: a real update
-    return out
 
 
 def one_process(cfg: TrainConfig, model_dir: str, scored: list[ScoredGroup]):
@@ -128,16 +85,6 @@ def assert_same_state(a, b) -> None:
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-# every loss_agg mode (the key); two updates per batch, KL to a reference, an entropy bonus and
-# several micro-batches per rank along the way
-CASES = {
-    "token-mean": ["train.updates_per_batch=2", "algorithm.entropy_coef=0.01"],
-    "seq-mean-token-mean": ["algorithm.kl_coef=0.05", "train.micro_batch_size=4"],
-    "seq-mean-token-sum": [],
-    "seq-mean-token-sum-norm": ["algorithm.advantage=dr_grpo", "train.updates_per_batch=2"],  # Dr.GRPO
-}
 
 
 def assert_two_ranks_equal_one(cfg: TrainConfig, model_dir: str, scored: list[ScoredGroup]):

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from test_cluster_rollouts import kill_when
-from test_resume import SMALL, assert_same_run, config
+from helpers import SMALL, assert_same_run, kill_when
+from helpers import run_config as config
 
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
 from rlvr.logging import read_metrics

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from helpers import DATA
 
 import verifiers
 
-CORPUS = Path(__file__).parent / "data" / "math_corpus.jsonl"
+CORPUS = DATA / "math_corpus.jsonl"
 ROWS = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
 
 # Every category the issue names, including each named false-positive class.

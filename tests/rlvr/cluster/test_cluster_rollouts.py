@@ -3,25 +3,17 @@ restarted mid-run, and the cluster checks that run before any model loads. Real 
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers import kill_when, tiny_config
 
-from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.config import ConfigError, TrainConfig
 from rlvr.logging import read_metrics
 from rlvr.loop import train
 from rollouts import SamplingConfig
 
 ray = pytest.importorskip("ray")
-
-SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
-         "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
-         "logging.progress=false", "logging.tensorboard=false", "train.threads=1"]
 
 
 @pytest.fixture
@@ -30,8 +22,7 @@ def ray_cluster(ray_instance):
 
 
 def config(model: str, run_dir: Path, steps: int, *more: str) -> TrainConfig:
-    return load_config(TrainConfig, "configs/tiny_r1zero.yaml",
-                       [f"model={model}", f"run_dir={run_dir}", f"train.steps={steps}", *SMALL, *more])
+    return tiny_config(f"train.steps={steps}", "train.threads=1", *more, model=model, run_dir=run_dir)
 
 
 def rows_of(cfg: TrainConfig, model_dir: str, k: int) -> list[dict]:
@@ -105,26 +96,6 @@ def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray
     assert one[2] == two[2]  # batch-invariant: the same token ids whatever the split
     assert one[3] == two[3]
     assert len({tuple(map(tuple, g)) for g in one[2]}) == len(rows)  # distinct groups: seeds differ per group
-
-
-def kill_when(run_dir: Path, step: int, key: str, index: int, killed: list[int]) -> threading.Thread:
-    """Kill process ``cluster.json[key][index]`` with SIGKILL once the run logged ``step``."""
-
-    def watch():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            metrics, topo = run_dir / "metrics.jsonl", run_dir / "cluster.json"
-            if metrics.exists() and topo.exists() and any(
-                    r["kind"] == "train" and r["step"] >= step for r in read_metrics(metrics)):
-                pid = json.loads(topo.read_text())[key][index]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_a_killed_rollout_worker_is_restarted_and_the_run_finishes(ray_cluster, micro_model, tmp_path):

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cluster_learner import CASES, batches, config, sample_scored
-from test_resume import assert_same_run, final_params
-from test_resume import config as run_config
+from helpers import CASES, assert_same_run, batches, final_params, run_config, sample_scored
+from helpers import learner_config as config
 
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
 from rlvr.cluster.learner_group import LearnerGroup

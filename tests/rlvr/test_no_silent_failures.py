@@ -47,8 +47,8 @@ def test_too_small_file_names_the_file_and_counts(tmp_path):
         load_task(GSM8KTask(path=jsonl(tmp_path / "none.jsonl", [])))
 
 
-# case 3 (one bad row poisons its batch) is tested per batch path: tests/test_math_verifier.py::
-# test_one_bad_row_does_not_crash_the_batch, tests/test_verifier_batch.py::test_score_many_raising_costs_only_the_bad_row,
+# case 3 (one bad row poisons its batch) is tested per batch path: tests/verifiers/test_math_verifier.py::
+# test_one_bad_row_does_not_crash_the_batch, tests/verifiers/test_verifier_batch.py::test_score_many_raising_costs_only_the_bad_row,
 # ::test_rubric_batch_keeps_errors_per_row, ::test_code_score_many_gives_a_broken_row_its_own_error
 
 
@@ -201,6 +201,7 @@ def test_format_rate_is_measured_without_a_format_reward():
     assert rollout_metrics([ScoredGroup(row, Group("p", [0], comps), scores)])["format_rate"] == 0.5
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_config_command_and_print_config(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlvr.cli", "config", "alarms"], capture_output=True, text=True,
                          check=True).stdout

@@ -299,6 +299,7 @@ def test_named_error_is_one_line_and_debug_adds_the_traceback(capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_unexpected_exception_keeps_its_traceback(tmp_path):
     """A KeyError from deep code is a bug: no `error:` line, its traceback, exit status 1."""
     code = ("import sys, rlvr.models\n"

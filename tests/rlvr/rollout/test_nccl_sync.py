@@ -7,7 +7,7 @@
 * the engine's end on vLLM's CPU build: an engine created with the NCCL weight-transfer config,
   driven through vLLM's start/finish calls, loading the manifest's tensors exactly as vLLM's NCCL
   receiver hands them on (its model's ``load_weights``), samples what a fresh engine with those
-  weights samples. Only the broadcast itself is left out; tests/test_gpu_nccl_sync.py runs it.
+  weights samples. Only the broadcast itself is left out; tests/rlvr/rollout/test_gpu_nccl_sync.py runs it.
 """
 
 from __future__ import annotations

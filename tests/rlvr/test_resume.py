@@ -13,45 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMALL, assert_same_run, final_params, train_records
+from helpers import run_config as config
 
 from rlvr.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.config import ConfigError, TrainConfig
 from rlvr.logging import read_metrics
 from rlvr.loop import train
-
-SMALL = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", "eval.every=0",
-         "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "train.micro_batch_size=8", "optim.lr=3e-4",
-         "logging.progress=false", "logging.tensorboard=false", "checkpoint.every=3"]
-
-
-def config(model: str, run_dir: Path, steps: int, *more: str, base: str = "configs/tiny_r1zero.yaml") -> TrainConfig:
-    return load_config(TrainConfig, base, [f"model={model}", f"run_dir={run_dir}", f"train.steps={steps}", *SMALL, *more])
-
-
-def train_records(run_dir: Path) -> list[dict]:
-    """Per-step metrics without wall-clock timings (which differ between any two runs)."""
-    timing = {"generate_share", "score_hidden_share"}
-    return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in timing}
-            for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
-
-
-def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(run_dir / "final" / "model.safetensors")
-
-
-def assert_same_run(a: Path, b: Path, steps: int) -> None:
-    ra, rb = train_records(a), train_records(b)
-    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, steps + 1))
-    for x, y in zip(ra, rb):
-        assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
-    pa, pb = final_params(a), final_params(b)
-    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
 def test_three_steps_resume_three_steps_equals_six_steps(micro_model, tmp_path):

@@ -150,6 +150,7 @@ def test_chat_format_without_a_chat_template_is_an_error(micro_model):
         render("What is 1+1?", ArithTask(format="chat"), tok)
 
 
+@pytest.mark.e2e  # the CLI in a subprocess: seconds of imports (the unit tier stays in-process)
 def test_overrides_after_an_option_still_count_and_unknown_options_are_refused():
     out = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", "--config", "configs/tiny_r1zero.yaml",
                           "--print-config", "--overwrite", "cluster.rollout_workers=2", "train.steps=7"],

@@ -9,12 +9,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     pytest.importorskip("trl")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_bench():

@@ -1,0 +1,171 @@
+"""What several test modules share: paths, the small-run config (`tiny_config`, also the `tiny_cfg`
+fixture), and the run, learner and cluster helpers. Test modules import from here, never from each
+other (`tests/` is on ``sys.path``: tests/conftest.py puts it there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from rlvr.config import TrainConfig
+    from rlvr.pipeline import ScoredGroup
+    from rlvr.train.learner import RLBatch
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+DATA = Path(__file__).resolve().parent / "data"
+TINY_R1ZERO = "configs/tiny_r1zero.yaml"
+
+# The small run most tests train: the HF engine, 4 prompts x 4 completions of 16 tokens, evaluation only
+# at the start and the end on 8 prompts (SMALL_EVAL), quiet logs.
+SMALL_EVAL = ["eval.every=0", "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16"]
+TINY = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", *SMALL_EVAL,
+        "train.micro_batch_size=8", "optim.lr=3e-4", "logging.progress=false", "logging.tensorboard=false"]
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` as the command line spells it (YAML flow style for anything but a string)."""
+    if isinstance(value, str):
+        return f"{key}={value}"
+    import yaml
+
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+
+
+def tiny_config(*overrides: str | Iterable[str], model: str | Path = "m", run_dir: str | Path | None = None,
+                base: str = TINY_R1ZERO, small_eval: bool = True, **dotted: Any) -> TrainConfig:
+    """``base`` (configs/tiny_r1zero.yaml) with ``model=``, ``run_dir=`` (when given), the small run
+    (``TINY``; without ``SMALL_EVAL`` when ``small_eval=False``: the eval section stays the file's) and then
+    the caller's overrides: ``key=value`` strings or lists of them, and dotted keys as keyword arguments
+    (``**{"train.steps": 2}``), applied in that order (a later one wins)."""
+    from rlvr.config import TrainConfig, load_config
+
+    small = TINY if small_eval else [o for o in TINY if o not in SMALL_EVAL]
+    items = [f"model={model}"] + ([f"run_dir={run_dir}"] if run_dir is not None else []) + small
+    for o in overrides:
+        items.extend([o] if isinstance(o, str) else o)
+    items.extend(override(k, v) for k, v in dotted.items())
+    return load_config(TrainConfig, base, items)
+
+
+# --- whole runs (resume, cluster end to end) -----------------------------------------------------
+
+SMALL = [*TINY, "checkpoint.every=3"]  # the resume tests' run, as command-line overrides
+
+
+def run_config(model: str, run_dir: Path, steps: int, *more: str, base: str = TINY_R1ZERO) -> TrainConfig:
+    """A small run of ``steps`` steps that checkpoints every 3 (``SMALL``)."""
+    return tiny_config("checkpoint.every=3", f"train.steps={steps}", *more, model=model, run_dir=run_dir, base=base)
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    """Per-step metrics without wall-clock timings (which differ between any two runs)."""
+    from rlvr.logging import read_metrics
+
+    timing = {"generate_share", "score_hidden_share"}
+    return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in timing}
+            for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_same_run(a: Path, b: Path, steps: int) -> None:
+    """Two runs logged the same metrics (timings aside) at every step and ended with equal weights."""
+    import torch
+
+    ra, rb = train_records(a), train_records(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, steps + 1))
+    for x, y in zip(ra, rb):
+        assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def kill_when(run_dir: Path, step: int, key: str, index: int, killed: list[int]) -> threading.Thread:
+    """Kill process ``cluster.json[key][index]`` with SIGKILL once the run logged ``step``."""
+    from rlvr.logging import read_metrics
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            metrics, topo = run_dir / "metrics.jsonl", run_dir / "cluster.json"
+            if metrics.exists() and topo.exists() and any(
+                    r["kind"] == "train" and r["step"] >= step for r in read_metrics(metrics)):
+                pid = json.loads(topo.read_text())[key][index]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+# --- the learner on real scored groups (data-parallel and FSDP tests) ------------------------------
+
+def learner_config(model: str, *more: str, base: str = TINY_R1ZERO) -> TrainConfig:
+    """The small run's learner on one thread at lr 1e-4 (these tests never evaluate: the file's eval section)."""
+    return tiny_config("optim.lr=1e-4", "train.threads=1", *more, model=model, base=base, small_eval=False)
+
+
+# every loss_agg mode (the key); two updates per batch, KL to a reference, an entropy bonus and
+# several micro-batches per rank along the way
+CASES = {
+    "token-mean": ["train.updates_per_batch=2", "algorithm.entropy_coef=0.01"],
+    "seq-mean-token-mean": ["algorithm.kl_coef=0.05", "train.micro_batch_size=4"],
+    "seq-mean-token-sum": [],
+    "seq-mean-token-sum-norm": ["algorithm.advantage=dr_grpo", "train.updates_per_batch=2"],  # Dr.GRPO
+}
+
+
+def sample_scored(model_dir: str) -> list[ScoredGroup]:
+    """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric."""
+    from transformers import AutoTokenizer
+
+    from rlvr.components import build_engine, build_rubric, load_rows
+    from rlvr.pipeline import ScoredGroup
+    from rlvr.scoring import Scorer, generate_and_score
+    from rollouts import SamplingConfig
+
+    cfg = learner_config(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rubric = build_rubric(cfg)
+    rows = load_rows(cfg, tokenizer, rubric, model_dir, verbose=False).train[:8]
+    engine = build_engine(cfg, model_dir)
+    scorer = Scorer(rubric, cfg.rewards.workers)
+    try:
+        sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)
+        groups, scores, _ = generate_and_score(engine, rows, sampling, scorer)
+    finally:
+        scorer.close()
+        engine.close()
+    return [ScoredGroup(r, g, s) for r, g, s in zip(rows, groups, scores)]
+
+
+def batches(cfg: TrainConfig, scored: list[ScoredGroup], critic=None) -> list[tuple[RLBatch, object]]:
+    """The two steps' batches, packed and given advantages as the loop does (PPO: critic values first)."""
+    from rlvr.algorithms import ADVANTAGES
+    from rlvr.train.batch import build_batch
+
+    out = []
+    for step in range(2):
+        batch, adv_in = build_batch(scored[4 * step: 4 * step + 4], 1, cfg.algorithm, cfg.sampling.max_tokens)
+        if critic is not None:
+            adv_in.values = critic.values(batch)
+        batch.advantages = ADVANTAGES[cfg.algorithm.advantage](adv_in, cfg.algorithm)  # [B, T]
+        out.append((batch, adv_in))
+    assert all(b.advantages.abs().sum() > 0 for b, _ in out)  # rewards differ within groups: a real update
+    return out
