@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # a pip install and `rlvr` subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_SRC = ROOT / "examples" / "engine_plugin"
 SMALL = ["train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=8", "eval.every=0", "eval.num_prompts=4",
