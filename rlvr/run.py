@@ -284,6 +284,7 @@ def prepare_run_dir(run_dir: Path, cfg_yaml: str, ckpt: Resumed | None) -> None:
     if ckpt is None:
         metrics.unlink(missing_ok=True)
         (run_dir / "samples.jsonl").unlink(missing_ok=True)
+        (run_dir / "cluster.json").unlink(missing_ok=True)  # an earlier Ray run's processes (a Ray run writes its own)
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
     else:
         for stale in checkpoints_dir(run_dir).glob(".tmp-*"):  # a write cut short by a kill

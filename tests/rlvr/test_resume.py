@@ -157,3 +157,17 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
     assert resumed.step == 2 and torch.equal(resumed.state["learner"]["w"], torch.ones(2))
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
     assert not (run / "checkpoints" / ".tmp-step_000003").exists()
+
+
+def test_a_fresh_run_over_an_old_ray_run_leaves_no_stale_cluster_json(tmp_path):
+    """`--overwrite` over a Ray run's directory: the old run's record of its worker and rank processes goes with
+    its checkpoints and metrics (a run on Ray writes its own once it has connected)."""
+    from rlvr.config import config_yaml
+    from rlvr.run import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "cluster.json").write_text(json.dumps({"rollout_workers": [123], "learner_ranks": [456, 789]}))
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    prepare_run_dir(run, config_yaml(TrainConfig(model="m", run_dir=str(run))), None)
+    assert not (run / "cluster.json").exists() and not (run / "metrics.jsonl").exists()
