@@ -227,19 +227,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, state
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def config_changes(saved_yaml: str, current: dict[str, Any]) -> list[str]:
     """Fields whose values differ between a checkpoint's config and ``current`` (a model_dump),
     as ``'field: old -> new'``, ignoring the fields in ``RESUME_MAY_CHANGE``."""
-    old, new = _flatten(yaml.safe_load(saved_yaml)), _flatten(json.loads(json.dumps(current)))
+    from rlvr.config import flatten
+
+    old, new = flatten(yaml.safe_load(saved_yaml)), flatten(json.loads(json.dumps(current)))
     changed = []
     for key in sorted(set(old) | set(new)):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_MAY_CHANGE):

@@ -359,7 +359,7 @@ class TrainConfig(Section):
     def resolved(self) -> dict[str, Any]:
         """``{"section.field": value}`` of every field validation derived from others (is_cap under async or
         bf16, the parity bound, the reward terms of the task, Dr.GRPO's normaliser, ...)."""
-        now, written = _flatten(self.model_dump(mode="json", by_alias=True)), _flatten(self.as_written())
+        now, written = flatten(self.model_dump(mode="json", by_alias=True)), flatten(self.as_written())
         return {key: value for key, value in now.items() if written.get(key, _ABSENT) != value}
 
     @model_validator(mode="after")
@@ -536,11 +536,11 @@ def config_yaml(cfg: BaseModel) -> str:
 _ABSENT = object()
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """Nested mappings as ``{"a.b.c": leaf}`` (lists are leaves)."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: data}

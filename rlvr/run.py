@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,18 +238,14 @@ class Run:
                         state=state["run"], config_yaml=self.cfg_yaml, keep=self.cfg.checkpoint.keep)
 
 
-class _connected:
-    """The Ray connection of ``cfg.cluster`` as a context (disconnects on exit)."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cluster = cfg.cluster
-
-    def __enter__(self):
-        self.info = connect(self.cluster)
-        return self.info
-
-    def __exit__(self, *exc) -> None:
-        disconnect(self.info)
+@contextmanager
+def _connected(cfg: TrainConfig):
+    """The Ray connection of ``cfg.cluster``, disconnected on exit."""
+    info = connect(cfg.cluster)
+    try:
+        yield info
+    finally:
+        disconnect(info)
 
 
 @dataclass
