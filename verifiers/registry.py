@@ -27,6 +27,8 @@ _BUILTINS: dict[str, str] = {
     "countdown": "verifiers.countdown:CountdownVerifier",
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
+    # reasoning-gym's own scorers (the package is imported only inside the verifier's workers)
+    "reasoning_gym": "verifiers.reasoning_gym:ReasoningGymVerifier",
     # Optional (needs `pip install math-verify`): the reference checker, for audits.
     "math_verify": "verifiers.math.mathverify:MathVerifyVerifier",
 }
