@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from verifiers.base import Score
 from verifiers.math import compare
+from verifiers.math.choice import choice_letter
 from verifiers.math.compare import degenerate, equal
 from verifiers.math.extract import DEFAULT_PRIORITY, extract
-from verifiers.math.parse import Rejected, parse_answer, parse_value
+from verifiers.math.normalize import normalize
+from verifiers.math.parse import MAX_ANSWER_CHARS, Rejected, parse_answer, parse_value
 
 # A reference is usually a bare answer; it may also be a full solution (its boxed, ``####`` or
 # "final answer" answer is used).
@@ -24,17 +26,34 @@ def reference_answer(reference: str) -> str:
     return found.answer if found is not None else reference
 
 
-def is_equivalent(prediction: str, reference: str) -> bool:
-    """In-process equivalence of two bare answers (no extraction, no time bound)."""
-    p_norm, p_val = parse_answer(prediction)
+def same_choice(prediction: str, r_norm: str) -> bool | None:
+    """When the reference is an option letter and the prediction names one (``C. x = 42``, ``(C) 42``):
+    whether they are the same letter; None when either is not a choice (compared as values instead)."""
+    r_letter = choice_letter(r_norm)
+    if r_letter is None or len(prediction) > MAX_ANSWER_CHARS:
+        return None
+    p_letter = choice_letter(normalize(prediction))
+    return None if p_letter is None else p_letter == r_letter
+
+
+def is_equivalent(prediction: str, reference: str, ordered: bool = False) -> bool:
+    """In-process equivalence of two bare answers (no extraction, no time bound); ``ordered``: the
+    question asks for its answers in order (`choice.asks_for_order`)."""
+    compare.ORDERED = ordered
     r_norm, r_val = parse_answer(reference_answer(reference))
+    choice = same_choice(prediction, r_norm)
+    if choice is not None:
+        return choice
+    p_norm, p_val = parse_answer(prediction)
     return (p_norm == r_norm and not degenerate(p_val)) or equal(p_val, r_val)
 
 
 def check(
-    completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_PRIORITY, min_sig_digits: int = 3
+    completion: str, reference: str, priority: tuple[str, ...] = DEFAULT_PRIORITY, min_sig_digits: int = 3,
+    ordered: bool = False,
 ) -> Score:
     compare.MIN_SIG_DIGITS = min_sig_digits  # a worker runs one check at a time
+    compare.ORDERED = ordered
     try:
         r_norm, r_val = parse_answer(reference_answer(reference))
     except Rejected as exc:
@@ -42,6 +61,9 @@ def check(
     found = extract(completion, priority)
     if found is None:
         return Score(0.0, False, {"extracted": 0.0})
+    choice = same_choice(found.answer, r_norm)
+    if choice is not None:
+        return Score(1.0 if choice else 0.0, choice, {"extracted": 1.0})
     try:
         p_norm, p_val = parse_answer(found.answer)
     except Rejected as exc:

@@ -10,12 +10,15 @@ Rules, strictest first:
   then sympy evaluation of ``a - b`` with adaptive precision (constants) or at random points
   with a strict relative tolerance (expressions with variables).
 - Shapes must match: ordered tuples / intervals compare in order with the same brackets
-  (``(1,2] != (1,2)``); sets and bare lists (``1, 2``) compare unordered; ``\\ldots`` only
+  (``(1,2] != (1,2)``); sets and bare lists (``1, 2``) compare unordered, unless the question asks
+  for an order (`ORDERED`: then a bare list compares in order, also against a tuple); ``\\ldots`` only
   equals ``\\ldots`` in the same position; relations compare side by side, or as
   ``lhs - rhs`` up to a non-zero constant factor (``2y = 4x + 2`` equals ``y = 2x + 1``);
   ``x = 3`` equals ``3``; a relation whose sides are both constants never collapses to a
   truth value.
 - Plain text compares case- and space-insensitively.
+- An exact value followed by a decimal approximation (``\\frac{\\sqrt3}{3} \\approx 0.577``) is the exact
+  value, provided the approximation is true to it (within one unit of its last digit).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from itertools import permutations
 
 import sympy
 
-from verifiers.math.parse import Dots, Expr, Matrix, Num, Rel, Seq, Text, Union, guard, text_key
+from verifiers.math.parse import Approx, Dots, Expr, Matrix, Num, Rel, Seq, Text, Union, guard, text_key
 
 REL_TOL = sympy.Rational(1, 10**12)
 # A decimal prediction of an exact reference must carry at least this many significant digits
 # (``0.0833`` for 1/12, never ``0.08``); see `_rounds_to`. `check` may change it per call.
 MIN_SIG_DIGITS = 3
+# The question asks for its answers in order ("in increasing order", "respectively"): a bare list is then
+# compared item by item, and against a tuple; sets stay unordered. `check` sets it per call.
+ORDERED = False
 _SAMPLE_POINTS = 6
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
 
@@ -378,8 +384,10 @@ def _seq_equal(p: Seq, r: Seq) -> bool:
         other = r.open if p.open == "g" else p.open
         kind = ("(", ")") if other == "(" else ("{", "}")
         p, r = Seq(*kind, p.items) if p.open == "g" else p, Seq(*kind, r.items) if r.open == "g" else r
-    unordered = {"", "{"}
+    unordered = {"{"} if ORDERED else {"", "{"}
     has_dots = any(isinstance(x, Dots) for x in p.items + r.items)
+    if ORDERED and {p.open, r.open} <= {"", "("} and "" in (p.open, r.open):  # 3, 1 against (3, 1): in order
+        p, r = _flatten_solutions(Seq("", "", p.items)), _flatten_solutions(Seq("", "", r.items))
     if p.open in unordered and r.open in unordered and not has_dots:
         if p.open == "" or r.open == "":
             p, r = _flatten_solutions(p), _flatten_solutions(r)
@@ -438,8 +446,34 @@ def _real_set(v) -> sympy.Set | None:
     return None
 
 
+def _approx_true(a: Approx) -> bool:
+    """Is ``a.approx`` the exact value rounded or cut to its own last digit (within one unit of it)?"""
+    exact = _assigned_value(a.exact) if isinstance(a.exact, Rel) else a.exact
+    e = _to_sympy(exact) if exact is not None else None
+    if e is None or e.free_symbols:
+        return False
+    guard(e)
+    unit = sympy.Rational(1, 10**a.approx.digits) if a.approx.digits >= 0 else sympy.Integer(10) ** -a.approx.digits
+    approx = sympy.Rational(a.approx.value.numerator, a.approx.value.denominator)
+    value = _rational(e)
+    if value is not None:
+        return abs(sympy.Rational(value.numerator, value.denominator) - approx) < unit
+    try:
+        v = sympy.N(e, 40)
+        return bool(v.is_real) and abs(sympy.Rational(str(v)) - approx) < unit
+    except Exception:
+        return False
+
+
 def equal(pred, ref) -> bool:
     """Is the predicted value equivalent to the reference value?"""
+    if isinstance(ref, Approx):  # a reference that states its approximation: the exact value is the answer
+        ref = ref.exact
+    if isinstance(pred, Approx):  # the exact part is the answer, and the approximation must be true to it
+        if not _approx_true(pred):
+            return False
+        decimal_ref = isinstance(ref, Num) and ref.tol is not None
+        return equal(pred.exact, ref) or (decimal_ref and equal(pred.approx, ref))
     if isinstance(ref, Dots) or isinstance(pred, Dots):
         return isinstance(ref, Dots) and isinstance(pred, Dots)
     if isinstance(ref, Text) or isinstance(pred, Text):

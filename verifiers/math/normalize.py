@@ -32,6 +32,7 @@ _UNICODE = {
     "\u00b2": "^2",
     "\u00b3": "^3",
     "\u20ac": " ",  # euro sign
+    "\u2248": "\\approx ",
 }
 
 # Commands that only change presentation.
@@ -176,11 +177,15 @@ def _looks_numeric(s: str) -> bool:
     return is_plain_number(s) or bool(re.fullmatch(r"[+-]?\\frac\{\d+\}\{\d+\}|[+-]?\d+/\d+|[+-]?\d*\\sqrt\{\d+\}", s))
 
 
+_DECIMAL_TAIL = re.compile(r"\\approx\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*(?:\\ldots)?\s*\.?\s*$")
+
+
 def _approx(s: str) -> str:
-    """``x = 1/3 \\approx 0.33`` -> ``x = 1/3`` (an approximation after an exact value is
-    commentary); ``x \\approx 11`` -> ``x = 11``."""
+    """``x \\approx 11`` -> ``x = 11``; ``x = 1/3 \\approx \\frac{1}{3}`` -> ``x = 1/3``. An approximation by a
+    decimal (``\\frac{\\sqrt3}{3} \\approx 0.577``) is left for `parse` to read as an exact value and its
+    approximation, both checked (`compare.equal`)."""
     i = s.find("\\approx")
-    if i < 0:
+    if i < 0 or _DECIMAL_TAIL.search(s):
         return s
     if "=" in s[:i]:
         return s[:i].rstrip()

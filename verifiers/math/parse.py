@@ -98,6 +98,16 @@ class Seq:
 
 
 @dataclass(frozen=True)
+class Approx:
+    """An exact answer followed by a decimal approximation of it: ``\\frac{\\sqrt3}{3} \\approx 0.577``,
+    ``\\frac{\\sqrt3}{3} = 0.577\\ldots``, ``x = \\frac13 \\approx 0.33``. ``exact`` is the answer; the
+    approximation must be true to it (`compare.equal`)."""
+
+    exact: object
+    approx: Num
+
+
+@dataclass(frozen=True)
 class Matrix:
     rows: tuple
 
@@ -431,6 +441,34 @@ def _brace_group(s: str) -> str | None:
     return s[1:-1]
 
 
+_APPROX_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))\s*(\\ldots)?")
+
+
+def _approximation(s: str):
+    """``A \\approx d`` or ``A = d\\ldots`` / ``A = 0.577`` (``d`` a decimal, ``A`` a value, not a plain number)
+    as `Approx`; a name before it (``x \\approx 0.33``, ``x = 0.33\\ldots``) makes the decimal the answer
+    (``x = 0.33``). None when ``s`` is no such form."""
+    parts = split_top(s, ("\\approx",))
+    if len(parts) > 1:
+        head, tail = "\\approx".join(parts[:-1]).strip(), parts[-1].strip()
+        m = _APPROX_NUMBER.fullmatch(tail)
+        if not (head and m):
+            return None
+    else:
+        rel = _split_relation(s)
+        if rel is None or any(op != "=" for op in rel[1]) or not all(p.strip() for p in rel[0]):
+            return None
+        *heads, tail = (p.strip() for p in rel[0])
+        m = _APPROX_NUMBER.fullmatch(tail)
+        if not m or not ("." in m.group(1) or m.group(2)) or is_plain_number(heads[-1]):
+            return None  # 2 + 3 = 5 is a relation between constants, 0.5 = 0.50 as well
+        head = " = ".join(heads)
+    value = _decimal(m.group(1), False)
+    if is_name(head):
+        return Rel(("=",), (parse_value(head), value), (True, False))
+    return Approx(parse_value(head), value)
+
+
 def parse_value(s: str):
     """Structured value of an (already normalised) answer string."""
     s = s.strip()
@@ -468,6 +506,9 @@ def parse_value(s: str):
         # a \pm b  ->  the two values a + b, a - b (an unordered pair)
         plus, minus = s.replace("\\pm", "+"), s.replace("\\pm", "-")
         return Seq("", "", (parse_value(plus), parse_value(minus)))
+    approx = _approximation(s)
+    if approx is not None:
+        return approx
     rel = _split_relation(s)
     if rel is not None:
         parts, ops = rel

@@ -12,6 +12,7 @@ from typing import Any
 
 from verifiers.base import Score
 from verifiers.batch import crash_score
+from verifiers.math.choice import asks_for_order
 from verifiers.math.extract import DEFAULT_PRIORITY, check_priority
 from verifiers.pool import DEFAULT_MEMORY_MB, WorkerPool
 
@@ -46,6 +47,8 @@ class MathVerifier:
     timeout: seconds per check; a check that runs longer returns ``Score(error="timeout")``.
     workers: worker processes started on first use (``score_batch`` may grow the pool).
     priority: order in which answer sources are tried (see `verifiers.math.extract`).
+    question_key: the task key holding the question (optional in a task): when it asks for its answers
+        in an order ("in increasing order", "respectively"), a bare list answer is compared in order.
     min_sig_digits: a decimal prediction of an exact reference (``0.0833`` for ``1/12``) is
         accepted when it is the reference rounded to its own last digit and carries at least
         this many significant digits (docs/verifiers.md, "decimals against exact values").
@@ -66,6 +69,7 @@ class MathVerifier:
         answer_key: str = "answer",
         memory_mb: int | None = DEFAULT_MEMORY_MB,
         min_sig_digits: int = 3,
+        question_key: str = "question",
     ):
         if min_sig_digits < 1:
             raise ValueError(f"min_sig_digits must be >= 1, got {min_sig_digits}")
@@ -74,6 +78,7 @@ class MathVerifier:
         self.workers = int(workers)
         self.priority = check_priority(tuple(priority))
         self.answer_key = answer_key
+        self.question_key = question_key
         if answer_key != "answer":
             self.requires = (answer_key,)
         self.memory_mb = memory_mb
@@ -91,7 +96,9 @@ class MathVerifier:
             return Score(0.0, None, {"extracted": 0.0}, "input_too_large")
         if len(reference) > MAX_INPUT_CHARS:
             return Score(0.0, None, {"extracted": 0.0}, "reference input_too_large")
-        return self._pool().score(_CHECK, completion, reference, self.priority, self.min_sig_digits, timeout=self.timeout)
+        ordered = asks_for_order(task.get(self.question_key))  # "in increasing order": a list in that order
+        return self._pool().score(_CHECK, completion, reference, self.priority, self.min_sig_digits, ordered,
+                                  timeout=self.timeout)
 
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]], workers: int) -> list[Score]:
         """Score in parallel on ``workers`` processes (used by `verifiers.score_batch`).
