@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.envs import EnvConfig
+from rlvr.envs.single_turn import SingleTurnConfig
 from rlvr.tasks import TASKS, ArithTask, default_verifier
 from rollouts.config import engine_config
 
@@ -294,10 +296,13 @@ class TrainConfig(Section):
     model: str = Field(description="Hugging Face model directory of the starting policy.")
     run_dir: str = Field("runs/tiny-r1zero", description="Output directory: metrics, TensorBoard, checkpoint, plot.")
     task: TaskConfig = Field(default_factory=ArithTask, description="What to train on: `kind` picks the task "
-                             "(arith, countdown, gsm8k, math, code, hf); see `rlvr config task`.")
+                             "(arith, countdown, gsm8k, math, code, hf, guess_number); see `rlvr config task`.")
     engine: EngineConfig = Field(default_factory=lambda: engine_config("hf"), description="The rollout "
                                  "engine: `kind` picks it (hf, static, vllm); see `rlvr config engine`.")
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    env: EnvConfig = Field(default_factory=SingleTurnConfig, description="The environment an episode runs in: "
+                           "`kind` picks it (single_turn: one completion per prompt; guess_number, ...), with "
+                           "max_turns and token budgets; see `rlvr config env` and docs/environments.md.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers and workers.")
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="When a run stops itself.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
@@ -456,7 +461,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
         kind = None
-        if len(parts) > 2 and parts[0] in ("engine", "task"):  # a union member's tag: engine.static.x -> engine.x
+        if len(parts) > 2 and parts[0] in ("engine", "task", "env"):  # a union member's tag: engine.static.x -> engine.x
             kind = parts.pop(1)
         loc = ".".join(parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")

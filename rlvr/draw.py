@@ -16,9 +16,11 @@ import torch
 
 from rlvr.algorithms import dynamic_sampling_filter
 from rlvr.config import TrainConfig
+from rlvr.envs.trajectory import FINISH_REASONS, TRUNCATED, Trajectory
 from rlvr.errors import DataError
 from rlvr.evaluate import FORMAT
 from rlvr.pipeline import ScoredGroup, StepRollouts
+from rlvr.train.batch import episodes_of
 from rollouts import SamplingConfig
 
 
@@ -118,9 +120,12 @@ class StepDrawer:
         return StepRollouts(step, batch, drawn, stats, timings)
 
 
-def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
+def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False) -> dict[str, float]:
     """Rollout statistics of every group drawn; the format rate is the rubric's own ``r1_format`` score
-    (absent when the rubric does not check the format)."""
+    (absent when the rubric does not check the format). ``multi_turn`` (``env.max_turns > 1``): also the
+    episodes' turns, the share of each finish reason and the environments' errors. A response is
+    everything after the prompt (observations included); ``truncated_frac`` counts every episode a
+    budget cut (``length``, ``max_tokens``, ``context``)."""
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
@@ -134,8 +139,23 @@ def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
         **({"format_rate": sum(fmt) / len(comps)} if fmt is not None else {}),
         "response_len_mean": sum(lengths) / len(lengths),
         "response_len_max": float(max(lengths)),
-        "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+        "truncated_frac": sum(c.finish_reason in TRUNCATED for c in comps) / len(comps),
         "solved_none_frac": float((per_group.max(1).values == per_group.min(1).values).float().mean()),
         "verifier_errors": float(sum(s.error is not None for s in scores)),
         "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
+        **(episode_metrics([t for sg in scored for t in episodes_of(sg)]) if multi_turn else {}),
     }
+
+
+def episode_metrics(episodes: list[Trajectory]) -> dict[str, float]:
+    """Turns, model tokens, tool calls and tool errors per episode (the environments' ``info``), the
+    environments' failures, and the share of episodes ending for each reason."""
+    n = len(episodes)
+    out = {"turns_mean": sum(t.turns for t in episodes) / n, "turns_max": float(max(t.turns for t in episodes)),
+           "model_tokens_mean": sum(t.model_tokens() for t in episodes) / n,
+           "tool_calls_mean": sum(t.info_count("tool_call") for t in episodes) / n,
+           "tool_errors_mean": sum(t.info_count("tool_error") for t in episodes) / n,
+           "env_errors": float(sum(t.finish_reason == "env_error" for t in episodes))}
+    for reason in FINISH_REASONS:
+        out[f"finish/{reason}"] = sum(t.finish_reason == reason for t in episodes) / n
+    return out

@@ -35,8 +35,11 @@ def evaluate(
     seed: int = 1234,
     workers: int = 4,
     progress: bool = False,
+    env: Any = None,
+    context: int | None = None,
 ) -> dict[str, float]:
-    """Metrics on ``rows`` (each with ``prompt_ids`` and what the rubric's verifiers need)."""
+    """Metrics on ``rows`` (each with ``prompt_ids`` and what the rubric's verifiers need); ``env``: the run's
+    environment config (None: one turn), ``context``: the model's context length (bounds an episode)."""
     from tqdm import tqdm
 
     from rlvr.scoring import Scorer, generate_and_score
@@ -48,7 +51,8 @@ def evaluate(
                mininterval=1, leave=False)
     try:
         greedy, g_scores, _ = generate_and_score(
-            engine, rows, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed), scorer)
+            engine, rows, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed), scorer, env,
+            context=context)
         bar.update(len(rows))
         first = [s[0] for s in g_scores]
         errors = sum(s.error is not None for s in first)
@@ -59,6 +63,12 @@ def evaluate(
             "verifier_error_rate": errors / len(rows),
             "num_prompts": float(len(rows)),
         }
+        if env is not None and env.max_turns > 1:  # multi-turn: how the greedy episodes went
+            episodes = [g.episodes[0] for g in greedy]
+            metrics["turns"] = sum(t.turns for t in episodes) / len(rows)
+            metrics["tool_calls"] = sum(t.info_count("tool_call") for t in episodes) / len(rows)
+            metrics["tool_errors"] = sum(t.info_count("tool_error") for t in episodes) / len(rows)
+            metrics["env_errors"] = float(sum(t.finish_reason == "env_error" for t in episodes))
         greedy_format = format_scores(rubric, first)
         if greedy_format is not None:
             metrics["format_rate"] = sum(greedy_format) / len(rows)
@@ -66,7 +76,8 @@ def evaluate(
             metrics[f"reward/{verifier.name}"] = sum(s.metrics.get(verifier.name, 0.0) for s in first) / len(rows)
         if k > 1:
             sampled, s_scores, _ = generate_and_score(
-                engine, rows, SamplingConfig(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed + 1), scorer)
+                engine, rows, SamplingConfig(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed + 1), scorer,
+                env, context=context)
             bar.update(len(rows))
             hits = [any(bool(s.correct) for s in group) for group in s_scores]
             flat = [s for group in s_scores for s in group]

@@ -27,13 +27,16 @@ from typing import Any
 
 import torch
 
+from rlvr.envs import Trajectory
+from rlvr.scoring import EpisodeGroup
 from rollouts import Completion, Group
 from verifiers import Score
 
 
 @dataclass
 class ScoredGroup:
-    """One prompt's group of completions with the rubric's score for each."""
+    """One prompt's group of episodes (``group``, an ``EpisodeGroup``: each episode as a completion, and
+    token by token) with the rubric's score for each."""
 
     row: dict[str, Any]
     group: Group
@@ -44,13 +47,20 @@ class ScoredGroup:
         return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
 
     def to_json(self) -> dict[str, Any]:
-        return {"row": self.row, "group": dataclasses.asdict(self.group),
-                "scores": [dataclasses.asdict(s) for s in self.scores]}
+        g = self.group
+        group = {"prompt": g.prompt, "prompt_ids": g.prompt_ids, "completions": [dataclasses.asdict(c) for c in g.completions]}
+        if isinstance(g, EpisodeGroup):
+            group["episodes"] = [t.to_json() for t in g.episodes]
+        return {"row": self.row, "group": group, "scores": [dataclasses.asdict(s) for s in self.scores]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ScoredGroup:
         g = d["group"]
-        group = Group(g["prompt"], g["prompt_ids"], [Completion(**c) for c in g["completions"]])
+        comps = [Completion(**c) for c in g["completions"]]
+        if "episodes" in g:
+            group: Group = EpisodeGroup(g["prompt"], g["prompt_ids"], comps, [Trajectory.from_json(t) for t in g["episodes"]])
+        else:  # a checkpoint from before episodes
+            group = Group(g["prompt"], g["prompt_ids"], comps)
         return cls(d["row"], group, [Score(**s) for s in d["scores"]])
 
 

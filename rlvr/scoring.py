@@ -1,4 +1,9 @@
-"""Generation with scoring overlapped: each group is scored the moment the engine finishes it.
+"""Episodes generated and scored, with scoring overlapped: each group is scored the moment its episodes end.
+
+A draw runs every episode of its rows through the run's environment (rlvr.envs.runner; a run without
+an ``env:`` section is the one-turn case of the same path) and returns ``EpisodeGroup``s: one per row,
+its completions being its episodes as the rubric sees them (everything after the prompt) and its
+``episodes`` the token-in/token-out trajectories the learner trains on.
 
 The engine calls back with every finished group (``on_group``); the group goes to a pool of
 ``rewards.workers`` scoring threads, which feed the verifiers' own worker processes (math) or
@@ -13,11 +18,32 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
-from rollouts import Engine, Group, SamplingConfig
+from rlvr.envs import EnvBase, Trajectory, hf_encoder
+from rlvr.envs.runner import run_episodes
+from rlvr.envs.single_turn import SingleTurnConfig
+from rollouts import Completion, Engine, Group, SamplingConfig
 from verifiers import Rubric, Score, score_batch
 from verifiers.batch import BatchVerifier
+
+ONE_TURN = SingleTurnConfig()
+
+
+@dataclass
+class EpisodeGroup(Group):
+    """A row's group: ``completions[j]`` is episode ``j`` as text and ids after the prompt (model turns and
+    observations; for one turn, the completion itself), ``episodes[j]`` the episode token by token."""
+
+    episodes: list[Trajectory] = field(default_factory=list)
+
+
+def episode_completion(traj: Trajectory) -> Completion:
+    """An episode as one completion: everything after the prompt, the engine's log-probs (0 on observation
+    tokens), the episode's finish reason. For a one-turn episode, exactly the engine's completion."""
+    start = len(traj.prompt_ids)
+    return Completion(traj.text(), traj.token_ids()[start:], traj.engine_logprobs()[start:], traj.finish_reason)
 
 
 class Scorer:
@@ -36,12 +62,16 @@ class Scorer:
     def _score(self, group: Group, row: Mapping[str, Any]) -> list[Score]:
         t0 = time.perf_counter()
         try:
-            texts, rows = [c.text for c in group.completions], [row] * len(group.completions)
+            # An episode its environment broke is not scored: it is labelled, never a reward of 0 for the policy.
+            episodes = getattr(group, "episodes", None) or [None] * len(group.completions)
+            live = [k for k, t in enumerate(episodes) if t is None or t.finish_reason != "env_error"]
+            texts, rows = [group.completions[k].text for k in live], [row] * len(live)
             # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
             # in-process ones (arith, format) run inline: groups already run on `workers` threads.
             per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1)
                         for v, _ in self.rubric.parts]
-            return [self.rubric.combine(list(scores)) for scores in zip(*per_part)]
+            scored = dict(zip(live, (self.rubric.combine(list(scores)) for scores in zip(*per_part))))
+            return [scored[k] if k in scored else env_error_score(episodes[k]) for k in range(len(episodes))]
         finally:
             with self._lock:
                 self._spans.append((t0, time.perf_counter()))
@@ -69,22 +99,48 @@ class Scorer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def encoder_of(engine: Engine):
+    """The engine's tokenizer as an ``Encode`` (what an environment encodes its observations with)."""
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is not None:
+        return hf_encoder(tokenizer)
+
+    def missing(text: str) -> list[int]:
+        raise TypeError(f"{type(engine).__name__} has no tokenizer: an environment cannot encode its observations")
+
+    return missing
+
+
+def env_error_score(traj: Trajectory) -> Score:
+    return Score(0.0, None, {}, f"env_error: {traj.error}")
+
+
 def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig,
-                       scorer: Scorer) -> tuple[list[Group], list[list[Score]], dict[str, float]]:
-    """Groups for ``rows`` (prompted by their ``prompt_ids``), the rubric's scores per group, and timings:
-    ``generate_s``; ``score_s`` (time with scoring running); ``score_wait_s`` (scoring left after
-    generation ended, on the critical path); ``score_hidden_s``."""
+                       scorer: Scorer, env: EnvBase | None = None, version: int = 0,
+                       context: int | None = None) -> tuple[list[EpisodeGroup], list[list[Score]], dict[str, float]]:
+    """Groups of episodes for ``rows`` (prompted by their ``prompt_ids``) in ``env`` (default: one turn),
+    sampled as ``sampling`` says, the rubric's scores per group, and timings: ``generate_s``; ``score_s``
+    (time with scoring running); ``score_wait_s`` (scoring left after generation ended, on the critical
+    path); ``score_hidden_s``. ``version``: the policy version of the engine's weights; ``context``: the
+    model's context length."""
     futures: dict[int, Future] = {}
+    groups: dict[int, EpisodeGroup] = {}
+
+    def done(i: int, episodes: list[Trajectory]) -> None:
+        groups[i] = EpisodeGroup(rows[i].get("prompt_text", ""), list(episodes[0].prompt_ids),
+                                 [episode_completion(t) for t in episodes], episodes)
+        if scorer.overlaps:
+            futures[i] = scorer.submit(groups[i], rows[i])
+
     t0 = time.perf_counter()
-    on_group = (lambda i, g: futures.__setitem__(i, scorer.submit(g, rows[i]))) if scorer.overlaps else None
-    groups = engine.generate([r["prompt_ids"] for r in rows], sampling, on_group=on_group)
+    run_episodes(engine, rows, sampling, env or ONE_TURN, encoder_of(engine), version, context, done)
     t1 = time.perf_counter()
-    for i, g in enumerate(groups):  # an engine without callbacks: score everything now
+    for i in range(len(rows)):  # inline scoring: everything now
         if i not in futures:
-            futures[i] = scorer.submit(g, rows[i])
-    scores = [futures[i].result() for i in range(len(groups))]
+            futures[i] = scorer.submit(groups[i], rows[i])
+    scores = [futures[i].result() for i in range(len(rows))]
     t2 = time.perf_counter()
     busy = scorer.busy_s(t0)
     timings = {"generate_s": t1 - t0, "score_s": busy, "score_wait_s": t2 - t1,
                "score_hidden_s": max(0.0, busy - (t2 - t1))}
-    return groups, scores, timings
+    return [groups[i] for i in range(len(rows))], scores, timings

@@ -25,6 +25,7 @@ _BUILTINS: dict[str, str] = {
     "arith": "verifiers.arith:ArithVerifier",
     "r1_format": "verifiers.format:R1FormatVerifier",
     "countdown": "verifiers.countdown:CountdownVerifier",
+    "guess_number": "verifiers.guess_number:GuessNumberVerifier",
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
     # reasoning-gym's own scorers (the package is imported only inside the verifier's workers)

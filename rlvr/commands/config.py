@@ -23,7 +23,7 @@ def _fields(model, prefix: str, seen: set) -> list[tuple[str, str, str, str]]:
     for name, f in model.model_fields.items():
         key = f"{prefix}{f.alias or name}"
         ann = f.annotation
-        if name in ("task", "engine") and not isinstance(ann, type):  # the kinds' unions: listed per kind by run()
+        if name in ("task", "engine", "env") and not isinstance(ann, type):  # the kinds' unions: listed per kind by run()
             continue
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows += _fields(ann, key + ".", seen)
@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
         rows += _union_rows("engine", "'hf'", "Rollout engine kind", EngineConfigBase,
                             {n: c for n, c in ENGINES.items() if c.trainable})
+    if args.section in (None, "env"):
+        from rlvr.envs import ENVS, EnvBase
+
+        rows += _union_rows("env", "'single_turn'", "Environment kind", EnvBase, {n: k.config for n, k in ENVS.items()})
     width = max(len(r[0]) for r in rows)
     for key, typ, default, desc in rows:
         print(f"{key:<{width}}  {typ}  = {default}\n{'':<{width}}  {desc}")

@@ -19,7 +19,7 @@ from rlvr.envs.episode import take_turn
 from rlvr.envs.trajectory import Budget, Trajectory
 
 for _mod in pkgutil.iter_modules(__path__):  # every kind registers itself on import
-    if _mod.name not in ("base", "episode", "trajectory"):
+    if _mod.name not in ("base", "episode", "runner", "trajectory"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["ENVS", "Budget", "Encode", "Env", "EnvBase", "EnvConfig", "EnvKind", "Observation", "Trajectory",
@@ -41,7 +41,7 @@ def env_config_union() -> Any:
     return Annotated[Union[members], Discriminator(_env_kind)]  # noqa: UP007 (a runtime-built union)
 
 
-EnvConfig = env_config_union()  # the built-in kinds (and any module of this package); not in TrainConfig yet
+EnvConfig = env_config_union()  # the built-in kinds (and any module of this package): TrainConfig.env
 
 
 def make_env(cfg: EnvBase, encode: Encode) -> Env:

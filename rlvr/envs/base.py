@@ -68,6 +68,11 @@ class EnvBase(BaseModel):
     max_observation_tokens: int | None = Field(None, ge=1, description="An observation longer than this is cut to "
                                                "its first this-many tokens. None: not cut.")
 
+    def stop_strings(self) -> tuple[str, ...]:
+        """Strings that end a model turn besides EOS (a tool call's closing tag), added to every turn's
+        sampling; none by default."""
+        return ()
+
     def budget(self, max_tokens: int, context: int | None = None) -> Budget:
         """The episode limits of this config, with ``max_tokens`` (sampling.max_tokens) for an unset
         ``max_turn_tokens`` and ``context`` the model's context length."""

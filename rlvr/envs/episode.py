@@ -1,5 +1,5 @@
 """One model turn of one episode, through its environment: the step a runner takes per episode
-once the engine has sampled that episode's next turn (the runner itself is not written yet)."""
+once the engine has sampled that episode's next turn (the runner, rlvr.envs.runner, calls it for every episode)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ def take_turn(traj: Trajectory, env: Env, sampled_ids: list[int], logprobs: list
     (``record_step``). A turn that ends the episode by a budget is not shown to the environment.
     An environment that raises ends the episode with ``env_error`` (the error kept on the
     trajectory): a broken environment is not the policy's doing and must not look like reward 0."""
-    traj = append_turn(traj, sampled_ids, logprobs, version, finish)
+    traj = append_turn(traj, sampled_ids, logprobs, version, finish, text)
     if traj.done:
         return traj
     try:
         obs, done, info = env.step(list(traj.segments[-1].ids), text)
     except Exception as exc:  # recorded on the episode and counted, never trained on as a zero
         return fail(traj, f"{type(exc).__name__}: {exc}")
-    return record_step(traj, None if obs is None else obs.ids, done, info)
+    return record_step(traj, None if obs is None else obs.ids, done, info, "" if obs is None else obs.text)

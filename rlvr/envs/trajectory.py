@@ -89,6 +89,7 @@ class ModelSegment:
     turn: int  # 0 for the first model turn
     version: int  # the policy version (learner updates in the weights) that sampled it
     finish: str  # "stop" (EOS or stop string) | "length" (cut at the turn's token limit)
+    text: str = ""  # the engine's text of the ids (for the rubric and logs; never re-encoded)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class EnvSegment:
     ids: tuple[int, ...]
     turn: int  # the model turn this observation answers
     cut: int = 0  # tokens dropped from its end by ``max_observation_tokens``
+    text: str = ""  # the observation's text as the environment wrote it (before any cut)
 
 
 Segment = ModelSegment | EnvSegment
@@ -191,11 +193,21 @@ class Trajectory:
     def model_tokens(self) -> int:
         return sum(len(s.ids) for s in self.model_segments())
 
+    def info_count(self, key: str) -> int:
+        """The sum of ``key`` over the environment's ``info`` of every step (``tool_call``, ``tool_error``)."""
+        return sum(int(info.get(key, 0)) for info in self.infos)
+
+    def text(self) -> str:
+        """Everything after the prompt as text: each model turn's and observation's own text, joined
+        (what the rubric scores; for one turn, the completion's text)."""
+        return "".join(s.text for s in self.segments)
+
     # -- checkpoints ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         segs = [{"source": "model", "ids": list(s.ids), "logprobs": list(s.logprobs), "turn": s.turn,
-                 "version": s.version, "finish": s.finish} if isinstance(s, ModelSegment)
-                else {"source": "env", "ids": list(s.ids), "turn": s.turn, "cut": s.cut} for s in self.segments]
+                 "version": s.version, "finish": s.finish, "text": s.text} if isinstance(s, ModelSegment)
+                else {"source": "env", "ids": list(s.ids), "turn": s.turn, "cut": s.cut, "text": s.text}
+                for s in self.segments]
         return {"prompt_ids": list(self.prompt_ids), "budget": dataclasses.asdict(self.budget), "segments": segs,
                 "finish_reason": self.finish_reason, "error": self.error, "infos": list(self.infos)}
 
@@ -204,9 +216,10 @@ class Trajectory:
         segs: list[Segment] = []
         for s in d["segments"]:
             if s["source"] == "model":
-                segs.append(ModelSegment(tuple(s["ids"]), tuple(s["logprobs"]), s["turn"], s["version"], s["finish"]))
+                segs.append(ModelSegment(tuple(s["ids"]), tuple(s["logprobs"]), s["turn"], s["version"], s["finish"],
+                                         s.get("text", "")))
             elif s["source"] == "env":
-                segs.append(EnvSegment(tuple(s["ids"]), s["turn"], s["cut"]))
+                segs.append(EnvSegment(tuple(s["ids"]), s["turn"], s["cut"], s.get("text", "")))
             else:
                 raise ValueError(f"Trajectory.from_json: unknown segment source {s['source']!r}")
         return cls(tuple(d["prompt_ids"]), Budget(**d["budget"]), tuple(segs), d["finish_reason"], d["error"],
@@ -219,7 +232,7 @@ def _running(traj: Trajectory, doing: str) -> None:
 
 
 def append_turn(traj: Trajectory, sampled_ids: list[int], logprobs: list[float], version: int,
-                finish: str = "stop") -> Trajectory:
+                finish: str = "stop", text: str = "") -> Trajectory:
     """``traj`` with one model turn appended: ``sampled_ids`` as sampled, with the engine's ``logprobs``.
 
     ``finish``: the engine's reason the turn ended ("stop" or "length"). Ids past ``turn_room()``
@@ -236,14 +249,14 @@ def append_turn(traj: Trajectory, sampled_ids: list[int], logprobs: list[float],
         raise ValueError("append_turn: no room left for a model turn")
     if len(sampled_ids) > room:
         sampled_ids, logprobs, finish = sampled_ids[:room], logprobs[:room], "length"
-    seg = ModelSegment(tuple(sampled_ids), tuple(float(x) for x in logprobs), traj.turns, version, finish)
+    seg = ModelSegment(tuple(sampled_ids), tuple(float(x) for x in logprobs), traj.turns, version, finish, text)
     out = dataclasses.replace(traj, segments=traj.segments + (seg,))
     if finish == "length" and len(seg.ids) == room and room < traj.budget.max_turn_tokens:
         return dataclasses.replace(out, finish_reason=traj.budget.total_limit()[1])
     return out
 
 
-def append_observation(traj: Trajectory, obs_ids: list[int]) -> Trajectory:
+def append_observation(traj: Trajectory, obs_ids: list[int], text: str = "") -> Trajectory:
     """``traj`` with an observation appended as ids (its head, cut to ``max_observation_tokens``).
 
     An observation that leaves no room for one more model token is not appended: the episode ends
@@ -258,11 +271,11 @@ def append_observation(traj: Trajectory, obs_ids: list[int]) -> Trajectory:
     limit, reason = traj.budget.total_limit()
     if limit is not None and len(traj) + len(ids) >= limit:
         return dataclasses.replace(traj, finish_reason=reason)
-    return dataclasses.replace(traj, segments=traj.segments + (EnvSegment(ids, traj.turns - 1, cut),))
+    return dataclasses.replace(traj, segments=traj.segments + (EnvSegment(ids, traj.turns - 1, cut, text),))
 
 
 def record_step(traj: Trajectory, obs_ids: list[int] | None, done: bool,
-                info: dict[str, Any] | None = None) -> Trajectory:
+                info: dict[str, Any] | None = None, obs_text: str = "") -> Trajectory:
     """``traj`` after the environment stepped on its last model turn and answered ``(obs, done, info)``.
 
     ``done``: the episode ends with the last turn's own finish ("stop" or "length"). Otherwise, after
@@ -278,7 +291,7 @@ def record_step(traj: Trajectory, obs_ids: list[int] | None, done: bool,
         return dataclasses.replace(traj, finish_reason="max_turns")
     if obs_ids is None:
         raise ValueError("record_step: an environment that does not end the episode must return an observation")
-    return append_observation(traj, obs_ids)
+    return append_observation(traj, obs_ids, obs_text)
 
 
 def fail(traj: Trajectory, error: str) -> Trajectory:
@@ -288,10 +301,10 @@ def fail(traj: Trajectory, error: str) -> Trajectory:
 
 
 def one_turn(prompt_ids: list[int], token_ids: list[int], logprobs: list[float], finish: str,
-             version: int = 0, max_tokens: int | None = None) -> Trajectory:
+             version: int = 0, max_tokens: int | None = None, text: str = "") -> Trajectory:
     """The one-turn episode of a completion (``rollouts.Completion`` fields): the prompt, one model turn
     ended by the environment, finish reason the completion's own. ``max_tokens``: the sampling limit
     (default: the completion's length)."""
     budget = Budget(max_turns=1, max_turn_tokens=max(1, max_tokens or len(token_ids)))
-    traj = append_turn(Trajectory.start(prompt_ids, budget), token_ids, logprobs, version, finish)
+    traj = append_turn(Trajectory.start(prompt_ids, budget), token_ids, logprobs, version, finish, text)
     return record_step(traj, None, True)

@@ -13,6 +13,7 @@ import torch
 from rlvr.components import build_engine
 from rlvr.config import TrainConfig
 from rlvr.evaluate import evaluate
+from rlvr.models import context_length
 from rlvr.rollout.base import Drawn
 from rlvr.rollout.weight_sync import InProcessSync
 from rlvr.scoring import Scorer, generate_and_score
@@ -30,17 +31,19 @@ class LocalRollouts:
         # transport needs from its engine (rlvr.rollout.weight_sync)
         self.engine = build_engine(cfg, model_dir, threads, separate_process=False if in_actor else None,
                                    **(engine_extra or {}))
-        self.rubric, self.workers = rubric, cfg.rewards.workers
+        self.rubric, self.workers, self.env = rubric, cfg.rewards.workers, cfg.env
+        self.context = context_length(model_dir)  # an episode's length limit beside env.max_total_tokens
         self.scorer = Scorer(rubric, cfg.rewards.workers)
         self.sync = InProcessSync(self.engine)
         self.version = 0  # pushes of new weights so far
         self.pids: list[int] = []  # no worker processes
 
     def generate_and_score(self, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig) -> Drawn:
-        return generate_and_score(self.engine, rows, sampling, self.scorer)
+        return generate_and_score(self.engine, rows, sampling, self.scorer, self.env, self.version, self.context)
 
     def evaluate(self, rows: list[dict[str, Any]], **kwargs) -> dict[str, float]:
-        return evaluate(self.engine, rows, self.rubric, workers=self.workers, **kwargs)
+        return evaluate(self.engine, rows, self.rubric, workers=self.workers, env=self.env, context=self.context,
+                        **kwargs)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                      version: int | None = None) -> dict[str, float]:

@@ -91,7 +91,7 @@ class RolloutWorker:
     def load_weights(self, packed: Packed) -> float:
         """A host transport's payload (shared memory, object store) into the engine; the load's seconds."""
         seconds = self._receiver(packed.transport).load_into(self.local.engine, packed)
-        self.version = packed.version
+        self.version = self.local.version = packed.version
         return seconds
 
     # the engine's end of a NCCL round (rlvr.rollout.nccl.NcclSync), each called by the trainer on every worker

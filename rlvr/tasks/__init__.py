@@ -4,7 +4,7 @@
 time, naming the row and key, when a verifier of the run's rubric lacks a key it needs;
 ``render`` is the one place a prompt is made (raw template or chat template), for RL,
 evaluation and every other stage; ``prepare_rows`` renders, tokenizes and drops prompts too
-long for the model. Built-in kinds: arith, countdown, gsm8k, math, code, hf. A new kind is a
+long for the model. Built-in kinds: arith, countdown, gsm8k, math, code, hf, guess_number. A new kind is a
 module in this package that calls ``register_task`` (imported here by name scan).
 """
 

@@ -1,5 +1,8 @@
-"""Scored groups into the learner's tensors: prompt + completion rows, right-padded, in target
-alignment (see rlvr.train.learner), with the loss mask over the sampled tokens only."""
+"""Scored groups into the learner's tensors: each group's episodes (rlvr.envs.trajectory), right-padded,
+in target alignment (see rlvr.train.learner), with the loss mask over the model's sampled tokens only.
+
+One path for every run: a one-turn run's groups hold one-turn episodes, packed like any other
+(``rlvr.train.episodes.build_episode_batch``)."""
 
 from __future__ import annotations
 
@@ -7,42 +10,27 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, overlong_mask, soft_overlong_penalty
+from rlvr.algorithms import AdvantageInputs, AlgorithmConfig
+from rlvr.envs.trajectory import Trajectory, one_turn
+from rlvr.train.episodes import build_episode_batch
 from rlvr.train.learner import RLBatch
 
 if TYPE_CHECKING:
     from rlvr.pipeline import ScoredGroup
 
 
+def episodes_of(sg: ScoredGroup) -> list[Trajectory]:
+    """The group's episodes; a group of plain completions (a checkpoint from before episodes) as one-turn ones."""
+    episodes = getattr(sg.group, "episodes", None)
+    if episodes:
+        return list(episodes)
+    return [one_turn(sg.group.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, text=c.text)
+            for c in sg.group.completions]
+
+
 def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                 max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
     DAPO's overlong shaping when configured; advantages are left at 0 for the caller."""
-    seqs, spans, engine_lp = [], [], []
-    for sg in scored:
-        for comp in sg.group.completions:
-            seqs.append(sg.group.prompt_ids + comp.token_ids)
-            spans.append((len(sg.group.prompt_ids) - 1, len(comp.token_ids)))
-            engine_lp.append(comp.logprobs)
-    B, L = len(seqs), max(map(len, seqs))
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L - 1))
-    elp = torch.zeros((B, L - 1))
-    for i, (seq, (start, n), lp) in enumerate(zip(seqs, spans, engine_lp)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        mask[i, start : start + n] = 1.0
-        elp[i, start : start + n] = torch.tensor(lp)
-    group_ids = torch.tensor([g for g, sg in enumerate(scored) for _ in sg.group.completions])
-    prompt_lens = torch.tensor([len(sg.group.prompt_ids) for sg in scored for _ in sg.group.completions])
     rewards = torch.cat([sg.rewards for sg in scored])  # [B]
-    comps = [c for sg in scored for c in sg.group.completions]
-    if algo.overlong_buffer_frac > 0:  # DAPO soft overlong punishment, after the verifier's reward
-        lengths = torch.tensor([len(c.token_ids) for c in comps])
-        rewards = rewards + soft_overlong_penalty(lengths, max_tokens, round(algo.overlong_buffer_frac * max_tokens),
-                                                  algo.overlong_penalty_factor)
-    if algo.overlong_filter:  # DAPO overlong filtering: truncated completions carry no loss
-        mask = mask * overlong_mask([c.finish_reason for c in comps])[:, None]
-    batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)  # groups: shared-prefix forward
-    return batch, AdvantageInputs(rewards, group_ids, mask)
+    return build_episode_batch([episodes_of(sg) for sg in scored], rewards, pad_id, algo, max_tokens)

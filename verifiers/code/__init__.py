@@ -104,6 +104,35 @@ class CodeVerifier:
         except SandboxUnavailable as exc:
             return {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc)}
 
+    def run(self, program: str, stdin: str = "", timeout: float | None = None, memory_mb: int | None = None,
+            max_output_bytes: int | None = None) -> dict:
+        """Run ``program`` as a script on ``stdin`` in the sandbox (a tool call, not a test): ``status``
+        (``ok``, ``runtime_error``, ``syntax_error``, ``timeout``, ``memory``, or ``sandbox_error`` when the
+        sandbox itself failed), ``stdout`` (at most ``max_output_bytes``; ``truncated`` says it was cut),
+        ``stderr`` (its tail) and ``detail``. The sandbox's guarantees are those of a test run: nothing
+        outlives the call, no network, nothing outside its temporary directory."""
+        if not isinstance(program, str):
+            raise TypeError(f"program must be a str, got {type(program).__name__}")
+        timeout = float(timeout or self.timeout)
+        limits = {"cpu_s": math.ceil(timeout) + 1, "memory_mb": int(memory_mb or self.memory_mb),
+                  "file_mb": self.file_mb, "nofile": 64, "nproc": self.nproc or 32,
+                  "max_output_bytes": int(max_output_bytes or self.max_output_bytes)}
+        job = {"timeout": timeout, "limits": limits, "reward": "binary", "guard": self.guard, "demote_after": 0.0,
+               "mode": "io", "program": program, "inputs": [stdin], "outputs": [""], "compare": "exact",
+               "float_tol": 0.0, "capture": True}
+        try:
+            verdict = self._server.run(job, timeout + 22.0)  # + fork and sandbox entry under load
+        except SandboxUnavailable as exc:
+            return {"status": "sandbox_error", "stdout": "", "stderr": "", "truncated": False, "detail": str(exc)}
+        cases = verdict.get("cases") or []
+        if verdict.get("status") == "sandbox_error" or not cases:
+            return {"status": "sandbox_error", "stdout": "", "stderr": "", "truncated": False,
+                    "detail": str(verdict.get("detail") or "no result from the sandbox")}
+        case = cases[0]
+        status = "ok" if case["status"] in ("passed", "failed") else case["status"]
+        return {"status": status, "stdout": case["stdout"], "stderr": case["stderr"], "truncated": case["overflow"],
+                "detail": str(verdict.get("detail") or "")}
+
     def score_many(self, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]],
                    workers: int | None = None) -> list[Score]:
         """Score many samples concurrently (order preserved); each sample runs in fresh

@@ -434,7 +434,9 @@ class Sample:
         _wire.send(self.r2c, {"mode": "io", "program": job["program"], "limits": job["limits"],
                               "timeout": job["timeout"], "guard": job["guard"]}, time.monotonic() + per_case)
         passed, first_bad, total = 0, None, len(job["inputs"])
+        captured: list[dict] = []  # job["capture"]: what each case printed (a tool call's output)
         for stdin_text, expected in zip(job["inputs"], job["outputs"]):
+            res: dict = {}
             try:
                 _wire.send(self.r2c, {"input": stdin_text}, time.monotonic() + per_case)
                 res = _wire.recv(self.c2r, time.monotonic() + per_case)
@@ -446,6 +448,9 @@ class Sample:
             if status != "passed" and not self.detail:
                 self.detail = f"case {passed}: {status}; stderr: {str(res.get('stderr', ''))[-300:]}" \
                     if status not in ("timeout", "runtime_error") else f"case {passed}: {status}"
+            if job.get("capture"):
+                captured.append({"status": status, "stdout": str(res.get("stdout", "")),
+                                 "stderr": str(res.get("stderr", ""))[-2000:], "overflow": bool(res.get("overflow"))})
             if status == "passed":
                 passed += 1
             elif first_bad is None:
@@ -456,7 +461,10 @@ class Sample:
             _wire.send(self.r2c, {"stop": True}, time.monotonic() + 1.0)
         except _wire.WireError:
             pass
-        return self._verdict(first_bad or "passed", passed, total, self.detail)
+        verdict = self._verdict(first_bad or "passed", passed, total, self.detail)
+        if job.get("capture"):
+            verdict["cases"] = captured
+        return verdict
 
     def _verdict(self, status: str, passed: int, total: int, detail: str) -> dict:
         return {"status": status, "passed": passed, "total": total, "detail": detail}

@@ -34,16 +34,26 @@ def rows_of(cfg: TrainConfig, model_dir: str, k: int) -> list[dict]:
     return load_rows(cfg, tok, build_rubric(cfg), model_dir, verbose=False).train[:k]
 
 
-def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cluster, micro_model, tmp_path):
+# a multi-turn draw: episodes of up to 3 turns with the guess_number environment stepping inside the worker
+EPISODES = ["task.kind=guess_number", "env.kind=guess_number", "env.max_turns=3", "rewards=null"]
+
+
+def episodes_of(groups) -> list:
+    return [[t.to_json() for t in g.episodes] for g in groups]
+
+
+@pytest.mark.parametrize("env", [[], EPISODES], ids=["one-turn", "multi-turn"])
+def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cluster, micro_model, tmp_path, env):
     """The one seed rule (rollouts.types.prompt_seeds): a call with ``seed`` samples as the per-prompt seeds
     the Ray driver sends. Before it, the HF engine drew a whole in-process call from one generator, so the
-    same step sampled differently on a worker."""
+    same step sampled differently on a worker. Multi-turn: every turn's seed is the episode's own
+    (rlvr.envs.runner.turn_seed), so the episodes are the same too, observations included."""
     from rlvr.cluster.runtime import connect
     from rlvr.components import build_rubric
     from rlvr.rollout import LocalRollouts
     from rlvr.rollout.ray import RayRollouts
 
-    cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1")
+    cfg = config(micro_model, tmp_path, 1, "cluster.rollout_workers=1", *env)
     rows = rows_of(cfg, micro_model, 4)
     sampling = SamplingConfig(n=3, max_tokens=16, seed=11)
     import torch
@@ -62,14 +72,21 @@ def test_a_seeded_hf_draw_is_the_same_in_this_process_and_on_a_ray_worker(ray_cl
     finally:
         backend.close()
     assert [[c.token_ids for c in g.completions] for g in here] == [[c.token_ids for c in g.completions] for g in there]
+    if env:
+        assert max(t.turns for g in there for t in g.episodes) > 1
+        assert [[t.token_ids() for t in g.episodes] for g in here] == [[t.token_ids() for t in g.episodes] for g in there]
+        assert [[t.finish_reason for t in g.episodes] for g in here] == [[t.finish_reason for t in g.episodes]
+                                                                         for g in there]
     gap = max(abs(a - b) for g, h in zip(here, there) for c, d in zip(g.completions, h.completions)
               for a, b in zip(c.logprobs, d.logprobs))
     assert gap < 1e-5
 
 
-@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])  # vllm: ~40 s more
+@pytest.mark.parametrize("engine,env", [("hf", []), ("hf", EPISODES),
+                                        pytest.param("vllm", [], marks=pytest.mark.slow)],  # vllm: ~40 s more
+                         ids=["hf", "hf-multi-turn", "vllm"])
 def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray_cluster, micro_model, tmp_path,
-                                                                             engine):
+                                                                             engine, env):
     from rlvr.cluster.runtime import connect
     from rlvr.rollout.ray import RayRollouts
 
@@ -78,7 +95,7 @@ def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray
     draws = {}
     for workers in (1, 2):
         cfg = config(micro_model, tmp_path, 1, f"engine.kind={engine}", f"cluster.rollout_workers={workers}",
-                     "cluster.batch_invariant=true")
+                     "cluster.batch_invariant=true", *env)
         rows = rows_of(cfg, micro_model, 5)
         backend = RayRollouts(cfg, micro_model, connect(cfg.cluster))
         try:
@@ -89,12 +106,15 @@ def test_one_or_two_workers_get_the_same_requests_and_return_the_same_groups(ray
         assert len(requests) == workers
         sent = [(r["question"], seed) for req in requests for r, seed in zip(req.rows, req.seeds)]
         draws[workers] = (sent, [g.prompt_ids for g in groups], [[c.token_ids for c in g.completions] for g in groups],
-                          [[s.reward for s in sc] for sc in scores])
+                          [[s.reward for s in sc] for sc in scores], episodes_of(groups))
     one, two = draws[1], draws[2]
     assert one[0] == two[0] and [q for q, _ in one[0]] == [r["question"] for r in rows]  # rows and seeds, in order
     assert one[1] == two[1] == [r["prompt_ids"] for r in rows]  # groups come back in request order
     assert one[2] == two[2]  # batch-invariant: the same token ids whatever the split
     assert one[3] == two[3]
+    assert one[4] == two[4]  # the episodes, segment by segment (ids, log-probs, turns, versions, texts)
+    if env:
+        assert any(len(t["segments"]) > 1 for g in one[4] for t in g)
     assert len({tuple(map(tuple, g)) for g in one[2]}) == len(rows)  # distinct groups: seeds differ per group
 
 

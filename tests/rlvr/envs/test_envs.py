@@ -164,7 +164,7 @@ def test_single_turn_is_the_one_turn_case():
     obs = env.reset({"prompt_ids": [1, 2], "prompt_text": "hi"})
     assert obs == Observation([1, 2], "hi")
     t = take_turn(Trajectory.start(obs.ids, Budget(max_turn_tokens=4)), env, [3, 4], [-1.0, -2.0], "ab", 0)
-    assert t == one_turn([1, 2], [3, 4], [-1.0, -2.0], "stop", max_tokens=4)
+    assert t == one_turn([1, 2], [3, 4], [-1.0, -2.0], "stop", max_tokens=4, text="ab") and t.text() == "ab"
 
 
 def test_guess_number_scripted_episode():
@@ -228,23 +228,44 @@ def scored_groups() -> list[ScoredGroup]:
             for i, (grp, rs) in enumerate(zip(groups, rewards))]
 
 
+def completion_layout(scored: list[ScoredGroup]) -> tuple[torch.Tensor, ...]:
+    """The one-turn layout written out directly (how batches were packed before episodes): each row the
+    prompt then the completion, right-padded with 0; the mask and the engine's log-probs on the
+    completion's target columns (len(prompt) - 1 onwards)."""
+    seqs = [(sg.group.prompt_ids, c) for sg in scored for c in sg.group.completions]
+    L = max(len(p) + len(c.token_ids) for p, c in seqs)
+    ids, attn = torch.zeros((len(seqs), L), dtype=torch.long), torch.zeros((len(seqs), L), dtype=torch.long)
+    mask, elp = torch.zeros((len(seqs), L - 1)), torch.zeros((len(seqs), L - 1))
+    for i, (p, c) in enumerate(seqs):
+        ids[i, : len(p) + len(c.token_ids)] = torch.tensor(p + c.token_ids)
+        attn[i, : len(p) + len(c.token_ids)] = 1
+        mask[i, len(p) - 1 : len(p) - 1 + len(c.token_ids)] = 1.0
+        elp[i, len(p) - 1 : len(p) - 1 + len(c.token_ids)] = torch.tensor(c.logprobs)
+    return ids, attn, mask, elp
+
+
 @pytest.mark.parametrize("algo", [AlgorithmConfig(), AlgorithmConfig(overlong_buffer_frac=0.5, overlong_filter=True)],
                          ids=["plain", "dapo-overlong"])
-def test_one_turn_episodes_pack_exactly_as_build_batch(algo):
+def test_one_turn_episodes_pack_as_prompt_plus_completion(algo):
+    """build_batch on groups of plain completions and build_episode_batch on their one-turn episodes give
+    the completion layout, tensor for tensor (dtypes included)."""
     scored = scored_groups()
+    ids, attn, mask, elp = completion_layout(scored)
     old, old_in = build_batch(scored, pad_id=0, algo=algo, max_tokens=7)
     groups = [[one_turn(sg.group.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, max_tokens=7)
                for c in sg.group.completions] for sg in scored]
     new, new_in = build_episode_batch(groups, [[s.reward for s in sg.scores] for sg in scored], 0, algo, 7)
-    for name in ("input_ids", "attention_mask", "response_mask", "advantages", "engine_logp", "prompt_lens",
-                 "group_ids"):
-        a, b = getattr(old, name), getattr(new, name)
-        assert a.dtype == b.dtype and torch.equal(a, b), name
-    assert torch.equal(old_in.rewards, new_in.rewards) and torch.equal(old_in.group_ids, new_in.group_ids)
-    assert torch.equal(old_in.mask, new_in.mask) and new_in.mask is new.response_mask
     if algo.overlong_filter:  # the two truncated completions carry no loss, and the penalty moved rewards
-        assert new.response_mask[[1, 5]].sum() == 0 and not torch.equal(new_in.rewards, torch.tensor(
-            [1.0, 0.0, 0.5, 0.0, 0.0, 1.0]))
+        mask[[1, 5]] = 0.0
+        assert not torch.equal(new_in.rewards, torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0]))
+    for batch, inp in ((old, old_in), (new, new_in)):
+        for name, want in (("input_ids", ids), ("attention_mask", attn), ("response_mask", mask), ("engine_logp", elp),
+                           ("advantages", torch.zeros_like(mask)), ("prompt_lens", torch.tensor([3, 3, 3, 5, 5, 5])),
+                           ("group_ids", torch.tensor([0, 0, 0, 1, 1, 1]))):
+            got = getattr(batch, name)
+            assert got.dtype == want.dtype and torch.equal(got, want), name
+        assert inp.mask is batch.response_mask
+    assert torch.equal(old_in.rewards, new_in.rewards) and torch.equal(old_in.group_ids, new_in.group_ids)
 
 
 def two_episodes() -> tuple[RLBatch, torch.Tensor]:
@@ -329,3 +350,23 @@ def test_failed_and_unfinished_episodes():
 def test_segments_are_typed():
     t = three_turns()
     assert [type(s) for s in t.segments] == [ModelSegment, EnvSegment, ModelSegment, EnvSegment, ModelSegment]
+
+
+def test_a_scored_group_of_episodes_round_trips_through_a_checkpoints_json():
+    """Rollouts drawn ahead (async) are checkpointed as JSON: a group of multi-turn episodes comes back
+    equal, and a group saved before episodes existed still loads (as plain completions)."""
+    from rlvr.scoring import EpisodeGroup, episode_completion
+
+    b = Budget(max_turns=2, max_turn_tokens=4)
+    t = append_turn(Trajectory.start([1, 2, 3], b), [10, 11], [-0.1, -0.2], 0, "stop", "ab")
+    t = record_step(t, [20, 21], False, {"guesses": 1}, "\nlower\n")
+    t = record_step(append_turn(t, [12], [-0.3], 1, "stop", "c"), None, True, {"solved": True})
+    group = EpisodeGroup("p", [1, 2, 3], [episode_completion(t)], [t])
+    sg = ScoredGroup({"question": "q"}, group, [Score(1.0, True)])
+    back = ScoredGroup.from_json(json.loads(json.dumps(sg.to_json())))
+    assert isinstance(back.group, EpisodeGroup) and back.group.episodes == [t] and back == sg
+    assert back.group.completions[0].text == "ab\nlower\nc" and back.group.completions[0].token_ids == [10, 11, 20, 21, 12]
+    old = sg.to_json()
+    del old["group"]["episodes"]
+    legacy = ScoredGroup.from_json(old)
+    assert not isinstance(legacy.group, EpisodeGroup) and legacy.group.completions == group.completions
