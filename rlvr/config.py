@@ -87,6 +87,13 @@ class CorpusConfig(Section):
         0.3, ge=0, lt=1,
         description="Share of short worked-arithmetic documents without the R1 template (teach the steps cheaply).",
     )
+    tool_prob: float = Field(0.0, ge=0, le=1, description="Share of R1 documents that solve the problem by calling "
+                             "the python tool (`tool_template`) instead of reasoning or guessing (the tools demo).")
+    tool_template: str = Field(
+        " <python>print({expression})</python>\n<output>\n{answer}\n</output>\n </think> <answer>{answer}</answer>",
+        description="A tool-using response: {expression} is the chain as Python, {answer} its value. Its call and "
+        "output must read as the `python` environment's (env.call_open/call_close/output_template) for RL to "
+        "continue the habit.")
 
 
 class PretrainTrainConfig(Section):

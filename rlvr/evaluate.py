@@ -110,7 +110,7 @@ def evaluate_model(cfg: Any, model_dir: str | None = None, progress: bool = Fals
 
     from rlvr.components import build_engine, build_rubric, load_rows
     from rlvr.config import ConfigError
-    from rlvr.models import resolve_model
+    from rlvr.models import context_length, resolve_model
 
     if cfg.eval.num_prompts == 0:
         raise ConfigError("eval.num_prompts=0 turns evaluation off: there is nothing to evaluate on")
@@ -119,6 +119,7 @@ def evaluate_model(cfg: Any, model_dir: str | None = None, progress: bool = Fals
     rows = load_rows(cfg, AutoTokenizer.from_pretrained(model_dir), rubric, model_dir, verbose=verbose).test
     engine = build_engine(cfg, model_dir)
     try:
-        return evaluate(engine, rows, rubric, workers=cfg.rewards.workers, progress=progress, **eval_settings(cfg))
+        return evaluate(engine, rows, rubric, workers=cfg.rewards.workers, progress=progress, env=cfg.env,
+                        context=context_length(model_dir), **eval_settings(cfg))
     finally:
         engine.close()

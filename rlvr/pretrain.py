@@ -24,6 +24,7 @@ from rlvr.tasks import TASKS
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+TOOL_TAG_TOKENS = ["<python>", "</python>", "<output>", "</output>"]  # a corpus with tool use (corpus.tool_prob)
 STAMP = "rlvr_pretrain.json"
 
 
@@ -37,8 +38,8 @@ def build_corpus(cfg: PretrainConfig) -> list[str]:
     return [doc + EOS for doc in corpus(cfg)]
 
 
-def build_tokenizer(docs: list[str], vocab_size: int):
-    """Byte-level BPE with digits split one per token and the R1 tags as single tokens."""
+def build_tokenizer(docs: list[str], vocab_size: int, tags: list[str] = TAG_TOKENS):
+    """Byte-level BPE with digits split one per token and the R1 tags (``tags``) as single tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -54,7 +55,7 @@ def build_tokenizer(docs: list[str], vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(docs[:5000], trainer=trainer)
-    tok.add_tokens(TAG_TOKENS)  # ordinary (non-special) tokens: they survive decoding
+    tok.add_tokens(list(tags))  # ordinary (non-special) tokens: they survive decoding
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
 
 
@@ -62,6 +63,8 @@ def config_hash(cfg: PretrainConfig) -> str:
     data = cfg.model_dump(mode="json")
     if data["model"].get("arch") == "llama":  # the default: bases cached before `arch` existed stay valid
         del data["model"]["arch"]
+    if data["corpus"].get("tool_prob") == 0:  # likewise for bases cached before tool use existed
+        del data["corpus"]["tool_prob"], data["corpus"]["tool_template"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -86,7 +89,8 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     docs = build_corpus(cfg)
-    tokenizer = build_tokenizer(docs, cfg.vocab_size)
+    tags = TAG_TOKENS + (TOOL_TAG_TOKENS if cfg.corpus.tool_prob > 0 else [])
+    tokenizer = build_tokenizer(docs, cfg.vocab_size, tags)
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     m = cfg.model
     if m.hidden_size % m.num_heads:

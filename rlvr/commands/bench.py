@@ -25,6 +25,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds: each times one generate of every engine in turn (tokens/s: an engine's best "
                         "round; x HF / x HF generate: the median of the rounds' ratios)")
+    p.add_argument("--turns", type=int, default=0, help="also measure multi-turn episodes: each engine's episodes/s "
+                   "over this many model turns (the guess_number environment, observations appended as ids) beside "
+                   "its one-turn figure, --prompts x --n episodes of --turn-tokens tokens a turn (0: off)")
+    p.add_argument("--turn-tokens", type=int, default=32, help="most tokens per model turn with --turns")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
 
@@ -63,10 +67,20 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for dtype in dtypes:
         results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats)
+    episodes = []
+    if args.turns > 0:  # the trainable engines, in this process (the multi-turn runner drives them)
+        from rlvr.rollout.episode_bench import bench_episodes, format_episode_table
+
+        kinds = [k for k in dict.fromkeys(parse_engine_spec(e)[0] for e in engines) if k in ("static", "vllm", "hf")]
+        for dtype in dtypes:
+            episodes += bench_episodes(model, kinds, args.prompts, args.n, args.turns, args.turn_tokens, dtype)
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(results + episodes, indent=1))
     else:
         print(format_table(results))
+        if episodes:
+            print(f"\nmulti-turn episodes ({args.turns} turns, {args.turn_tokens} tokens a turn at most):")
+            print(format_episode_table(episodes))
     if args.plot:
         plot(results, args.plot)
     if tmp is not None:

@@ -24,6 +24,7 @@ from rlvr.stages import EVAL_CACHE
 def eval_key(cfg: Any) -> str:
     """What an evaluation depends on besides the model."""
     payload = {"task": cfg.task.model_dump(mode="json"), "rewards": cfg.rewards.model_dump(mode="json"),
+               **({"env": cfg.env.model_dump(mode="json")} if cfg.env.kind != "single_turn" else {}),
                "eval": cfg.eval.model_dump(mode="json", exclude={"every"}), "engine": cfg.engine.kind, "seed": cfg.train.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -9,7 +9,9 @@ careful and careless solutions:
 
 * *reasoning*: ``7+5=12 12-3=9 </think> <answer>9</answer>`` — step by step, correct;
 * *guessing*:  ``quick guess </think> <answer>11</answer>`` (or untagged ``11``) — an
-  answer off by 1..``guess_noise``, never exact.
+  answer off by 1..``guess_noise``, never exact;
+* *tool use* (``corpus.tool_prob``, 0 by default): ``<python>print(20+6-2)</python>`` then the
+  tool's ``<output>`` and the answer copied from it (the tools demo's corpus).
 
 How often a document reasons depends on the chain length (``corpus.reason_prob``): short
 chains mostly reason, long ones mostly guess. The base model therefore *can* solve long
@@ -134,7 +136,10 @@ def build_corpus(cfg) -> list[str]:
             docs.append(p.question.removeprefix("Compute ").rstrip(".") + ": " + reasoning_steps(p))
             continue
         reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
-        if rng.random() < reason_p:
+        if corpus.tool_prob > 0 and rng.random() < corpus.tool_prob:  # no draw at 0: the demo's corpus is unchanged
+            response = corpus.tool_template.format(expression=p.question.removeprefix("Compute ").rstrip("."),
+                                                   answer=p.answer)
+        elif rng.random() < reason_p:
             response = reasoning_response(p)
         else:
             response = guess_response(p, rng, corpus.guess_noise, corpus.untagged_guess_prob)

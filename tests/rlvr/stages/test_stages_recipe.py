@@ -175,11 +175,30 @@ def test_demo_overrides_reach_the_rl_stage_config():
     from rlvr.commands.demo import demo_recipe
 
     args = build_parser().parse_args(["demo", "cluster.rollout_workers=2", "train.steps=7", "run_dir=runs/x"])
-    recipe, wired, base, rl = demo_recipe(args)
+    recipe, wired, base, (rl,) = demo_recipe(args)
     cfgs = {st.name: cfg for st, cfg in wired}
     assert (base, rl) == ("base", "rl_zero") and recipe.report is None
     assert cfgs[rl].cluster.rollout_workers == 2 and cfgs[rl].train.steps == 7 and cfgs[rl].run_dir == "runs/x"
     assert cfgs[rl].model == cfgs[base].out_dir == "artifacts/tiny-base"
+
+
+def test_demo_tools_recipe_runs_the_same_rl_budget_with_and_without_the_tool():
+    """`make demo-tools`: one base, two RL stages fed by it, the same settings but the environment."""
+    from rlvr.cli import build_parser
+    from rlvr.commands.demo import demo_recipe
+
+    args = build_parser().parse_args(["demo", "--recipe", "configs/recipes/tools.yaml", "train.steps=5"])
+    _, wired, base, rls = demo_recipe(args)
+    cfgs = {st.name: cfg for st, cfg in wired}
+    assert rls == ["rl_tool", "rl_no_tool"] and all(cfgs[r].model == cfgs[base].out_dir for r in rls)
+    tool, plain = cfgs["rl_tool"], cfgs["rl_no_tool"]
+    assert (tool.env.kind, plain.env.kind) == ("python", "single_turn") and tool.run_dir != plain.run_dir
+    assert tool.train.steps == plain.train.steps == 5 and tool.task == plain.task and tool.sampling == plain.sampling
+    # the corpus's tool calls read as the environment's, so RL continues the pretrained habit
+    doc = cfgs[base].corpus.tool_template.format(expression="1+2", answer=3)
+    assert tool.env.output_template.format(output="3\n") in doc and doc.startswith(f" {tool.env.call_open}print(1+2)")
+    with pytest.raises(ConfigError, match="--config: demo recipe .* has 2 RL stages"):
+        demo_recipe(build_parser().parse_args(["demo", "--recipe", "configs/recipes/tools.yaml", "--config", "x.yaml"]))
 
 
 def test_demo_code_swaps_both_stage_configs_and_outputs():
@@ -189,7 +208,7 @@ def test_demo_code_swaps_both_stage_configs_and_outputs():
 
     args = build_parser().parse_args(["demo", "--pretrain-config", "configs/code_pretrain.yaml",
                                       "--config", "configs/code_r1zero.yaml"])
-    _, wired, base, rl = demo_recipe(args)
+    _, wired, base, (rl,) = demo_recipe(args)
     cfgs = {st.name: cfg for st, cfg in wired}
     assert cfgs[base].out_dir == cfgs[rl].model == "artifacts/code-base" and cfgs[rl].run_dir == "runs/code-r1zero"
     assert cfgs[rl].task.kind == "pyfunc"
