@@ -20,6 +20,7 @@ from rlvr.errors import DataError
 from rlvr.evaluate import FORMAT
 from rlvr.pipeline import ScoredGroup, StepRollouts
 from rollouts import SamplingConfig
+from verifiers.batch import outcome_counts
 
 
 class PromptSampler:
@@ -63,8 +64,8 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
     """The step's groups: ``(batch, drawn, stats)``; ``draw(round, k)`` generates and scores ``k`` prompts.
 
     Without ``dynamic`` sampling this is one round of ``want`` prompts, used as is. With it
-    (DAPO), groups whose rewards are all equal (no signal for a group-relative advantage) are
-    dropped, and further rounds draw the missing number of prompts, scaled up by the share of
+    (DAPO), groups whose valid samples' rewards are all equal (no signal for a group-relative
+    advantage; a group with fewer than two valid samples has none either) are dropped, and further rounds draw the missing number of prompts, scaled up by the share of
     informative groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
     excess is trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they
     carry no group-relative advantage), so a step never trains on an empty batch.
@@ -78,12 +79,13 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
         k = want if not drawn else min(want, math.ceil((want - len(kept)) / max(informative_frac, 1 / want)))
         new = draw(rounds, k)
         rounds += 1
-        rewards = torch.cat([sg.rewards for sg in new])  # [B]
-        sizes = torch.tensor([len(sg.scores) for sg in new])
+        valid = [sg.valid for sg in new]  # the samples whose check did not fail: the others carry no signal
+        rewards = torch.cat([sg.rewards[v] for sg, v in zip(new, valid)])  # [B valid]
+        sizes = torch.tensor([int(v.sum()) for v in valid])
         keep = dynamic_sampling_filter(rewards, torch.repeat_interleave(torch.arange(len(new)), sizes))
-        first = torch.cumsum(sizes, 0) - sizes  # index of each group's first member
-        for sg, informative in zip(new, keep[first].tolist()):
-            (kept if informative else dropped).append(sg)
+        first = torch.cumsum(sizes, 0) - sizes  # index of each group's first valid member
+        for sg, n_valid, start in zip(new, sizes.tolist(), first.tolist()):
+            (kept if n_valid and bool(keep[start]) else dropped).append(sg)
         drawn += new
     padded = max(0, want - len(kept))
     stats = {"sampling_rounds": float(rounds), "groups_drawn": float(len(drawn)), "groups_dropped": float(len(dropped)),
@@ -120,7 +122,7 @@ class StepDrawer:
 
 def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
     """Rollout statistics of every group drawn; the format rate is the rubric's own ``r1_format`` score
-    (absent when the rubric does not check the format)."""
+    (absent when the rubric does not check the format); the outcome counts (`outcome_metrics`)."""
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
@@ -138,4 +140,18 @@ def rollout_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
         "solved_none_frac": float((per_group.max(1).values == per_group.min(1).values).float().mean()),
         "verifier_errors": float(sum(s.error is not None for s in scores)),
         "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
+        **outcome_metrics(scored),
     }
+
+
+def outcome_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
+    """What became of the samples drawn: ``outcome/<outcome>`` counts (after retries), ``outcome/retried``
+    (samples scored more than once), ``outcome/excluded`` (samples kept out of training: their own check
+    failed, or their group was dropped) and ``outcome/groups_dropped`` (groups left with fewer than two
+    valid samples)."""
+    scores = [s for sg in scored for s in sg.scores]
+    valid = [sg.valid for sg in scored]
+    return {**outcome_counts(scores),
+            "outcome/retried": float(sum(s.metrics.get("retries", 0.0) > 0 for s in scores)),
+            "outcome/excluded": float(sum(int((~v).sum()) for v in valid)),
+            "outcome/groups_dropped": float(sum(not v.any() for v in valid))}

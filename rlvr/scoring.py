@@ -5,10 +5,16 @@ The engine calls back with every finished group (``on_group``); the group goes t
 sandbox (code), while the remaining groups still generate. Only the scoring left when
 generation ends is on the step's critical path (``score_wait_s``); the rest is hidden
 (``score_hidden_share``).
+
+Each part of the rubric scores a failed check again (``rewards.retries``: outcomes verifier_error
+and infra_error, see verifiers.score_batch). A completion the engine cut at ``max_tokens`` (finish
+reason ``length``) that did not earn its answer is labelled ``truncated`` here: the verifier sees
+only text and cannot know it was cut; the reward is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,9 +45,10 @@ class Scorer:
             texts, rows = [c.text for c in group.completions], [row] * len(group.completions)
             # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
             # in-process ones (arith, format) run inline: groups already run on `workers` threads.
-            per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1)
-                        for v, _ in self.rubric.parts]
-            return [self.rubric.combine(list(scores)) for scores in zip(*per_part)]
+            per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1,
+                                    self.rubric.retries) for v, _ in self.rubric.parts]
+            return [label_truncated(self.rubric.combine(list(scores)), c.finish_reason)
+                    for scores, c in zip(zip(*per_part), group.completions)]
         finally:
             with self._lock:
                 self._spans.append((t0, time.perf_counter()))
@@ -67,6 +74,14 @@ class Scorer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def label_truncated(score: Score, finish_reason: str | None) -> Score:
+    """``score`` with outcome ``truncated`` when the completion was cut at the token limit and its answer was
+    not right (``wrong`` or ``unparsed``); any other outcome says more and is kept."""
+    if finish_reason == "length" and score.outcome in ("wrong", "unparsed"):
+        return dataclasses.replace(score, outcome="truncated")
+    return score
 
 
 def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig,

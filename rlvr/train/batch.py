@@ -1,5 +1,6 @@
 """Scored groups into the learner's tensors: prompt + completion rows, right-padded, in target
-alignment (see rlvr.train.learner), with the loss mask over the sampled tokens only."""
+alignment (see rlvr.train.learner), with the loss mask over the sampled tokens only, and none on a
+sample kept out of training (``ScoredGroup.valid``: a check that failed for reasons not the policy's)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                 max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
-    DAPO's overlong shaping when configured; advantages are left at 0 for the caller."""
+    DAPO's overlong shaping when configured; advantages are left at 0 for the caller. An invalid
+    sample keeps its row (the batch's shape does not depend on failures) with an empty loss mask, and
+    ``AdvantageInputs.valid`` keeps it out of its group's statistics."""
     seqs, spans, engine_lp = [], [], []
     for sg in scored:
         for comp in sg.group.completions:
@@ -44,5 +47,8 @@ def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                                                   algo.overlong_penalty_factor)
     if algo.overlong_filter:  # DAPO overlong filtering: truncated completions carry no loss
         mask = mask * overlong_mask([c.finish_reason for c in comps])[:, None]
+    valid = torch.cat([sg.valid for sg in scored])  # [B] bool
+    if not valid.all():  # failed checks (not the policy's doing) carry no loss
+        mask = mask * valid.to(mask.dtype)[:, None]
     batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)  # groups: shared-prefix forward
-    return batch, AdvantageInputs(rewards, group_ids, mask)
+    return batch, AdvantageInputs(rewards, group_ids, mask, valid=valid)
