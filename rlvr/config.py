@@ -160,7 +160,7 @@ class RewardsConfig(Section):
     retries: int = Field(1, ge=0, le=10, description="How many more times a sample is scored whose check failed for "
                          "reasons not the policy's (outcome verifier_error or infra_error: a crashed verifier, a dead "
                          "sandbox worker). One still failing after them is kept out of its group's baseline and out "
-                         "of the loss, never trained as a 0 (docs/verifiers.md#outcomes).")
+                         "of the loss, never trained as a 0 (docs/verifiers.md#what-enters-the-gradient).")
 
 
 class AlarmsConfig(Section):
