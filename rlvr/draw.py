@@ -65,8 +65,9 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
 
     Without ``dynamic`` sampling this is one round of ``want`` prompts, used as is. With it
     (DAPO), groups whose valid samples' rewards are all equal (no signal for a group-relative
-    advantage; a group with fewer than two valid samples has none either) are dropped, and further rounds draw the missing number of prompts, scaled up by the share of
-    informative groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
+    advantage; a group with fewer than two valid samples has none either) are dropped, and
+    further rounds draw the missing number of prompts, scaled up by the share of informative
+    groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
     excess is trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they
     carry no group-relative advantage), so a step never trains on an empty batch.
     """

@@ -90,12 +90,12 @@ def _score_all(verifier: Verifier, completions: Sequence[str], tasks: Sequence[M
             scores = list(verifier.score_many(completions, tasks, max(1, workers)))
         except Exception as exc:
             warnings.warn(f"{_name(verifier)}.score_many raised {type(exc).__name__}: {exc}; scoring row by row",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         else:
             if len(scores) == len(completions):
                 return [_checked(verifier, s) for s in scores]
             warnings.warn(f"{_name(verifier)}.score_many returned {len(scores)} scores for {len(completions)} rows; "
-                          "scoring row by row", RuntimeWarning, stacklevel=2)
+                          "scoring row by row", RuntimeWarning, stacklevel=3)
     if workers <= 1 or len(completions) <= 1:
         return [_safe_score(verifier, c, t) for c, t in zip(completions, tasks)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
