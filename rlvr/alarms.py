@@ -3,7 +3,9 @@
 Other engines have trained for days on identically-zero math rewards (a reference format the
 verifier never matches, a crashed sandbox). Here a run stops when every reward was exactly 0 for
 ``alarms.zero_reward_steps`` steps in a row, or when more than ``alarms.max_error_rate`` of a
-step's checks failed in the verifier; the message names the verifier and shows a sample.
+step's samples ended, after retries, with one outcome that was not the policy's doing
+(``verifier_error``, ``infra_error``), or more than ``alarms.max_outcome_rates[o]`` with outcome
+``o``; the message names the verifier and shows a sample.
 A gradient of exactly 0 for ``alarms.zero_grad_steps`` steps only warns (all-equal groups
 happen in healthy runs too).
 """
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlvr.config import AlarmsConfig
+from verifiers import FAILURE_OUTCOMES
 
 
 class RewardAlarm(RuntimeError):
@@ -27,8 +30,14 @@ def _sample(scored: Sequence[Any], pick) -> str:
             if pick(score):
                 ref = {k: v for k, v in sg.row.items() if k not in ("prompt_text", "prompt_ids", "question")}
                 return (f"\n  question:   {str(sg.row.get('question'))[:200]!r}\n  completion: {comp.text[:300]!r}"
-                        f"\n  task keys:  {str(ref)[:300]}\n  score:      reward={score.reward} error={score.error}")
+                        f"\n  task keys:  {str(ref)[:300]}\n  score:      reward={score.reward} error={score.error} "
+                        f"outcome={score.outcome}")
     return ""
+
+
+_WHY = {"verifier_error": "checks failed in the verifier", "infra_error": "checks failed in the machinery under "
+        "the verifier", "policy_timeout": "programs ran out of time or memory", "unparsed": "no answer could be read",
+        "truncated": "completions cut at the token limit", "wrong": "wrong answers", "correct": "right answers"}
 
 
 class Alarms:
@@ -37,14 +46,21 @@ class Alarms:
         self.zero_reward_run = 0
         self.zero_grad_run = 0
 
+    def _limits(self) -> list[tuple[str, float, str]]:
+        """(outcome, the share of a step's samples it may reach, the config key that says so)."""
+        out = {o: (self.cfg.max_error_rate, "max_error_rate") for o in FAILURE_OUTCOMES}
+        out.update({o: (rate, f"max_outcome_rates.{o}") for o, rate in self.cfg.max_outcome_rates.items()})
+        return [(o, rate, key) for o, (rate, key) in out.items()]
+
     def check(self, step: int, scored: Sequence[Any], metrics: dict[str, float]) -> None:
         scores = [s for sg in scored for s in sg.scores]
-        errors = [s for s in scores if s.error is not None]
-        if scores and len(errors) / len(scores) > self.cfg.max_error_rate:
-            raise RewardAlarm(
-                f"step {step}: {len(errors)} of {len(scores)} checks failed in the verifier "
-                f"(> alarms.max_error_rate={self.cfg.max_error_rate}); rubric {self.names}. First failure:"
-                + _sample(scored, lambda s: s.error is not None))
+        for outcome, limit, key in self._limits():
+            hits = sum(s.outcome == outcome for s in scores)
+            if scores and hits / len(scores) > limit:
+                raise RewardAlarm(
+                    f"step {step}: {hits} of {len(scores)} samples ended {outcome} ({_WHY[outcome]}; "
+                    f"> alarms.{key}={limit}); rubric {self.names}. First one:"
+                    + _sample(scored, lambda s, o=outcome: s.outcome == o))
         self.zero_reward_run = self.zero_reward_run + 1 if all(s.reward == 0 for s in scores) else 0
         if self.cfg.zero_reward_steps and self.zero_reward_run >= self.cfg.zero_reward_steps:
             raise RewardAlarm(

@@ -40,11 +40,13 @@ import yaml
 FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
-# Fields that may change between a run and its resume: they do not change what is trained.
+# Fields that may change between a run and its resume: they do not change what is trained
+# (rewards.retries only how hard a failed check is tried again: a run resumed after infrastructure trouble may
+# want more).
 RESUME_MAY_CHANGE = (
     "run_dir", "train.steps", "train.threads", "logging.", "checkpoint.", "eval.every",
     "engine.kv_cache_gib", "engine.max_logprob_diff", "engine.threads", "engine.gpu_memory_utilization",
-    "rewards.workers", "alarms.",
+    "rewards.workers", "rewards.retries", "alarms.",
     "resolved.engine.max_logprob_diff", "resolved.logging.",  # (config.yaml's derived values of the fields above)
 )
 

@@ -19,7 +19,7 @@ def build_rubric(cfg: TrainConfig) -> Rubric:
     parts = [(get_verifier(t.verifier, **t.kwargs), t.weight) for t in cfg.rewards.terms]
     if not any(v.name == "r1_format" for v, _ in parts):
         parts.append((get_verifier("r1_format"), 0.0))
-    return Rubric(parts)
+    return Rubric(parts, retries=cfg.rewards.retries)
 
 
 def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:

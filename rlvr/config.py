@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.envs import EnvConfig
@@ -166,6 +166,10 @@ class RewardsConfig(Section):
         "r1_format (weight 0.1). A bare list under `rewards:` means this field.")
     workers: int = Field(4, ge=1, description="Scoring workers: groups are scored on these as soon as they finish "
                          "generating (the math and code verifiers run each check in their own processes).")
+    retries: int = Field(1, ge=0, le=10, description="How many more times a sample is scored whose check failed for "
+                         "reasons not the policy's (outcome verifier_error or infra_error: a crashed verifier, a dead "
+                         "sandbox worker). One still failing after them is kept out of its group's baseline and out "
+                         "of the loss, never trained as a 0 (docs/verifiers.md#what-enters-the-gradient).")
 
 
 class AlarmsConfig(Section):
@@ -173,8 +177,25 @@ class AlarmsConfig(Section):
         10, ge=0, description="Stop when every reward was exactly 0 for this many consecutive steps, naming the "
         "verifier and showing a sample (0: off).")
     max_error_rate: float = Field(
-        0.5, gt=0, le=1, description="Stop when more than this share of a step's checks failed in the verifier "
-        "(timeouts, crashes, sandbox errors), as opposed to wrong answers.")
+        0.5, gt=0, le=1, description="Stop when more than this share of a step's samples failed, after retries, for "
+        "reasons not the policy's: the verifier's (outcome verifier_error: crashes, checker timeouts) or the "
+        "machinery's (infra_error: dead sandbox workers), each counted on its own; a wrong answer never counts.")
+    max_outcome_rates: dict[str, float] = Field(
+        default_factory=dict, description="Stop when more than this share of a step's samples had this outcome, per "
+        "outcome (e.g. {policy_timeout: 0.5, unparsed: 0.9}); verifier_error and infra_error default to "
+        "max_error_rate. Outcomes: correct, wrong, unparsed, policy_timeout, truncated, verifier_error, infra_error.")
+
+    @field_validator("max_outcome_rates")
+    @classmethod
+    def _known_outcomes(cls, rates: dict[str, float]) -> dict[str, float]:
+        from verifiers.base import OUTCOMES
+
+        for outcome, rate in rates.items():
+            if outcome not in OUTCOMES:
+                raise ValueError(f"unknown outcome {outcome!r}; outcomes: {', '.join(OUTCOMES)}")
+            if not 0 < rate <= 1:
+                raise ValueError(f"max_outcome_rates.{outcome} must be in (0, 1], got {rate}")
+        return rates
     zero_grad_steps: int = Field(5, ge=0, description="Warn when the gradient was exactly 0 for this many "
                                  "consecutive steps (no group had a reward spread; 0: off).")
 
@@ -310,7 +331,7 @@ class TrainConfig(Section):
     env: EnvConfig = Field(default_factory=SingleTurnConfig, description="The environment an episode runs in: "
                            "`kind` picks it (single_turn: one completion per prompt; guess_number, ...), with "
                            "max_turns and token budgets; see `rlvr config env` and docs/environments.md.")
-    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers and workers.")
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers, workers, retries.")
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="When a run stops itself.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

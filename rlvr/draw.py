@@ -22,6 +22,7 @@ from rlvr.evaluate import FORMAT
 from rlvr.pipeline import ScoredGroup, StepRollouts
 from rlvr.train.batch import episodes_of
 from rollouts import SamplingConfig
+from verifiers.batch import outcome_counts
 
 
 class PromptSampler:
@@ -65,9 +66,10 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
     """The step's groups: ``(batch, drawn, stats)``; ``draw(round, k)`` generates and scores ``k`` prompts.
 
     Without ``dynamic`` sampling this is one round of ``want`` prompts, used as is. With it
-    (DAPO), groups whose rewards are all equal (no signal for a group-relative advantage) are
-    dropped, and further rounds draw the missing number of prompts, scaled up by the share of
-    informative groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
+    (DAPO), groups whose valid samples' rewards are all equal (no signal for a group-relative
+    advantage; a group with fewer than two valid samples has none either) are dropped, and
+    further rounds draw the missing number of prompts, scaled up by the share of informative
+    groups seen so far, until ``want`` are kept or ``max_rounds`` rounds ran; the
     excess is trimmed. If the rounds run out, dropped groups top the batch up to ``want`` (they
     carry no group-relative advantage), so a step never trains on an empty batch.
     """
@@ -80,12 +82,13 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
         k = want if not drawn else min(want, math.ceil((want - len(kept)) / max(informative_frac, 1 / want)))
         new = draw(rounds, k)
         rounds += 1
-        rewards = torch.cat([sg.rewards for sg in new])  # [B]
-        sizes = torch.tensor([len(sg.scores) for sg in new])
+        valid = [sg.valid for sg in new]  # the samples whose check did not fail: the others carry no signal
+        rewards = torch.cat([sg.rewards[v] for sg, v in zip(new, valid)])  # [B valid]
+        sizes = torch.tensor([int(v.sum()) for v in valid])
         keep = dynamic_sampling_filter(rewards, torch.repeat_interleave(torch.arange(len(new)), sizes))
-        first = torch.cumsum(sizes, 0) - sizes  # index of each group's first member
-        for sg, informative in zip(new, keep[first].tolist()):
-            (kept if informative else dropped).append(sg)
+        first = torch.cumsum(sizes, 0) - sizes  # index of each group's first valid member
+        for sg, n_valid, start in zip(new, sizes.tolist(), first.tolist()):
+            (kept if n_valid and bool(keep[start]) else dropped).append(sg)
         drawn += new
     padded = max(0, want - len(kept))
     stats = {"sampling_rounds": float(rounds), "groups_drawn": float(len(drawn)), "groups_dropped": float(len(dropped)),
@@ -125,7 +128,7 @@ def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False) -> dict
     (absent when the rubric does not check the format). ``multi_turn`` (``env.max_turns > 1``): also the
     episodes' turns, the share of each finish reason and the environments' errors. A response is
     everything after the prompt (observations included); ``truncated_frac`` counts every episode a
-    budget cut (``length``, ``max_tokens``, ``context``)."""
+    budget cut (``length``, ``max_tokens``, ``context``). The outcome counts: `outcome_metrics`."""
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
@@ -143,6 +146,7 @@ def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False) -> dict
         "solved_none_frac": float((per_group.max(1).values == per_group.min(1).values).float().mean()),
         "verifier_errors": float(sum(s.error is not None for s in scores)),
         "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
+        **outcome_metrics(scored),
         **(episode_metrics([t for sg in scored for t in episodes_of(sg)]) if multi_turn else {}),
     }
 
@@ -159,3 +163,16 @@ def episode_metrics(episodes: list[Trajectory]) -> dict[str, float]:
     for reason in FINISH_REASONS:
         out[f"finish/{reason}"] = sum(t.finish_reason == reason for t in episodes) / n
     return out
+
+
+def outcome_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
+    """What became of the samples drawn: ``outcome/<outcome>`` counts (after retries), ``outcome/retried``
+    (samples scored more than once), ``outcome/excluded`` (samples kept out of training: their own check
+    failed, or their group was dropped) and ``outcome/groups_dropped`` (groups left with fewer than two
+    valid samples)."""
+    scores = [s for sg in scored for s in sg.scores]
+    valid = [sg.valid for sg in scored]
+    return {**outcome_counts(scores),
+            "outcome/retried": float(sum(s.metrics.get("retries", 0.0) > 0 for s in scores)),
+            "outcome/excluded": float(sum(int((~v).sum()) for v in valid)),
+            "outcome/groups_dropped": float(sum(not v.any() for v in valid))}

@@ -28,6 +28,9 @@ Simplifications of the textbook algorithms, on purpose:
   the ids, so the learner trains on exactly the prompt tokens the engine saw.
 * A run whose rewards are all 0 for ``alarms.zero_reward_steps`` steps, or whose verifier
   fails too often, stops itself (rlvr.alarms) instead of training on nothing.
+* A check that failed for reasons not the policy's (outcome ``verifier_error`` or ``infra_error``)
+  is retried (``rewards.retries``), then kept out of its group's baseline and the loss
+  (``AdvantageInputs.valid``, set by ``build_batch``); it is never trained as a reward of 0.
 * ``train.async``: the step's rollouts come from a pipeline that runs one step ahead
   (rlvr.pipeline); a stale batch's log-prob gap to the learner is its policy's drift, so the
   parity gate only judges fresh batches, and truncated IS (``algorithm.is_cap``) reweights.

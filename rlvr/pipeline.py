@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from rlvr.algorithms import drop_thin_groups
 from rlvr.envs import Trajectory
 from rlvr.scoring import EpisodeGroup
 from rollouts import Completion, Group
@@ -45,6 +46,14 @@ class ScoredGroup:
     @property
     def rewards(self) -> torch.Tensor:  # [n] the verifier rewards, before any shaping
         return torch.tensor([s.reward for s in self.scores], dtype=torch.float32)
+
+    @property
+    def valid(self) -> torch.Tensor:  # [n] bool: enters the group's baseline and the loss
+        """The samples whose outcome was the policy's doing (``Score.trainable``); none at all when fewer than
+        two are left of a larger group (it is dropped: no baseline to compare with). A group of one keeps its
+        one sample if valid (REINFORCE with ``sampling.n=1`` has no group baseline to lose)."""
+        ok = torch.tensor([s.trainable for s in self.scores], dtype=torch.bool)
+        return drop_thin_groups(ok, torch.zeros(len(ok), dtype=torch.long))
 
     def to_json(self) -> dict[str, Any]:
         g = self.group

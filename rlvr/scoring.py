@@ -10,10 +10,16 @@ The engine calls back with every finished group (``on_group``); the group goes t
 sandbox (code), while the remaining groups still generate. Only the scoring left when
 generation ends is on the step's critical path (``score_wait_s``); the rest is hidden
 (``score_hidden_share``).
+
+Each part of the rubric scores a failed check again (``rewards.retries``: outcomes verifier_error
+and infra_error, see verifiers.score_batch). A completion the engine cut at ``max_tokens`` (finish
+reason ``length``) that did not earn its answer is labelled ``truncated`` here: the verifier sees
+only text and cannot know it was cut; the reward is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +30,7 @@ from typing import Any
 from rlvr.envs import EnvBase, Trajectory, hf_encoder
 from rlvr.envs.runner import run_episodes
 from rlvr.envs.single_turn import SingleTurnConfig
+from rlvr.envs.trajectory import TRUNCATED
 from rollouts import Completion, Engine, Group, SamplingConfig
 from verifiers import Rubric, Score, score_batch
 from verifiers.batch import BatchVerifier
@@ -68,9 +75,10 @@ class Scorer:
             texts, rows = [group.completions[k].text for k in live], [row] * len(live)
             # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
             # in-process ones (arith, format) run inline: groups already run on `workers` threads.
-            per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1)
-                        for v, _ in self.rubric.parts]
-            scored = dict(zip(live, (self.rubric.combine(list(scores)) for scores in zip(*per_part))))
+            per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1,
+                                    self.rubric.retries) for v, _ in self.rubric.parts]
+            scored = {k: label_truncated(self.rubric.combine(list(scores)), group.completions[k].finish_reason)
+                      for k, scores in zip(live, zip(*per_part))}
             return [scored[k] if k in scored else env_error_score(episodes[k]) for k in range(len(episodes))]
         finally:
             with self._lock:
@@ -112,7 +120,16 @@ def encoder_of(engine: Engine):
 
 
 def env_error_score(traj: Trajectory) -> Score:
-    return Score(0.0, None, {}, f"env_error: {traj.error}")
+    """An episode its environment broke: not the policy's doing (``infra_error``), kept out of training."""
+    return Score(0.0, None, {}, f"env_error: {traj.error}", outcome="infra_error")
+
+
+def label_truncated(score: Score, finish_reason: str | None) -> Score:
+    """``score`` with outcome ``truncated`` when the completion (episode) was cut by a token limit and its
+    answer was not right (``wrong`` or ``unparsed``); any other outcome says more and is kept."""
+    if finish_reason in TRUNCATED and score.outcome in ("wrong", "unparsed"):
+        return dataclasses.replace(score, outcome="truncated")
+    return score
 
 
 def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig,

@@ -101,9 +101,9 @@ class ArithVerifier:
         else:
             answer = completion
         if answer is None:
-            return Score(0.0, False, {"extracted": 0.0})
+            return Score(0.0, False, {"extracted": 0.0}, outcome="unparsed")
         value = parse_value(answer, self.allow_expressions)
         if value is None:
-            return Score(0.0, False, {"extracted": 0.0})
+            return Score(0.0, False, {"extracted": 0.0}, outcome="unparsed")
         ok = value == reference
         return Score(1.0 if ok else 0.0, ok, {"extracted": 1.0})

@@ -278,4 +278,4 @@ class CountdownVerifier:
             except ZeroDivisionError:
                 ok, numbers_ok = False, False
             return Score(1.0 if ok else 0.0, ok, {"extracted": 1.0, "numbers_ok": float(numbers_ok)})
-        return Score(0.0, False, {"extracted": 0.0, "numbers_ok": 0.0})
+        return Score(0.0, False, {"extracted": 0.0, "numbers_ok": 0.0}, outcome="unparsed")

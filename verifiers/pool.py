@@ -38,7 +38,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
-from verifiers.base import Score
+from verifiers.base import InfraError, Score
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MEMORY_MB = 4096
@@ -49,8 +49,12 @@ class CheckTimeout(TimeoutError):
     """The check ran past its deadline; its worker was killed."""
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(InfraError):
     """The worker process exited during a check (segfault, out of memory, os._exit)."""
+
+
+class PoolUnavailable(InfraError):
+    """The pool could not start a worker (its zygote or a fork failed)."""
 
 
 class CheckFailed(RuntimeError):
@@ -151,12 +155,12 @@ class _Zygote:
         self.lock = threading.Lock()
         if not self.conn.poll(_STARTUP_TIMEOUT):
             self.close()
-            raise RuntimeError(f"verifier zygote did not start within {_STARTUP_TIMEOUT:.0f}s")
+            raise PoolUnavailable(f"verifier zygote did not start within {_STARTUP_TIMEOUT:.0f}s")
         try:
             self.conn.recv()
         except (EOFError, OSError) as exc:
             code = self.proc.wait()
-            raise RuntimeError(f"verifier zygote failed to start (exit code {code}; preload {list(preload)})") from exc
+            raise PoolUnavailable(f"verifier zygote failed to start (exit code {code}; preload {list(preload)})") from exc
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -189,15 +193,15 @@ class _Worker:
     def wait_ready(self, timeout: float) -> None:
         if not self.conn.poll(timeout):
             self.kill()
-            raise RuntimeError(f"verifier worker did not start within {timeout:.0f}s")
+            raise PoolUnavailable(f"verifier worker did not start within {timeout:.0f}s")
         try:
             tag, _ = self.conn.recv()
         except (EOFError, OSError) as exc:
             self.kill()
-            raise RuntimeError("verifier worker died while starting") from exc
+            raise PoolUnavailable("verifier worker died while starting") from exc
         if tag != "ready":
             self.kill()
-            raise RuntimeError(f"verifier worker sent {tag!r} instead of ready")
+            raise PoolUnavailable(f"verifier worker sent {tag!r} instead of ready")
 
     def alive(self) -> bool:
         try:
@@ -316,7 +320,7 @@ class WorkerPool:
                 return self._idle.get(timeout=1.0)
             except queue.Empty:
                 if self._starting_error is not None:
-                    raise RuntimeError(f"verifier pool cannot start workers: {self._starting_error}") from None
+                    raise PoolUnavailable(f"verifier pool cannot start workers: {self._starting_error}") from None
 
     def call(self, target: str, *args: Any, timeout: float | None = None) -> Any:
         """Run ``target(*args)`` (``"module:function"``) in a worker; see class doc for errors."""
@@ -354,13 +358,15 @@ class WorkerPool:
         raise CheckFailed(remote_type, message, tb)
 
     def score(self, target: str, *args: Any, timeout: float | None = None) -> Score:
-        """Like `call` for a target that returns a `Score`; failures become ``Score.error``."""
+        """Like `call` for a target that returns a `Score`; failures become ``Score.error``: a worker that
+        died is ``infra_error``; a check that timed out, ran out of memory or raised is ``verifier_error``
+        (the checker's own limit, not the policy's answer: it is retried, then kept out of training)."""
         try:
             return self.call(target, *args, timeout=timeout)
         except CheckTimeout:
             return Score(0.0, None, {}, "timeout")
         except WorkerDied as exc:
-            return Score(0.0, None, {}, f"worker_died: {exc}")
+            return Score(0.0, None, {}, f"worker_died: {exc}", "infra_error")
         except CheckFailed as exc:
             if exc.remote_type == "MemoryError":
                 return Score(0.0, None, {}, "memory")

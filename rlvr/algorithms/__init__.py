@@ -16,6 +16,7 @@ from rlvr.algorithms.core import (
     AdvantageInputs,
     LossInputs,
     agg_loss,
+    drop_thin_groups,
     last_token_rewards,
     masked_mean,
     masked_whiten,
@@ -34,5 +35,5 @@ __all__ = [
     "last_token_rewards", "kl_reward_penalty", "compute_gae", "discounted_returns",
     "gae_advantages_and_returns", "group_stats", "MAX_LOG_RATIO", "policy_objective", "truncated_is_weights",
     "dynamic_sampling_filter", "overlong_mask", "soft_overlong_penalty", "CriticModel", "ValueHead",
-    "value_loss", "PRESETS", "resolve_algorithm",
+    "value_loss", "PRESETS", "resolve_algorithm", "drop_thin_groups",
 ]

@@ -7,6 +7,11 @@ reward), else put the scalar reward on the last response token.
 
 Masked positions inside a row (e.g. tool-output tokens) are *skipped* by the token-level
 recursions: they are not time steps, and their advantage is 0.
+
+Invalid samples (``inp.valid`` False: a check that failed for reasons not the policy's) are left
+out of every statistic: the group mean, std and size of the outcome-level estimators, REINFORCE++'s
+group baseline and batch normalisation, GAE's whitening; their advantage is 0 on every token.
+With every sample valid, each estimator computes exactly what it computes without ``valid``.
 """
 
 from __future__ import annotations
@@ -18,40 +23,54 @@ from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.algorithms.core import AdvantageInputs, last_token_rewards, masked_whiten, register_advantage
 
 
-def group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-element group mean, std (unbiased like ``torch.std``; 0 for a group of 1) and size. [B] each."""
+def group_stats(rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-element group mean, std (unbiased like ``torch.std``; 0 for a group of 1) and size. [B] each.
+
+    ``valid`` [B] bool: only the valid members count (in the mean, the std and the size); an invalid
+    element gets its group's statistics of the valid members (mean 0 and size 0 when it has none)."""
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     zeros = torch.zeros(len(counts), dtype=rewards.dtype, device=rewards.device)
     counts = counts.to(rewards.dtype)
-    mean = (zeros.index_add(0, inverse, rewards) / counts)[inverse]  # [B]
-    sq = zeros.index_add(0, inverse, (rewards - mean) ** 2)  # [G]
+    if valid is not None:  # where(), not a product: a failed sample's reward may be anything, NaN included
+        rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
+        counts = zeros.index_add(0, inverse, valid.to(rewards.dtype))  # [G]
+    mean = (zeros.index_add(0, inverse, rewards) / counts.clamp(min=1))[inverse]  # [B]
+    dev = (rewards - mean) ** 2
+    sq = zeros.index_add(0, inverse, dev if valid is None else torch.where(valid, dev, torch.zeros_like(dev)))  # [G]
     var = sq / (counts - 1).clamp(min=1)
     return mean, var.sqrt()[inverse], counts[inverse]
+
+
+def _per_token(adv: Tensor, inp: AdvantageInputs) -> Tensor:
+    """A scalar advantage per sample [B] on its response tokens [B, T]; 0 for invalid samples."""
+    if inp.valid is not None:
+        adv = torch.where(inp.valid, adv, torch.zeros_like(adv))
+    return adv[:, None] * inp.valid_mask()
 
 
 @register_advantage("grpo")
 def grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """(r - mean_group) / (std_group + eps), or just r - mean_group with ``scale_std`` off."""
-    mean, std, _ = group_stats(inp.rewards, inp.group_ids)
+    mean, std, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
     adv = inp.rewards - mean  # [B]
     if cfg.scale_std:
         adv = adv / (std + cfg.std_eps)
-    return adv[:, None] * inp.mask  # [B, T]
+    return _per_token(adv, inp)  # [B, T]
 
 
 @register_advantage("dr_grpo")
 def dr_grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """r - mean_group: Dr.GRPO drops the std division (its question-difficulty bias)."""
-    mean, _, _ = group_stats(inp.rewards, inp.group_ids)
-    return (inp.rewards - mean)[:, None] * inp.mask  # [B, T]
+    mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
+    return _per_token(inp.rewards - mean, inp)  # [B, T]
 
 
 @register_advantage("rloo")
 def rloo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """r_i - mean_{j != i} r_j over the group, = n/(n-1) * (r_i - mean); 0 for a group of one."""
-    mean, _, n = group_stats(inp.rewards, inp.group_ids)
+    mean, _, n = group_stats(inp.rewards, inp.group_ids, inp.valid)
     loo = torch.where(n > 1, (inp.rewards - mean) * n / (n - 1).clamp(min=1), torch.zeros_like(mean))  # [B]
-    return loo[:, None] * inp.mask  # [B, T]
+    return _per_token(loo, inp)  # [B, T]
 
 
 def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -65,10 +84,12 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
     return out
 
 
-def _token_rewards(inp: AdvantageInputs) -> Tensor:
+def _token_rewards(inp: AdvantageInputs, mask: Tensor) -> Tensor:
+    """Per-token rewards [B, T] on ``mask`` (0 elsewhere, whatever an invalid row held)."""
     if inp.token_rewards is not None:
-        return inp.token_rewards * inp.mask
-    return last_token_rewards(inp.rewards, inp.mask)
+        return inp.token_rewards * mask
+    rewards = inp.rewards if inp.valid is None else torch.where(inp.valid, inp.rewards, torch.zeros_like(inp.rewards))
+    return last_token_rewards(rewards, mask)
 
 
 @register_advantage("reinforce_pp")
@@ -78,12 +99,13 @@ def reinforce_pp_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor
     With ``group_baseline`` the group mean reward is first subtracted at the last token
     (REINFORCE++-baseline), so the global normalisation only rescales.
     """
-    token_rewards = _token_rewards(inp)  # [B, T]
+    mask = inp.valid_mask()  # [B, T]
+    token_rewards = _token_rewards(inp, mask)  # [B, T]
     if cfg.group_baseline:
-        mean, _, _ = group_stats(inp.rewards, inp.group_ids)
-        token_rewards = token_rewards - last_token_rewards(mean, inp.mask)
-    returns = discounted_returns(token_rewards, inp.mask, cfg.gamma)  # [B, T]
-    return masked_whiten(returns, inp.mask, cfg.std_eps)
+        mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
+        token_rewards = token_rewards - last_token_rewards(mean, mask)
+    returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
+    return masked_whiten(returns, mask, cfg.std_eps)
 
 
 def compute_gae(
@@ -113,9 +135,10 @@ def gae_advantages_and_returns(inp: AdvantageInputs, cfg: AlgorithmConfig) -> tu
     """PPO's (advantages, value targets) [B, T]; advantages whitened when ``cfg.whiten_advantages``."""
     if inp.values is None:
         raise ValueError("gae needs critic values: AdvantageInputs.values [B, T]")
-    adv, returns = compute_gae(_token_rewards(inp), inp.values, inp.mask, cfg.gamma, cfg.gae_lambda)
+    mask = inp.valid_mask()  # [B, T]
+    adv, returns = compute_gae(_token_rewards(inp, mask), inp.values, mask, cfg.gamma, cfg.gae_lambda)
     if cfg.whiten_advantages:
-        adv = masked_whiten(adv, inp.mask, cfg.std_eps)
+        adv = masked_whiten(adv, mask, cfg.std_eps)
     return adv, returns
 
 

@@ -32,6 +32,13 @@ class AdvantageInputs:
     mask: Tensor  # [B, T] 1.0 on response tokens
     values: Tensor | None = None  # [B, T] critic values V(s_t) at sampling time (gae only)
     token_rewards: Tensor | None = None  # [B, T] per-token rewards (gae, reinforce_pp); None: reward at last token
+    # [B] bool: False for a sample kept out of training (its check failed for reasons not the policy's, or its
+    # group was left with too few); it counts in no group statistic and its advantage is 0. None: all valid
+    valid: Tensor | None = None
+
+    def valid_mask(self) -> Tensor:
+        """``mask`` [B, T] with the rows of invalid samples zeroed (``mask`` itself when every sample is valid)."""
+        return self.mask if self.valid is None else self.mask * self.valid.to(self.mask.dtype)[:, None]
 
 
 @dataclass
@@ -65,6 +72,15 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
         return fn
 
     return deco
+
+
+def drop_thin_groups(valid: Tensor, group_ids: Tensor) -> Tensor:
+    """``valid`` [B] bool with every member of a group cleared when the group has fewer than two valid
+    samples left (no baseline to compare with: the group is dropped). A group of one keeps its one sample
+    when it is valid (``sampling.n=1`` has no group baseline to lose)."""
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    left = torch.zeros_like(counts).index_add(0, inverse, valid.long())  # [G] valid members
+    return valid & (left >= counts.clamp(max=2))[inverse]
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ examples:
   rlvr verify --verifier math data.jsonl --set timeout=10 --set priority='["boxed","bare"]'
 
 output: accuracy, extraction failures (no answer found), timeouts and other errors per
-verifier; with --compare, a 3x3 agreement table (1 / 0 / error) and the disagreeing rows.
+verifier, and the count of each outcome (docs/verifiers.md#outcomes-whose-doing-a-score-was); with --compare, a 3x3 agreement table (1 / 0 / error) and the disagreeing rows.
 --out writes each input row with a "scores" object holding every verifier's result.
 Exit status: 0 when scored (even with errors), 2 on bad input or an unknown verifier.
 """
@@ -147,7 +147,7 @@ def _outcome(score: Any) -> str:
 
 
 def _report(name: str, scores: list[Any], labels: list[Any]) -> list[str]:
-    from verifiers.batch import error_kind
+    from verifiers.batch import error_kind, outcome_counts
 
     n = len(scores)
     correct = sum(_outcome(s) == "1" for s in scores)
@@ -164,6 +164,8 @@ def _report(name: str, scores: list[Any], labels: list[Any]) -> list[str]:
         f"  timeouts           {timeouts:6d}  {pct(timeouts)}",
         f"  other errors       {others:6d}  {pct(others)}"
         + (f"  ({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()) if k != 'timeout')})" if others else ""),
+        "  outcomes           " + ", ".join(f"{k.removeprefix('outcome/')}: {v:.0f}"
+                                          for k, v in outcome_counts(scores).items() if v),
     ]
     labelled = [(s, bool(lab)) for s, lab in zip(scores, labels) if isinstance(lab, bool)]
     if labelled:
@@ -207,7 +209,8 @@ def _score_all(verifier: Any, rows: list, workers: int, progress: bool, desc: st
 
 
 def _as_dict(score: Any) -> dict[str, Any]:
-    return {"reward": score.reward, "correct": score.correct, "error": score.error, "metrics": score.metrics}
+    return {"reward": score.reward, "correct": score.correct, "error": score.error, "outcome": score.outcome,
+            "metrics": score.metrics}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 """Scored groups into the learner's tensors: each group's episodes (rlvr.envs.trajectory), right-padded,
-in target alignment (see rlvr.train.learner), with the loss mask over the model's sampled tokens only.
+in target alignment (see rlvr.train.learner), with the loss mask over the model's sampled tokens only,
+and none on a sample kept out of training (``ScoredGroup.valid``: a check that failed for reasons not
+the policy's).
 
 One path for every run: a one-turn run's groups hold one-turn episodes, packed like any other
 (``rlvr.train.episodes.build_episode_batch``)."""
@@ -31,6 +33,9 @@ def episodes_of(sg: ScoredGroup) -> list[Trajectory]:
 def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                 max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
-    DAPO's overlong shaping when configured; advantages are left at 0 for the caller."""
+    DAPO's overlong shaping when configured; advantages are left at 0 for the caller. An invalid
+    sample keeps its row (the batch's shape does not depend on failures) with an empty loss mask, and
+    ``AdvantageInputs.valid`` keeps it out of its group's statistics."""
     rewards = torch.cat([sg.rewards for sg in scored])  # [B]
-    return build_episode_batch([episodes_of(sg) for sg in scored], rewards, pad_id, algo, max_tokens)
+    valid = torch.cat([sg.valid for sg in scored])  # [B] bool
+    return build_episode_batch([episodes_of(sg) for sg in scored], rewards, pad_id, algo, max_tokens, valid)

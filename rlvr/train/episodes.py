@@ -20,21 +20,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, overlong_mask, soft_overlong_penalty
+from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, drop_thin_groups, overlong_mask, soft_overlong_penalty
 from rlvr.envs.trajectory import TRUNCATED, Trajectory
 from rlvr.train.learner import RLBatch
 
 
 def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequence[Sequence[float]] | Tensor,
-                        pad_id: int, algo: AlgorithmConfig, max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
+                        pad_id: int, algo: AlgorithmConfig, max_tokens: int,
+                        valid: Tensor | None = None) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups of finished episodes into right-padded tensors in target alignment, with DAPO's
     overlong shaping when configured; advantages are left at 0 for the caller.
 
     ``rewards``: one per episode, per group (or a flat [B] tensor in the same order). DAPO's soft
     overlong penalty reads an episode's model tokens against ``max_tokens``; its overlong filter
     masks an episode whose finish reason says it was cut (``length``, ``max_tokens``, ``context``).
-    An ``env_error`` episode carries no loss (mask 0): it was not the policy's doing. Its reward still
-    enters its group's baseline here; keeping it out is the caller's (see docs/environments.md)."""
+    An ``env_error`` episode carries no loss (mask 0) and is kept out of its group's baseline
+    (``AdvantageInputs.valid``): it was not the policy's doing; a group left with fewer than two
+    episodes is dropped the same way (``drop_thin_groups``). ``valid``: [B] bool, episodes whose score may
+    be trained on (``ScoredGroup.valid``; default all), and'ed with that rule."""
     trajs = [t for g in groups for t in g]
     if not trajs:
         raise ValueError("build_episode_batch: no episodes")
@@ -69,8 +72,10 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
                                                   algo.overlong_penalty_factor)
     if algo.overlong_filter:  # DAPO overlong filtering: cut episodes carry no loss
         mask = mask * overlong_mask([t.finish_reason in TRUNCATED for t in trajs])[:, None]
-    failed = torch.tensor([t.finish_reason == "env_error" for t in trajs])
-    if failed.any():
-        mask = mask * (~failed).to(mask.dtype)[:, None]
+    # an environment that raised is not the policy's doing: out of the loss and out of the baseline
+    ok = torch.tensor([t.finish_reason != "env_error" for t in trajs])
+    valid = drop_thin_groups(ok if valid is None else ok & valid.to(torch.bool), group_ids)
+    if not valid.all():
+        mask = mask * valid.to(mask.dtype)[:, None]
     batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)
-    return batch, AdvantageInputs(rewards, group_ids, mask)
+    return batch, AdvantageInputs(rewards, group_ids, mask, valid=valid)

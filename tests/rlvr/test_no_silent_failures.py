@@ -230,5 +230,6 @@ def test_reward_alarms_stop_a_run_naming_the_verifier(micro_model, tmp_path):
         train(cfg)
     crashed = [ScoredGroup({"question": "q"}, Group("p", [0], [Completion("x", [1], [0.0], "stop")] * 4),
                            [Score(0.0, None, {}, "timeout")] * 3 + [Score(1.0, True)])]
-    with pytest.raises(RewardAlarm, match=r"(?s)3 of 4 checks failed in the verifier.*error=timeout"):
+    with pytest.raises(RewardAlarm, match=r"(?s)3 of 4 samples ended verifier_error \(checks failed in the verifier.*"
+                                          r"error=timeout"):
         Alarms(AlarmsConfig(max_error_rate=0.5), ["code"]).check(1, crashed, {})

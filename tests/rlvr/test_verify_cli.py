@@ -76,6 +76,8 @@ def test_verify_math_report_and_out(data, tmp_path):
     assert len(results) == 6
     assert results[0]["scores"]["math"]["correct"] is True
     assert results[4]["scores"]["math"]["error"] == "too_large"
+    assert results[4]["scores"]["math"]["outcome"] == "unparsed"  # the policy's answer, refused unread
+    assert "outcomes           correct: 2," in report and "unparsed: 2" in report
 
 
 def test_verify_compare_math_verify(data):

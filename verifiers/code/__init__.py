@@ -27,6 +27,12 @@ from verifiers.code.program import build_program, extract_code, function_test, i
 
 STATUSES = ("passed", "failed", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
 COMPARE_MODES = ("exact", "whitespace", "float")
+# The candidate's own statuses are the policy's doing: its infinite loop or memory blow-up is a
+# policy_timeout (trained as the low reward it earned), a program that does not compile is unparsed.
+# sandbox_error is not: a task that cannot run is a verifier_error, a dead runner, a fork that failed or
+# a sandbox that cannot start is an infra_error (retried, then kept out of training).
+OUTCOME_OF_STATUS = {"passed": "correct", "failed": "wrong", "runtime_error": "wrong", "syntax_error": "unparsed",
+                     "timeout": "policy_timeout", "memory": "policy_timeout"}
 
 
 def status_of(score: Score) -> str:
@@ -98,7 +104,7 @@ class CodeVerifier:
             job, budget = self._job(completion, task)
         except (ValueError, TypeError, SyntaxError) as exc:
             return {"status": "sandbox_error", "passed": 0, "total": 0,
-                    "detail": f"bad task: {type(exc).__name__}: {exc}"}
+                    "detail": f"bad task: {type(exc).__name__}: {exc}", "cause": "task"}
         try:
             return self._server.run(job, budget)
         except SandboxUnavailable as exc:
@@ -202,14 +208,15 @@ def _score(verdict: dict, reward_mode: str) -> Score:
     metrics = {f"status/{status}": 1.0, "tests_passed": float(passed), "tests_total": float(total)}
     if isinstance(verdict.get("cpu_s"), (int, float)):  # the candidate process's CPU time
         metrics["cpu_s"] = float(verdict["cpu_s"])
-    if status == "sandbox_error":
-        return Score(0.0, None, metrics, f"sandbox_error: {verdict.get('detail', '')}")
+    if status == "sandbox_error":  # a task that cannot run is the check's fault; anything else, the machinery's
+        outcome = "verifier_error" if verdict.get("cause") == "task" else "infra_error"
+        return Score(0.0, None, metrics, f"sandbox_error: {verdict.get('detail', '')}", outcome)
     ok = status == "passed"
     if reward_mode == "fraction":
         reward = passed / total if total else float(ok)
     else:
         reward = float(ok)
-    return Score(reward, ok, metrics, None)
+    return Score(reward, ok, metrics, None, OUTCOME_OF_STATUS[status])
 
 
 def sandbox_capabilities(isolation: str = "auto") -> dict:

@@ -589,8 +589,8 @@ def runner_main(ctrl, taken_w: int, cfg: dict) -> None:
             verdict = sample.run_function(job)
         else:
             verdict = sample.run_io(job)
-    except _BadTest as exc:
-        verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc)}
+    except _BadTest as exc:  # the task's fault, not the machinery's (the client labels it verifier_error)
+        verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": str(exc), "cause": "task"}
     except BaseException as exc:
         verdict = {"status": "sandbox_error", "passed": 0, "total": 0, "detail": f"{type(exc).__name__}: {exc}"}
     finally:

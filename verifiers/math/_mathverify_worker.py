@@ -22,7 +22,7 @@ def check(completion: str, reference: str) -> Score:
     if not pred:
         pred = parse(completion)
     if not pred:
-        return Score(0.0, False, {"extracted": 0.0})
+        return Score(0.0, False, {"extracted": 0.0}, outcome="unparsed")
     ok = bool(verify(gold, pred))
     return Score(1.0 if ok else 0.0, ok, {"extracted": 1.0})
 

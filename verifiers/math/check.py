@@ -60,7 +60,7 @@ def check(
         return Score(0.0, None, {"extracted": 0.0}, f"reference {exc.kind}")
     found = extract(completion, priority)
     if found is None:
-        return Score(0.0, False, {"extracted": 0.0})
+        return Score(0.0, False, {"extracted": 0.0}, outcome="unparsed")
     choice = same_choice(found.answer, r_norm)
     if choice is not None:
         return Score(1.0 if choice else 0.0, choice, {"extracted": 1.0})
@@ -68,8 +68,8 @@ def check(
         p_norm, p_val = parse_answer(found.answer)
     except Rejected as exc:
         if exc.kind == "empty":
-            return Score(0.0, False, {"extracted": 0.0})
-        return Score(0.0, None, {"extracted": 1.0}, exc.kind)
+            return Score(0.0, False, {"extracted": 0.0}, outcome="unparsed")
+        return Score(0.0, None, {"extracted": 1.0}, exc.kind, "unparsed")  # the policy's answer, refused unread
     if p_norm == r_norm and not degenerate(p_val):
         ok = True
     else:

@@ -93,7 +93,7 @@ class MathVerifier:
         if not isinstance(completion, str):
             raise TypeError(f"completion must be str, got {type(completion).__name__}")
         if len(completion) > MAX_INPUT_CHARS:
-            return Score(0.0, None, {"extracted": 0.0}, "input_too_large")
+            return Score(0.0, None, {"extracted": 0.0}, "input_too_large", "unparsed")
         if len(reference) > MAX_INPUT_CHARS:
             return Score(0.0, None, {"extracted": 0.0}, "reference input_too_large")
         ordered = asks_for_order(task.get(self.question_key))  # "in increasing order": a list in that order

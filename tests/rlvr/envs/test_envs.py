@@ -339,8 +339,15 @@ def test_an_environment_token_with_an_advantage_still_gets_no_gradient():
 def test_failed_and_unfinished_episodes():
     ok = one_turn([1, 2], [3], [-1.0], "stop")
     broken = fail(append_turn(Trajectory.start([1, 2], Budget(max_turns=2)), [4], [-1.0], 0), "ValueError: x")
-    batch, _ = build_episode_batch([[ok, broken]], torch.tensor([1.0, 0.0]), 0, AlgorithmConfig(), 4)
-    assert batch.response_mask.tolist() == [[0, 1], [0, 0]]  # env_error: no loss
+    other = one_turn([1, 2], [5], [-1.0], "stop")
+    batch, inp = build_episode_batch([[ok, broken, other]], torch.tensor([1.0, 0.0, 0.0]), 0, AlgorithmConfig(), 4)
+    assert batch.response_mask.tolist() == [[0, 1], [0, 0], [0, 1]]  # env_error: no loss
+    assert inp.valid.tolist() == [True, False, True]  # and no place in the group's baseline
+    adv = ADVANTAGES["dr_grpo"](inp, AlgorithmConfig())
+    assert adv[:, 1].tolist() == [0.5, 0.0, -0.5]  # the mean of {1, 0}, not of {1, 0, 0}
+    batch, inp = build_episode_batch([[ok, broken]], torch.tensor([1.0, 0.0]), 0, AlgorithmConfig(), 4)
+    assert batch.response_mask.tolist() == [[0, 0], [0, 0]]  # one valid episode left: the group is dropped
+    assert inp.valid.tolist() == [False, False]
     with pytest.raises(ValueError, match="has not finished"):
         build_episode_batch([[Trajectory.start([1, 2])]], [[0.0]], 0, AlgorithmConfig(), 4)
     with pytest.raises(ValueError, match="rewards"):
