@@ -145,3 +145,51 @@ def test_turn_seeds_depend_on_the_episode_alone():
 def test_python_env_fields_are_checked():
     with pytest.raises(ValueError, match="output_template"):
         TypeAdapter(EnvConfig).validate_python({"kind": "python", "output_template": "no slot"})
+
+
+def test_training_uses_the_sampled_tokens_when_the_chat_template_renders_history_otherwise(micro_model):
+    """A chat template that drops <think> from earlier assistant turns (as Qwen3's and DeepSeek-R1's do)
+    renders the conversation differently from what was sampled; the episode, and the learner's batch,
+    hold the sampled and appended ids, never that rendering."""
+    from transformers import AutoTokenizer
+
+    from rlvr.algorithms import AlgorithmConfig
+    from rlvr.envs import hf_encoder
+    from rlvr.pipeline import ScoredGroup
+    from rlvr.scoring import EpisodeGroup, episode_completion
+    from rlvr.train.batch import build_batch
+    from verifiers import Score
+
+    tok = AutoTokenizer.from_pretrained(micro_model)
+    tok.chat_template = ("{% for m in messages %}{{ m.role }}:{% if m.role == 'assistant' and not loop.last %}"
+                         "{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}")
+    enc = hf_encoder(tok)
+    prompt = enc(tok.apply_chat_template([{"role": "user", "content": "Guess 1 to 9."}], tokenize=False) + "assistant:")
+    turns = [" <think> the middle </think> 5", " <think> lower, so </think> 3"]
+    cfg = TypeAdapter(EnvConfig).validate_python({"kind": "guess_number", "max_turns": 2,
+                                                  "observation_template": "\nuser: {feedback}\nassistant:"})
+
+    class Engine:  # samples the scripted turns with the real tokenizer's ids
+        tokenizer = tok
+
+        def generate(self, prompts, sampling, on_group=None):
+            out = []
+            for i, p in enumerate(prompts):
+                text = turns[0] if list(p) == prompt else turns[1]
+                out.append(Group("", list(p), [Completion(text, enc(text), [-1.0] * len(enc(text)), "stop")]))
+                if on_group:
+                    on_group(i, out[-1])
+            return out
+
+    (episode,), = run_episodes(Engine(), [{"prompt_ids": prompt, "secret": 3}], SamplingConfig(n=1, max_tokens=16),
+                               cfg, enc)
+    assert episode.turns == 2 and episode.finish_reason == "stop"
+    sampled = prompt + enc(turns[0]) + enc("\nuser: lower\nassistant:") + enc(turns[1])
+    rendered = enc(tok.apply_chat_template([{"role": "user", "content": "Guess 1 to 9."},
+                                            {"role": "assistant", "content": turns[0]},
+                                            {"role": "user", "content": "lower"},
+                                            {"role": "assistant", "content": turns[1]}], tokenize=False))
+    assert episode.token_ids() == sampled and rendered != sampled and "the middle" not in tok.decode(rendered)
+    group = EpisodeGroup("", prompt, [episode_completion(episode)], [episode])
+    batch, _ = build_batch([ScoredGroup({}, group, [Score(1.0, True)])], tok.pad_token_id, AlgorithmConfig(), 16)
+    assert batch.input_ids[0, : len(sampled)].tolist() == sampled
