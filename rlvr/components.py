@@ -22,6 +22,14 @@ def build_rubric(cfg: TrainConfig) -> Rubric:
     return Rubric(parts, retries=cfg.rewards.retries)
 
 
+def close_verifiers(rubric: Rubric) -> None:
+    """Close the parts that hold resources of their own (a judge's threads, a reward model's process)."""
+    for verifier, _ in rubric.parts:
+        close = getattr(verifier, "close", None)
+        if callable(close):
+            close()
+
+
 def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:
     """``task.max_prompt_tokens``, else what fits the model's context beside the completion."""
     from rlvr.models import context_length

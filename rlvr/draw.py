@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from rlvr.evaluate import FORMAT
 from rlvr.pipeline import ScoredGroup, StepRollouts
 from rlvr.train.batch import episodes_of
 from rollouts import SamplingConfig
+from verifiers import Score
 from verifiers.batch import outcome_counts
 
 
@@ -123,12 +124,14 @@ class StepDrawer:
         return StepRollouts(step, batch, drawn, stats, timings)
 
 
-def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False) -> dict[str, float]:
+def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False, terms: Sequence[str] = ()) -> dict[str, float]:
     """Rollout statistics of every group drawn; the format rate is the rubric's own ``r1_format`` score
     (absent when the rubric does not check the format). ``multi_turn`` (``env.max_turns > 1``): also the
     episodes' turns, the share of each finish reason and the environments' errors. A response is
     everything after the prompt (observations included); ``truncated_frac`` counts every episode a
-    budget cut (``length``, ``max_tokens``, ``context``). The outcome counts: `outcome_metrics`."""
+    budget cut (``length``, ``max_tokens``, ``context``). The outcome counts: `outcome_metrics`.
+    ``terms``: the rubric's verifier names; ``reward/<name>`` is each one's mean reward (unweighted) over
+    the samples that scored cleanly."""
     comps = [c for sg in scored for c in sg.group.completions]
     scores = [s for sg in scored for s in sg.scores]
     rewards = torch.cat([sg.rewards for sg in scored])
@@ -147,8 +150,19 @@ def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False) -> dict
         "verifier_errors": float(sum(s.error is not None for s in scores)),
         "verifier_error_rate": sum(s.error is not None for s in scores) / len(scores),
         **outcome_metrics(scored),
+        **term_metrics(scores, terms),
         **(episode_metrics([t for sg in scored for t in episodes_of(sg)]) if multi_turn else {}),
     }
+
+
+def term_metrics(scores: Sequence[Score], terms: Sequence[str]) -> dict[str, float]:
+    """``reward/<name>``: the mean reward each rubric part gave, over the clean samples that carry it."""
+    out = {}
+    for name in terms:
+        values = [s.metrics[name] for s in scores if s.trainable and name in s.metrics]
+        if values:
+            out[f"reward/{name}"] = sum(values) / len(values)
+    return out
 
 
 def episode_metrics(episodes: list[Trajectory]) -> dict[str, float]:

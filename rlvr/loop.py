@@ -116,7 +116,7 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
     t2 = time.perf_counter()
     metrics.update(run.push_weights(step))
     t3 = time.perf_counter()
-    metrics.update(rollout_metrics(ro.drawn, cfg.env.max_turns > 1), **run.rollouts.stats(), learn_s=t2 - t1, step_s=t3 - t0,
+    metrics.update(rollout_metrics(ro.drawn, cfg.env.max_turns > 1, run.reward_terms), **run.rollouts.stats(), learn_s=t2 - t1, step_s=t3 - t0,
                    engine_idle_s=max(0.0, (t3 - t0) - pipe.busy_s(t0, t3)))
     metrics["generate_share"] = metrics["generate_s"] / metrics["step_s"]
     metrics["score_hidden_share"] = metrics["score_hidden_s"] / metrics["score_s"] if metrics["score_s"] else 1.0

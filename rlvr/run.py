@@ -42,7 +42,7 @@ from rlvr.checkpoint import (
 )
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError
 from rlvr.cluster.runtime import ClusterError, connect, disconnect
-from rlvr.components import build_rubric, load_rows, thread_split
+from rlvr.components import build_rubric, close_verifiers, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.draw import PromptSampler, StepDrawer
 from rlvr.evaluate import eval_settings
@@ -76,6 +76,8 @@ class Run:
         cfg, tc = self.cfg, self.cfg.train
         model_dir = resolve_model(cfg.model)
         rubric = build_rubric(cfg)
+        self._stack.callback(close_verifiers, rubric)  # a judge's threads, a reward model's process
+        self.reward_terms = [v.name for v, _ in rubric.parts]  # each logged as reward/<name>
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.data = load_rows(cfg, self.tokenizer, rubric, model_dir)
         check_before_loading(cfg, model_dir, self.data.train)

@@ -37,6 +37,7 @@ MODEL_FIXTURES = {
     "gqa_models",  # tests/rollouts/test_static_engine.py
     "models",  # tests/rlvr/test_gpu.py, tests/rlvr/rollout/test_nccl_sync.py
     "model_dir",  # tests/rlvr/rollout/test_gpu_nccl_sync.py
+    "reward_model_dir",  # tests/rlvr/test_reward_model.py
 }
 
 

@@ -169,3 +169,100 @@ def batches(cfg: TrainConfig, scored: list[ScoredGroup], critic=None) -> list[tu
         out.append((batch, adv_in))
     assert all(b.advantages.abs().sum() > 0 for b, _ in out)  # rewards differ within groups: a real update
     return out
+
+
+# --- a local OpenAI-compatible judge (the judge verifier's tests) ------------------------------------
+
+class JudgeServer:
+    """An OpenAI-compatible endpoint on 127.0.0.1 served from a thread: ``/v1/chat/completions`` and
+    ``/v1/completions`` answer as a deterministic judge would, reading the prompt written from
+    examples/judge/arith_rubric.txt: "Score: 10" when the last ``<answer>`` of the graded text is the
+    reference, "Score: 3" for another answer, "Score: 0" for none. ``mode`` injects a fault: ``slow``
+    (sleeps ``delay`` seconds before answering), ``500`` (answers HTTP 500), ``flaky`` (500 on the first
+    request of each prompt, then the judge), ``garbage`` (a reply without a score), ``401``. Every request
+    is recorded (``requests``: the JSON bodies; ``max_in_flight``: the most handled at once)."""
+
+    def __init__(self, mode: str = "ok", delay: float = 0.0):
+        import http.server
+
+        self.mode, self.delay = mode, delay
+        self.requests: list[dict] = []
+        self.seen: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body["_path"], body["_auth"] = self.path, self.headers.get("Authorization")
+                with server.lock:
+                    server.requests.append(body)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    status, reply = server.answer(body)
+                    if server.delay:
+                        time.sleep(server.delay)
+                    payload = json.dumps(reply).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def grade(prompt: str) -> str:
+        import re
+
+        reference = re.search(r"Reference answer: (.*)", prompt).group(1).strip()
+        graded = prompt.split("<<<", 1)[1].rsplit(">>>", 1)[0]
+        answers = re.findall(r"<answer>(.*?)</answer>", graded, re.DOTALL)
+        score = 0 if not answers else 10 if answers[-1].strip() == reference else 3
+        return f"The answer is {'right' if score == 10 else 'not right'}.\nScore: {score}"
+
+    def answer(self, body: dict) -> tuple[int, dict]:
+        prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        with self.lock:
+            self.seen[prompt] = self.seen.get(prompt, 0) + 1
+            first = self.seen[prompt] == 1
+        if self.mode == "500" or (self.mode == "flaky" and first):
+            return 500, {"error": {"message": "judge overloaded"}}
+        if self.mode == "401":
+            return 401, {"error": {"message": "bad key"}}
+        text = "I cannot decide." if self.mode == "garbage" else self.grade(prompt)
+        if "messages" in body:
+            return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}]}
+        return 200, {"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def closed_port_url() -> str:
+    """The URL of a port on 127.0.0.1 that nothing listens on (a judge that is down)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+JUDGE_TEMPLATE = ROOT / "examples" / "judge" / "arith_rubric.txt"

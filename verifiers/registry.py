@@ -6,7 +6,9 @@ A plugin package declares, in its pyproject::
     my-checker = "my_pkg.module:MyVerifier"
 
 and ``verifiers.get("my-checker")`` then works with no code change. The entry point names a
-class or factory; ``get`` calls it with the keyword arguments it was given.
+class or factory; ``get`` calls it with the keyword arguments it was given. rlvr itself declares
+``reward_model`` this way (it needs torch, which this package never imports), and registers it with
+``register`` when ``rlvr`` is imported, so it is found even where the installed metadata predates it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _BUILTINS: dict[str, str] = {
     "code": "verifiers.code:CodeVerifier",
     # reasoning-gym's own scorers (the package is imported only inside the verifier's workers)
     "reasoning_gym": "verifiers.reasoning_gym:ReasoningGymVerifier",
+    # an LLM judge behind an OpenAI-compatible endpoint (stdlib HTTP)
+    "judge": "verifiers.judge:JudgeVerifier",
     # Optional (needs `pip install math-verify`): the reference checker, for audits.
     "math_verify": "verifiers.math.mathverify:MathVerifyVerifier",
 }
@@ -84,8 +88,9 @@ def factory_of(name: str) -> Callable[..., Verifier]:
         raise ImportError(f"verifier plugin {name!r} ({plugins[name].value}) failed to load: {exc}") from exc
 
 
-def get(name: str, **kwargs: Any) -> Verifier:
-    """Instantiate the verifier called ``name`` (kwargs go to its constructor)."""
+def get(name: str, /, **kwargs: Any) -> Verifier:
+    """Instantiate the verifier called ``name`` (kwargs go to its constructor; a ``name`` among them too,
+    as the judge and the reward model take one to appear under another name in a rubric)."""
     verifier = factory_of(name)(**kwargs)
     if not isinstance(verifier, Verifier):  # checked here so a bad plugin fails loudly, once
         raise TypeError(f"verifier {name!r} does not implement score(completion, task) and name")
