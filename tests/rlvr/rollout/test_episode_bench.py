@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("kind", ["static", "hf"])
+@pytest.mark.parametrize("kind", ["static"])  # the runner is the same for every engine (tests/rlvr/envs)
 def test_multi_turn_bench_reports_episodes_per_second_beside_one_turn(micro_model, kind):
     from rlvr.rollout.episode_bench import bench_episodes, format_episode_table
 
