@@ -85,7 +85,8 @@ class CorpusConfig(Section):
     untagged_guess_prob: float = Field(0.7, ge=0, le=1, description="Share of guesses written without <answer> tags.")
     practice_frac: float = Field(
         0.3, ge=0, lt=1,
-        description="Share of short worked-arithmetic documents without the R1 template (teach the steps cheaply).",
+        description="Share of short worked-arithmetic documents without the R1 template (teach the steps cheaply; "
+        "with tool_prob > 0, tool calls instead of steps).",
     )
     tool_prob: float = Field(0.0, ge=0, le=1, description="Share of R1 documents that solve the problem by calling "
                              "the python tool (`tool_template`) instead of reasoning or guessing (the tools demo).")

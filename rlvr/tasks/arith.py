@@ -11,7 +11,9 @@ careful and careless solutions:
 * *guessing*:  ``quick guess </think> <answer>11</answer>`` (or untagged ``11``) — an
   answer off by 1..``guess_noise``, never exact;
 * *tool use* (``corpus.tool_prob``, 0 by default): ``<python>print(20+6-2)</python>`` then the
-  tool's ``<output>`` and the answer copied from it (the tools demo's corpus).
+  tool's ``<output>`` and the answer copied from it (the tools demo's corpus). There the practice
+  documents (``corpus.practice_frac``) are tool calls outside the R1 template: they teach the
+  copies without making the call the template's greedy habit.
 
 How often a document reasons depends on the chain length (``corpus.reason_prob``): short
 chains mostly reason, long ones mostly guess. The base model therefore *can* solve long
@@ -122,6 +124,11 @@ def guess_response(p: ArithProblem, rng: random.Random, noise: int, untagged_pro
     return f" quick guess </think> <answer>{guess}</answer>"
 
 
+def tool_response(p: ArithProblem, template: str) -> str:
+    """``template`` (``corpus.tool_template``) for ``p``: the chain as Python, then its value."""
+    return template.format(expression=p.question.removeprefix("Compute ").rstrip("."), answer=p.answer)
+
+
 def build_corpus(cfg) -> list[str]:
     """Pretraining documents (prompt + response, no EOS) over training-split problems only;
     ``cfg`` is a `rlvr.config.PretrainConfig` whose ``task`` is an `ArithTask`."""
@@ -133,12 +140,14 @@ def build_corpus(cfg) -> list[str]:
         if split_of(p.question, task.test_fraction) != "train":
             continue  # held-out problems never appear in pretraining
         if rng.random() < corpus.practice_frac:  # a worked example outside the R1 template
-            docs.append(p.question.removeprefix("Compute ").rstrip(".") + ": " + reasoning_steps(p))
+            if corpus.tool_prob > 0:  # the tools corpus practises the call and the copy of its output
+                docs.append(p.question + tool_response(p, corpus.tool_template))
+            else:
+                docs.append(p.question.removeprefix("Compute ").rstrip(".") + ": " + reasoning_steps(p))
             continue
         reason_p = corpus.reason_prob.get(len(p.ops), 0.5)
         if corpus.tool_prob > 0 and rng.random() < corpus.tool_prob:  # no draw at 0: the demo's corpus is unchanged
-            response = corpus.tool_template.format(expression=p.question.removeprefix("Compute ").rstrip("."),
-                                                   answer=p.answer)
+            response = tool_response(p, corpus.tool_template)
         elif rng.random() < reason_p:
             response = reasoning_response(p)
         else:
