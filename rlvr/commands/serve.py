@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine_cfg = engine_config(args.engine, dtype=args.dtype)
     except ValueError as exc:
-        return fail(f"--engine: {exc}")
+        return fail(f"--engine: {str(exc).removeprefix('engine.kind: ')}")
 
     from transformers import AutoTokenizer
 
