@@ -23,7 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=64,
                    help="most sequences (prompts x n) one engine call samples together (default 64)")
     p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long the first request to an idle engine waits for others to batch with (default 10)")
+                   help="a batch takes requests until none arrives for this long (default 10)")
+    p.add_argument("--batch-max-wait-ms", type=float, default=100.0,
+                   help="the longest a batch waits for requests before sampling (default 100)")
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="most tokens one completion may ask for; also a chat request's default (default 1024, at "
                         "most the model's context)")
@@ -42,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         return fail(f"--port: {args.port} is not a port (0 to 65535; 0 picks a free one)")
-    if args.max_batch < 1 or args.max_tokens < 1 or args.batch_window_ms < 0:
-        return fail("--max-batch and --max-tokens must be >= 1, --batch-window-ms >= 0")
+    if args.max_batch < 1 or args.max_tokens < 1 or args.batch_window_ms < 0 or args.batch_max_wait_ms < 0:
+        return fail("--max-batch and --max-tokens must be >= 1, --batch-window-ms and --batch-max-wait-ms >= 0")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if api_key is not None and not api_key.strip():
         return fail("--api-key: an empty token would let anyone in; leave it out to generate one")
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         engine.generate([tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]],
                         SamplingConfig(max_tokens=2, seed=0))
         server = Server(engine, tokenizer, args.served_model_name or args.model, api_key=api_key, host=args.host,
-                        port=args.port, limits=limits, max_batch=args.max_batch, window_s=args.batch_window_ms / 1000)
+                        port=args.port, limits=limits, max_batch=args.max_batch, window_s=args.batch_window_ms / 1000,
+                        max_wait_s=args.batch_max_wait_ms / 1000)
         if not is_loopback(args.host):
             print(f"rlvr serve: listening on {args.host}, reachable from other machines: every request needs the "
                   "token, and traffic is plain HTTP (no TLS)", file=sys.stderr)

@@ -2,11 +2,14 @@
 
 An engine is not thread-safe and samples a batch of prompts far faster than the same prompts one
 at a time, so HTTP handlers never call it: they ``submit`` a prompt with its settings and wait on
-the returned future. The engine thread takes the first pending prompt, waits up to ``window_s`` for
-more (or until ``max_batch`` sequences are pending), splits what it took by sampling settings
-(``Settings``: prompts sampled together must share them) and makes one ``engine.generate`` call per
-settings, in arrival order. Prompts that arrive while the engine works wait in the queue and form
-the next batch, so a busy server batches without waiting at all.
+the returned future. The engine thread takes the first pending prompt, then keeps taking prompts
+while they keep coming: it stops at a gap of ``window_s`` without a new one, after ``max_wait_s`` in
+all, or at ``max_batch`` sequences. Concurrent clients do not arrive at once (64 agents over HTTP on
+two cores arrive over tens of milliseconds), and a fixed window would cut them into a small first
+batch and a large second one, each decoding for as long as its longest row. It then splits what it
+took by sampling settings (``Settings``: prompts sampled together must share them) and makes one
+``engine.generate`` call per settings, in arrival order. Prompts that arrive while the engine works
+wait in the queue and form the next batch.
 
 Every prompt is sampled with a seed of its own (``SamplingConfig.seeds``): the request's seed when
 it gave one, else a random one, so prompts with and without seeds share a call and a prompt's
@@ -48,12 +51,13 @@ class Batcher:
     """``submit(prompt_ids, settings, seed)`` -> a future of the prompt's ``settings.n`` completions.
 
     ``max_batch``: the most sequences (prompts x n) one engine call takes (a single larger request
-    still goes alone); ``window_s``: how long the first prompt of an idle engine waits for company."""
+    still goes alone); ``window_s``: the gap between two arrivals that ends a batch; ``max_wait_s``: the
+    longest a batch waits for company (from its first prompt)."""
 
-    def __init__(self, engine, max_batch: int = 64, window_s: float = 0.01):
+    def __init__(self, engine, max_batch: int = 64, window_s: float = 0.01, max_wait_s: float = 0.1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s
         self.calls = 0  # engine.generate calls made (a test reads it to see batching happen)
         self.batch_sizes: list[int] = []  # prompts per engine call, most recent last (the last 1000)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -83,15 +87,16 @@ class Batcher:
 
     # -- the engine thread ------------------------------------------------------------
     def _take(self) -> list[_Pending] | None:
-        """The next batch: the first pending prompt, then what arrives within the window (None: close)."""
+        """The next batch: the first pending prompt, then those that follow it without a gap of
+        ``window_s``, for ``max_wait_s`` at most (None: close)."""
         first = self._queue.get()
         if first is None:
             return None
         batch, size = [first], first.settings.n
-        deadline = time.monotonic() + self.window_s
+        deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self._queue.get(timeout=max(0.0, min(self.window_s, deadline - time.monotonic())))
             except queue.Empty:
                 break
             if item is None:

@@ -34,11 +34,11 @@ def is_loopback(host: str) -> bool:
 class Server:
     """An OpenAI-compatible server of ``engine`` (see rlvr.serve). ``tokenizer``: the model's, a copy the
     HTTP side owns (not the engine's object); ``port=0``: a free port; ``limits``: what a request may
-    ask; ``max_batch`` / ``window_s``: how the engine thread batches (rlvr.serve.batcher.Batcher)."""
+    ask; ``max_batch`` / ``window_s`` / ``max_wait_s``: how the engine thread batches (rlvr.serve.batcher.Batcher)."""
 
     def __init__(self, engine, tokenizer, model_name: str, *, api_key: str | None = None, host: str = LOCAL_HOST,
                  port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.01,
-                 records: SessionRecords | None = None, startup_timeout_s: float = 30.0):
+                 max_wait_s: float = 0.1, records: SessionRecords | None = None, startup_timeout_s: float = 30.0):
         import uvicorn
 
         if api_key is not None and not api_key:
@@ -46,7 +46,7 @@ class Server:
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.model_name, self.host = model_name, host
         self.records = records if records is not None else SessionRecords()
-        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s)
+        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
         backend = Backend(model_name, tokenizer, self.batcher, self.records, limits or Limits())
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
