@@ -118,12 +118,14 @@ class Batcher:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
         if not items:
             return
-        sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                                  max_tokens=settings.max_tokens, stop=settings.stop,
-                                  seeds=[it.seed for it in items])
         try:
+            sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                      max_tokens=settings.max_tokens, stop=settings.stop,
+                                      seeds=[it.seed for it in items])
             groups = self.engine.generate([it.prompt_ids for it in items], sampling)
-        except Exception as exc:  # noqa: BLE001 - each waiting request answers with it; the server goes on
+            if len(groups) != len(items):
+                raise RuntimeError(f"the engine returned {len(groups)} groups for {len(items)} prompts")
+        except Exception as exc:  # noqa: BLE001 - each waiting request answers with it; the thread goes on
             for it in items:
                 it.future.set_exception(exc)
             return
