@@ -2,7 +2,7 @@
 server with the `openai` client, and submitted in process to the same engine in one call.
 
     .venv/bin/python benchmarks/serve.py [--model artifacts/tiny-base] [--engine static] [--requests 64]
-        [--max-tokens 128] [--repeats 3] [--max-batch 64] [--window-ms 10] [--max-wait-ms 100] [--random-weights]
+        [--max-tokens 128] [--repeats 3] [--max-batch 64] [--window-ms 50] [--max-wait-ms 500] [--random-weights]
         [--json]
 
 Each round times both, in turn, on one engine: in process, one ``engine.generate`` of every prompt (one
@@ -94,8 +94,8 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--window-ms", type=float, default=10.0)
-    p.add_argument("--max-wait-ms", type=float, default=100.0)
+    p.add_argument("--window-ms", type=float, default=50.0)
+    p.add_argument("--max-wait-ms", type=float, default=500.0)
     p.add_argument("--random-weights", action="store_true",
                    help="the model's architecture and tokenizer with random weights (completions run to --max-tokens)")
     p.add_argument("--json", action="store_true")

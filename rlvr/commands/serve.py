@@ -22,10 +22,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most sequences (prompts x n) one engine call samples together (default 64)")
-    p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="a batch takes requests until none arrives for this long (default 10)")
-    p.add_argument("--batch-max-wait-ms", type=float, default=100.0,
-                   help="the longest a batch waits for requests before sampling (default 100)")
+    p.add_argument("--batch-window-ms", type=float, default=50.0,
+                   help="a batch takes requests until none arrives for this long (default 50)")
+    p.add_argument("--batch-max-wait-ms", type=float, default=500.0,
+                   help="the longest a batch waits for requests before sampling (default 500)")
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="most tokens one completion may ask for; also a chat request's default (default 1024, at "
                         "most the model's context)")

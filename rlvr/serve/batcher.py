@@ -54,7 +54,7 @@ class Batcher:
     still goes alone); ``window_s``: the gap between two arrivals that ends a batch; ``max_wait_s``: the
     longest a batch waits for company (from its first prompt)."""
 
-    def __init__(self, engine, max_batch: int = 64, window_s: float = 0.01, max_wait_s: float = 0.1):
+    def __init__(self, engine, max_batch: int = 64, window_s: float = 0.05, max_wait_s: float = 0.5):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s

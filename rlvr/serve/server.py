@@ -37,8 +37,8 @@ class Server:
     ask; ``max_batch`` / ``window_s`` / ``max_wait_s``: how the engine thread batches (rlvr.serve.batcher.Batcher)."""
 
     def __init__(self, engine, tokenizer, model_name: str, *, api_key: str | None = None, host: str = LOCAL_HOST,
-                 port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.01,
-                 max_wait_s: float = 0.1, records: SessionRecords | None = None, startup_timeout_s: float = 30.0):
+                 port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.05,
+                 max_wait_s: float = 0.5, records: SessionRecords | None = None, startup_timeout_s: float = 30.0):
         import uvicorn
 
         if api_key is not None and not api_key:
