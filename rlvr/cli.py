@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("rlvr.commands.config", "Print every config field with its type, default and description."),
     "verify": ("rlvr.commands.verify", "Score a JSONL of completions with a verifier (audit / compare)."),
     "bench": ("rlvr.commands.bench", "Benchmark rollout throughput of engines side by side."),
+    "serve": ("rlvr.commands.serve", "Serve a model through an OpenAI-compatible API (local, token-protected)."),
 }
 
 

@@ -1,0 +1,136 @@
+"""One thread owns the engine; requests reach it through a queue and are sampled in batches.
+
+An engine is not thread-safe and samples a batch of prompts far faster than the same prompts one
+at a time, so HTTP handlers never call it: they ``submit`` a prompt with its settings and wait on
+the returned future. The engine thread takes the first pending prompt, then keeps taking prompts
+while they keep coming: it stops at a gap of ``window_s`` without a new one, after ``max_wait_s`` in
+all, or at ``max_batch`` sequences. Concurrent clients do not arrive at once (64 agents over HTTP on
+two cores arrive over tens of milliseconds), and a fixed window would cut them into a small first
+batch and a large second one, each decoding for as long as its longest row. It then splits what it
+took by sampling settings (``Settings``: prompts sampled together must share them) and makes one
+``engine.generate`` call per settings, in arrival order. Prompts that arrive while the engine works
+wait in the queue and form the next batch.
+
+Every prompt is sampled with a seed of its own (``SamplingConfig.seeds``): the request's seed when
+it gave one, else a random one, so prompts with and without seeds share a call and a prompt's
+samples depend on its seed only (as far as the engine keeps that promise across batches).
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from rollouts.types import Completion, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampling settings prompts must share to be sampled in one engine call."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class _Pending:
+    prompt_ids: list[int]
+    settings: Settings
+    seed: int
+    future: Future
+
+
+class Batcher:
+    """``submit(prompt_ids, settings, seed)`` -> a future of the prompt's ``settings.n`` completions.
+
+    ``max_batch``: the most sequences (prompts x n) one engine call takes (a single larger request
+    still goes alone); ``window_s``: the gap between two arrivals that ends a batch; ``max_wait_s``: the
+    longest a batch waits for company (from its first prompt)."""
+
+    def __init__(self, engine, max_batch: int = 64, window_s: float = 0.05, max_wait_s: float = 0.5):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s
+        self.calls = 0  # engine.generate calls made (a test reads it to see batching happen)
+        self.batch_sizes: list[int] = []  # prompts per engine call, most recent last (the last 1000)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="rlvr-serve-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt_ids: list[int], settings: Settings, seed: int | None = None) -> tuple[Future, int]:
+        """Queue one prompt; returns the future of its completions and the seed it is sampled with."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the engine thread has stopped")
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        future: Future = Future()
+        self._queue.put(_Pending(list(prompt_ids), settings, seed, future))
+        return future, seed
+
+    def close(self) -> None:
+        """Stop the engine thread after the batch it is sampling; prompts still queued fail."""
+        self._queue.put(None)
+        self._thread.join()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item.future.set_exception(RuntimeError("the server is shutting down"))
+
+    # -- the engine thread ------------------------------------------------------------
+    def _take(self) -> list[_Pending] | None:
+        """The next batch: the first pending prompt, then those that follow it without a gap of
+        ``window_s``, for ``max_wait_s`` at most (None: close)."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch, size = [first], first.settings.n
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, min(self.window_s, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # close after this batch
+                break
+            batch.append(item)
+            size += item.settings.n
+        return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            by_settings: dict[Settings, list[_Pending]] = {}
+            for item in batch:
+                by_settings.setdefault(item.settings, []).append(item)
+            for settings, items in by_settings.items():
+                self._sample(settings, items)
+
+    def _sample(self, settings: Settings, items: list[_Pending]) -> None:
+        items = [it for it in items if it.future.set_running_or_notify_cancel()]
+        if not items:
+            return
+        try:
+            sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                      max_tokens=settings.max_tokens, stop=settings.stop,
+                                      seeds=[it.seed for it in items])
+            groups = self.engine.generate([it.prompt_ids for it in items], sampling)
+            if len(groups) != len(items):
+                raise RuntimeError(f"the engine returned {len(groups)} groups for {len(items)} prompts")
+        except Exception as exc:  # noqa: BLE001 - each waiting request answers with it; the thread goes on
+            for it in items:
+                it.future.set_exception(exc)
+            return
+        self.calls += 1
+        self.batch_sizes = [*self.batch_sizes[-999:], len(items)]
+        for it, group in zip(items, groups):
+            completions: list[Completion] = group.completions
+            it.future.set_result(completions)

@@ -1,0 +1,99 @@
+"""The server as an object: uvicorn on a thread of this process, in front of one engine.
+
+``Server(engine, tokenizer, model_name)`` listens on 127.0.0.1 on a free port unless told
+otherwise, always behind a bearer token (the given ``api_key``, else a random one, ``.api_key``),
+and answers until ``close()``. The engine is the caller's: the server samples with it from its own
+thread (rlvr.serve.batcher) and never closes it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+import threading
+import time
+
+from rlvr.serve.app import Backend, build_app
+from rlvr.serve.batcher import Batcher
+from rlvr.serve.protocol import Limits
+from rlvr.serve.records import SessionRecords
+
+LOCAL_HOST = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """An OpenAI-compatible server of ``engine`` (see rlvr.serve). ``tokenizer``: the model's, a copy the
+    HTTP side owns (not the engine's object); ``port=0``: a free port; ``limits``: what a request may
+    ask; ``max_batch`` / ``window_s`` / ``max_wait_s``: how the engine thread batches (rlvr.serve.batcher.Batcher)."""
+
+    def __init__(self, engine, tokenizer, model_name: str, *, api_key: str | None = None, host: str = LOCAL_HOST,
+                 port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.05,
+                 max_wait_s: float = 0.5, records: SessionRecords | None = None, startup_timeout_s: float = 30.0):
+        import uvicorn
+
+        if api_key is not None and not api_key:
+            raise ValueError("api_key: an empty token would let anyone in; leave it out to generate one")
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.model_name, self.host = model_name, host
+        self.records = records if records is not None else SessionRecords()
+        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
+        backend = Backend(model_name, tokenizer, self.batcher, self.records, limits or Limits())
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            self.batcher.close()
+            raise
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(build_app(backend, self.api_key), log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=5)
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [sock]},
+                                        name="rlvr-serve-http", daemon=True)
+        self._sock = sock
+        self._thread.start()
+        deadline = time.monotonic() + startup_timeout_s
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the HTTP server did not start on {host}:{self.port}")
+            time.sleep(0.01)
+
+    @property
+    def root_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What an ``openai`` client takes as ``base_url`` (calls not recorded)."""
+        return f"{self.root_url}/v1"
+
+    def session_url(self, session: str) -> str:
+        """A ``base_url`` whose calls are recorded under ``session`` (``self.records``)."""
+        return f"{self.root_url}/s/{session}/v1"
+
+    def close(self) -> None:
+        """Stop answering (requests in flight get up to 5 s), then stop the engine thread."""
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=15)
+        self._sock.close()
+        self.batcher.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

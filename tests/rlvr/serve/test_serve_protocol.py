@@ -1,0 +1,93 @@
+"""rlvr.serve.protocol without a server: tool-call parsing, the budget checks, the batcher's grouping."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from rlvr.serve.batcher import Batcher, Settings
+from rlvr.serve.protocol import ApiError, CompletionRequest, Limits, parse_request, parse_tool_calls, settings
+from rollouts import Completion, Group
+
+
+def test_tool_calls_from_hermes_blocks():
+    text = 'Sure.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>{"name": "f"}</tool_call>'
+    content, calls = parse_tool_calls(text)
+    assert content == "Sure."
+    assert [c["function"]["name"] for c in calls] == ["add", "f"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1} and calls[1]["function"]["arguments"] == "{}"
+    assert calls[0]["id"] != calls[1]["id"] and calls[0]["type"] == "function"
+    assert parse_tool_calls('<tool_call>{"name": "g", "arguments": "{\\"x\\": 2}"}</tool_call>')[0] is None
+    for kept in ("no calls here", "<tool_call>{not json}</tool_call>", '<tool_call>{"arguments": {}}</tool_call>',
+                 '<tool_call>{"name": "cut", "argum'):  # malformed or cut: the text whole, no calls
+        assert parse_tool_calls(kept) == (kept, [])
+
+
+def test_budgets_name_the_limit():
+    req = CompletionRequest(model="m", prompt="x", max_tokens=50)
+    limits = Limits(context=100, max_tokens=60)
+    assert settings(req, [50], limits, 16).max_tokens == 50
+    with pytest.raises(ApiError, match=r"context is 100 tokens; the prompt has 51 and max_tokens is 50 \(101"):
+        settings(req, [10, 51], limits, 16)
+    with pytest.raises(ApiError, match="limit of 60 tokens"):
+        settings(CompletionRequest(model="m", prompt="x", max_tokens=61), [1], limits, 16)
+    # without max_tokens: the endpoint's default, or (chat) what the context leaves, at most the limit
+    assert settings(CompletionRequest(model="m", prompt="x"), [1], limits, 16).max_tokens == 16
+    assert settings(CompletionRequest(model="m", prompt="x"), [70], limits, None).max_tokens == 30
+    assert settings(CompletionRequest(model="m", prompt="x"), [5], limits, None).max_tokens == 60
+    s = settings(CompletionRequest(model="m", prompt="x", stop="\n", temperature=0, n=3), [1], limits, 16)
+    assert s == Settings(n=3, temperature=0.0, top_p=1.0, max_tokens=16, stop=("\n",))
+
+
+def test_parse_request_messages():
+    with pytest.raises(ApiError, match="not valid JSON") as err:
+        parse_request(CompletionRequest, b"\xff")
+    assert err.value.status == 400
+    with pytest.raises(ApiError, match="max_tokens: Input should be greater than or equal to 1; unknown field 'foo'"):
+        parse_request(CompletionRequest, json.dumps({"model": "m", "prompt": "x", "foo": 1, "max_tokens": 0}).encode())
+
+
+class CountingEngine:
+    """Records each generate call's prompts and settings; a prompt's one completion is its own ids."""
+
+    def __init__(self):
+        self.calls = []
+        self.gate = threading.Event()
+
+    def generate(self, prompts, sampling, on_group=None):
+        self.gate.wait(5)
+        self.calls.append(([list(p) for p in prompts], sampling))
+        return [Group("", list(p), [Completion("", list(p), [0.0] * len(p), "stop")] * sampling.n) for p in prompts]
+
+
+def test_batcher_groups_by_settings_and_keeps_seeds():
+    engine = CountingEngine()
+    batcher = Batcher(engine, max_batch=64, window_s=0.2)
+    try:
+        a, b = Settings(max_tokens=8), Settings(max_tokens=9)
+        futures = [batcher.submit([i], a if i % 2 else b, seed=100 + i) for i in range(6)]
+        engine.gate.set()
+        assert [f.result(5)[0].token_ids for f, _ in futures] == [[i] for i in range(6)]
+        assert [seed for _, seed in futures] == [100 + i for i in range(6)]
+        assert len(engine.calls) == 2  # one call per settings, in arrival order
+        assert engine.calls[0][0] == [[0], [2], [4]] and engine.calls[0][1].seeds == [100, 102, 104]
+        assert engine.calls[1][1].max_tokens == 8 and engine.calls[1][1].seeds == [101, 103, 105]
+        _, random_seed = batcher.submit([9], a)
+        assert isinstance(random_seed, int)  # unseeded prompts get a seed of their own
+    finally:
+        batcher.close()
+
+
+def test_batcher_respects_max_batch_and_fails_queued_work_on_close():
+    engine = CountingEngine()
+    batcher = Batcher(engine, max_batch=2, window_s=0.2)
+    futures = [batcher.submit([i], Settings(), seed=i)[0] for i in range(5)]
+    engine.gate.set()
+    for f in futures:
+        f.result(5)
+    assert [len(p) for p, _ in engine.calls] == [2, 2, 1]
+    batcher.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit([1], Settings())
