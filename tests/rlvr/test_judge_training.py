@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import JUDGE_TEMPLATE, JudgeServer, closed_port_url
+from helpers import JUDGE_TEMPLATE, ROOT, JudgeServer, closed_port_url
 
 from rlvr.algorithms import ADVANTAGES, AlgorithmConfig
 from rlvr.config import load_config
@@ -99,3 +99,37 @@ def test_a_judge_term_is_configured_like_any_other():
     rubric = build_rubric(cfg)
     assert [(v.name, w) for v, w in rubric.parts] == [("arith", 1.0), ("judge_a", 0.5), ("r1_format", 0.0)]
     assert rubric.missing_keys({"question": "q"}) == ["answer", "answer | reference"]
+
+
+def test_rl_steps_with_a_real_tiny_model_as_the_judge_behind_rlvr_serve(micro_model, tmp_path, tiny_cfg):
+    """The judge is the micro base itself, served by `rlvr serve`'s server (rlvr.serve.Server) over HTTP
+    with a token: its completions are parsed for a score (its <answer> number / 100). A reply without one
+    is an infra_error, masked; the run goes on and logs the term."""
+    from transformers import AutoTokenizer
+
+    from rlvr.models import context_length
+    from rlvr.serve.protocol import Limits
+    from rlvr.serve.server import Server
+    from rollouts.config import engine_config
+
+    engine = engine_config("hf").build(micro_model)
+    limits = Limits(context=context_length(micro_model), max_tokens=16)
+    run_dir = tmp_path / "run"
+    try:
+        with Server(engine, AutoTokenizer.from_pretrained(micro_model), "micro-judge", limits=limits) as server:
+            judge = {"verifier": "judge", "weight": 0.5, "kwargs": {
+                "base_url": server.base_url, "model": "micro-judge", "api_key": server.api_key,
+                "endpoint": "completions", "template": str(ROOT / "tests" / "data" / "judge_micro_model.txt"),
+                "score_regex": r"<answer>\s*(\d+)", "max_score": 100.0, "max_tokens": 16, "concurrency": 4}}
+            cfg = tiny_cfg("train.steps=2", model=micro_model, run_dir=run_dir,
+                           rewards=[{"verifier": "arith", "weight": 1.0}, judge])
+            train(cfg)
+    finally:
+        engine.close()
+    steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2]
+    samples = 4 * 4  # prompts_per_step x n of the small run
+    for r in steps:
+        assert "reward/judge" in r and 0.0 <= r["reward/judge"] <= 1.0
+        assert r["outcome/infra_error"] < samples  # the tiny judge's replies mostly parse
+    assert any(r["reward/judge"] > 0 for r in steps)
