@@ -66,12 +66,14 @@ def test_chat_through_the_tokenizers_template(micro_model, hf_engine, tmp_path):
     assert r.usage.prompt_tokens == len(call.prompt_ids) and r.usage.completion_tokens == len(call.samples[0].token_ids)
 
 
-def test_rlvr_serve_command(micro_model):
+def test_rlvr_serve_command(micro_model, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RLVR_API_KEY", None)
     cmd = [sys.executable, "-m", "rlvr.cli", "serve", micro_model, "--engine", "hf", "--served-model-name", "micro",
            "--max-tokens", "32"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stderr to a file: a pipe nobody reads fills up with the libraries' warnings and blocks the server's exit
+    err = (tmp_path / "serve.err").open("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     try:
         seen = {}
         for line in proc.stdout:
@@ -79,7 +81,7 @@ def test_rlvr_serve_command(micro_model):
             seen[key] = value.split()[0] if value.strip() else ""
             if key == "api_key":
                 break
-        assert seen.get("base_url", "").startswith("http://127.0.0.1:"), (seen, proc.stderr.read())
+        assert seen.get("base_url", "").startswith("http://127.0.0.1:"), (seen, (tmp_path / "serve.err").read_text())
         assert len(seen["api_key"]) >= 24  # generated and printed
         c = openai.OpenAI(base_url=seen["base_url"], api_key=seen["api_key"], max_retries=0)
         assert [m.id for m in c.models.list().data] == ["micro"]
@@ -89,9 +91,15 @@ def test_rlvr_serve_command(micro_model):
             c.completions.create(model="micro", prompt="x", max_tokens=33)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=seen["base_url"], api_key="guess", max_retries=0).models.list()
+        c.close()  # no kept-alive connection for the server's graceful shutdown to wait on
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            assert proc.wait(timeout=60) == 0, (tmp_path / "serve.err").read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            err.close()
 
 
 def test_rlvr_serve_refuses_bad_arguments(tmp_path):
