@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"api_key: {server.api_key}" + ("" if api_key else "  (generated; --api-key to choose one)"), flush=True)
         print("Ctrl-C stops it.", flush=True)
         stop = threading.Event()
+        # both set explicitly: a process started with SIGINT ignored (a background job of a script, a parent
+        # that ignores it) would otherwise never see Ctrl-C
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             while not stop.wait(0.5):
                 pass
