@@ -47,6 +47,17 @@ def _safe_score(verifier: Verifier, completion: str, task: Mapping[str, Any]) ->
     return _checked(verifier, s)
 
 
+def score_rows(verifier: Verifier, completions: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+               workers: int = 1) -> list[Score]:
+    """``verifier.score`` on each row, on ``workers`` threads (order kept); a row that raises, or returns
+    something else than a ``Score``, gets its own error score. What a ``score_many`` whose own work runs
+    elsewhere (worker processes) calls to feed them."""
+    if workers <= 1 or len(completions) <= 1:
+        return [_safe_score(verifier, c, t) for c, t in zip(completions, tasks)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda ct: _safe_score(verifier, *ct), zip(completions, tasks)))
+
+
 def score_batch(
     verifier: Verifier,
     completions: Sequence[str],
@@ -96,10 +107,7 @@ def _score_all(verifier: Verifier, completions: Sequence[str], tasks: Sequence[M
                 return [_checked(verifier, s) for s in scores]
             warnings.warn(f"{_name(verifier)}.score_many returned {len(scores)} scores for {len(completions)} rows; "
                           "scoring row by row", RuntimeWarning, stacklevel=3)
-    if workers <= 1 or len(completions) <= 1:
-        return [_safe_score(verifier, c, t) for c, t in zip(completions, tasks)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda ct: _safe_score(verifier, *ct), zip(completions, tasks)))
+    return score_rows(verifier, completions, tasks, workers)
 
 
 _KINDS = ("timeout", "worker_died", "memory", "input_too_large", "answer_too_large", "too_large", "too_deep", "compare_failed")

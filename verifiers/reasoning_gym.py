@@ -38,11 +38,10 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from verifiers.base import Score
-from verifiers.batch import crash_score
+from verifiers.batch import score_rows
 from verifiers.pool import DEFAULT_MEMORY_MB
 
 PACKAGE = "reasoning-gym==0.1.25"
@@ -200,13 +199,4 @@ class ReasoningGymVerifier:
         """Score on ``workers`` processes at once; a row that raises gets its own crash score."""
         workers = max(1, workers)
         self._pool(workers)
-        if workers == 1 or len(completions) <= 1:
-            return [self._score_row(c, t) for c, t in zip(completions, tasks)]
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(self._score_row, completions, tasks))
-
-    def _score_row(self, completion: str, task: Mapping[str, Any]) -> Score:
-        try:
-            return self.score(completion, task)
-        except Exception as exc:  # recorded for this row only, counted by the caller
-            return crash_score(self, exc)
+        return score_rows(self, completions, tasks, workers)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from verifiers.base import Score
-from verifiers.batch import crash_score
+from verifiers.batch import score_rows
 from verifiers.math.choice import asks_for_order
 from verifiers.math.extract import DEFAULT_PRIORITY, check_priority
 from verifiers.pool import DEFAULT_MEMORY_MB, WorkerPool
@@ -108,13 +107,4 @@ class MathVerifier:
         """
         workers = max(1, workers)
         self._pool(workers)
-        if workers == 1 or len(completions) <= 1:
-            return [self._score_row(c, t) for c, t in zip(completions, tasks)]
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(self._score_row, completions, tasks))
-
-    def _score_row(self, completion: str, task: Mapping[str, Any]) -> Score:
-        try:
-            return self.score(completion, task)
-        except Exception as exc:  # recorded for this row only, counted by the caller
-            return crash_score(self, exc)
+        return score_rows(self, completions, tasks, workers)

@@ -43,7 +43,9 @@ def test_learner_trains_on_the_sampled_and_appended_ids_with_the_engines_logprob
     cfg = tiny_cfg(*GUESS, f"engine.kind={engine}", model=micro_model)
     tokenizer, scored = draw_episodes(micro_model, cfg)
     episodes = [t for sg in scored for t in sg.group.episodes]
-    assert max(t.turns for t in episodes) == 3 and any(t.finish_reason == "max_turns" for t in episodes)
+    # more than one turn: the micro base does not guess a secret from 1..16 at once in all 12 episodes (on any
+    # CPU that pretrained it; which episodes run to max_turns depends on its weights)
+    assert max(t.turns for t in episodes) > 1 and any(isinstance(s, EnvSegment) for t in episodes for s in t.segments)
     encode = hf_encoder(tokenizer)
     # the premise: this tokenizer's merges cross the boundary of two texts (so text history, re-tokenised,
     # can differ from the ids sampled); the learner must see the ids themselves
