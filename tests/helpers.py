@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -91,6 +92,11 @@ def assert_same_run(a: Path, b: Path, steps: int) -> None:
         assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
     pa, pb = final_params(a), final_params(b)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def rlvr_cli() -> list[str]:
+    """The ``rlvr`` command of this interpreter (the tests' tree, whatever .venv/bin/rlvr points at)."""
+    return [sys.executable, "-c", "import sys; from rlvr.cli import main; sys.exit(main())"]
 
 
 def kill_when(run_dir: Path, step: int, key: str, index: int, killed: list[int]) -> threading.Thread:

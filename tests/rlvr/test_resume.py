@@ -11,12 +11,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from helpers import SMALL, assert_same_run, final_params, train_records
+from helpers import SMALL, assert_same_run, final_params, rlvr_cli, train_records
 from helpers import run_config as config
 
 from rlvr.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -89,9 +88,6 @@ def test_resume_without_checkpoint_is_a_clear_error(micro_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(config(micro_model, tmp_path / "empty", 2), resume=True)
 
-
-def rlvr_cli() -> list[str]:
-    return [sys.executable, "-c", "import sys; from rlvr.cli import main; sys.exit(main())"]
 
 
 def test_sigkill_during_checkpoint_write_keeps_the_previous_one(micro_model, tmp_path):

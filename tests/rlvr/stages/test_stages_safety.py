@@ -10,13 +10,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
-from helpers import TINY
+from helpers import TINY, rlvr_cli
 
 from rlvr.cli import main
 from rlvr.config import ConfigError
@@ -51,9 +50,6 @@ def sft_stage(name, model=None, input=None, command="sft"):
 def snapshot(directory) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
-
-def rlvr_cli() -> list[str]:
-    return [sys.executable, "-c", "import sys; from rlvr.cli import main; sys.exit(main())"]
 
 
 # ---- never destroy work -------------------------------------------------------------------------
