@@ -102,14 +102,15 @@ def test_rlvr_serve_command(micro_model, tmp_path):
             err.close()
 
 
-def test_rlvr_serve_refuses_bad_arguments(tmp_path):
+def test_rlvr_serve_refuses_bad_arguments(tmp_path, capsys):
+    from rlvr.cli import main
+
     for args, message in ((["--engine", "nope"], "--engine: unknown engine 'nope'"),
                           (["--port", "70000"], "--port: 70000 is not a port"),
                           (["--api-key", " "], "--api-key: an empty token")):
-        out = subprocess.run([sys.executable, "-m", "rlvr.cli", "serve", str(tmp_path), *args], capture_output=True,
-                             text=True)
-        assert out.returncode == 2 and message in out.stderr, out.stderr
-    out = subprocess.run([sys.executable, "-m", "rlvr.cli", "serve", str(tmp_path / "none")], capture_output=True,
-                         text=True)
-    assert out.returncode == 2 and "MODEL: no such directory" in out.stderr
+        assert main(["serve", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+    assert main(["serve", str(tmp_path / "none")]) == 2
+    assert "MODEL: no such directory" in capsys.readouterr().err
 
