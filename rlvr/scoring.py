@@ -34,6 +34,7 @@ from rlvr.envs.trajectory import TRUNCATED
 from rollouts import Completion, Engine, Group, SamplingConfig
 from verifiers import Rubric, Score, score_batch
 from verifiers.batch import BatchVerifier
+from verifiers.env_reward import KEY as ENV_REWARD
 
 ONE_TURN = SingleTurnConfig()
 
@@ -72,7 +73,7 @@ class Scorer:
             # An episode its environment broke is not scored: it is labelled, never a reward of 0 for the policy.
             episodes = getattr(group, "episodes", None) or [None] * len(group.completions)
             live = [k for k, t in enumerate(episodes) if t is None or t.finish_reason != "env_error"]
-            texts, rows = [group.completions[k].text for k in live], [row] * len(live)
+            texts, rows = [group.completions[k].text for k in live], [episode_row(row, episodes[k]) for k in live]
             # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
             # in-process ones (arith, format) run inline: groups already run on `workers` threads.
             per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1,
@@ -117,6 +118,13 @@ def encoder_of(engine: Engine):
         raise TypeError(f"{type(engine).__name__} has no tokenizer: an environment cannot encode its observations")
 
     return missing
+
+
+def episode_row(row: Mapping[str, Any], traj: Trajectory | None) -> Mapping[str, Any]:
+    """The row the rubric scores an episode against: a copy of ``row`` with the episode's return from its
+    environment under ``env_reward`` (what the ``env_reward`` verifier reads; None when its environment
+    reported no reward), or ``row`` itself for a bare completion."""
+    return row if traj is None else {**row, ENV_REWARD: traj.env_reward()}
 
 
 def env_error_score(traj: Trajectory) -> Score:

@@ -28,6 +28,8 @@ _BUILTINS: dict[str, str] = {
     "r1_format": "verifiers.format:R1FormatVerifier",
     "countdown": "verifiers.countdown:CountdownVerifier",
     "guess_number": "verifiers.guess_number:GuessNumberVerifier",
+    # the environment's own per-step rewards, summed over the episode (rlvr.scoring puts them in the row)
+    "env_reward": "verifiers.env_reward:EnvRewardVerifier",
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
     # reasoning-gym's own scorers (the package is imported only inside the verifier's workers)

@@ -3,8 +3,8 @@
 ``make_env(cfg, encode)`` builds one environment (it runs one episode at a time: build one per
 episode of a group); ``env_config_union()`` is the ``env:`` section's type, a union of the
 registered kinds' configs keyed on ``kind`` (default ``single_turn``). Built-in kinds:
-``single_turn`` (the one-turn case: the prompt, one model turn) and ``guess_number`` (a feedback
-game). A new kind is a module in this package that calls ``register_env`` (imported here by name
+``single_turn`` (the one-turn case: the prompt, one model turn), ``guess_number`` (a feedback
+game), ``python`` (the code sandbox as a tool) and ``openenv`` (any OpenEnv server). A new kind is a module in this package that calls ``register_env`` (imported here by name
 scan). The episode record is ``rlvr.envs.trajectory``; see docs/environments.md.
 """
 

@@ -9,7 +9,11 @@ An ``Env`` object runs one episode at a time: ``reset(row)`` starts one and retu
 observation (the prompt the model answers), ``step(ids, text)`` takes the model's turn, both as the
 sampled ids and as their text, and answers ``(observation, done, info)``. Observations carry ids:
 an environment that speaks text encodes it once with ``encode`` (given at build time), and those
-ids are appended to the episode as they are (``rlvr.envs.trajectory``). ``info`` is JSON-serialisable.
+ids are appended to the episode as they are (``rlvr.envs.trajectory``). ``info`` is JSON-serialisable;
+an environment with rewards of its own puts each step's under ``info["reward"]`` (the ``env_reward``
+verifier scores their sum). An environment holding something outside the process (a server session) may
+have ``close()``, which the runner calls when the draw is over. A ``reset`` that raises (anything but a
+``DataError``, which stops the draw) fails that episode, as a ``step`` that raises does.
 """
 
 from __future__ import annotations

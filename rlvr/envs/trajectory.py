@@ -197,6 +197,12 @@ class Trajectory:
         """The sum of ``key`` over the environment's ``info`` of every step (``tool_call``, ``tool_error``)."""
         return sum(int(info.get(key, 0)) for info in self.infos)
 
+    def env_reward(self) -> float | None:
+        """The episode's return from its environment: the sum of ``info["reward"]`` over the steps that
+        reported one (an OpenEnv environment's per-step rewards); None when no step did."""
+        rewards = [info["reward"] for info in self.infos if info.get("reward") is not None]
+        return float(sum(rewards)) if rewards else None
+
     def text(self) -> str:
         """Everything after the prompt as text: each model turn's and observation's own text, joined
         (what the rubric scores; for one turn, the completion's text)."""
