@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from rlvr.agents.config import AgentConfig
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.envs import EnvConfig
 from rlvr.envs.single_turn import SingleTurnConfig
@@ -332,6 +333,10 @@ class TrainConfig(Section):
     env: EnvConfig = Field(default_factory=SingleTurnConfig, description="The environment an episode runs in: "
                            "`kind` picks it (single_turn: one completion per prompt; guess_number, ...), with "
                            "max_turns and token budgets; see `rlvr config env` and docs/environments.md.")
+    agent: AgentConfig | None = Field(None, description="Bring your own agent: `entry` names a function "
+                                      "`rollout(client, row)` that rlvr calls once per sample with an openai client "
+                                      "of a recording server on the policy (docs/agents.md). None: the `env:` "
+                                      "section runs the episodes.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="The reward: verifiers, workers, retries.")
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="When a run stops itself.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
@@ -414,6 +419,18 @@ class TrainConfig(Section):
                 raise ValueError(f"cluster.learner_sharding=fsdp with algorithm.advantage={self.algorithm.advantage} "
                                  "(a PPO critic) is not supported yet (the critic's values are read on rank 0 "
                                  "alone); use cluster.learner_sharding=ddp")
+        return self
+
+    @model_validator(mode="after")
+    def _check_agent(self) -> TrainConfig:
+        if self.agent is None:
+            return self
+        if self.env.kind != "single_turn":
+            raise ValueError(f"agent: an agent runs its own episodes, so env.kind={self.env.kind!r} would never run; "
+                             "drop the env: section (or agent:)")
+        if self.cluster.rollout_workers > 0:
+            raise ValueError("agent: with cluster.rollout_workers > 0 is not supported yet (the agent's server runs "
+                             "beside the engine in this process); use cluster.rollout_workers=0")
         return self
 
     @model_validator(mode="after")

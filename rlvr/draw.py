@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlvr.agents import agent_metrics
 from rlvr.algorithms import dynamic_sampling_filter
 from rlvr.config import TrainConfig
 from rlvr.envs.trajectory import FINISH_REASONS, TRUNCATED, Trajectory
@@ -152,6 +153,7 @@ def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False, terms: 
         **outcome_metrics(scored),
         **term_metrics(scores, terms),
         **(episode_metrics([t for sg in scored for t in episodes_of(sg)]) if multi_turn else {}),
+        **agent_metrics([sg.group for sg in scored]),
     }
 
 

@@ -60,6 +60,8 @@ class ScoredGroup:
         group = {"prompt": g.prompt, "prompt_ids": g.prompt_ids, "completions": [dataclasses.asdict(c) for c in g.completions]}
         if isinstance(g, EpisodeGroup):
             group["episodes"] = [t.to_json() for t in g.episodes]
+            if g.sequences:
+                group["sequences"] = [[t.to_json() for t in seqs] for seqs in g.sequences]
         return {"row": self.row, "group": group, "scores": [dataclasses.asdict(s) for s in self.scores]}
 
     @classmethod
@@ -67,7 +69,8 @@ class ScoredGroup:
         g = d["group"]
         comps = [Completion(**c) for c in g["completions"]]
         if "episodes" in g:
-            group: Group = EpisodeGroup(g["prompt"], g["prompt_ids"], comps, [Trajectory.from_json(t) for t in g["episodes"]])
+            group: Group = EpisodeGroup(g["prompt"], g["prompt_ids"], comps, [Trajectory.from_json(t) for t in g["episodes"]],
+                                        [[Trajectory.from_json(t) for t in seqs] for seqs in g.get("sequences", [])])
         else:  # a checkpoint from before episodes
             group = Group(g["prompt"], g["prompt_ids"], comps)
         return cls(d["row"], group, [Score(**s) for s in d["scores"]])

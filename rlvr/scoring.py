@@ -45,6 +45,9 @@ class EpisodeGroup(Group):
     observations; for one turn, the completion itself), ``episodes[j]`` the episode token by token."""
 
     episodes: list[Trajectory] = field(default_factory=list)
+    # per episode, the exact sequences it trains on when it is not one sequence (an agent session whose
+    # history was edited: rlvr.agents.sequences); empty: each episode is its own one sequence
+    sequences: list[list[Trajectory]] = field(default_factory=list)
 
 
 def episode_completion(traj: Trajectory) -> Completion:

@@ -12,6 +12,11 @@ Invalid samples (``inp.valid`` False: a check that failed for reasons not the po
 out of every statistic: the group mean, std and size of the outcome-level estimators, REINFORCE++'s
 group baseline and batch normalisation, GAE's whitening; their advantage is 0 on every token.
 With every sample valid, each estimator computes exactly what it computes without ``valid``.
+
+A sample that spans several rows (``inp.lead``: an agent session of several exact sequences) counts
+once in its group's statistics (its lead row); every one of its rows, carrying the sample's reward,
+gets the sample's advantage from the outcome-level estimators; the token-level ones treat each row
+as an episode ending in the sample's reward.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def _per_token(adv: Tensor, inp: AdvantageInputs) -> Tensor:
 @register_advantage("grpo")
 def grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """(r - mean_group) / (std_group + eps), or just r - mean_group with ``scale_std`` off."""
-    mean, std, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
+    mean, std, _ = group_stats(inp.rewards, inp.group_ids, inp.counted())
     adv = inp.rewards - mean  # [B]
     if cfg.scale_std:
         adv = adv / (std + cfg.std_eps)
@@ -61,14 +66,14 @@ def grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
 @register_advantage("dr_grpo")
 def dr_grpo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """r - mean_group: Dr.GRPO drops the std division (its question-difficulty bias)."""
-    mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
+    mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.counted())
     return _per_token(inp.rewards - mean, inp)  # [B, T]
 
 
 @register_advantage("rloo")
 def rloo_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor:
     """r_i - mean_{j != i} r_j over the group, = n/(n-1) * (r_i - mean); 0 for a group of one."""
-    mean, _, n = group_stats(inp.rewards, inp.group_ids, inp.valid)
+    mean, _, n = group_stats(inp.rewards, inp.group_ids, inp.counted())
     loo = torch.where(n > 1, (inp.rewards - mean) * n / (n - 1).clamp(min=1), torch.zeros_like(mean))  # [B]
     return _per_token(loo, inp)  # [B, T]
 
@@ -102,7 +107,7 @@ def reinforce_pp_advantage(inp: AdvantageInputs, cfg: AlgorithmConfig) -> Tensor
     mask = inp.valid_mask()  # [B, T]
     token_rewards = _token_rewards(inp, mask)  # [B, T]
     if cfg.group_baseline:
-        mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.valid)
+        mean, _, _ = group_stats(inp.rewards, inp.group_ids, inp.counted())
         token_rewards = token_rewards - last_token_rewards(mean, mask)
     returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
     return masked_whiten(returns, mask, cfg.std_eps)

@@ -35,6 +35,15 @@ class AdvantageInputs:
     # [B] bool: False for a sample kept out of training (its check failed for reasons not the policy's, or its
     # group was left with too few); it counts in no group statistic and its advantage is 0. None: all valid
     valid: Tensor | None = None
+    # [B] bool: the rows that count in group statistics when one sample spans several rows (an agent session
+    # of several exact sequences: each row carries the sample's reward and gets its advantage). None: every row
+    lead: Tensor | None = None
+
+    def counted(self) -> Tensor | None:
+        """[B] bool: the rows that enter group statistics (valid and lead); None when that is every row."""
+        if self.lead is None:
+            return self.valid
+        return self.lead if self.valid is None else self.valid & self.lead
 
     def valid_mask(self) -> Tensor:
         """``mask`` [B, T] with the rows of invalid samples zeroed (``mask`` itself when every sample is valid)."""
@@ -74,12 +83,16 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
     return deco
 
 
-def drop_thin_groups(valid: Tensor, group_ids: Tensor) -> Tensor:
+def drop_thin_groups(valid: Tensor, group_ids: Tensor, lead: Tensor | None = None) -> Tensor:
     """``valid`` [B] bool with every member of a group cleared when the group has fewer than two valid
     samples left (no baseline to compare with: the group is dropped). A group of one keeps its one sample
-    when it is valid (``sampling.n=1`` has no group baseline to lose)."""
+    when it is valid (``sampling.n=1`` has no group baseline to lose). ``lead`` [B] bool: the rows that
+    stand for a sample when a sample spans several rows (only they are counted); None: every row."""
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    left = torch.zeros_like(counts).index_add(0, inverse, valid.long())  # [G] valid members
+    if lead is not None:
+        counts = torch.zeros_like(counts).index_add(0, inverse, lead.long())  # [G] samples
+    counted = valid if lead is None else valid & lead
+    left = torch.zeros_like(counts).index_add(0, inverse, counted.long())  # [G] valid samples
     return valid & (left >= counts.clamp(max=2))[inverse]
 
 

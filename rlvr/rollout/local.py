@@ -37,8 +37,22 @@ class LocalRollouts:
         self.sync = InProcessSync(self.engine)
         self.version = 0  # pushes of new weights so far
         self.pids: list[int] = []  # no worker processes
+        self.agents = None  # agent:, the user's agent behind a recording server on this engine (rlvr.agents)
+        if cfg.agent is not None:
+            from transformers import AutoTokenizer
+
+            from rlvr.agents import AgentRunner
+
+            try:
+                self.agents = AgentRunner(cfg.agent, self.engine, AutoTokenizer.from_pretrained(model_dir),
+                                          self.context, cfg.sampling.max_tokens)
+            except BaseException:
+                self.close()
+                raise
 
     def generate_and_score(self, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig) -> Drawn:
+        if self.agents is not None:
+            return self.agents.generate_and_score(rows, sampling, self.scorer, self.version)
         return generate_and_score(self.engine, rows, sampling, self.scorer, self.env, self.version, self.context)
 
     def evaluate(self, rows: list[dict[str, Any]], **kwargs) -> dict[str, float]:
@@ -58,5 +72,7 @@ class LocalRollouts:
         return {}
 
     def close(self) -> None:
+        if getattr(self, "agents", None) is not None:
+            self.agents.close()
         self.scorer.close()
         self.engine.close()

@@ -5,6 +5,14 @@ URL carries a session id (or that sends an ``X-Session-Id`` header) has its call
 that session (rlvr.serve.records). ``BearerAuth`` wraps the whole application, so no route (an
 unknown one included) answers without the token.
 
+A session's text prompt that continues one of its earlier calls, i.e. starts with that call's prompt
+text followed by the text of the ids it sampled, is not re-tokenised whole: its ids are that call's
+prompt ids, the sampled ids as they were, then the rest of the text encoded (``Backend.encode``).
+The engine then continues from exactly the tokens it sampled (``tok(a + b) != tok(a) + tok(b)``),
+and the session's calls chain into one exact training sequence (rlvr.agents.sequences). A sampled
+end token (EOS, a template's end of turn) counts as part of the text when the template writes it,
+and is left out when the text goes on without it (a completion that stopped, continued by the agent).
+
 Streaming (``stream: true``) is served in OpenAI's server-sent-events format, but the engine
 samples a completion whole, so each choice arrives as one chunk once it is sampled (then its
 finish chunk, the usage chunk when ``stream_options.include_usage``, then ``[DONE]``).
@@ -25,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlvr.serve import protocol as P
 from rlvr.serve.batcher import Batcher, Settings
-from rlvr.serve.records import Call, Sample, SessionRecords
+from rlvr.serve.records import Call, Sample, SessionClosed, SessionRecords
 from rollouts.types import Completion, prompt_seeds
 
 SESSION_HEADER = "x-session-id"
@@ -68,28 +76,57 @@ class Backend:
     records: SessionRecords
     limits: P.Limits
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, session: str | None = None) -> list[int]:
+        """``text``'s ids; in a session, an earlier call's prompt and sampled ids reused where ``text``
+        continues them (the module doc)."""
+        if session is not None:
+            spliced = self._continue(session, text)
+            if spliced is not None:
+                return spliced
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _continue(self, session: str, text: str) -> list[int] | None:
+        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        best: tuple[int, list[int]] | None = None  # (characters covered, ids)
+        for call in self.records.calls(session):
+            if call.prompt_text is None or not text.startswith(call.prompt_text):
+                continue
+            for sample in call.samples:
+                ids = list(sample.token_ids)
+                for kept in ([ids, ids[:-1]] if ids and ids[-1] in special else [ids]):
+                    head = call.prompt_text + self.tokenizer.decode(kept, skip_special_tokens=False)
+                    if text.startswith(head) and (best is None or len(head) > best[0]):
+                        best = (len(head), list(call.prompt_ids) + kept)
+                        break
+        if best is None:
+            return None
+        rest = text[best[0]:]
+        return best[1] + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+
     def submit(self, prompts: list[list[int]], settings: Settings, seed: int | None, session: str | None,
-               endpoint: str, body: dict[str, Any]) -> list[asyncio.Future]:
+               endpoint: str, body: dict[str, Any], texts: list[str | None] | None = None) -> list[asyncio.Future]:
         """Queue every prompt; each finished one is recorded under ``session`` (from the engine thread,
-        so a call is recorded even when its client has gone)."""
-        seeds = [None] * len(prompts) if seed is None else prompt_seeds(seed, len(prompts))
+        so a call is recorded even when its client has gone). ``texts``: the text each prompt's ids stand for.
+        Without a seed, a prompt of a session opened with one gets the session's next seed."""
+        if seed is not None:
+            seeds: list[int | None] = list(prompt_seeds(seed, len(prompts)))
+        else:
+            seeds = [self.records.next_seed(session) for _ in prompts]
         waits = []
-        for ids, prompt_seed in zip(prompts, seeds):
+        for ids, prompt_seed, text in zip(prompts, seeds, texts or [None] * len(prompts)):
             future, used_seed = self.batcher.submit(ids, settings, prompt_seed)
             if session is not None:
-                future.add_done_callback(self._recorder(session, endpoint, ids, used_seed, body))
+                future.add_done_callback(self._recorder(session, endpoint, ids, used_seed, body, text))
             waits.append(asyncio.wrap_future(future))
         return waits
 
-    def _recorder(self, session: str, endpoint: str, ids: list[int], seed: int, body: dict[str, Any]):
+    def _recorder(self, session: str, endpoint: str, ids: list[int], seed: int, body: dict[str, Any],
+                  text: str | None):
         def record(future) -> None:
             if future.cancelled() or future.exception() is not None:
                 return
             samples = [Sample(c.token_ids, c.logprobs, c.finish_reason, c.text) for c in future.result()]
-            self.records.add(Call(session, endpoint, ids, samples, seed, body))
+            self.records.add(Call(session, endpoint, ids, samples, seed, body, prompt_text=text))
         return record
 
 
@@ -97,6 +134,16 @@ def _session(request: Request) -> str | None:
     session = request.path_params.get("session") or request.headers.get(SESSION_HEADER)
     if session is not None and not 0 < len(session) <= MAX_SESSION_CHARS:
         raise P.ApiError(400, f"a session id must have 1 to {MAX_SESSION_CHARS} characters")
+    return session
+
+
+def _open_session(backend: Backend, request: Request) -> str | None:
+    session = _session(request)
+    try:
+        backend.records.check_open(session)
+    except SessionClosed:
+        raise P.ApiError(409, f"session {session!r} is closed: its sample is over (the agent overran its deadline, "
+                         "or called the model after it returned)", kind="invalid_request_error") from None
     return session
 
 
@@ -157,13 +204,14 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
                                             "owned_by": "rlvr"}]}
 
     async def completions(request: Request):
-        session = _session(request)
+        session = _open_session(backend, request)
         req = P.parse_request(P.CompletionRequest, await request.body())
         _check_model(backend, req.model)
         P.check_neutral(req)
-        prompts = _completion_prompts(backend, req)
+        prompts, texts = _completion_prompts(backend, req, session)
         settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16)
-        waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True))
+        waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True),
+                               texts)
         want_logprobs = req.logprobs is not None
         rid = P.new_id("cmpl")
 
@@ -189,14 +237,15 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
         return P.envelope("text_completion", rid, req.model, choices(results), usage(results))
 
     async def chat_completions(request: Request):
-        session = _session(request)
+        session = _open_session(backend, request)
         req = P.parse_request(P.ChatRequest, await request.body())
         _check_model(backend, req.model)
         P.check_neutral(req)
-        ids = P.check_ids(backend.encode(P.render_chat(backend.tokenizer, req)), backend.limits, "messages")
+        text = P.render_chat(backend.tokenizer, req)
+        ids = P.check_ids(backend.encode(text, session), backend.limits, "messages")
         settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None)
         waits = backend.submit([ids], settings, req.seed, session, "chat.completions",
-                               req.model_dump(exclude_none=True))
+                               req.model_dump(exclude_none=True), [text])
         parse_tools = bool(req.tools) and req.tool_choice != "none"
         rid = P.new_id("chatcmpl")
 
@@ -239,8 +288,10 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
     return BearerAuth(app, api_key)
 
 
-def _completion_prompts(backend: Backend, req: P.CompletionRequest) -> list[list[int]]:
-    """Each prompt's ids: text tokenized without special tokens, token ids used as given."""
+def _completion_prompts(backend: Backend, req: P.CompletionRequest,
+                       session: str | None) -> tuple[list[list[int]], list[str | None]]:
+    """Each prompt's ids (text tokenized without special tokens, continuing the session's calls where
+    it can; token ids used as given) and its text (None for ids)."""
     prompt = req.prompt
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]
@@ -249,6 +300,7 @@ def _completion_prompts(backend: Backend, req: P.CompletionRequest) -> list[list
     if len(prompt) > backend.limits.max_prompts:
         raise P.ApiError(400, f"prompt: {len(prompt)} prompts is over this server's limit of "
                          f"{backend.limits.max_prompts} per request", "prompt")
-    return [P.check_ids(backend.encode(p) if isinstance(p, str) else list(p), backend.limits) for p in prompt]
+    ids = [P.check_ids(backend.encode(p, session) if isinstance(p, str) else list(p), backend.limits) for p in prompt]
+    return ids, [p if isinstance(p, str) else None for p in prompt]
 
 

@@ -9,6 +9,12 @@ saw and gave back, never re-tokenised from text, so a training sequence built fr
 
 A request without a session is answered and not recorded: a long-running ``rlvr serve`` keeps no
 history. ``SessionRecords.pop(session)`` hands over a session's calls and forgets them.
+
+A trainer that runs agents (rlvr.agents) ``open``s each session with a seed before the agent starts:
+a call of that session that gives no seed of its own is sampled with the session's ``k``-th seed
+(``session_seed``), so a deterministic agent samples the same tokens in every run with the same
+seeds. ``close(session)`` refuses its later calls (an agent that overran its deadline cannot reach
+the engine after its sample was taken).
 """
 
 from __future__ import annotations
@@ -40,6 +46,20 @@ class Call:
     seed: int  # the prompt's engine seed (its samples depend on it alone; see rlvr.serve.batcher)
     request: dict[str, Any] = field(repr=False)  # the validated body (chat: its messages and tools)
     time: float = field(default_factory=time.time)
+    # the text ``prompt_ids`` stand for (a chat request: its rendered template); None for a prompt given as ids
+    prompt_text: str | None = field(default=None, repr=False)
+
+
+_MASK = (1 << 62) - 1
+
+
+def session_seed(seed: int, k: int) -> int:
+    """The seed of the ``k``-th prompt (from 0) sent without a seed in a session opened with ``seed``."""
+    return ((seed * 1_000_003 + k) * 10_007 + 7) & _MASK
+
+
+class SessionClosed(Exception):
+    """A request of a session that was closed (its agent's sample is over)."""
 
 
 class SessionRecords:
@@ -47,11 +67,45 @@ class SessionRecords:
 
     def __init__(self) -> None:
         self._calls: dict[str, list[Call]] = {}
+        self._seeds: dict[str, list[int]] = {}  # open sessions: [base seed, prompts seeded so far]
+        self._closed: set[str] = set()
         self._lock = threading.Lock()
+
+    def open(self, session: str, seed: int | None = None) -> None:
+        """Start recording ``session``; with ``seed``, its unseeded prompts get seeds derived from it."""
+        with self._lock:
+            self._closed.discard(session)
+            self._calls.pop(session, None)
+            if seed is not None:
+                self._seeds[session] = [seed, 0]
+
+    def close(self, session: str) -> None:
+        """Refuse the session's later requests (``check_open`` raises ``SessionClosed``)."""
+        with self._lock:
+            self._closed.add(session)
+            self._seeds.pop(session, None)
+
+    def check_open(self, session: str | None) -> None:
+        if session is not None:
+            with self._lock:
+                if session in self._closed:
+                    raise SessionClosed(session)
+
+    def next_seed(self, session: str | None) -> int | None:
+        """The next derived seed of an opened ``session``; None for a session opened without one (or none)."""
+        if session is None:
+            return None
+        with self._lock:
+            state = self._seeds.get(session)
+            if state is None:
+                return None
+            state[1] += 1
+            return session_seed(state[0], state[1] - 1)
 
     def add(self, call: Call) -> None:
         with self._lock:
-            self._calls.setdefault(call.session, []).append(call)
+            if call.session not in self._closed:  # a call that finished after its session closed is not kept
+                self._calls.setdefault(call.session, []).append(call)
 
     def sessions(self) -> list[str]:
         with self._lock:

@@ -30,12 +30,31 @@ def episodes_of(sg: ScoredGroup) -> list[Trajectory]:
             for c in sg.group.completions]
 
 
+def sequences_of(sg: ScoredGroup) -> list[list[Trajectory]]:
+    """Per sample of the group, the sequences it trains on: its episode, or the several exact sequences
+    of an agent session whose history was edited (``EpisodeGroup.sequences``)."""
+    sequences = getattr(sg.group, "sequences", None)
+    if sequences:
+        return [list(s) for s in sequences]
+    return [[t] for t in episodes_of(sg)]
+
+
 def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
                 max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
     DAPO's overlong shaping when configured; advantages are left at 0 for the caller. An invalid
     sample keeps its row (the batch's shape does not depend on failures) with an empty loss mask, and
-    ``AdvantageInputs.valid`` keeps it out of its group's statistics."""
-    rewards = torch.cat([sg.rewards for sg in scored])  # [B]
-    valid = torch.cat([sg.valid for sg in scored])  # [B] bool
-    return build_episode_batch([episodes_of(sg) for sg in scored], rewards, pad_id, algo, max_tokens, valid)
+    ``AdvantageInputs.valid`` keeps it out of its group's statistics.
+
+    A sample of several sequences (rlvr.agents.sequences) is one row per sequence, each with the
+    sample's reward and validity; only its first row counts in its group's statistics
+    (``AdvantageInputs.lead``), so the sample counts once in the baseline and each row gets its advantage."""
+    rewards = torch.cat([sg.rewards for sg in scored])  # [S] per sample
+    valid = torch.cat([sg.valid for sg in scored])  # [S] bool
+    per_sample = [sequences_of(sg) for sg in scored]
+    counts = torch.tensor([len(s) for g in per_sample for s in g])  # [S]
+    if bool((counts == 1).all()):
+        return build_episode_batch([[s[0] for s in g] for g in per_sample], rewards, pad_id, algo, max_tokens, valid)
+    lead = torch.cat([torch.arange(int(c)) == 0 for c in counts])  # [B] bool
+    return build_episode_batch([[t for s in g for t in s] for g in per_sample], torch.repeat_interleave(rewards, counts),
+                               pad_id, algo, max_tokens, torch.repeat_interleave(valid, counts), lead)

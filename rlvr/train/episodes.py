@@ -27,7 +27,7 @@ from rlvr.train.learner import RLBatch
 
 def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequence[Sequence[float]] | Tensor,
                         pad_id: int, algo: AlgorithmConfig, max_tokens: int,
-                        valid: Tensor | None = None) -> tuple[RLBatch, AdvantageInputs]:
+                        valid: Tensor | None = None, lead: Tensor | None = None) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups of finished episodes into right-padded tensors in target alignment, with DAPO's
     overlong shaping when configured; advantages are left at 0 for the caller.
 
@@ -37,7 +37,8 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
     An ``env_error`` episode carries no loss (mask 0) and is kept out of its group's baseline
     (``AdvantageInputs.valid``): it was not the policy's doing; a group left with fewer than two
     episodes is dropped the same way (``drop_thin_groups``). ``valid``: [B] bool, episodes whose score may
-    be trained on (``ScoredGroup.valid``; default all), and'ed with that rule."""
+    be trained on (``ScoredGroup.valid``; default all), and'ed with that rule. ``lead``: [B] bool, the rows
+    that count in their group's statistics when a sample spans several rows (rlvr.train.batch); default all."""
     trajs = [t for g in groups for t in g]
     if not trajs:
         raise ValueError("build_episode_batch: no episodes")
@@ -74,8 +75,8 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
         mask = mask * overlong_mask([t.finish_reason in TRUNCATED for t in trajs])[:, None]
     # an environment that raised is not the policy's doing: out of the loss and out of the baseline
     ok = torch.tensor([t.finish_reason != "env_error" for t in trajs])
-    valid = drop_thin_groups(ok if valid is None else ok & valid.to(torch.bool), group_ids)
+    valid = drop_thin_groups(ok if valid is None else ok & valid.to(torch.bool), group_ids, lead)
     if not valid.all():
         mask = mask * valid.to(mask.dtype)[:, None]
     batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)
-    return batch, AdvantageInputs(rewards, group_ids, mask, valid=valid)
+    return batch, AdvantageInputs(rewards, group_ids, mask, valid=valid, lead=lead)
