@@ -19,7 +19,7 @@ from rlvr.envs.episode import take_turn
 from rlvr.envs.trajectory import Budget, Trajectory
 
 for _mod in pkgutil.iter_modules(__path__):  # every kind registers itself on import
-    if _mod.name not in ("base", "episode", "runner", "trajectory"):
+    if _mod.name not in ("base", "episode", "runner", "tool_calls", "trajectory"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["ENVS", "Budget", "Encode", "Env", "EnvBase", "EnvConfig", "EnvKind", "Observation", "Trajectory",

@@ -31,9 +31,21 @@ from rlvr.errors import DataError
 Encode = Callable[[str], list[int]]
 
 
+class HFEncoder:
+    """``Encode`` of a transformers tokenizer, adding no special tokens (as the prompts are encoded). It
+    keeps the ``tokenizer``: an environment that speaks the chat template's tool-call turns (the python
+    tool's ``call_format: hermes``) reads the template from it."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def hf_encoder(tokenizer: Any) -> Encode:
-    """``Encode`` of a transformers tokenizer, adding no special tokens (as the prompts are encoded)."""
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    """``Encode`` of a transformers tokenizer (``HFEncoder``)."""
+    return HFEncoder(tokenizer)
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class EnvBase(BaseModel):
         """Strings that end a model turn besides EOS (a tool call's closing tag), added to every turn's
         sampling; none by default."""
         return ()
+
+    def tools(self) -> list[dict] | None:
+        """JSON schemas of the tools the prompt offers through the chat template's ``tools=`` (rlvr.tasks.render
+        with task.format=chat), for an environment whose model calls them in the template's own format;
+        None (the default): the prompt lists no tools."""
+        return None
 
     def budget(self, max_tokens: int, context: int | None = None) -> Budget:
         """The episode limits of this config, with ``max_tokens`` (sampling.max_tokens) for an unset

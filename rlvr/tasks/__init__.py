@@ -56,10 +56,17 @@ def check_rows(rows: Sequence[Row], verifiers: Iterable[Any], where: str) -> Non
                                 f"row keys: {sorted(row)}")
 
 
-def render(question: str | list[dict[str, str]], cfg: TaskBase, tokenizer: Any = None) -> str:
+def render(question: str | list[dict[str, str]], cfg: TaskBase, tokenizer: Any = None,
+           tools: list[dict] | None = None) -> str:
     """The prompt text for ``question``: the raw template, or the tokenizer's chat template. A
     question that is a list of chat messages (TRL's conversational format) always goes through the
-    chat template, with ``system_prompt`` first when it has no system turn of its own."""
+    chat template, with ``system_prompt`` first when it has no system turn of its own. ``tools``: JSON
+    schemas of the environment's tools (``EnvBase.tools()``), given to the chat template's ``tools=``;
+    they need task.format=chat and a template that renders them."""
+    if tools and cfg.format != "chat":
+        raise DataError("env.call_format=hermes needs task.format=chat: the tools are described to the model, and "
+                        "its calls answered, by the tokenizer's chat template (task.format=raw has none; use "
+                        "env.call_format=tagged with raw prompts)")
     if isinstance(question, list):
         if cfg.format != "chat":
             raise DataError("a question of chat messages needs task.format=chat (it is rendered through the "
@@ -75,12 +82,21 @@ def render(question: str | list[dict[str, str]], cfg: TaskBase, tokenizer: Any =
                         "a chat_template)")
     if cfg.system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not tools:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    if text == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True):
+        raise DataError("env.call_format=hermes: this tokenizer's chat template ignores tools= (the prompt would not "
+                        "tell the model its tools); use a model whose template supports tool calling, or "
+                        "env.call_format=tagged")
+    return text
 
 
-def prepare_rows(splits: Splits, cfg: TaskBase, tokenizer: Any, max_prompt_tokens: int) -> list[str]:
+def prepare_rows(splits: Splits, cfg: TaskBase, tokenizer: Any, max_prompt_tokens: int,
+                 tools: list[dict] | None = None) -> list[str]:
     """Add ``prompt_text`` and ``prompt_ids`` to every row (in place) and drop rows whose prompt
     is longer than ``max_prompt_tokens`` (an error with ``task.strict``); returns notes to print.
+    ``tools``: the environment's tool schemas for the chat template (see ``render``).
 
     The ids are what both the engine and the learner use, so they see the same prompt tokens
     (the chat template already holds any BOS: no special tokens are added here)."""
@@ -88,7 +104,7 @@ def prepare_rows(splits: Splits, cfg: TaskBase, tokenizer: Any, max_prompt_token
     for name in ("train", "test"):
         rows, kept = getattr(splits, name), []
         for i, row in enumerate(rows):
-            row["prompt_text"] = render(row["question"], cfg, tokenizer)
+            row["prompt_text"] = render(row["question"], cfg, tokenizer, tools)
             row["prompt_ids"] = tokenizer(row["prompt_text"], add_special_tokens=False)["input_ids"]
             if len(row["prompt_ids"]) <= max_prompt_tokens:
                 kept.append(row)
