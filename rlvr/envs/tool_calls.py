@@ -90,6 +90,10 @@ class HermesTurns:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError("env.call_format=hermes needs a tokenizer with a chat template; this model's has none "
                             "(use env.call_format=tagged)")
+        special = [t for t in (HERMES_OPEN, HERMES_CLOSE) if t in tokenizer.all_special_tokens]
+        if special:  # engines decode without special tokens: the call would vanish from the text, the stop never fire
+            raise DataError(f"env.call_format=hermes: this tokenizer marks {special[0]} as a special token, which "
+                            "decoded text drops; it must be an ordinary (added) token")
         self.tokenizer, self.tools = tokenizer, list(tools)
         self.between, self.after = self._probe()
         self._special = {tokenizer.convert_ids_to_tokens(i): i for i in tokenizer.all_special_ids}
