@@ -159,6 +159,33 @@ def test_the_episode_decodes_to_what_the_template_renders_for_the_same_conversat
     assert decode(tok, ep.token_ids()[: len(ep.token_ids()) - len(ep.segments[-1].ids)]) == before_answer
 
 
+def test_qwen3s_own_template_gives_the_same_episode_text_as_its_rendering(tok):
+    """Nothing of Qwen's is written in rlvr: with Qwen3's chat template (as TRL ships it), whose
+    generation prompt, tool messages and <think> handling differ from the template above, the observation
+    comes from that template and the episode decodes to its rendering of the same conversation."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    qwen3 = getattr(pytest.importorskip("trl.chat_template_utils"), "qwen3_chat_template", None)
+    if qwen3 is None:
+        pytest.skip("this TRL ships no Qwen3 chat template")
+    q = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()),
+                                eos_token="<|im_end|>")
+    q.chat_template = qwen3
+    cfg = hermes_cfg()
+    thought, code = "<think>\nmultiply\n</think>\n\n", "print(17 * 23)"
+    engine = ScriptedEngine(q, [(call_text(code, before=thought), "call"), ("<answer>391</answer>", "eos")])
+    prompt = hf_encoder(q)(render(QUESTION, ArithTask(format="chat", system_prompt=""), q, cfg.tools()))
+    (ep,), = run_episodes(engine, [{"prompt_ids": prompt}], SamplingConfig(n=1, max_tokens=128), cfg, hf_encoder(q))
+    assert ep.infos[0]["status"] == "ok" and ep.turns == 2
+    messages = [{"role": "user", "content": QUESTION},
+                {"role": "assistant", "content": thought,
+                 "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": code}}}]},
+                {"role": "tool", "name": "python", "content": "391"}]
+    rendered = q.apply_chat_template(messages, tools=cfg.tools(), tokenize=False, add_generation_prompt=True)
+    assert decode(q, ep.token_ids()[: len(ep.token_ids()) - len(ep.segments[-1].ids)]) == rendered
+
+
 @pytest.mark.parametrize("body, says", [
     ('{"name": "python", "arguments": {"code": "print(1)"', "not valid JSON"),
     ('{"name": "calculator", "arguments": {"code": "print(1)"}}', "unknown tool 'calculator' (tools: python)"),
