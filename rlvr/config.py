@@ -434,6 +434,14 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_env(self) -> TrainConfig:
+        if self.env.tools() and self.task.format != "chat":  # the tools are described by the chat template
+            raise ValueError(f"task.format={self.task.format}: env.call_format={getattr(self.env, 'call_format', '?')} "
+                             "lists the tools and answers their calls through the tokenizer's chat template, so it "
+                             "needs task.format=chat (raw prompts: env.call_format=tagged)")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_degenerate(self) -> TrainConfig:
         """Configs that would train nothing, every step, are refused here rather than run to exit 0."""
         from rlvr.algorithms.config import GROUP_ADVANTAGES

@@ -281,6 +281,14 @@ def test_config_errors_name_what_is_wrong(tok):
         hermes_cfg(call_open="<code>")
 
 
+def test_a_run_config_with_hermes_calls_and_raw_prompts_is_refused_before_anything_loads(tiny_cfg):
+    from rlvr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task.format=raw: env.call_format=hermes .* needs task.format=chat"):
+        tiny_cfg("env.kind=python", "env.call_format=hermes")
+    assert tiny_cfg("env.kind=python", "env.call_format=hermes", "task.format=chat").env.tools()
+
+
 # A compact Hermes-style template for the micro base (its context is 256 tokens): tools by name, calls as
 # <tool_call>{json}</tool_call>, tool messages as their own lines.
 MICRO_TEMPLATE = (
