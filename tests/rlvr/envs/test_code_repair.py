@@ -259,6 +259,13 @@ def test_guess_number_rows_need_their_secret(tiny_cfg):
         load_task(cfg.task, (), cfg.env)
 
 
+def test_code_repair_fields_are_checked():
+    with pytest.raises(ValueError, match="feedback_template must contain"):
+        repair_cfg(feedback_template="no slot")
+    with pytest.raises(ValueError, match="visible"):
+        repair_cfg(visible=0)
+
+
 def test_code_repair_on_a_task_without_tests_is_refused_by_the_config(tiny_cfg):
     with pytest.raises(ConfigError, match="env.kind=code_repair runs tasks the code verifier checks.*"
                        "task.kind=arith is checked by 'arith'"):
