@@ -47,8 +47,9 @@ def max_prompt_tokens(cfg: TrainConfig, model_dir: str) -> int:
 
 
 def load_rows(cfg: TrainConfig, tokenizer: Any, rubric: Rubric, model_dir: str, verbose: bool = True) -> Splits:
-    """The task's rows, checked against the rubric, rendered and tokenized; prints what was split and dropped."""
-    splits = load_task(cfg.task, [v for v, _ in rubric.parts])
+    """The task's rows, made ready for the run's environment (``env.prepare_row``), checked against the rubric,
+    rendered and tokenized; prints what was split and dropped."""
+    splits = load_task(cfg.task, [v for v, _ in rubric.parts], cfg.env)
     notes = splits.notes + prepare_rows(splits, cfg.task, tokenizer, max_prompt_tokens(cfg, model_dir),
                                         tools=cfg.env.tools())
     if cfg.eval.num_prompts == 0:

@@ -442,6 +442,19 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_env_task(self) -> TrainConfig:
+        """An environment that runs only some tasks (``task_verifiers``: code_repair runs code tests) refuses
+        the others here, before anything loads."""
+        needs = type(self.env).task_verifiers
+        verifier = default_verifier(self.task)
+        if needs and verifier not in needs:
+            kinds = sorted(k for k, t in TASKS.items() if t.verifier in needs)
+            raise ValueError(f"env.kind={self.env.kind} runs tasks the {'/'.join(needs)} verifier checks (task.kind "
+                             f"{', '.join(kinds)}, or hf with task.verifier={needs[0]}); task.kind={self.task.kind} "
+                             f"is checked by {verifier!r}. Choose such a task, or another env.kind")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_degenerate(self) -> TrainConfig:
         """Configs that would train nothing, every step, are refused here rather than run to exit 0."""
         from rlvr.algorithms.config import GROUP_ADVANTAGES

@@ -70,13 +70,14 @@ class Scorer:
         self._lock = threading.Lock()
         self._spans: list[tuple[float, float]] = []
 
-    def _score(self, group: Group, row: Mapping[str, Any]) -> list[Score]:
+    def _score(self, group: Group, row: Mapping[str, Any], graded: Sequence[str] | None = None) -> list[Score]:
         t0 = time.perf_counter()
         try:
             # An episode its environment broke is not scored: it is labelled, never a reward of 0 for the policy.
             episodes = getattr(group, "episodes", None) or [None] * len(group.completions)
             live = [k for k, t in enumerate(episodes) if t is None or t.finish_reason != "env_error"]
-            texts, rows = [group.completions[k].text for k in live], [episode_row(row, episodes[k]) for k in live]
+            texts = [(group.completions[k].text if graded is None else graded[k]) for k in live]
+            rows = [episode_row(row, episodes[k]) for k in live]
             # Verifiers with their own worker processes (math, code) get the group in parallel; cheap
             # in-process ones (arith, format) run inline: groups already run on `workers` threads.
             per_part = [score_batch(v, texts, rows, self.workers if isinstance(v, BatchVerifier) else 1,
@@ -88,12 +89,14 @@ class Scorer:
             with self._lock:
                 self._spans.append((t0, time.perf_counter()))
 
-    def submit(self, group: Group, row: Mapping[str, Any]) -> Future:
+    def submit(self, group: Group, row: Mapping[str, Any], graded: Sequence[str] | None = None) -> Future:
+        """Score ``group``'s completions against ``row``; ``graded``: the text the rubric grades of each
+        (the environment's ``graded_text`` of its episodes; None: the completions' text)."""
         if not self.overlaps:  # inline, in the caller's thread
             fut: Future = Future()
-            fut.set_result(self._score(group, row))
+            fut.set_result(self._score(group, row, graded))
             return fut
-        return self._pool.submit(self._score, group, row)
+        return self._pool.submit(self._score, group, row, graded)
 
     def busy_s(self, since: float) -> float:
         """Seconds in which at least one scoring job ran, since ``since`` (overlaps counted once)."""
@@ -153,19 +156,22 @@ def generate_and_score(engine: Engine, rows: Sequence[Mapping[str, Any]], sampli
     model's context length."""
     futures: dict[int, Future] = {}
     groups: dict[int, EpisodeGroup] = {}
+    graded: dict[int, list[str]] = {}
+    env = env or ONE_TURN
 
     def done(i: int, episodes: list[Trajectory]) -> None:
         groups[i] = EpisodeGroup(rows[i].get("prompt_text", ""), list(episodes[0].prompt_ids),
                                  [episode_completion(t) for t in episodes], episodes)
+        graded[i] = [env.graded_text(t) for t in episodes]  # the whole episode, or (code_repair) its last attempt
         if scorer.overlaps:
-            futures[i] = scorer.submit(groups[i], rows[i])
+            futures[i] = scorer.submit(groups[i], rows[i], graded[i])
 
     t0 = time.perf_counter()
-    run_episodes(engine, rows, sampling, env or ONE_TURN, encoder_of(engine), version, context, done)
+    run_episodes(engine, rows, sampling, env, encoder_of(engine), version, context, done)
     t1 = time.perf_counter()
     for i in range(len(rows)):  # inline scoring: everything now
         if i not in futures:
-            futures[i] = scorer.submit(groups[i], rows[i])
+            futures[i] = scorer.submit(groups[i], rows[i], graded[i])
     scores = [futures[i].result() for i in range(len(rows))]
     t2 = time.perf_counter()
     busy = scorer.busy_s(t0)

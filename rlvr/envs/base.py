@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlvr.envs.trajectory import Budget
+from rlvr.envs.trajectory import Budget, Trajectory
 from rlvr.errors import DataError
 
 # text -> token ids, no special tokens added (for an HF tokenizer: ``hf_encoder(tokenizer)``)
@@ -83,6 +83,22 @@ class EnvBase(BaseModel):
                                          "'max_tokens'. None: only the model's context length limits it.")
     max_observation_tokens: int | None = Field(None, ge=1, description="An observation longer than this is cut to "
                                                "its first this-many tokens. None: not cut.")
+
+    # The verifiers whose tasks this kind can run (a task's default verifier must be one); empty: any task.
+    # Checked with the run's config (rlvr.config), so a pair that cannot work stops before anything loads.
+    task_verifiers: ClassVar[tuple[str, ...]] = ()
+
+    def prepare_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The row as this environment runs it, called on every row when the task loads (before any model
+        loads): a ValueError says what the row lacks (the loader names the environment, split and row);
+        anything the environment derives from the row is added. Must be idempotent. Default: the row as is."""
+        return dict(row)
+
+    def graded_text(self, traj: Trajectory) -> str:
+        """What the run's rubric grades of a finished episode: everything after the prompt (the model's turns
+        and the observations, as the one-turn case grades its completion). A kind whose episode holds several
+        attempts at one answer grades the last (code_repair)."""
+        return traj.text()
 
     def stop_strings(self) -> tuple[str, ...]:
         """Strings that end a model turn besides EOS (a tool call's closing tag), added to every turn's

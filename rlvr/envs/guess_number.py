@@ -37,6 +37,13 @@ class GuessNumberConfig(EnvBase):
         return self
 
 
+    def prepare_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        secret = row.get("secret")
+        if not isinstance(secret, int) or isinstance(secret, bool):
+            raise ValueError(f"it needs an integer 'secret' (the number to guess), got {secret!r}")
+        return dict(row)
+
+
 class GuessNumber:
     def __init__(self, cfg: GuessNumberConfig, encode: Encode):
         self.cfg, self.encode = cfg, encode

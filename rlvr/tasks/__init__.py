@@ -1,7 +1,8 @@
 """Tasks: one file per kind behind a registry (`TASKS`), rows carrying the whole verifier context.
 
-``load_task(cfg)`` reads or generates a kind's train/test rows; ``check_rows`` fails at load
-time, naming the row and key, when a verifier of the run's rubric lacks a key it needs;
+``load_task(cfg)`` reads or generates a kind's train/test rows; ``env_rows`` makes them ready for the
+run's environment and ``check_rows`` for its rubric, failing at load time and naming the row when one
+lacks what the environment or a verifier needs;
 ``render`` is the one place a prompt is made (raw template or chat template), for RL,
 evaluation and every other stage; ``prepare_rows`` renders, tokenizes and drops prompts too
 long for the model. Built-in kinds: arith, countdown, gsm8k, math, code, hf, guess_number. A new kind is a
@@ -25,8 +26,8 @@ for _mod in pkgutil.iter_modules(__path__):  # every kind registers itself on im
 from rlvr.tasks.arith import ArithProblem, ArithTask, sample_problem, sample_split  # noqa: E402
 
 __all__ = ["TASKS", "Row", "Splits", "TaskBase", "ArithTask", "ArithProblem", "R1_TEMPLATE", "R1_SYSTEM_PROMPT",
-           "register_task", "split_of", "sample_problem", "sample_split", "load_task", "check_rows", "render",
-           "prepare_rows", "default_verifier"]
+           "register_task", "split_of", "sample_problem", "sample_split", "load_task", "check_rows", "env_rows",
+           "split_where", "render", "prepare_rows", "default_verifier"]
 
 
 def default_verifier(cfg: TaskBase) -> str:
@@ -34,12 +35,38 @@ def default_verifier(cfg: TaskBase) -> str:
     return getattr(cfg, "verifier", None) or TASKS[cfg.kind].verifier
 
 
-def load_task(cfg: TaskBase, verifiers: Iterable[Any] = ()) -> Splits:
-    """Train/test rows of ``cfg``; with ``verifiers``, every row is checked to carry what they need."""
+def load_task(cfg: TaskBase, verifiers: Iterable[Any] = (), env: Any = None) -> Splits:
+    """Train/test rows of ``cfg``; with ``env`` (an ``env:`` config), every row made ready for that
+    environment (``prepare_row``: what it needs is checked, what it derives is added); with ``verifiers``,
+    every row is then checked to carry what they need. Both fail before any model loads."""
     splits = TASKS[cfg.kind].load(cfg)
-    for name, rows in (("train", splits.train), ("test", splits.test)):
-        check_rows(rows, verifiers, f"task {cfg.kind!r} {name} split")
+    verifiers = list(verifiers)
+    for name in ("train", "test"):
+        where = split_where(cfg, name)
+        if env is not None:
+            setattr(splits, name, env_rows(getattr(splits, name), env, where))
+        check_rows(getattr(splits, name), verifiers, where)
     return splits
+
+
+def split_where(cfg: TaskBase, split: str) -> str:
+    """How errors name a split: the task kind, the split and, for data read from files, where from."""
+    source = getattr(cfg, "test_path", None) if split == "test" else None
+    source = source or getattr(cfg, "path", None)
+    return f"task {cfg.kind!r} {split} split" + (f" (from {source!r})" if source else "")
+
+
+def env_rows(rows: Sequence[Row], env: Any, where: str) -> list[Row]:
+    """``rows`` as the environment ``env`` runs them (``env.prepare_row``); a row it cannot run is a
+    DataError naming the environment kind, ``where`` (the split) and the row."""
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(env.prepare_row(row))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{where}: row {i} cannot run in env.kind={env.kind!r}: {exc}; row keys: "
+                            f"{sorted(row)}") from None
+    return out
 
 
 def check_rows(rows: Sequence[Row], verifiers: Iterable[Any], where: str) -> None:

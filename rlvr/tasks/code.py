@@ -22,7 +22,7 @@ from rlvr.tasks.base import Row, Splits, register_task
 from rlvr.tasks.sources import SourceTask, load_source
 
 CONTEXT_KEYS = ("prompt", "test", "entry_point", "test_list", "inputs", "outputs", "input_output", "compare",
-                "timeout", "setup_code")
+                "timeout", "setup_code", "visible_tests")  # visible_tests: the code_repair environment's own
 COLUMNS = {"question": "question", **{k: k for k in CONTEXT_KEYS}}
 
 FUNCTION_QUESTION = "Write the complete Python function below (signature and body) in one code block.\n```python\n{stub}```"
