@@ -209,7 +209,8 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
         _check_model(backend, req.model)
         P.check_neutral(req)
         prompts, texts = _completion_prompts(backend, req, session)
-        settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16)
+        settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16,
+                              default_temperature=backend.records.temperature(session))
         waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True),
                                texts)
         want_logprobs = req.logprobs is not None
@@ -243,7 +244,8 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
         P.check_neutral(req)
         text = P.render_chat(backend.tokenizer, req)
         ids = P.check_ids(backend.encode(text, session), backend.limits, "messages")
-        settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None)
+        settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None,
+                              default_temperature=backend.records.temperature(session))
         waits = backend.submit([ids], settings, req.seed, session, "chat.completions",
                                req.model_dump(exclude_none=True), [text])
         parse_tools = bool(req.tools) and req.tool_choice != "none"
