@@ -114,7 +114,7 @@ class Backend:
             seeds = [self.records.next_seed(session) for _ in prompts]
         waits = []
         for ids, prompt_seed, text in zip(prompts, seeds, texts or [None] * len(prompts)):
-            future, used_seed = self.batcher.submit(ids, settings, prompt_seed)
+            future, used_seed = self.batcher.submit(ids, settings, prompt_seed, session)
             if session is not None:
                 future.add_done_callback(self._recorder(session, endpoint, ids, used_seed, body, text))
             waits.append(asyncio.wrap_future(future))

@@ -70,6 +70,7 @@ class SessionRecords:
         self._calls: dict[str, list[Call]] = {}
         self._seeds: dict[str, list[int]] = {}  # open sessions: [base seed, prompts seeded so far]
         self._temperatures: dict[str, float] = {}  # open sessions' default temperatures
+        self._open: set[str] = set()  # opened and not yet closed: who may still call (the batcher asks)
         self._closed: set[str] = set()
         self._lock = threading.Lock()
 
@@ -78,6 +79,7 @@ class SessionRecords:
         ``temperature``, its requests without a temperature are sampled at it."""
         with self._lock:
             self._closed.discard(session)
+            self._open.add(session)
             self._calls.pop(session, None)
             if seed is not None:
                 self._seeds[session] = [seed, 0]
@@ -88,8 +90,14 @@ class SessionRecords:
         """Refuse the session's later requests (``check_open`` raises ``SessionClosed``)."""
         with self._lock:
             self._closed.add(session)
+            self._open.discard(session)
             self._seeds.pop(session, None)
             self._temperatures.pop(session, None)
+
+    def open_sessions(self) -> frozenset[str]:
+        """The sessions opened and not closed (a trainer's agents still running)."""
+        with self._lock:
+            return frozenset(self._open)
 
     def check_open(self, session: str | None) -> None:
         if session is not None:
