@@ -235,7 +235,9 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
                     yield P.envelope("text_completion", rid, req.model, [], usage(results))
             return _stream(waits, chunks)
         results = await _results(waits)
-        return P.envelope("text_completion", rid, req.model, choices(results), usage(results))
+        # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
+        # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
+        return JSONResponse(P.envelope("text_completion", rid, req.model, choices(results), usage(results)))
 
     async def chat_completions(request: Request):
         session = _open_session(backend, request)
@@ -281,7 +283,7 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
                     yield P.envelope("chat.completion.chunk", rid, req.model, [], usage(results))
             return _stream(waits, chunks)
         results = await _results(waits)
-        return P.envelope("chat.completion", rid, req.model, choices(results), usage(results))
+        return JSONResponse(P.envelope("chat.completion", rid, req.model, choices(results), usage(results)))
 
     for prefix in ("/v1", "/s/{session}/v1"):
         app.add_api_route(f"{prefix}/models", models, methods=["GET"])

@@ -50,3 +50,32 @@ def test_eval_runs_the_agent_greedy_and_counts_its_failures(micro_model, tmp_pat
     # new seed, the pass@k sessions (temperature 1) do not
     assert greedy[0][1] == greedy[0][2]
     assert any(first != again for _, first, again in sampled)
+
+
+ASYNC_AGENT = textwrap.dedent('''
+    async def rollout(client, row):
+        async with client:  # closing a session's client leaves the shared pool open for the others
+            reply = await client.completions.create(model="policy", prompt=row["prompt_text"], max_tokens=8)
+        return {"completion": reply.choices[0].text}
+''')
+
+
+def test_async_agents_share_one_pool_and_closing_a_client_keeps_it(micro_model, tmp_path, tiny_cfg):
+    from rlvr.evaluate import evaluate_model
+
+    entry = tmp_path / "agent.py"
+    entry.write_text(ASYNC_AGENT)
+    cfg = tiny_cfg(model=micro_model, **{"eval.num_prompts": 3, "eval.k": 2,
+                                         "agent": {"entry": f"{entry}:rollout", "concurrency": 2}})
+    m = evaluate_model(cfg)
+    assert m["agent_failures"] == 0.0 and m["sampled_error_rate"] == 0.0 and m["agent/calls_mean"] == 1.0
+
+
+def test_a_session_closing_the_shared_sync_pool_leaves_it_open():
+    from rlvr.serve.clients import shared_http
+
+    http = shared_http(4, 5.0)
+    http.close()
+    assert not http.is_closed
+    http.shutdown()
+    assert http.is_closed
