@@ -40,7 +40,7 @@ from rlvr.agents.sequences import session_sequences
 from rlvr.envs.runner import turn_seed
 from rlvr.envs.trajectory import Budget, Trajectory
 from rlvr.scoring import EpisodeGroup, Scorer, episode_completion
-from rlvr.serve.clients import shared_http
+from rlvr.serve.clients import plain_http
 from rollouts import Completion, SamplingConfig
 from verifiers import Score
 
@@ -94,8 +94,6 @@ class AgentRunner:
                              max_batch=cfg.max_batch, window_s=cfg.window_s)
         self.run_id = secrets.token_hex(4)
         self.draws = 0
-        # sync agents' clients share one pool for the run; async ones one per draw (it belongs to its event loop)
-        self.http = None if self.is_async else shared_http(cfg.concurrency, cfg.timeout_s)
 
     # -- one draw -------------------------------------------------------------------------
     def generate_and_score(self, rows: Sequence[Mapping[str, Any]], sampling: SamplingConfig, scorer: Scorer,
@@ -125,22 +123,19 @@ class AgentRunner:
                        temperature: float) -> dict[tuple[int, int], SampleRun]:
         limit = asyncio.Semaphore(self.cfg.concurrency)
         pool = None if self.is_async else ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="agent")
-        http = shared_http(self.cfg.concurrency, self.cfg.timeout_s, asynchronous=True) if self.is_async else None
 
         async def one(i: int, j: int, session: str, seed: int | None) -> tuple[tuple[int, int], SampleRun]:
             async with limit:
-                return (i, j), await self._session(dict(rows[i]), session, seed, temperature, pool, http)
+                return (i, j), await self._session(dict(rows[i]), session, seed, temperature, pool)
 
         try:
             return dict(await asyncio.gather(*(one(*job) for job in jobs)))
         finally:
             if pool is not None:  # a sync agent past its deadline keeps its thread; it is not waited for
                 pool.shutdown(wait=False, cancel_futures=True)
-            if http is not None:
-                await http.ashutdown()
 
     async def _session(self, row: dict[str, Any], session: str, seed: int | None, temperature: float,
-                       pool: ThreadPoolExecutor | None, http: Any = None) -> SampleRun:
+                       pool: ThreadPoolExecutor | None) -> SampleRun:
         import openai
 
         records, url, key = self.server.records, self.server.session_url(session), self.server.api_key
@@ -149,7 +144,7 @@ class AgentRunner:
         try:
             if self.is_async:
                 client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s,
-                                            http_client=http)
+                                            http_client=plain_http(self.cfg.timeout_s, asynchronous=True))
                 try:
                     out.value = await asyncio.wait_for(self.fn(client, row), self.cfg.timeout_s)
                 finally:
@@ -177,7 +172,7 @@ class AgentRunner:
         import openai
 
         with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s,
-                           http_client=self.http) as client:
+                           http_client=plain_http(self.cfg.timeout_s)) as client:
             return self.fn(client, row)
 
     # -- into episodes and scores -------------------------------------------------------------
@@ -223,8 +218,6 @@ class AgentRunner:
 
     def close(self) -> None:
         self.server.close()
-        if self.http is not None:
-            self.http.shutdown()
 
 
 def _return_problem(value: Any) -> str:

@@ -14,7 +14,7 @@ Each round times both, in turn, on one engine:
   ids are turn ``t``'s ids, its sampled ids, and the observation encoded), with the seeds the server
   gives the same calls: the engine's best case, every turn one batch with no HTTP at all;
 * **through the server**: one thread per session, each with its own ``openai`` client on its session
-  URL sharing one connection pool (what rlvr.agents gives a sync agent), all started together, timed
+  URL (what rlvr.agents gives a sync agent), all started together, timed
   from the first call to the last reply.
 
 Tokens/s counts sampled tokens (the server's ``usage.completion_tokens``). Reported: each side's best
@@ -82,7 +82,7 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
     """Every session run as an agent would, one thread each: (sampled tokens, seconds)."""
     import openai
 
-    from rlvr.serve.clients import shared_http
+    from rlvr.serve.clients import plain_http
 
     tokens = [0] * len(texts)
     errors: list[BaseException] = []
@@ -91,11 +91,9 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
     for i, name in enumerate(names):
         server.records.open(name, base_seed + i)
 
-    http = shared_http(len(texts), 600.0)
-
     def session(i: int) -> None:
         client = openai.OpenAI(base_url=server.session_url(names[i]), api_key=server.api_key, max_retries=0,
-                               timeout=600, http_client=http)
+                               timeout=600, http_client=plain_http(600.0))
         try:
             start.wait()
             text = texts[i]
@@ -117,7 +115,6 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
     for t in threads:
         t.join()
     seconds = time.perf_counter() - t0
-    http.shutdown()
     for name in names:
         server.records.close(name)
         server.records.pop(name)
