@@ -4,9 +4,10 @@
 in front of the run's rollout engine, and reuses it for every draw. For each row of a draw and each
 of its ``sampling.n`` samples it opens a session (``<run>-<draw>-<row>-<sample>``) seeded from the
 draw's seed for that row (``rlvr.envs.runner.turn_seed``: a deterministic agent samples the same
-tokens in every run with the same seeds) and calls ``rollout(client, row)`` with an ``openai``
-client whose base URL carries the session, at most ``agent.concurrency`` at a time. The server
-batches their model calls onto the engine.
+tokens in every run with the same seeds) and at the draw's ``sampling.temperature`` (what a call
+that names no temperature is sampled at: an evaluation's greedy draw is greedy), and calls
+``rollout(client, row)`` with an ``openai`` client whose base URL carries the session, at most
+``agent.concurrency`` at a time. The server batches their model calls onto the engine.
 
 A sample fails, and is kept out of its group's baseline and the loss (outcome ``infra_error``,
 through an ``env_error`` episode: the agent is this sample's environment), when its agent raises
@@ -39,6 +40,7 @@ from rlvr.agents.sequences import session_sequences
 from rlvr.envs.runner import turn_seed
 from rlvr.envs.trajectory import Budget, Trajectory
 from rlvr.scoring import EpisodeGroup, Scorer, episode_completion
+from rlvr.serve.clients import plain_http
 from rollouts import Completion, SamplingConfig
 from verifiers import Score
 
@@ -105,7 +107,7 @@ class AgentRunner:
         jobs = [(i, j, f"{self.run_id}-{draw}-{i}-{j}", None if seeds is None else turn_seed(seeds[i], j, 0))
                 for i in range(len(rows)) for j in range(sampling.n)]
         t0 = time.perf_counter()
-        runs = asyncio.run(self._run_all(rows, jobs))
+        runs = asyncio.run(self._run_all(rows, jobs, sampling.temperature))
         t1 = time.perf_counter()
         groups, scores = [], []
         for i, row in enumerate(rows):
@@ -117,13 +119,14 @@ class AgentRunner:
         return groups, scores, {"generate_s": t1 - t0, "score_s": t2 - t1, "score_wait_s": t2 - t1,
                                 "score_hidden_s": 0.0}
 
-    async def _run_all(self, rows: Sequence[Mapping[str, Any]], jobs: list) -> dict[tuple[int, int], SampleRun]:
+    async def _run_all(self, rows: Sequence[Mapping[str, Any]], jobs: list,
+                       temperature: float) -> dict[tuple[int, int], SampleRun]:
         limit = asyncio.Semaphore(self.cfg.concurrency)
         pool = None if self.is_async else ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="agent")
 
         async def one(i: int, j: int, session: str, seed: int | None) -> tuple[tuple[int, int], SampleRun]:
             async with limit:
-                return (i, j), await self._session(dict(rows[i]), session, seed, pool)
+                return (i, j), await self._session(dict(rows[i]), session, seed, temperature, pool)
 
         try:
             return dict(await asyncio.gather(*(one(*job) for job in jobs)))
@@ -131,16 +134,17 @@ class AgentRunner:
             if pool is not None:  # a sync agent past its deadline keeps its thread; it is not waited for
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _session(self, row: dict[str, Any], session: str, seed: int | None,
+    async def _session(self, row: dict[str, Any], session: str, seed: int | None, temperature: float,
                        pool: ThreadPoolExecutor | None) -> SampleRun:
         import openai
 
         records, url, key = self.server.records, self.server.session_url(session), self.server.api_key
-        records.open(session, seed)
+        records.open(session, seed, temperature)
         out = SampleRun()
         try:
             if self.is_async:
-                client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s)
+                client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s,
+                                            http_client=plain_http(self.cfg.timeout_s, asynchronous=True))
                 try:
                     out.value = await asyncio.wait_for(self.fn(client, row), self.cfg.timeout_s)
                 finally:
@@ -167,7 +171,8 @@ class AgentRunner:
     def _call_sync(self, url: str, key: str, row: dict[str, Any]) -> Any:
         import openai
 
-        with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s) as client:
+        with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s,
+                           http_client=plain_http(self.cfg.timeout_s)) as client:
             return self.fn(client, row)
 
     # -- into episodes and scores -------------------------------------------------------------

@@ -28,7 +28,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=0, help="also measure multi-turn episodes: each engine's episodes/s "
                    "over this many model turns (the guess_number environment, observations appended as ids) beside "
                    "its one-turn figure, --prompts x --n episodes of --turn-tokens tokens a turn (0: off)")
-    p.add_argument("--turn-tokens", type=int, default=32, help="most tokens per model turn with --turns")
+    p.add_argument("--turn-tokens", type=int, default=32, help="most tokens per model turn with --turns or "
+                   "--serve-sessions")
+    p.add_argument("--serve-sessions", type=int, default=0, metavar="N",
+                   help="instead of the engine table: N concurrent agent sessions (the example agent's shape: "
+                        "--serve-turns completions calls, each history sent back as text) through the recording "
+                        "server with the openai client, beside the same requests submitted in process, on the first "
+                        "engine of --engines (rlvr.serve.bench; 0: off)")
+    p.add_argument("--serve-turns", type=int, default=2, help="model calls per session with --serve-sessions")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
 
@@ -64,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         from rlvr.models import check_model_dir
 
         check_model_dir(model, "--model")
+    if args.serve_sessions > 0:
+        code = _serve_sessions(args, model, engines[0], dtypes)
+        if tmp is not None:
+            tmp.cleanup()
+        return code
     results = []
     for dtype in dtypes:
         results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats)
@@ -85,4 +97,22 @@ def run(args: argparse.Namespace) -> int:
         plot(results, args.plot)
     if tmp is not None:
         tmp.cleanup()
+    return 0
+
+
+def _serve_sessions(args: argparse.Namespace, model: str, engine: str, dtypes: list[str]) -> int:
+    import json
+
+    from rlvr.commands._common import fail
+    from rlvr.serve.bench import bench_sessions, format_sessions
+    from rollouts.bench import parse_engine_spec
+
+    kind, options = parse_engine_spec(engine)
+    if options or kind not in ("static", "vllm", "hf"):
+        return fail(f"--engines: {engine!r}: --serve-sessions serves a plain static, vllm or hf engine")
+    if args.serve_turns < 1 or args.turn_tokens < 1 or args.repeats < 1:
+        return fail("--serve-turns, --turn-tokens and --repeats must be >= 1 with --serve-sessions")
+    results = [bench_sessions(model, kind, args.serve_sessions, args.serve_turns, args.turn_tokens, args.repeats, d)
+               for d in dtypes]
+    print(json.dumps(results, indent=1) if args.json else "\n\n".join(format_sessions(r) for r in results))
     return 0

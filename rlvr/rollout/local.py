@@ -57,7 +57,7 @@ class LocalRollouts:
 
     def evaluate(self, rows: list[dict[str, Any]], **kwargs) -> dict[str, float]:
         return evaluate(self.engine, rows, self.rubric, workers=self.workers, env=self.env, context=self.context,
-                        **kwargs)
+                        agents=self.agents, **kwargs)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                      version: int | None = None) -> dict[str, float]:

@@ -114,7 +114,7 @@ class Backend:
             seeds = [self.records.next_seed(session) for _ in prompts]
         waits = []
         for ids, prompt_seed, text in zip(prompts, seeds, texts or [None] * len(prompts)):
-            future, used_seed = self.batcher.submit(ids, settings, prompt_seed)
+            future, used_seed = self.batcher.submit(ids, settings, prompt_seed, session)
             if session is not None:
                 future.add_done_callback(self._recorder(session, endpoint, ids, used_seed, body, text))
             waits.append(asyncio.wrap_future(future))
@@ -209,7 +209,8 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
         _check_model(backend, req.model)
         P.check_neutral(req)
         prompts, texts = _completion_prompts(backend, req, session)
-        settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16)
+        settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16,
+                              default_temperature=backend.records.temperature(session))
         waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True),
                                texts)
         want_logprobs = req.logprobs is not None
@@ -234,7 +235,9 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
                     yield P.envelope("text_completion", rid, req.model, [], usage(results))
             return _stream(waits, chunks)
         results = await _results(waits)
-        return P.envelope("text_completion", rid, req.model, choices(results), usage(results))
+        # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
+        # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
+        return JSONResponse(P.envelope("text_completion", rid, req.model, choices(results), usage(results)))
 
     async def chat_completions(request: Request):
         session = _open_session(backend, request)
@@ -243,7 +246,8 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
         P.check_neutral(req)
         text = P.render_chat(backend.tokenizer, req)
         ids = P.check_ids(backend.encode(text, session), backend.limits, "messages")
-        settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None)
+        settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None,
+                              default_temperature=backend.records.temperature(session))
         waits = backend.submit([ids], settings, req.seed, session, "chat.completions",
                                req.model_dump(exclude_none=True), [text])
         parse_tools = bool(req.tools) and req.tool_choice != "none"
@@ -279,7 +283,7 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
                     yield P.envelope("chat.completion.chunk", rid, req.model, [], usage(results))
             return _stream(waits, chunks)
         results = await _results(waits)
-        return P.envelope("chat.completion", rid, req.model, choices(results), usage(results))
+        return JSONResponse(P.envelope("chat.completion", rid, req.model, choices(results), usage(results)))
 
     for prefix in ("/v1", "/s/{session}/v1"):
         app.add_api_route(f"{prefix}/models", models, methods=["GET"])

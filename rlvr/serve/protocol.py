@@ -192,9 +192,11 @@ def check_neutral(req: _Sampling) -> None:
         _refuse_unless(req.response_format in (None, {"type": "text"}), "response_format", "a structured format")
 
 
-def settings(req: _Sampling, prompt_lens: list[int], limits: Limits, default_max_tokens: int | None) -> Settings:
+def settings(req: _Sampling, prompt_lens: list[int], limits: Limits, default_max_tokens: int | None,
+             default_temperature: float | None = None) -> Settings:
     """The request's sampling settings, checked against ``limits`` for every prompt (``prompt_lens``).
-    ``default_max_tokens``: without ``max_tokens``; None: what the context leaves (at most the limit)."""
+    ``default_max_tokens``: without ``max_tokens``; None: what the context leaves (at most the limit).
+    ``default_temperature``: without ``temperature`` (None: OpenAI's default, 1)."""
     n = req.n or 1
     if n > limits.max_n:
         raise ApiError(400, f"n: {n} choices per prompt is over this server's limit of {limits.max_n}", "n")
@@ -219,7 +221,10 @@ def settings(req: _Sampling, prompt_lens: list[int], limits: Limits, default_max
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
     if any(not s for s in stop):
         raise ApiError(400, "stop: an empty stop string", "stop")
-    temperature = 1.0 if req.temperature is None else req.temperature
+    if req.temperature is not None:
+        temperature = req.temperature
+    else:
+        temperature = 1.0 if default_temperature is None else default_temperature
     top_p = 1.0 if req.top_p is None else req.top_p
     return Settings(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop))
 

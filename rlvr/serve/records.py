@@ -13,7 +13,8 @@ history. ``SessionRecords.pop(session)`` hands over a session's calls and forget
 A trainer that runs agents (rlvr.agents) ``open``s each session with a seed before the agent starts:
 a call of that session that gives no seed of its own is sampled with the session's ``k``-th seed
 (``session_seed``), so a deterministic agent samples the same tokens in every run with the same
-seeds. ``close(session)`` refuses its later calls (an agent that overran its deadline cannot reach
+seeds; opened with a ``temperature``, a call that gives none of its own is sampled at it (the run's
+``sampling.temperature`` in training, 0 for a greedy evaluation). ``close(session)`` refuses its later calls (an agent that overran its deadline cannot reach
 the engine after its sample was taken).
 """
 
@@ -68,22 +69,35 @@ class SessionRecords:
     def __init__(self) -> None:
         self._calls: dict[str, list[Call]] = {}
         self._seeds: dict[str, list[int]] = {}  # open sessions: [base seed, prompts seeded so far]
+        self._temperatures: dict[str, float] = {}  # open sessions' default temperatures
+        self._open: set[str] = set()  # opened and not yet closed: who may still call (the batcher asks)
         self._closed: set[str] = set()
         self._lock = threading.Lock()
 
-    def open(self, session: str, seed: int | None = None) -> None:
-        """Start recording ``session``; with ``seed``, its unseeded prompts get seeds derived from it."""
+    def open(self, session: str, seed: int | None = None, temperature: float | None = None) -> None:
+        """Start recording ``session``; with ``seed``, its unseeded prompts get seeds derived from it; with
+        ``temperature``, its requests without a temperature are sampled at it."""
         with self._lock:
             self._closed.discard(session)
+            self._open.add(session)
             self._calls.pop(session, None)
             if seed is not None:
                 self._seeds[session] = [seed, 0]
+            if temperature is not None:
+                self._temperatures[session] = temperature
 
     def close(self, session: str) -> None:
         """Refuse the session's later requests (``check_open`` raises ``SessionClosed``)."""
         with self._lock:
             self._closed.add(session)
+            self._open.discard(session)
             self._seeds.pop(session, None)
+            self._temperatures.pop(session, None)
+
+    def open_sessions(self) -> frozenset[str]:
+        """The sessions opened and not closed (a trainer's agents still running)."""
+        with self._lock:
+            return frozenset(self._open)
 
     def check_open(self, session: str | None) -> None:
         if session is not None:
@@ -101,6 +115,13 @@ class SessionRecords:
                 return None
             state[1] += 1
             return session_seed(state[0], state[1] - 1)
+
+    def temperature(self, session: str | None) -> float | None:
+        """The default temperature ``session`` was opened with (None: none, or no session)."""
+        if session is None:
+            return None
+        with self._lock:
+            return self._temperatures.get(session)
 
     def add(self, call: Call) -> None:
         with self._lock:

@@ -46,7 +46,8 @@ class Server:
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.model_name, self.host = model_name, host
         self.records = records if records is not None else SessionRecords()
-        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
+        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
+                               waiting_on=self.records.open_sessions)
         backend = Backend(model_name, tokenizer, self.batcher, self.records, limits or Limits())
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -91,3 +91,47 @@ def test_batcher_respects_max_batch_and_fails_queued_work_on_close():
     batcher.close()
     with pytest.raises(RuntimeError, match="stopped"):
         batcher.submit([1], Settings())
+
+
+def test_a_batch_ends_once_every_open_session_is_in_it():
+    """With a gap of a minute, only the "everyone is in" rule can end a batch before the futures' timeout."""
+    engine = CountingEngine()
+    engine.gate.set()
+    waiting = {"a", "b"}
+    batcher = Batcher(engine, max_batch=64, window_s=60.0, max_wait_s=120.0, waiting_on=lambda: frozenset(waiting))
+    try:
+        first = [batcher.submit([1], Settings(), seed=1, session="a")[0],
+                 batcher.submit([2], Settings(), seed=2, session="b")[0]]
+        assert [f.result(30)[0].token_ids for f in first] == [[1], [2]]
+        assert batcher.batch_sizes == [2]
+        waiting.discard("b")  # b's agent returned: a alone is everyone
+        assert batcher.submit([3], Settings(), seed=3, session="a")[0].result(30)[0].token_ids == [3]
+        assert batcher.batch_sizes == [2, 1]
+    finally:
+        batcher.close()
+
+
+def test_a_session_temperature_is_the_default_of_its_calls():
+    limits = Limits(max_tokens=60)
+    assert settings(CompletionRequest(model="m", prompt="x"), [1], limits, 16, default_temperature=0.0).temperature == 0
+    assert settings(CompletionRequest(model="m", prompt="x"), [1], limits, 16).temperature == 1.0
+    given = CompletionRequest(model="m", prompt="x", temperature=0.7)
+    assert settings(given, [1], limits, 16, default_temperature=0.0).temperature == 0.7
+
+
+def test_the_gap_ends_a_batch_only_once_half_the_open_sessions_are_in():
+    import time
+
+    engine = CountingEngine()
+    engine.gate.set()
+    batcher = Batcher(engine, max_batch=64, window_s=0.01, max_wait_s=120.0,
+                      waiting_on=lambda: frozenset("abcd"))
+    try:
+        first = batcher.submit([0], Settings(), seed=0, session="a")[0]
+        time.sleep(0.3)  # 30 gaps long: a alone is not half of the sessions, so the batch waits on
+        rest = [batcher.submit([i], Settings(), seed=i, session=s)[0] for i, s in enumerate("bc", 1)]
+        # a, b, c: half are in, and d never calls: the gap ends the batch
+        assert [f.result(30)[0].token_ids for f in [first, *rest]] == [[0], [1], [2]]
+        assert batcher.batch_sizes == [3]
+    finally:
+        batcher.close()

@@ -1,0 +1,181 @@
+"""Does the server cost throughput? Agent sessions through the recording server against the same requests
+submitted in process (``rlvr bench rollouts --serve-sessions 64``).
+
+A session has the shape of the example agent (examples/agents/calculator_agent.py): ``turns`` model calls
+on the completions API, each of at most ``turn_tokens`` tokens and stopped at ``</python>``; after a
+call the agent appends the reply and a tool's output (``OBSERVATION``) to the text it was given and sends
+the whole history back, so the server continues from the sampled ids (rlvr.serve.app). Each session is
+opened in the server's records with a seed, as rlvr.agents opens them, and its calls give no seed (the
+server derives each call's seed from the session's).
+
+Each round times both, in turn, on one engine:
+
+* **in process**: turn by turn, one ``engine.generate`` of every session's prompt ids (turn ``t + 1``'s
+  ids are turn ``t``'s ids, its sampled ids, and the observation encoded), with the seeds the server
+  gives the same calls: the engine's best case, every turn one batch with no HTTP at all;
+* **through the server**: one thread per session, each with its own ``openai`` client on its session
+  URL (what rlvr.agents gives a sync agent), all started together, timed
+  from the first call to the last reply.
+
+Tokens/s counts sampled tokens (the server's ``usage.completion_tokens``). Reported: each side's best
+round and the median of the rounds' ratios (server / in process).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from typing import Any
+
+STOP = ("</python>",)  # the example agent stops the model at the end of a tool call
+OBSERVATION = "</python>\n<output>\n42\n</output>\n"  # what it appends before the next call
+MODEL_NAME = "bench"
+
+
+def questions(n: int, seed: int = 0) -> list[str]:
+    """``n`` prompts of the arithmetic task in the R1 template (what the tools base was trained on)."""
+    from rlvr.tasks.base import R1_TEMPLATE
+
+    rng = random.Random(seed)
+    return [R1_TEMPLATE.format(question=f"{rng.randint(2, 99)} + {rng.randint(2, 99)} - {rng.randint(2, 99)}")
+            for _ in range(n)]
+
+
+def _session_seeds(base: int, sessions: int, turns: int) -> list[list[int]]:
+    """The seed of each session's calls: session ``i`` is opened with ``base + i``; its ``t``-th call
+    gets the server's derived seed (rlvr.serve.records.session_seed)."""
+    from rlvr.serve.records import session_seed
+
+    return [[session_seed(base + i, t) for t in range(turns)] for i in range(sessions)]
+
+
+def in_process(engine, tokenizer, texts: list[str], seeds: list[list[int]], turns: int,
+               turn_tokens: int) -> tuple[int, float]:
+    """Every session's turns sampled turn by turn in one engine call each: (sampled tokens, seconds)."""
+    from rollouts import SamplingConfig
+
+    obs = tokenizer(OBSERVATION, add_special_tokens=False)["input_ids"]
+    # a call cut at the stop string sampled its tokens (the text leaves it out): the server continues
+    # after them with the rest of the observation
+    after_stop = tokenizer(OBSERVATION.removeprefix(STOP[0]), add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tokens = 0
+    t0 = time.perf_counter()
+    for turn in range(turns):
+        sampling = SamplingConfig(max_tokens=turn_tokens, stop=STOP, seeds=[s[turn] for s in seeds])
+        groups = engine.generate(ids, sampling)
+        for i, group in enumerate(groups):
+            sampled = list(group.completions[0].token_ids)
+            tokens += len(sampled)
+            if sampled and sampled[-1] in special:  # an EOS the next prompt leaves out (as the server does)
+                sampled = sampled[:-1]
+            stopped = tokenizer.decode(sampled).endswith(STOP[0])
+            ids[i] = ids[i] + sampled + (after_stop if stopped else obs)
+    return tokens, time.perf_counter() - t0
+
+
+def through_server(server, texts: list[str], base_seed: int, turns: int, turn_tokens: int,
+                   tag: str) -> tuple[int, float]:
+    """Every session run as an agent would, one thread each: (sampled tokens, seconds)."""
+    import openai
+
+    from rlvr.serve.clients import plain_http
+
+    tokens = [0] * len(texts)
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(texts) + 1)
+    names = [f"bench-{tag}-{i}" for i in range(len(texts))]
+    for i, name in enumerate(names):
+        server.records.open(name, base_seed + i)
+
+    def session(i: int) -> None:
+        client = openai.OpenAI(base_url=server.session_url(names[i]), api_key=server.api_key, max_retries=0,
+                               timeout=600, http_client=plain_http(600.0))
+        try:
+            start.wait()
+            text = texts[i]
+            for _ in range(turns):
+                reply = client.completions.create(model=MODEL_NAME, prompt=text, max_tokens=turn_tokens,
+                                                  stop=list(STOP))
+                tokens[i] += reply.usage.completion_tokens
+                text += reply.choices[0].text + OBSERVATION
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    for name in names:
+        server.records.close(name)
+        server.records.pop(name)
+    if errors:
+        raise errors[0]
+    return sum(tokens), seconds
+
+
+def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, turns: int = 2,
+                   turn_tokens: int = 48, repeats: int = 3, dtype: str = "float32", max_batch: int = 64,
+                   window_s: float = 0.05, max_wait_s: float = 0.5) -> dict[str, Any]:
+    """``repeats`` rounds of ``sessions`` agent sessions through the server and in process (the module doc)."""
+    from transformers import AutoTokenizer
+
+    from rlvr.models import context_length
+    from rlvr.serve.protocol import Limits
+    from rlvr.serve.server import Server
+    from rollouts import SamplingConfig
+    from rollouts.config import engine_config
+
+    eng = engine_config(engine, dtype=dtype).build(model_dir)
+    rounds = []
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        texts = questions(sessions)
+        warm = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[:2]]
+        eng.generate(warm, SamplingConfig(max_tokens=4, seed=0))  # compile / warm up before timing
+        limits = Limits(context=context_length(model_dir), max_tokens=turn_tokens)
+        with Server(eng, AutoTokenizer.from_pretrained(model_dir), MODEL_NAME, limits=limits, max_batch=max_batch,
+                    window_s=window_s, max_wait_s=max_wait_s) as server:
+            through_server(server, texts[:2], 0, 1, 4, "warm")  # the HTTP side's first request
+            for r in range(repeats):
+                base = 10_000 * (r + 1)
+                calls_before = server.batcher.calls
+                local = in_process(eng, tokenizer, texts, _session_seeds(base, sessions, turns), turns, turn_tokens)
+                served = through_server(server, texts, base, turns, turn_tokens, str(r))
+                made = server.batcher.calls - calls_before
+                rounds.append({"in_process_tokens": local[0], "in_process_s": local[1], "server_tokens": served[0],
+                               "server_s": served[1], "engine_calls": made,
+                               "batch_sizes": server.batcher.batch_sizes[-made:] if made else []})
+    finally:
+        eng.close()
+    for r in rounds:
+        r["in_process_tps"] = r["in_process_tokens"] / r["in_process_s"]
+        r["server_tps"] = r["server_tokens"] / r["server_s"]
+        r["ratio"] = r["server_tps"] / r["in_process_tps"]
+    return {"bench": "serve_sessions", "model": model_dir, "engine": engine, "dtype": dtype, "sessions": sessions,
+            "turns": turns, "turn_tokens": turn_tokens, "window_s": window_s, "max_wait_s": max_wait_s,
+            "in_process_tps_best": max(r["in_process_tps"] for r in rounds),
+            "server_tps_best": max(r["server_tps"] for r in rounds),
+            "ratio_median": statistics.median(r["ratio"] for r in rounds), "rounds": rounds}
+
+
+def format_sessions(result: dict[str, Any]) -> str:
+    """The rounds as a table, then the best and the median ratio."""
+    lines = [f"{result['sessions']} concurrent agent sessions of {result['turns']} calls (<= {result['turn_tokens']} "
+             f"tokens each, stop at </python>), {result['engine']} engine, {result['dtype']}, {result['model']}",
+             f"{'round':>5} {'in process tok/s':>17} {'server tok/s':>13} {'ratio':>6}  server batches"]
+    for i, r in enumerate(result["rounds"]):
+        lines.append(f"{i:>5} {r['in_process_tps']:>17,.0f} {r['server_tps']:>13,.0f} {r['ratio']:>6.2f}  "
+                     f"{r['batch_sizes']}")
+    lines.append(f"best: in process {result['in_process_tps_best']:,.0f} tok/s, server "
+                 f"{result['server_tps_best']:,.0f} tok/s; server / in process, median {result['ratio_median']:.2f}")
+    return "\n".join(lines)

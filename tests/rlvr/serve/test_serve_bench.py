@@ -1,0 +1,27 @@
+"""``rlvr bench rollouts --serve-sessions``: agent sessions through the recording server beside the same
+requests in process, on the micro base."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_serve_sessions_bench_reports_both_sides(micro_model, capsys):
+    from rlvr.cli import main
+
+    assert main(["bench", "rollouts", "--model", micro_model, "--engines", "static", "--serve-sessions", "4",
+                 "--serve-turns", "2", "--turn-tokens", "8", "--repeats", "1", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    [r] = result["rounds"]
+    assert (result["sessions"], result["turns"], result["engine"]) == (4, 2, "static")
+    assert sum(r["batch_sizes"]) == 8  # every session's two calls reached the engine, each once
+    assert r["in_process_tokens"] > 0 and r["server_tokens"] > 0
+    assert result["ratio_median"] == r["server_tps"] / r["in_process_tps"]
+
+
+def test_serve_sessions_needs_a_trainable_engine(micro_model, capsys):
+    from rlvr.cli import main
+
+    assert main(["bench", "rollouts", "--model", micro_model, "--engines", "hf-generate",
+                 "--serve-sessions", "4"]) != 0
+    assert "--serve-sessions serves a plain static, vllm or hf engine" in capsys.readouterr().err
