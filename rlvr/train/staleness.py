@@ -7,9 +7,9 @@ for one sampled k updates ago. One-step-off training gives every token staleness
 loads new weights between two decode steps (in-flight updates) gives one sample several.
 
 ``train.max_staleness = k`` bounds it per sample: a sample any of whose tokens is older than k versions is
-never trained on (out of its group's baseline and the loss, like a failed check), and counted. Judging
-the whole sample, not the token, keeps the sequence the loss sees one the policy could have produced
-under the bound: dropping only its old tokens would train on a suffix whose prefix the loss ignores.
+never trained on (out of its group's baseline and the loss, like a failed check), and counted. The
+whole sample goes, not only its old tokens: its reward is the whole sequence's, and its fresh tokens
+continue a prefix that a too-old policy wrote.
 """
 
 from __future__ import annotations
