@@ -402,6 +402,13 @@ class TrainConfig(Section):
         return {key: value for key, value in now.items() if written.get(key, _ABSENT) != value}
 
     @model_validator(mode="after")
+    def _check_is_mode(self) -> TrainConfig:
+        if self.algorithm.is_mode == "mis" and self.algorithm.is_cap is None:
+            raise ValueError("algorithm.is_mode=mis needs algorithm.is_cap (the ratio bound; importance sampling is off "
+                             "without it): set algorithm.is_cap, e.g. 2")
+        return self
+
+    @model_validator(mode="after")
     def _check_cluster(self) -> TrainConfig:
         ranks, groups = self.cluster.learner_ranks, self.train.prompts_per_step
         if groups % ranks:

@@ -33,7 +33,9 @@ Simplifications of the textbook algorithms, on purpose:
   (``AdvantageInputs.valid``, set by ``build_batch``); it is never trained as a reward of 0.
 * ``train.async``: the step's rollouts come from a pipeline that runs one step ahead
   (rlvr.pipeline); a stale batch's log-prob gap to the learner is its policy's drift, so the
-  parity gate only judges fresh batches, and truncated IS (``algorithm.is_cap``) reweights.
+  parity gate only judges batches whose every token is fresh, and per-token IS (``algorithm.is_cap``,
+  ``is_mode``) reweights each token against the engine's log-prob of it. A sample with a token more than
+  ``train.max_staleness`` versions old is never trained on (rlvr.train.staleness).
 * Checkpoints (rlvr.checkpoint) hold the full state, including rollouts already drawn ahead,
   so ``--resume`` continues bit-identically on CPU.
 * ``cluster:`` changes where the work runs, not what it is (docs/distributed.md): rollouts come
@@ -70,6 +72,7 @@ from rlvr.draw import rollout_metrics
 from rlvr.run import Run
 from rlvr.train.batch import build_batch
 from rlvr.train.learner import RLBatch
+from rlvr.train.staleness import staleness_metrics
 
 
 def train(cfg: TrainConfig, progress: bool | None = None, resume: bool = False,
@@ -100,7 +103,11 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
         pipe.call("sleep")
     t1 = time.perf_counter()
     metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
-    batch, adv_in = build_batch(ro.batch, run.tokenizer.pad_token_id, algo, cfg.sampling.max_tokens)
+    # the learner's version before this update is step - 1; a sample with a token older than max_staleness
+    # versions is kept out of training (rlvr.train.staleness)
+    batch, adv_in = build_batch(ro.batch, run.tokenizer.pad_token_id, algo, cfg.sampling.max_tokens,
+                                learner_version=step - 1, max_staleness=cfg.train.max_staleness)
+    metrics.update(staleness_metrics(batch.versions, step - 1, cfg.train.max_staleness, adv_in.lead))
     if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
         adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learners, batch, adv_in, algo)
     if learners.critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping
@@ -109,7 +116,7 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
     metrics.update(learners.step(batch))
     # every real token (prompt + completion) of the batch, once per optimiser pass over it
     metrics["tokens_trained"] = float(batch.attention_mask.sum()) * cfg.train.updates_per_batch
-    if ro.version == step - 1:  # a stale batch differs by the policy's own update, not by the engine
+    if metrics["staleness/tokens_0"] == 1.0:  # a stale token differs by the policy's own update, not by the engine
         parity.check_step(metrics, cfg)
     if learners.critic is not None:
         metrics.update(learners.critic_step(batch, adv_in))

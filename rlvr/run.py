@@ -140,7 +140,9 @@ class Run:
         if self.resumed is not None:
             start = self.resumed.step
             self.load_state_dict(self.resumed.state)
-            self.pipe.call("load_weights", self.learners.policy_weights())
+            # the engine's version is the step's, as it was when the checkpoint was written: every token drawn
+            # from here on records it (rlvr.train.staleness compares it with the learner's)
+            self.pipe.call("load_weights", self.learners.policy_weights(), version=start)
             set_rng_state(self.resumed.state["rng"])
         self.learners.broadcast_state()  # every learner rank starts from rank 0's state (no-op with one rank)
         # a few tokens against the learner before anything is evaluated or trained (rlvr.parity)
@@ -176,7 +178,7 @@ class Run:
         # async: the learner moves on while the engine loads, so it gets a copy of the weights
         # LoRA: W + scale * B @ A into new tensors, the adapter untouched (rlvr.lora)
         weights = [(n, p.detach().clone() if self.staleness else p) for n, p in self.learners.policy_weights()]
-        self._last_sync = self.pipe.submit("load_weights", weights)
+        self._last_sync = self.pipe.submit("load_weights", weights, version=step)
         self.synced_version = step
         if not self.staleness:
             stats = {**stats, **self._last_sync.result()}

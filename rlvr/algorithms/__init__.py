@@ -24,6 +24,7 @@ from rlvr.algorithms.core import (
     register_policy_loss,
 )
 from rlvr.algorithms.dapo import dynamic_sampling_filter, overlong_mask, soft_overlong_penalty
+from rlvr.algorithms.importance import IS_MODES, importance_weights, register_is_mode
 from rlvr.algorithms.kl import kl_penalty, kl_reward_penalty
 from rlvr.algorithms.losses import MAX_LOG_RATIO, policy_objective, truncated_is_weights
 from rlvr.algorithms.presets import PRESETS
@@ -35,5 +36,6 @@ __all__ = [
     "last_token_rewards", "kl_reward_penalty", "compute_gae", "discounted_returns",
     "gae_advantages_and_returns", "group_stats", "MAX_LOG_RATIO", "policy_objective", "truncated_is_weights",
     "dynamic_sampling_filter", "overlong_mask", "soft_overlong_penalty", "CriticModel", "ValueHead",
-    "value_loss", "PRESETS", "resolve_algorithm", "drop_thin_groups",
+    "value_loss", "PRESETS", "resolve_algorithm", "drop_thin_groups", "IS_MODES", "importance_weights",
+    "register_is_mode",
 ]

@@ -63,8 +63,13 @@ class AlgorithmConfig(BaseModel):
     is_cap: float | None = Field(
         None,
         gt=0,
-        description="Truncated importance sampling: cap on exp(trainer_logp - engine_logp) used to reweight "
-        "per-token losses for rollout-engine/trainer mismatch. None: off.",
+        description="Per-token importance sampling: the bound on exp(trainer_logp - engine_logp) used to reweight "
+        "per-token losses for rollout-engine/trainer mismatch and stale tokens (is_mode says how). None: off.",
+    )
+    is_mode: Literal["tis", "mis"] = Field(
+        "tis",
+        description="How is_cap bounds each token's ratio: tis (truncated IS) weighs a token min(ratio, is_cap); "
+        "mis (masked IS) weighs it by its ratio inside [1/is_cap, is_cap] and 0 outside (is_cap > 1).",
     )
 
     # --- aggregation ------------------------------------------------------------------------
@@ -151,6 +156,9 @@ class AlgorithmConfig(BaseModel):
             raise ValueError(
                 f"kl_in_reward: needs a token-level estimator {TOKEN_REWARD_ADVANTAGES}, not {self.advantage!r}"
             )
+        if self.is_mode == "mis" and self.is_cap is not None and self.is_cap <= 1:
+            raise ValueError(f"is_cap: is_mode=mis keeps tokens whose ratio lies in [1/is_cap, is_cap], which is empty "
+                             f"or one point for is_cap={self.is_cap}; use is_cap > 1 (e.g. 2)")
         return self
 
     @property

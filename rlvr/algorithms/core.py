@@ -58,7 +58,7 @@ class LossInputs:
     mask: Tensor  # [B, T]
     ref_logp: Tensor | None = None  # [B, T] reference log-probs (policy_objective's KL term)
     entropy: Tensor | None = None  # [B, T] per-token policy entropy (policy_objective's bonus)
-    is_weights: Tensor | None = None  # [B, T] truncated IS weights multiplying the per-token loss; None: 1
+    is_weights: Tensor | None = None  # [B, T] IS weights (tis/mis) multiplying the per-token loss; None: 1
 
 
 AdvantageFn = Callable[[AdvantageInputs, "AlgorithmConfig"], Tensor]

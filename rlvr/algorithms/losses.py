@@ -1,8 +1,8 @@
 """Policy losses: ``POLICY_LOSSES[name](inp: LossInputs, cfg) -> (loss [B, T], metrics)``.
 
-Each returns an unreduced per-token loss; ``agg_loss`` reduces it. Truncated importance-
-sampling weights (``inp.is_weights``) multiply the per-token loss inside every loss, so a learner
-that calls the registry directly gets them too. KL and entropy are *not* in the per-token loss:
+Each returns an unreduced per-token loss; ``agg_loss`` reduces it. Importance-sampling weights
+(``inp.is_weights``, from rlvr.algorithms.importance) multiply the per-token loss inside every loss,
+so a learner that calls the registry directly gets them too. KL and entropy are *not* in the per-token loss:
 ``policy_objective`` adds them (or the learner does, the same way).
 """
 
@@ -13,22 +13,8 @@ from torch import Tensor
 
 from rlvr.algorithms.config import AlgorithmConfig
 from rlvr.algorithms.core import POLICY_LOSSES, LossInputs, agg_loss, masked_mean, register_policy_loss
+from rlvr.algorithms.importance import MAX_LOG_RATIO, truncated_is_weights  # noqa: F401  (re-exported)
 from rlvr.algorithms.kl import kl_penalty
-
-# exp() of a larger log-ratio overflows in float32/bfloat16; a ratio this far from 1 is clipped anyway.
-MAX_LOG_RATIO = 20.0
-
-
-def truncated_is_weights(old_logp_trainer: Tensor, engine_logp: Tensor, cap: float) -> Tensor:
-    """min(pi_trainer / pi_engine, cap) per token [B, T], no gradient.
-
-    The rollout engine (vLLM, bf16 kernels) samples from a slightly different distribution than
-    the trainer computes; these weights correct the policy gradient for that mismatch (truncated
-    importance sampling). Padding positions carry whatever value; the mask zeroes them later.
-    """
-    with torch.no_grad():
-        log_w = (old_logp_trainer - engine_logp).clamp(max=MAX_LOG_RATIO)
-        return log_w.exp().clamp(max=cap)
 
 
 def _weighted(loss: Tensor, inp: LossInputs) -> Tensor:

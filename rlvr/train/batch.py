@@ -39,8 +39,8 @@ def sequences_of(sg: ScoredGroup) -> list[list[Trajectory]]:
     return [[t] for t in episodes_of(sg)]
 
 
-def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
-                max_tokens: int) -> tuple[RLBatch, AdvantageInputs]:
+def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig, max_tokens: int,
+                learner_version: int | None = None, max_staleness: int | None = None) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups into right-padded tensors in target alignment (see rlvr.train.learner), with
     DAPO's overlong shaping when configured; advantages are left at 0 for the caller. An invalid
     sample keeps its row (the batch's shape does not depend on failures) with an empty loss mask, and
@@ -48,13 +48,18 @@ def build_batch(scored: list[ScoredGroup], pad_id: int, algo: AlgorithmConfig,
 
     A sample of several sequences (rlvr.agents.sequences) is one row per sequence, each with the
     sample's reward and validity; only its first row counts in its group's statistics
-    (``AdvantageInputs.lead``), so the sample counts once in the baseline and each row gets its advantage."""
+    (``AdvantageInputs.lead``), so the sample counts once in the baseline and each row gets its advantage.
+
+    ``learner_version``, ``max_staleness``: the staleness guard (rlvr.train.staleness); a sample with a token
+    more than ``max_staleness`` versions older than the learner is invalid like a failed check."""
     rewards = torch.cat([sg.rewards for sg in scored])  # [S] per sample
     valid = torch.cat([sg.valid for sg in scored])  # [S] bool
     per_sample = [sequences_of(sg) for sg in scored]
     counts = torch.tensor([len(s) for g in per_sample for s in g])  # [S]
     if bool((counts == 1).all()):
-        return build_episode_batch([[s[0] for s in g] for g in per_sample], rewards, pad_id, algo, max_tokens, valid)
+        return build_episode_batch([[s[0] for s in g] for g in per_sample], rewards, pad_id, algo, max_tokens, valid,
+                                   learner_version=learner_version, max_staleness=max_staleness)
     lead = torch.cat([torch.arange(int(c)) == 0 for c in counts])  # [B] bool
     return build_episode_batch([[t for s in g for t in s] for g in per_sample], torch.repeat_interleave(rewards, counts),
-                               pad_id, algo, max_tokens, torch.repeat_interleave(valid, counts), lead)
+                               pad_id, algo, max_tokens, torch.repeat_interleave(valid, counts), lead,
+                               learner_version=learner_version, max_staleness=max_staleness)

@@ -5,7 +5,8 @@ Each row is an episode's ``token_ids()``, right-padded; per-token tensors are in
 ([B, T], T = L - 1, column t describes token t + 1; see rlvr.train.learner). The response mask is
 the trajectory's loss mask: 1 on model tokens only, so environment tokens inside the response and
 padding carry no loss and no gradient, and an outcome advantage broadcast over the mask (grpo,
-dr_grpo, rloo) lands on model tokens only. ``engine_logp`` is 0 off model tokens. The episodes of
+dr_grpo, rloo) lands on model tokens only. ``engine_logp`` is 0 off model tokens, ``versions`` (the policy
+version that sampled each token, from its model segment) -1 off them. The episodes of
 one group are adjacent rows sharing ``group_ids`` and start with the same prompt (``prompt_lens``),
 so the shared-prefix forward applies to the common prompt as it does to one-turn groups.
 
@@ -23,11 +24,13 @@ from torch import Tensor
 from rlvr.algorithms import AdvantageInputs, AlgorithmConfig, drop_thin_groups, overlong_mask, soft_overlong_penalty
 from rlvr.envs.trajectory import TRUNCATED, Trajectory
 from rlvr.train.learner import RLBatch
+from rlvr.train.staleness import stale_samples
 
 
 def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequence[Sequence[float]] | Tensor,
                         pad_id: int, algo: AlgorithmConfig, max_tokens: int,
-                        valid: Tensor | None = None, lead: Tensor | None = None) -> tuple[RLBatch, AdvantageInputs]:
+                        valid: Tensor | None = None, lead: Tensor | None = None, learner_version: int | None = None,
+                        max_staleness: int | None = None) -> tuple[RLBatch, AdvantageInputs]:
     """Pack groups of finished episodes into right-padded tensors in target alignment, with DAPO's
     overlong shaping when configured; advantages are left at 0 for the caller.
 
@@ -38,7 +41,9 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
     (``AdvantageInputs.valid``): it was not the policy's doing; a group left with fewer than two
     episodes is dropped the same way (``drop_thin_groups``). ``valid``: [B] bool, episodes whose score may
     be trained on (``ScoredGroup.valid``; default all), and'ed with that rule. ``lead``: [B] bool, the rows
-    that count in their group's statistics when a sample spans several rows (rlvr.train.batch); default all."""
+    that count in their group's statistics when a sample spans several rows (rlvr.train.batch); default all.
+    ``learner_version`` and ``max_staleness`` (both or neither): a sample with a token sampled more than
+    ``max_staleness`` versions before ``learner_version`` is kept out the same way (rlvr.train.staleness)."""
     trajs = [t for g in groups for t in g]
     if not trajs:
         raise ValueError("build_episode_batch: no episodes")
@@ -53,12 +58,14 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
     attn = torch.zeros((B, L), dtype=torch.long)
     mask = torch.zeros((B, L - 1))
     elp = torch.zeros((B, L - 1))
+    versions = torch.full((B, L - 1), -1, dtype=torch.long)
     for i, (t, seq) in enumerate(zip(trajs, seqs)):
         n = len(seq) - 1  # targets: tokens 1..len-1, in columns 0..len-2
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
         mask[i, :n] = torch.tensor(t.loss_mask()[1:], dtype=mask.dtype)
         elp[i, :n] = torch.tensor(t.engine_logprobs()[1:])
+        versions[i, :n] = torch.tensor(t.versions()[1:], dtype=torch.long)
     group_ids = torch.tensor([g for g, grp in enumerate(groups) for _ in grp])
     prompt_lens = torch.tensor([len(t.prompt_ids) for t in trajs])
     if isinstance(rewards, Tensor):
@@ -75,8 +82,12 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
         mask = mask * overlong_mask([t.finish_reason in TRUNCATED for t in trajs])[:, None]
     # an environment that raised is not the policy's doing: out of the loss and out of the baseline
     ok = torch.tensor([t.finish_reason != "env_error" for t in trajs])
+    if (learner_version is None) != (max_staleness is None):
+        raise ValueError("build_episode_batch: learner_version and max_staleness go together (the staleness guard)")
+    if learner_version is not None:  # too old to train on: out of the loss and out of the baseline
+        ok = ok & ~stale_samples(versions, learner_version, max_staleness, lead)
     valid = drop_thin_groups(ok if valid is None else ok & valid.to(torch.bool), group_ids, lead)
     if not valid.all():
         mask = mask * valid.to(mask.dtype)[:, None]
-    batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids)
+    batch = RLBatch(ids, attn, mask, torch.zeros_like(mask), elp, prompt_lens, group_ids, versions)
     return batch, AdvantageInputs(rewards, group_ids, mask, valid=valid, lead=lead)

@@ -27,9 +27,9 @@ from rlvr.algorithms import (
     POLICY_LOSSES,
     AlgorithmConfig,
     LossInputs,
+    importance_weights,
     masked_mean,
     policy_objective,
-    truncated_is_weights,
 )
 from rlvr.config import OptimConfig, TrainLoopConfig
 from rlvr.train.optimised import Optimised
@@ -47,6 +47,9 @@ class RLBatch:
     # Optional group structure (enables the shared-prefix forward; None: flat forward only)
     prompt_lens: Tensor | None = None  # [B] long: input_ids[i, :prompt_lens[i]] is row i's prompt
     group_ids: Tensor | None = None  # [B] long: completions of one prompt share an id, in adjacent rows
+    # [B, T] long: the policy version (learner updates in the weights) that sampled each target token, -1 off
+    # model tokens; with in-flight weight updates one row can mix versions. None: not recorded
+    versions: Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -68,7 +71,7 @@ class RLBatch:
         width = max(2, int(self.attention_mask.sum(1).max()))
         return RLBatch(self.input_ids[:, :width], self.attention_mask[:, :width], self.response_mask[:, : width - 1],
                        self.advantages[:, : width - 1], self.engine_logp[:, : width - 1], self.prompt_lens,
-                       self.group_ids)
+                       self.group_ids, None if self.versions is None else self.versions[:, : width - 1])
 
 
 def group_spans(batch: RLBatch) -> list[tuple[int, int]] | None:
@@ -256,11 +259,13 @@ class Learner(Optimised):
         if self.algo.loss_kl_coef > 0:  # KL in the reward needs no reference forward here
             with torch.no_grad(), self.autocast():
                 ref_logp, _ = self._forward(self.ref_model, mb, shared)
-        is_w = None
-        if self.algo.is_cap is not None:  # correct for the engine sampling from slightly different numbers
-            is_w = truncated_is_weights(old, mb.engine_logp, self.algo.is_cap)
+        is_w, is_stats = None, {}
+        if self.algo.is_cap is not None:  # each token against the engine's log-prob of it: other numbers, older weights
+            is_w, is_stats = importance_weights(old, mb.engine_logp, mb.response_mask, self.algo.is_mode,
+                                                self.algo.is_cap)
         inp = LossInputs(logp, old, mb.advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy, is_weights=is_w)
         loss, extra = policy_objective(inp, self.algo)
+        extra = {**extra, **{f"is/{k}": v for k, v in is_stats.items()}}
         (loss * weight).backward()
         stats = {k: float(v) for k, v in extra.items()}
         stats.update(loss=float(loss.detach()), entropy=float(masked_mean(entropy.detach(), mb.response_mask)))
