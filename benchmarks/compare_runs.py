@@ -359,8 +359,9 @@ class Comparison:
 
 
 def compare_metrics(a: Path, b: Path, cmp: Comparison, new_keys: frozenset[str] = frozenset()) -> None:
-    """Every non-timing value of every line, exactly; ``new_keys``: metrics the head adds on purpose
-    (absent from the base), left out and listed."""
+    """Every non-timing value of every line, exactly; ``new_keys``: metrics the head adds on purpose, left
+    out (and listed) on the lines where the base lacks them and compared where it has them (a key new in
+    train lines that evaluation lines always had)."""
     ra, rb = read_lines(a / "metrics.jsonl"), read_lines(b / "metrics.jsonl")
     cmp.lines = min(len(ra), len(rb))
     if len(ra) != len(rb):
@@ -369,7 +370,7 @@ def compare_metrics(a: Path, b: Path, cmp: Comparison, new_keys: frozenset[str] 
     for i, (x, y) in enumerate(zip(ra, rb)):
         where = f"line {i + 1} ({x.get('kind')} step {x.get('step')})"
         kx = {k for k in x if not is_timing(k)}
-        ky = {k for k in y if not is_timing(k) and k not in new_keys}
+        ky = {k for k in y if not is_timing(k) and not (k in new_keys and k not in x)}  # new here, not in base
         cmp.skipped |= (set(x) | set(y)) - kx - ky
         if kx != ky and not cmp.first_diff:
             cmp.first_diff = f"{where}: keys only in base {sorted(kx - ky)}, only in head {sorted(ky - kx)}"
