@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 
-import openenv_game
 import pytest
 from helpers import ROOT, closed_port_url
 from pydantic import TypeAdapter, ValidationError
@@ -27,6 +26,14 @@ from rlvr.scoring import Scorer, generate_and_score
 from rollouts import Completion, Group, SamplingConfig
 from verifiers import Rubric
 from verifiers import get as get_verifier
+
+
+def game():
+    """tests/openenv_game.py, imported when a test first serves it: openenv-core's server imports gradio
+    and fastmcp (seconds), which every other test collection should not pay."""
+    import openenv_game
+
+    return openenv_game
 
 
 def encode(text: str) -> list[int]:
@@ -88,7 +95,7 @@ def serve_in_thread(app):
 
 @pytest.fixture(scope="module")
 def game_url():
-    url, server, thread = serve_in_thread(openenv_game.app)
+    url, server, thread = serve_in_thread(game().app)
     yield url
     server.should_exit = True
     thread.join(10)
@@ -229,11 +236,11 @@ def test_a_game_that_raises_on_the_server_fails_its_episode_and_spares_the_group
 
 
 def test_a_transient_failure_is_retried_on_a_session_replayed_to_where_the_episode_was(game_url):
-    openenv_game.FLAKY["armed"] = True  # the next guess of 11 raises once
+    game().FLAKY["armed"] = True  # the next guess of 11 raises once
     engine = ScriptedEngine([['{"guess": 3}', '{"guess": 11}', '{"guess": 5}']])
     (group,), (scores,) = draw(engine, config(url=game_url, retries=1), n=1)
     (t,) = group.episodes
-    assert not openenv_game.FLAKY["armed"] and t.finish_reason == "stop"
+    assert not game().FLAKY["armed"] and t.finish_reason == "stop"
     assert t.text() == '{"guess": 3}\nhigher\n{"guess": 11}\nlower\n{"guess": 5}' and scores[0].reward == 1.0
 
 
@@ -270,6 +277,7 @@ os.kill(os.getpid(), 9)  # no atexit: the server must notice its parent is gone
 """
 
 
+@pytest.mark.e2e  # starts the server in a child process
 def test_an_app_started_from_its_module_path_starts_once_per_process_and_dies_with_it():
     out = subprocess.run([sys.executable, "-c", SERVE_AND_DIE.format(tests=str(ROOT / "tests"))], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -287,6 +295,7 @@ def test_an_app_started_from_its_module_path_starts_once_per_process_and_dies_wi
         pytest.fail(f"the server {pid} outlived its parent")
 
 
+@pytest.mark.e2e  # starts the server in a child process
 def test_an_app_started_here_plays_episodes_and_stops_on_close():
     from rlvr.envs import openenv as module
 
