@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerFast
 
     from rlvr.config import TrainConfig
     from rlvr.pipeline import ScoredGroup
@@ -272,3 +273,33 @@ def closed_port_url() -> str:
 
 
 JUDGE_TEMPLATE = ROOT / "examples" / "judge" / "arith_rubric.txt"
+
+
+def byte_tokenizer(template: str | None = None, merges: tuple[tuple[str, str], ...] = ()) -> PreTrainedTokenizerFast:
+    """A real (fast) tokenizer built in memory: one token per byte, then one token per pair in ``merges``
+    (``("a", "b")`` makes "ab" one token), an ``<eos>``, and ``template`` as its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast.chat_template = template
+    return fast
+
+
+def train_and_read(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """Train ``cfg`` in this process; its train records (checked to be steps 1..train.steps) and eval records."""
+    from rlvr.logging import read_metrics
+    from rlvr.loop import train
+
+    train(cfg)
+    records = read_metrics(Path(cfg.run_dir) / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in steps] == list(range(1, cfg.train.steps + 1))
+    return steps, [r for r in records if r["kind"] == "eval"]

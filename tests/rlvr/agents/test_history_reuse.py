@@ -6,7 +6,7 @@ writes "ab" as one."""
 from __future__ import annotations
 
 import openai
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from helpers import byte_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from rlvr.agents.sequences import session_sequences
@@ -20,15 +20,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% if m.role 
 
 def merging_tokenizer() -> PreTrainedTokenizerFast:
     """One token per byte, plus the merge 'a' 'b' -> 'ab'."""
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["ab"] = len(vocab)
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b")]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    fast.chat_template = TEMPLATE
-    return fast
+    return byte_tokenizer(TEMPLATE, merges=(("a", "b"),))
 
 
 class SplitEngine(EngineBase):

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import train_and_read
 from pydantic import TypeAdapter
 
 from rlvr.config import ConfigError
@@ -278,19 +279,13 @@ def test_code_repair_on_a_task_without_tests_is_refused_by_the_config(tiny_cfg):
 def test_a_code_repair_run_trains_on_multi_turn_episodes(micro_model, tiny_cfg, tmp_path):
     """Two RL steps on the micro base with pyfunc rows (one visible test, four hidden): its attempts fail the
     visible test, so episodes take more than one turn; rewards come from the hidden tests, nothing breaks."""
-    from rlvr.logging import read_metrics
-    from rlvr.loop import train
 
     cfg = tiny_cfg("task.kind=pyfunc", "task.train_size=40", "env.kind=code_repair", "env.max_turns=2",
                    "env.max_observation_tokens=48", "rewards=null", "engine.kind=static", "alarms.zero_reward_steps=0",
                    model=micro_model, run_dir=tmp_path / "run", **{"train.steps": 2})
-    train(cfg)
-    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    steps = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in steps] == [1, 2]
+    steps, evals = train_and_read(cfg)
     for r in steps:
         assert r["env_errors"] == 0.0 and r["verifier_errors"] == 0 and r["turns_max"] <= 2.0
         assert r["tool_calls_mean"] == pytest.approx(r["turns_mean"])  # each attempt ran the visible test once
     assert any(r["turns_mean"] > 1.0 for r in steps)
-    evals = [r for r in records if r["kind"] == "eval"]
     assert evals and all("reward/code" in r and 1.0 <= r["turns"] <= 2.0 for r in evals)

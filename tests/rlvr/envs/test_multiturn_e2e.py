@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from rlvr.logging import read_metrics
+from helpers import train_and_read
 
 GUESS = ["task.kind=guess_number", "env.kind=guess_number", "env.max_turns=3", "rewards=null"]
 
@@ -78,18 +77,13 @@ def test_learner_trains_on_the_sampled_and_appended_ids_with_the_engines_logprob
 def test_a_guess_number_run_trains_on_episodes(micro_model, tiny_cfg, tmp_path):
     """Two steps of a multi-turn run on the static engine: the parity gate passes on multi-turn batches,
     and the metrics count turns and finish reasons; evaluation counts the greedy episode's turns."""
-    from rlvr.loop import train
 
     cfg = tiny_cfg(*GUESS, "engine.kind=static", model=micro_model, run_dir=tmp_path / "run", **{"train.steps": 2})
-    train(cfg)
-    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    steps = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in steps] == [1, 2]
+    steps, evals = train_and_read(cfg)
     for r in steps:
         assert 1.0 <= r["turns_mean"] <= 3.0 and r["turns_max"] <= 3.0 and r["env_errors"] == 0.0
         assert sum(r[f"finish/{k}"] for k in ("stop", "length", "max_turns", "max_tokens", "context", "env_error")) \
             == pytest.approx(1.0)
         assert r["logp_diff_max"] < 1e-3
     assert any(r["turns_mean"] > 1.0 for r in steps)
-    evals = [r for r in records if r["kind"] == "eval"]
     assert evals and all(1.0 <= r["turns"] <= 3.0 for r in evals)

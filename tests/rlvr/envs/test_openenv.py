@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from helpers import ROOT, closed_port_url
+from helpers import ROOT, closed_port_url, train_and_read
 from pydantic import TypeAdapter, ValidationError
 
 from rlvr.envs import EnvConfig, make_env
@@ -344,17 +344,12 @@ def test_the_samples_of_a_row_must_start_from_the_same_observation():
 def test_two_rl_steps_of_the_micro_base_against_the_served_game(micro_model, tiny_cfg, tmp_path, game_url):
     """A run end to end: the micro base's turns go to the served game as its ``guess`` field, the game's
     reward is the run's (``env_reward``), and two RL steps train on those episodes with the parity gate."""
-    from rlvr.logging import read_metrics
-    from rlvr.loop import train
 
     cfg = tiny_cfg("task.kind=guess_number", "env.kind=openenv", f"env.url={game_url}", "env.reset_fields=[secret]",
                    "env.action_field=guess", "env.observation_field=message", "env.max_turns=3",
                    "rewards=[{verifier: env_reward}]", "engine.kind=static", "train.prompts_per_step=2",
                    model=micro_model, run_dir=tmp_path / "run", **{"train.steps": 2})
-    train(cfg)
-    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    steps = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in steps] == [1, 2]
+    steps, evals = train_and_read(cfg)
     for r in steps:
         assert r["env_errors"] == 0.0 and 1.0 <= r["turns_mean"] <= 3.0 and r["logp_diff_max"] < 1e-3
         assert "reward/env_reward" in r

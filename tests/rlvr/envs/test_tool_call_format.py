@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import train_and_read
 from pydantic import TypeAdapter
 
 from rlvr.envs import EnvConfig, hf_encoder, make_env
@@ -314,8 +315,6 @@ def test_a_chat_run_with_hermes_tool_calls_trains_two_steps(micro_model, tiny_cf
     from transformers import AutoTokenizer
 
     from rlvr.components import build_rubric, load_rows
-    from rlvr.logging import read_metrics
-    from rlvr.loop import train
 
     model = tmp_path / "chat-model"
     shutil.copytree(micro_model, model)
@@ -327,7 +326,5 @@ def test_a_chat_run_with_hermes_tool_calls_trains_two_steps(micro_model, tiny_cf
                    **{"train.steps": 2})
     rows = load_rows(cfg, AutoTokenizer.from_pretrained(model), build_rubric(cfg), str(model), verbose=False).train
     assert rows[0]["prompt_text"].startswith("tools: python\nQ: ") and rows[0]["prompt_text"].endswith("\nA:")
-    train(cfg)
-    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
-    assert [r["step"] for r in steps] == [1, 2]
+    steps, _ = train_and_read(cfg)
     assert all(r["env_errors"] == 0.0 and r["logp_diff_max"] < 1e-3 for r in steps)

@@ -7,10 +7,10 @@ import json
 import threading
 import time
 
+import helpers
 import httpx
 import openai
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from rlvr.serve import Limits, Server, SessionRecords, is_loopback
@@ -26,15 +26,8 @@ TEMPLATE = (
 
 
 def byte_tokenizer(template: str | None = TEMPLATE) -> PreTrainedTokenizerFast:
-    """A real (fast) tokenizer, one token per byte, built in memory."""
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    fast.chat_template = template
-    return fast
+    """One token per byte (tests.helpers.byte_tokenizer), with this file's chat template by default."""
+    return helpers.byte_tokenizer(template)
 
 
 class ScriptEngine(EngineBase):
