@@ -43,6 +43,7 @@ class EngineConfigBase(BaseModel):
     can_sleep: ClassVar[bool] = False  # frees its GPU memory while the learner steps (``sleep`` / ``wake_up``)
     receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.rollout.nccl)
     own_process: ClassVar[bool] = False  # can run its core in a process of its own (``separate_process``)
+    in_flight: ClassVar[bool] = False  # loads weights between two decode steps of a running call (train.async.in_flight)
     # computes on the calling thread's torch pool: the caller sets that thread's thread count (rlvr.pipeline)
     computes_on_caller_thread: ClassVar[bool] = True
 
