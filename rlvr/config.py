@@ -492,6 +492,9 @@ class TrainConfig(Section):
             if not self.engine.in_flight:
                 raise ValueError(f"train.async.in_flight: engine.kind={self.engine.kind} cannot load weights between "
                                  "two decode steps; use engine.kind=static, or in_flight: false")
+            if a.deterministic and c.rollout_workers > 0:
+                raise ValueError("train.async.deterministic with cluster.rollout_workers > 0 is not supported yet (the "
+                                 "fixed load point is kept by the engine in this process); use rollout_workers=0")
             if self.agent is not None:
                 raise ValueError("train.async.in_flight with agent: is not supported yet (the agent's server "
                                  "records one version per call); drop one of them")

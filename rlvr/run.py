@@ -120,7 +120,7 @@ class Run:
                                     self.staleness, worker_threads)
         self._stack.callback(self.pipe.close)
         if tc.async_.enabled and tc.async_.in_flight:  # loads between decode steps (rlvr.pipeline.InFlight)
-            self.pipe.in_flight = InFlight(self.pipe, self.rollouts.engine, self.staleness, tc.steps,
+            self.pipe.in_flight = InFlight(self.pipe, getattr(self.rollouts, "engine", None), self.staleness, tc.steps,
                                            tc.async_.deterministic, tc.async_.update_at)
         self.show = cfg.logging.progress if progress is None else progress
         trackers = open_trackers(cfg.logging.report_to, self.run_dir, yaml.safe_load(self.cfg_yaml),

@@ -185,7 +185,11 @@ class RayRollouts:
             n = os.cpu_count() or 1
             first = (index * self.threads) % n
             cores = ",".join(str((first + k) % n) for k in range(min(self.threads, n)))
+        # train.async.in_flight: a weight load reaches the actor while it draws (on a second thread), and the
+        # engine takes it between two decode steps
+        concurrency = 2 if self.cfg.train.async_.enabled and self.cfg.train.async_.in_flight else 1
         return self._remote.options(num_cpus=0, num_gpus=self.cfg.cluster.gpus_per_worker, name=None, max_restarts=0,
+                                    max_concurrency=concurrency,
                                     runtime_env=ACTOR_RUNTIME_ENV).remote(self.cfg, self.model_dir, index, self.threads,
                                                                       cores, self.transport, self.pinned is not None)
 
