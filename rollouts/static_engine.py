@@ -7,20 +7,27 @@ per sequence per step. This engine does only what sampling needs:
 
 - the weights the learner sends are copied into fused buffers (q/k/v in one matrix, gate/up in one),
   so a layer is two matmuls in and two out;
-- the KV cache is allocated once per batch and written in place. A group's prompt is prefilled and
-  cached once (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each
-  sample's generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``).
-  Decode attention is two CPU flash-attention calls merged through their log-sum-exps: the
-  group's rows over the shared prompt (one call, the rows as extra queries) and each row over its
-  own tokens (see ``_decode_layer``);
-- one decode layer (norms, rotary embedding, cache write, attention, MLP) is one ``torch.compile``d
-  function, so its element-wise work is fused into a few kernels (``compile=False``: eager);
+- the KV cache is allocated once and written in place; it and the per-row work buffers are kept
+  between calls (``_Buffers``). A group's prompt is prefilled and cached once
+  (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each sample's
+  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``). Decode
+  attention is CPU flash-attention calls merged through their log-sum-exps: the group's rows over
+  the shared prompt (one call, the rows as extra queries) and each row over its own tokens;
+- a decode layer is two ``torch.compile``d functions (norms, rotary embedding and q/k/v before the
+  attention; the merge, output projection and MLP after it), so their element-wise work is fused
+  into a few kernels (``compile=False``: eager);
 - sampling draws one uniform per sample per step from its prompt's own generator and inverts the
   CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
-  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary. A prompt's
-  samples depend on its seed only, not on the batch it shares.
-- finished rows leave the batch (their cache rows are dropped, and a group's prompt once all its
-  rows ended) when a quarter of it has finished; ``kv_cache_gib`` bounds one batch's cache.
+  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary;
+- continuous batching (``refill``): rows decode at their own steps; when a quarter of the batch has
+  ended, the batch is compacted and the waiting groups take the freed slots (``_Batch``), so a long
+  tail of responses does not leave the batch narrow. ``refill=False``: shrink-only batching (the next
+  groups start when the batch has drained), for comparison; the samples are the same;
+- a prompt's samples depend on its seed only, not on the batch it shares nor when it entered, bit
+  for bit at one thread: every batch is padded to a multiple of ``ROWS`` rows, and a row attends over
+  exactly its own tokens. At more threads the CPU flash-attention kernel divides a one-query
+  attention between threads by batch size, so log-probs then agree to rounding only (the tokens,
+  in practice, exactly). Within a call, every prompt is left-padded to the call's longest prompt.
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
@@ -174,10 +181,11 @@ def _own_inductor_cache() -> None:
 class StaticCacheEngine(EngineBase):
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
-    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of one batch's
-    KV cache (allocated whole: a long prompt or ``max_tokens`` means fewer groups per batch);
-    ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
-    one-off compile of ~10-30 s; eager when the compile fails, with a warning)."""
+    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of the KV cache
+    (a long prompt or ``max_tokens`` means fewer groups at once; the padding rows of ``ROWS`` come on
+    top); ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
+    one-off compile of ~10-30 s; eager when the compile fails, with a warning); ``refill`` lets
+    waiting groups into a running batch (continuous batching; False: shrink-only)."""
 
     per_prompt_max_tokens = True
 
@@ -428,6 +436,7 @@ class _Batch:
         self.groups: list[int] = []  # per group slot: the call's group index (-1: padding)
         self.queue = deque(range(len(prompt_ids)))
         self.step = 0
+        self._layout = None  # see layout()
 
     @torch.inference_mode()
     def run(self) -> None:
@@ -450,7 +459,7 @@ class _Batch:
         if not live:
             return
         everyone = len(self.row)
-        steps = torch.tensor([self.t(i) for i in range(everyone)])
+        steps = (self.step - torch.tensor(self.entry)).clamp_(max=self.T - 1)
         nxt, lp = sample_inverse_cdf(self.logits[:everyone], self.uniforms[torch.arange(everyone), steps],
                                      self.sampling)
         idx = torch.tensor(live)
@@ -487,6 +496,7 @@ class _Batch:
 
     def compact(self, kept: list[int]) -> None:
         """Keep the slots ``kept`` (ascending), moved to the front in order, and their groups' prompts."""
+        self._layout = None
         k, sel = len(kept), torch.tensor(kept, dtype=torch.long)
         tmax = max((self.t(i) for i in kept), default=0) + 1
         self.gen[:, :, :k, :, :tmax] = self.gen[:, :, sel, :, :tmax]
@@ -505,6 +515,7 @@ class _Batch:
     def admit(self, new: list[int]) -> None:
         """Put the groups ``new`` (and padding groups, until the batch has a multiple of ``ROWS`` rows) at
         the end of the batch: prefill their prompts, draw their uniforms, keep their first logits."""
+        self._layout = None
         pad = 0
         while (len(self.row) + (len(new) + pad) * self.n) % ROWS:
             pad += 1
@@ -556,21 +567,31 @@ class _Batch:
         return e._logits(x[:G, -1])
 
     # -- one decode step -----------------------------------------------------------------
+    def layout(self, rows: int):
+        """What a decode of slots ``0 .. rows`` needs to know of the batch's shape (kept until it changes):
+        each slot's entry step [rows]; the runs of slots that entered together, as (first, end, entry);
+        each slot's place in the [groups, n] grid of ``ask_prompts``; the number of groups."""
+        if self._layout is None or self._layout[0] != rows:
+            runs = []
+            for i, first in enumerate(self.entry[:rows]):
+                if runs and runs[-1][2] == first:
+                    runs[-1][1] = i + 1
+                else:
+                    runs.append([i, i + 1, first])
+            slot = torch.tensor([g * self.n + j for g, j in zip(self.gslot[:rows], self.j[:rows])])
+            # the groups of these rows are the first group slots
+            self._layout = rows, (torch.tensor(self.entry[:rows]), runs, slot, self.gslot[rows - 1] + 1)
+        return self._layout[1]
+
     def decode(self, rows: int) -> None:
         """Feed slots ``0 .. rows`` their latest token; their next-token logits into ``self.logits``."""
-        e, n = self.e, self.n
-        steps = [self.t(i) for i in range(rows)]
-        runs = []  # (first slot, end, step) of each run of rows that share their step
-        for i, t in enumerate(steps):
-            if runs and runs[-1][2] == t and self.entry[runs[-1][0]] == self.entry[i]:
-                runs[-1][1] = i + 1
-            else:
-                runs.append([i, i + 1, t])
+        e = self.e
+        entry, runs, slot, groups = self.layout(rows)
+        steps = (self.step - entry).clamp_(max=self.T - 1)
+        runs = [(a, b, min(self.step - first, self.T - 1)) for a, b, first in runs]
         x = e.embed[self.cur[:rows]]
-        cos, sin = e._rope((self.plen[:rows] + torch.tensor(steps))[:, None])
+        cos, sin = e._rope((self.plen[:rows] + steps)[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
-        groups = self.gslot[rows - 1] + 1  # the groups of these rows are the first group slots
-        slot = torch.tensor([g * n + j for g, j in zip(self.gslot[:rows], self.j[:rows])])
         before, after = e._layer_fns()
         for layer, w in enumerate(e.layers):
             q, k, v = before(x, w, cos, sin)
