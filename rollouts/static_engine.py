@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 import warnings
 from collections import deque
@@ -217,6 +218,7 @@ class StaticCacheEngine(EngineBase):
         self._decode_fns = None
         self.refill = refill
         self._buffers = _Buffers()
+        self._buffers_busy = threading.Lock()
         self.startup_s = time.perf_counter() - t0
         self.last_sync_path = "copy"
 
@@ -307,7 +309,14 @@ class StaticCacheEngine(EngineBase):
         width = max(map(len, prompt_ids))
         capacity = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(width,
                                                                                                           sampling))))
-        _Batch(self, prompt_ids, seeds, sampling, capacity, width, finished).run()
+        # the kept buffers serve one call at a time; a call made while another runs (another thread) gets its own
+        own = self._buffers_busy.acquire(blocking=False)
+        try:
+            _Batch(self, self._buffers if own else _Buffers(), prompt_ids, seeds, sampling, capacity, width,
+                   finished).run()
+        finally:
+            if own:
+                self._buffers_busy.release()
         return groups
 
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
@@ -411,14 +420,14 @@ class _Batch:
     tokens is one flash-attention call per such run, over exactly that row's tokens. Nothing a row
     computes depends on which other rows share the batch or when it entered."""
 
-    def __init__(self, engine: StaticCacheEngine, prompt_ids: list[list[int]], seeds: list[int],
+    def __init__(self, engine: StaticCacheEngine, buffers: _Buffers, prompt_ids: list[list[int]], seeds: list[int],
                  sampling: SamplingConfig, capacity: int, width: int, finished):
         e = self.e = engine
         self.prompt_ids, self.seeds, self.sampling, self.finished = prompt_ids, seeds, sampling, finished
         self.limits = list(sampling.max_tokens_each or [sampling.max_tokens] * len(prompt_ids))
         self.n, self.T, self.W, self.capacity = sampling.n, sampling.max_tokens, width, capacity
         rows, gslots = capacity * self.n + ROWS * (self.n + 1), capacity + 2 * ROWS
-        shape, buf = (e.kv_heads, e.head_dim), e._buffers
+        shape, buf = (e.kv_heads, e.head_dim), buffers
         self.gen = buf.view("gen_kv", (len(e.layers), 2, rows, shape[0], self.T, shape[1]), e.dtype)
         self.prompt = buf.view("prompt_kv", (len(e.layers), 2, gslots, shape[0], width, shape[1]), e.dtype)
         self.pmask = buf.view("prompt_mask", (gslots, 1, 1, width), e.dtype)
