@@ -136,8 +136,20 @@ def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: in
 
 
 def _attend(q, k, v, mask=None):
-    """Attention output and its log-sum-exp per query (float32), from the CPU flash kernel."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    """Attention output and its log-sum-exp per query (float32). At one thread, the CPU flash kernel;
+    at more, that kernel divides a one-query attention between threads in a way that depends on the
+    batch (a row's output changes with the batch size and the row's place in it), so the same
+    softmax is spelled out in batched matmuls and row-wise reductions, which compute each row alike
+    in any batch."""
+    if torch.get_num_threads() == 1:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, Q, L]
+    if mask is not None:
+        scores = scores + mask
+    top = scores.amax(-1, keepdim=True)
+    p = (scores - top).exp_()
+    total = p.sum(-1, keepdim=True)
+    return ((p @ v.float()) / total).to(q.dtype), (top + total.log()).squeeze(-1)
 
 
 def _decode_in(x, w: _Layer, cos, sin, heads: int, kv_heads: int, eps: float):

@@ -161,15 +161,13 @@ def test_kv_budget_splits_batches_without_changing_samples(micro_model):
             == [c.token_ids for g in tight.generate(PROMPTS, s) for c in g.completions])
 
 
-@pytest.fixture
-def one_thread():
-    """The CPU flash-attention kernel splits a one-query attention across threads by batch size, so a
-    row's log-probs are bit-for-bit independent of its batch at one thread (``train.threads=1``, the
-    deterministic setting); at more threads only up to rounding."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """One thread (the flash-attention kernel) and two (the spelled-out attention, see ``_attend``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 def samples(groups) -> list[list[tuple[list[int], torch.Tensor, str]]]:
@@ -188,7 +186,7 @@ LONG_TAIL = PROMPTS * 3  # 12 prompts of four lengths
 
 
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_refilled_rows_sample_what_one_batch_samples(micro_model, one_thread, compile):
+def test_refilled_rows_sample_what_one_batch_samples(micro_model, threads, compile):
     """Continuous batching: with room for two groups at a time, finished groups' slots are refilled
     from the queue (rows entering at many different steps, beside rows at other steps); every row's
     token ids and log-probs are bit-for-bit those of one batch holding every group, of shrink-only
