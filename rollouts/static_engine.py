@@ -24,10 +24,9 @@ per sequence per step. This engine does only what sampling needs:
   tail of responses does not leave the batch narrow. ``refill=False``: shrink-only batching (the next
   groups start when the batch has drained), for comparison; the samples are the same;
 - a prompt's samples depend on its seed only, not on the batch it shares nor when it entered, bit
-  for bit at one thread: every batch is padded to a multiple of ``ROWS`` rows, and a row attends over
-  exactly its own tokens. At more threads the CPU flash-attention kernel divides a one-query
-  attention between threads by batch size, so log-probs then agree to rounding only (the tokens,
-  in practice, exactly). Within a call, every prompt is left-padded to the call's longest prompt.
+  for bit: every batch is padded to a multiple of ``ROWS`` rows, a row attends over exactly its own
+  tokens, and at more than one thread the attention is spelled out (see ``_attend``). Within a
+  call, every prompt is left-padded to the call's longest prompt.
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
