@@ -34,6 +34,7 @@ class EngineBase:
     last_sync_s: float = 0.0
     last_sync_path: str = ""  # how the latest load went, where an engine has more than one way
     last_group_latencies: list[float]
+    per_prompt_max_tokens: bool = False  # honours SamplingConfig.max_tokens_each
 
     def _set_tokenizer(self, tokenizer) -> None:
         """The engine's tokenizer; EOS from it, and padding with its pad token (EOS when it has none)."""
@@ -53,6 +54,13 @@ class EngineBase:
         prompt_ids = self.prompt_ids(prompts)
         texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
         seeds = sampling.prompt_seeds(len(prompts))
+        if sampling.max_tokens_each is not None:
+            if not self.per_prompt_max_tokens:
+                raise ValueError(f"SamplingConfig.max_tokens_each: {type(self).__name__} has one max_tokens per call; "
+                                 "the static engine takes one per prompt")
+            if len(sampling.max_tokens_each) != len(prompts):
+                raise ValueError(f"SamplingConfig.max_tokens_each: {len(sampling.max_tokens_each)} limits for "
+                                 f"{len(prompts)} prompts")
         latencies = [0.0] * len(prompts)
         t0 = time.perf_counter()
 

@@ -7,20 +7,26 @@ per sequence per step. This engine does only what sampling needs:
 
 - the weights the learner sends are copied into fused buffers (q/k/v in one matrix, gate/up in one),
   so a layer is two matmuls in and two out;
-- the KV cache is allocated once per batch and written in place. A group's prompt is prefilled and
-  cached once (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each
-  sample's generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``).
-  Decode attention is two CPU flash-attention calls merged through their log-sum-exps: the
-  group's rows over the shared prompt (one call, the rows as extra queries) and each row over its
-  own tokens (see ``_decode_layer``);
-- one decode layer (norms, rotary embedding, cache write, attention, MLP) is one ``torch.compile``d
-  function, so its element-wise work is fused into a few kernels (``compile=False``: eager);
+- the KV cache is allocated once and written in place; it and the per-row work buffers are kept
+  between calls (``_Buffers``). A group's prompt is prefilled and cached once
+  (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each sample's
+  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``). Decode
+  attention is CPU flash-attention calls merged through their log-sum-exps: the group's rows over
+  the shared prompt (one call, the rows as extra queries) and each row over its own tokens;
+- a decode layer is two ``torch.compile``d functions (norms, rotary embedding and q/k/v before the
+  attention; the merge, output projection and MLP after it), so their element-wise work is fused
+  into a few kernels (``compile=False``: eager);
 - sampling draws one uniform per sample per step from its prompt's own generator and inverts the
   CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
-  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary. A prompt's
-  samples depend on its seed only, not on the batch it shares.
-- finished rows leave the batch (their cache rows are dropped, and a group's prompt once all its
-  rows ended) when a quarter of it has finished; ``kv_cache_gib`` bounds one batch's cache.
+  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary;
+- continuous batching (``refill``): rows decode at their own steps; when a quarter of the batch has
+  ended, the batch is compacted and the waiting groups take the freed slots (``_Batch``), so a long
+  tail of responses does not leave the batch narrow. ``refill=False``: shrink-only batching (the next
+  groups start when the batch has drained), for comparison; the samples are the same;
+- a prompt's samples depend on its seed only, not on the batch it shares nor when it entered, bit
+  for bit: every batch is padded to a multiple of ``ROWS`` rows, a row attends over exactly its own
+  tokens, and at more than one thread the attention is spelled out (see ``_attend``). Within a
+  call, every prompt is left-padded to the call's longest prompt.
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
@@ -30,9 +36,12 @@ every engine here returns them.
 
 from __future__ import annotations
 
+import math
 import secrets
+import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -44,6 +53,17 @@ from rollouts.sampling import sample_inverse_cdf
 from rollouts.types import DTYPES, Completion, Group, OnGroup, SamplingConfig, cut_at_stop, prompt_seeds
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+# Every batch the engine computes on has a multiple of this many rows (padded with ended rows or
+# repeated prompts), so that a row's numbers do not depend on how many rows share it: CPU GEMM
+# libraries take other code paths for a few rows (MKL on AVX2: 1-3 rows at one thread, up to 11 at
+# two, round differently from 12 or more), and an element-wise op computes the tail of a tensor
+# that does not fill its last vector register with scalar code (sigmoid, exp: other roundings).
+# 16 floats fill an AVX-512 register.
+ROWS = 16
+
+
+def _round_up(k: int, multiple: int = ROWS) -> int:
+    return -(-k // multiple) * multiple
 
 
 class _Layer(NamedTuple):
@@ -115,41 +135,40 @@ def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: in
 
 
 def _attend(q, k, v, mask=None):
-    """Attention output and its log-sum-exp per query (float32), from the CPU flash kernel."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    """Attention output and its log-sum-exp per query (float32). At one thread, the CPU flash kernel;
+    at more, that kernel divides a one-query attention between threads in a way that depends on the
+    batch (a row's output changes with the batch size and the row's place in it), so the same
+    softmax is spelled out in batched matmuls and row-wise reductions, which compute each row alike
+    in any batch."""
+    if torch.get_num_threads() == 1:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, Q, L]
+    if mask is not None:
+        scores = scores + mask
+    top = scores.amax(-1, keepdim=True)
+    p = (scores - top).exp_()
+    total = p.sum(-1, keepdim=True)
+    return ((p @ v.float()) / total).to(q.dtype), (top + total.log()).squeeze(-1)
 
 
-def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n: int, heads: int, kv_heads: int,
-                  eps: float):
-    """One decoder layer for one new token per row (``x`` [B, 1, hidden], the token at generated
-    position ``t``), attending over its prompt and its own generated tokens.
-
-    The prompt's keys and values are kept once per group (``kp``/``vp`` [G, kv_heads, W, head_dim],
-    ``pmask`` [G, 1, 1, W] additive: -inf on left padding), not once per sample: the rows of a
-    group ask their prompt together, as ``n`` x (heads per KV head) queries of one attention call
-    (row ``i`` sits in slot ``slot[i]`` of the [G, n] grid). Each row's generated keys and values
-    (``kg``/``vg`` [B, kv_heads, T, head_dim]) are its own. The two softmaxes are merged through
-    their log-sum-exps, which is the softmax over all keys."""
-    B = x.shape[0]
-    G, d, r = kp.shape[0], kg.shape[-1], heads // kv_heads
-    h = F.linear(_rms(x[:, 0], w.norm1, eps), w.qkv, w.qkv_bias)
+def _decode_in(x, w: _Layer, cos, sin, heads: int, kv_heads: int, eps: float):
+    """A decode layer up to attention, for one new token per row (``x`` [B, hidden]): the query
+    [B, kv_heads, heads per KV head, head_dim] and the new key and value [B, kv_heads, head_dim]."""
+    B, d = x.shape[0], cos.shape[-1]
+    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
     q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
     q, k = q.view(B, heads, d), k.view(B, kv_heads, d)
     if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
         q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
-    q, k = _rotate(q, cos, sin).view(B, kv_heads, r, d), _rotate(k, cos, sin)
-    kg[:, :, t : t + 1] = k[:, :, None]  # a slice, not an index: the compiled graph keeps t symbolic
-    vg[:, :, t : t + 1] = v.view(B, kv_heads, 1, d)
-    own, own_lse = _attend(q, kg[:, :, : t + 1], vg[:, :, : t + 1])
-    grid = q.new_zeros(G * n, kv_heads, r, d)
-    grid[slot] = q
-    grid = grid.view(G, n, kv_heads, r, d).transpose(1, 2).reshape(G, kv_heads, n * r, d)
-    shared, shared_lse = _attend(grid, kp, vp, pmask)
-    shared = shared.view(G, kv_heads, n, r, d).transpose(1, 2).reshape(G * n, kv_heads, r, d)[slot]
-    shared_lse = shared_lse.view(G, kv_heads, n, r).transpose(1, 2).reshape(G * n, kv_heads, r)[slot]
-    share = torch.sigmoid(shared_lse - own_lse)[..., None]  # the prompt's part of the whole softmax
+    return _rotate(q, cos, sin).view(B, kv_heads, heads // kv_heads, d), _rotate(k, cos, sin), v.view(B, kv_heads, d)
+
+
+def _decode_out(x, w: _Layer, shared, shared_lse, own, own_lse, eps: float):
+    """The rest of a decode layer: the two attentions merged through their log-sum-exps (the prompt's
+    share of the whole softmax is ``sigmoid(lse_prompt - lse_own)``), the output projection and the MLP."""
+    share = torch.sigmoid(shared_lse - own_lse)[..., None]
     o = (shared.float() * share + own.float() * (1 - share)).to(x.dtype)
-    x = x + F.linear(o.reshape(B, 1, heads * d), w.o)
+    x = x + F.linear(o.reshape(x.shape[0], -1), w.o)
     gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
     return x + F.linear(F.silu(gate) * up, w.down)
 
@@ -174,13 +193,16 @@ def _own_inductor_cache() -> None:
 class StaticCacheEngine(EngineBase):
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
-    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of one batch's
-    KV cache (allocated whole: a long prompt or ``max_tokens`` means fewer groups per batch);
-    ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
-    one-off compile of ~10-30 s; eager when the compile fails, with a warning)."""
+    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of the KV cache
+    (a long prompt or ``max_tokens`` means fewer groups at once; the padding rows of ``ROWS`` come on
+    top); ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
+    one-off compile of ~10-30 s; eager when the compile fails, with a warning); ``refill`` lets
+    waiting groups into a running batch (continuous batching; False: shrink-only)."""
+
+    per_prompt_max_tokens = True
 
     def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, kv_cache_gib: float = 2.0,
-                 threads: int = 0, compile: bool = True, model=None):
+                 threads: int = 0, compile: bool = True, refill: bool = True, model=None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
@@ -204,7 +226,10 @@ class StaticCacheEngine(EngineBase):
         self.kv_cache_bytes = kv_cache_gib * 2**30
         self._build(model)
         self._compile = compile
-        self._decode_layer = self._eager_layer = None
+        self._decode_fns = None
+        self.refill = refill
+        self._buffers = _Buffers()
+        self._buffers_busy = threading.Lock()
         self.startup_s = time.perf_counter() - t0
         self.last_sync_path = "copy"
 
@@ -272,6 +297,7 @@ class StaticCacheEngine(EngineBase):
 
     def close(self) -> None:
         self.layers, self.targets = [], {}
+        self._buffers = _Buffers()
 
     # -- generation -------------------------------------------------------------------
     def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
@@ -290,12 +316,18 @@ class StaticCacheEngine(EngineBase):
             if missing[g] == 0:
                 on_group(g, groups[g])
 
-        # whole groups per batch, so a group's rows share its generator's draws
-        per_batch = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(
-            max(map(len, prompt_ids)), sampling))))
-        for start in range(0, len(prompt_ids), per_batch):
-            idx = range(start, min(len(prompt_ids), start + per_batch))
-            self._decode([prompt_ids[g] for g in idx], [seeds[g] for g in idx], list(idx), sampling, finished)
+        # whole groups in the batch, so a group's rows share its prompt's cache and generator
+        width = max(map(len, prompt_ids))
+        capacity = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(width,
+                                                                                                          sampling))))
+        # the kept buffers serve one call at a time; a call made while another runs (another thread) gets its own
+        own = self._buffers_busy.acquire(blocking=False)
+        try:
+            _Batch(self, self._buffers if own else _Buffers(), prompt_ids, seeds, sampling, capacity, width,
+                   finished).run()
+        finally:
+            if own:
+                self._buffers_busy.release()
         return groups
 
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
@@ -303,22 +335,26 @@ class StaticCacheEngine(EngineBase):
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
         return per_position * (width + sampling.n * sampling.max_tokens)
 
-    def _layer_fn(self):
-        """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
-        if self._decode_layer is None:
+    def _layer_fns(self):
+        """The decode layer's two halves around its attention, with the head counts and eps bound as
+        constants, compiled on first use."""
+        if self._decode_fns is None:
             heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
 
-            def step(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n):
-                return _decode_layer(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n, heads, kv_heads, eps)
+            def before(x, w, cos, sin):
+                return _decode_in(x, w, cos, sin, heads, kv_heads, eps)
 
-            self._decode_layer = self._eager_layer = step
+            def after(x, w, shared, shared_lse, own, own_lse):
+                return _decode_out(x, w, shared, shared_lse, own, own_lse, eps)
+
+            self._decode_fns = before, after
             if self._compile:
                 _own_inductor_cache()
                 try:
-                    self._decode_layer = torch.compile(step, dynamic=True)
+                    self._decode_fns = torch.compile(before, dynamic=True), torch.compile(after, dynamic=True)
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
                     warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
-        return self._decode_layer
+        return self._decode_fns
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, S, head_dim] for ``positions`` [B, S], computed in float32 as transformers does."""
@@ -327,102 +363,282 @@ class StaticCacheEngine(EngineBase):
         return emb.cos()[:, None].to(self.dtype), emb.sin()[:, None].to(self.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms(x, self.norm, self.eps), self.head).float()
+        """Float32 logits of ``x`` [B, hidden], B padded to a multiple of ``ROWS`` (see there)."""
+        rows = x.shape[0]
+        if rows % ROWS:
+            x = torch.cat([x, x[:1].expand(_round_up(rows) - rows, -1)])
+        return F.linear(_rms(x, self.norm, self.eps), self.head).float()[:rows]
 
-    @torch.inference_mode()
-    def _decode(self, prompt_ids: list[list[int]], seeds: list[int], group_idx: list[int], sampling: SamplingConfig,
-                finished) -> None:
-        n, T = sampling.n, sampling.max_tokens
-        G, width = len(prompt_ids), max(map(len, prompt_ids))
-        B = G * n
-        ids = torch.full((G, width), self.pad_id, dtype=torch.long)
-        valid = torch.ones(G, width, dtype=torch.bool)  # prompt positions that are not left padding
-        for g, seq in enumerate(prompt_ids):
-            ids[g, width - len(seq) :] = torch.tensor(seq)
-            valid[g, : width - len(seq)] = False
-        plen = torch.tensor([len(s) for s in prompt_ids])
-        # each prompt's uniforms for all steps, drawn from its own generator: [B, T]
-        uniforms = torch.cat([torch.rand(n, T, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        rows = [(group_idx[g], j) for g in range(G) for j in range(n)]  # row -> (group, sample)
-        out_ids = torch.empty(B, T, dtype=torch.long)
-        out_lp = torch.empty(B, T, dtype=torch.float32)
-        stop_tail = max((len(s) for s in sampling.stop), default=0) + 8
-        layer = self._layer_fn()
-
-        # prefill, once per group: causal over the prompt's own tokens; a pad query attends to itself
-        positions = (torch.arange(width)[None] - (width - plen)[:, None]).clamp(min=0)
-        mask = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :]
-        mask = (mask | torch.eye(width, dtype=torch.bool)[None])[:, None]
-        cos, sin = self._rope(positions)
-        x = self.embed[ids]
-        prompt_kv = []
-        for w in self.layers:
-            kp = torch.empty(G, self.kv_heads, width, self.head_dim, dtype=self.dtype)
-            vp = torch.empty_like(kp)
-            x = _layer(x, w, kp, vp, cos, sin, 0, mask, self.heads, self.kv_heads, self.eps, self.heads != self.kv_heads)
-            prompt_kv.append((kp, vp))
-        logits = self._logits(x[:, -1]).repeat_interleave(n, 0)
-        pmask = torch.zeros(G, 1, 1, width, dtype=self.dtype).masked_fill_(~valid[:, None, None, :], float("-inf"))
-        gen_kv = [(torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype),
-                   torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype)) for _ in self.layers]
-        row_plen = plen.repeat_interleave(n)
-        alive = list(range(B))  # the original row of each batch row
-        slot = torch.arange(B)  # each batch row's place in the [groups still running, n] grid
-        kept_groups = list(range(G))  # the prompts whose keys and values prompt_kv holds
-        ended = [False] * B
-        for t in range(T):
-            nxt, out_lp[alive, t] = sample_inverse_cdf(logits, uniforms[alive, t], sampling)
-            out_ids[alive, t] = nxt
-            for row in self._ended_now(alive, t, nxt, out_ids, ended, sampling, stop_tail):
-                ended[row] = True
-                finished(rows[row], self._completion(out_ids[row, : t + 1], out_lp[row, : t + 1], "stop", sampling))
-            keep = [not ended[row] for row in alive]
-            if t == T - 1 or not any(keep):
-                break
-            if sum(keep) <= 0.75 * len(keep):  # drop ended rows (and groups): they stop costing reads
-                sel = torch.tensor([p for p, k in enumerate(keep) if k])
-                alive = [row for row, k in zip(alive, keep) if k]
-                groups = sorted({row // n for row in alive})  # the prompts (of this batch) still running
-                gsel = torch.tensor([kept_groups.index(g) for g in groups])
-                kept_groups = groups
-                place = {g: i for i, g in enumerate(groups)}
-                slot = torch.tensor([place[row // n] * n + row % n for row in alive])
-                gen_kv = [(kg.index_select(0, sel), vg.index_select(0, sel)) for kg, vg in gen_kv]
-                prompt_kv = [(kp.index_select(0, gsel), vp.index_select(0, gsel)) for kp, vp in prompt_kv]
-                pmask = pmask.index_select(0, gsel)
-                nxt = nxt[sel]
-            x = self.embed[nxt][:, None]
-            cos, sin = self._rope((row_plen[alive] + t)[:, None])
-            cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
-            # sizes of 1 (the first step's own key, a last group, a last row) would each cost the
-            # compiled layer a specialised recompile: those steps run eagerly
-            fn = layer if t > 0 and len(kept_groups) > 1 and len(alive) > 1 else self._eager_layer
-            for w, (kp, vp), (kg, vg) in zip(self.layers, prompt_kv, gen_kv):
-                x = fn(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n)
-            logits = self._logits(x[:, -1])
-        for row in range(B):
-            if not ended[row]:
-                finished(rows[row], self._completion(out_ids[row], out_lp[row], "length", sampling))
-
-    def _ended_now(self, alive: list[int], t: int, nxt: torch.Tensor, out_ids: torch.Tensor, ended: list[bool],
-                   sampling: SamplingConfig, stop_tail: int) -> list[int]:
-        """Rows (original indices) still running that end at step ``t``: EOS, or a stop string in the
-        text of their last tokens."""
+    def _ended_now(self, live: list[int], steps: list[int], nxt: torch.Tensor, out_ids: torch.Tensor,
+                   sampling: SamplingConfig) -> list[int]:
+        """Which of the rows ``live`` (batch slots; ``steps``: each one's step) end at this step: EOS, or a
+        stop string in the text of their last tokens. Positions in ``live``."""
         eos = set(torch.nonzero(nxt == self.eos_id).flatten().tolist()) if not sampling.ignore_eos else set()
+        if not sampling.stop:
+            return sorted(eos)
+        tail_len = max(len(s) for s in sampling.stop) + 8
         out = []
-        for pos, row in enumerate(alive):
-            if ended[row]:
-                continue
+        for pos, (row, t) in enumerate(zip(live, steps)):
             if pos in eos:
-                out.append(row)
-            elif sampling.stop:
-                tail = self.tokenizer.decode(out_ids[row, max(0, t + 1 - stop_tail) : t + 1].tolist(),
-                                             skip_special_tokens=True)
-                if any(s in tail for s in sampling.stop):
-                    out.append(row)
+                out.append(pos)
+                continue
+            tail = self.tokenizer.decode(out_ids[row, max(0, t + 1 - tail_len) : t + 1].tolist(), skip_special_tokens=True)
+            if any(s in tail for s in sampling.stop):
+                out.append(pos)
         return out
 
     def _completion(self, ids: torch.Tensor, lps: torch.Tensor, reason: str, sampling: SamplingConfig) -> Completion:
         token_ids = ids.tolist()
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True) if sampling.detokenize else ""
         return Completion(cut_at_stop(text, sampling.stop), token_ids, lps.tolist(), reason)
+
+
+class _Buffers:
+    """The engine's KV cache and per-row work buffers, kept between ``generate`` calls: each is one flat
+    tensor, allocated when a call first needs it, grown (never shrunk) when a later call needs more,
+    and viewed in each call's shapes. Buffers over glibc's mmap threshold (32 MiB) that were freed after
+    every call were mapped afresh each time and page-faulted again on first touch; kept, they are
+    faulted once. ``close`` drops them."""
+
+    def __init__(self):
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def view(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self.flat.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            self.flat.pop(name, None)  # free the old one before the new one is allocated
+            buf = self.flat[name] = torch.empty(numel, dtype=dtype)
+        return buf[:numel].view(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.flat.values())
+
+
+class _Batch:
+    """One ``generate`` call's decode: the rows in the batch, in slot order, and the groups waiting.
+
+    Row ``i`` of the batch is slot ``i`` of every per-row buffer; a group's ``n`` rows enter together
+    at the end, after the rows already there, and its prompt takes the next group slot. A row that
+    ends stays in its slot (decoded, its results unused) until a quarter of the batch has ended; then
+    the batch is compacted in order (the rows still running, and enough ended ones to keep
+    a multiple of ``ROWS``) and, with ``engine.refill``, topped up with waiting groups: continuous batching.
+    Without it, the next groups enter only once every row has ended (shrink-only batching).
+
+    Each row has its own step (tokens sampled so far), which is its cache position, its rotary
+    position and the index of its uniform. Rows that entered together share their step and sit next
+    to each other (entering appends, compacting keeps order), so the attention over the rows' own
+    tokens is one flash-attention call per such run, over exactly that row's tokens. Nothing a row
+    computes depends on which other rows share the batch or when it entered."""
+
+    def __init__(self, engine: StaticCacheEngine, buffers: _Buffers, prompt_ids: list[list[int]], seeds: list[int],
+                 sampling: SamplingConfig, capacity: int, width: int, finished):
+        e = self.e = engine
+        self.prompt_ids, self.seeds, self.sampling, self.finished = prompt_ids, seeds, sampling, finished
+        self.limits = list(sampling.max_tokens_each or [sampling.max_tokens] * len(prompt_ids))
+        self.n, self.T, self.W, self.capacity = sampling.n, sampling.max_tokens, width, capacity
+        rows, gslots = capacity * self.n + ROWS * (self.n + 1), capacity + 2 * ROWS
+        shape, buf = (e.kv_heads, e.head_dim), buffers
+        self.gen = buf.view("gen_kv", (len(e.layers), 2, rows, shape[0], self.T, shape[1]), e.dtype)
+        self.prompt = buf.view("prompt_kv", (len(e.layers), 2, gslots, shape[0], width, shape[1]), e.dtype)
+        self.pmask = buf.view("prompt_mask", (gslots, 1, 1, width), e.dtype)
+        self.uniforms = buf.view("uniforms", (rows, self.T), torch.float32)
+        self.out_ids = buf.view("token_ids", (rows, self.T), torch.long)
+        self.out_lp = buf.view("logprobs", (rows, self.T), torch.float32)
+        self.logits = buf.view("logits", (rows, e.head.shape[0]), torch.float32)
+        self.cur = buf.view("tokens", (rows,), torch.long)  # each row's latest token
+        self.plen = buf.view("prompt_lens", (rows,), torch.long)
+        self.row: list[tuple[int, int] | None] = []  # per slot: (group, sample); None: padding
+        self.gslot: list[int] = []  # per slot: its group's slot
+        self.j: list[int] = []  # per slot: which of its group's n rows it is
+        self.entry: list[int] = []  # per slot: the step at which it samples its first token
+        self.done: list[bool] = []  # per slot: ended (or padding)
+        self.groups: list[int] = []  # per group slot: the call's group index (-1: padding)
+        self.queue = deque(range(len(prompt_ids)))
+        self.step = 0
+        self._layout = None  # see layout()
+
+    @torch.inference_mode()
+    def run(self) -> None:
+        while self.queue or not all(self.done):
+            old = self.reshape()
+            if not all(self.done[:old]):
+                self.decode(old)
+            self.step += 1
+            self.sample()
+
+    def t(self, i: int) -> int:
+        """Slot ``i``'s step (an ended row's stops at the last position)."""
+        return min(self.step - self.entry[i], self.T - 1)
+
+    # -- sampling -----------------------------------------------------------------------
+    def sample(self) -> None:
+        """Each running row draws its next token from its logits and its uniform for its step. Every row
+        of the batch is drawn (a multiple of ``ROWS``), the ended ones' draws thrown away."""
+        live = [i for i, d in enumerate(self.done) if not d]
+        if not live:
+            return
+        everyone = len(self.row)
+        steps = (self.step - torch.tensor(self.entry)).clamp_(max=self.T - 1)
+        nxt, lp = sample_inverse_cdf(self.logits[:everyone], self.uniforms[torch.arange(everyone), steps],
+                                     self.sampling)
+        idx = torch.tensor(live)
+        pos, nxt, lp = steps[idx], nxt[idx], lp[idx]
+        self.out_ids[idx, pos], self.out_lp[idx, pos], self.cur[idx] = nxt, lp, nxt
+        steps = pos.tolist()
+        stopped = set(self.e._ended_now(live, steps, nxt, self.out_ids, self.sampling))
+        for p, (i, t) in enumerate(zip(live, steps)):
+            g, j = self.row[i]
+            if p in stopped or t + 1 == self.limits[g]:
+                self.done[i] = True
+                reason = "stop" if p in stopped else "length"
+                self.finished((g, j), self.e._completion(self.out_ids[i, : t + 1], self.out_lp[i, : t + 1], reason,
+                                                         self.sampling))
+
+    # -- the batch's shape ----------------------------------------------------------------
+    def reshape(self) -> int:
+        """Compact the batch and let waiting groups in, when it is time (see the class docstring).
+        Returns how many slots (the first ones) hold rows that were there before this step."""
+        live = [i for i, d in enumerate(self.done) if not d]
+        admit = 0
+        if self.queue and (self.e.refill or not live):
+            admit = min(len(self.queue), self.capacity - len({self.gslot[i] for i in live}))
+        dead = [i for i, d in enumerate(self.done) if d]
+        kept = sorted(live + dead[: _round_up(len(live)) - len(live)])
+        if live and len(kept) > 0.75 * len(self.row):
+            return len(self.row)  # not yet: a quarter of the batch has not ended
+        if len(kept) < len(self.row):
+            self.compact(kept)
+        old = len(self.row)
+        if admit:
+            self.admit([self.queue.popleft() for _ in range(admit)])
+        return old
+
+    def compact(self, kept: list[int]) -> None:
+        """Keep the slots ``kept`` (ascending), moved to the front in order, and their groups' prompts."""
+        self._layout = None
+        k, sel = len(kept), torch.tensor(kept, dtype=torch.long)
+        tmax = max((self.t(i) for i in kept), default=0) + 1
+        self.gen[:, :, :k, :, :tmax] = self.gen[:, :, sel, :, :tmax]
+        for b in (self.uniforms, self.out_ids, self.out_lp, self.cur, self.plen):  # (logits: all consumed)
+            b[:k] = b[sel]
+        gkept = sorted({self.gslot[i] for i in kept})
+        place = {g: p for p, g in enumerate(gkept)}
+        gsel = torch.tensor(gkept, dtype=torch.long)
+        self.prompt[:, :, : len(gkept)] = self.prompt[:, :, gsel]
+        self.pmask[: len(gkept)] = self.pmask[gsel]
+        self.row, self.j, self.entry, self.done = ([xs[i] for i in kept] for xs in (self.row, self.j, self.entry,
+                                                                                    self.done))
+        self.gslot = [place[self.gslot[i]] for i in kept]
+        self.groups = [self.groups[g] for g in gkept]
+
+    def admit(self, new: list[int]) -> None:
+        """Put the groups ``new`` (and padding groups, until the batch has a multiple of ``ROWS`` rows) at
+        the end of the batch: prefill their prompts, draw their uniforms, keep their first logits."""
+        self._layout = None
+        pad = 0
+        while (len(self.row) + (len(new) + pad) * self.n) % ROWS:
+            pad += 1
+        new = new + [-1] * pad  # padding: the first new prompt again, its rows ended from the start
+        r0, g0, n = len(self.row), len(self.groups), self.n
+        ids = [self.prompt_ids[g if g >= 0 else new[0]] for g in new]
+        logits = self.prefill(ids, g0)
+        self.logits[r0 : r0 + len(new) * n] = logits.repeat_interleave(n, 0)
+        self.plen[r0 : r0 + len(new) * n] = torch.tensor([len(p) for p in ids]).repeat_interleave(n)
+        self.cur[r0 : r0 + len(new) * n] = self.e.pad_id
+        for k, g in enumerate(new):
+            rows = slice(r0 + k * n, r0 + (k + 1) * n)
+            if g >= 0:  # each prompt's uniforms for all steps, from its own generator: [n, T]
+                self.uniforms[rows] = torch.rand(n, self.T, generator=torch.Generator().manual_seed(self.seeds[g]))
+            else:
+                self.uniforms[rows] = 0.5
+            self.row += [(g, j) if g >= 0 else None for j in range(n)]
+            self.gslot += [g0 + k] * n
+            self.j += list(range(n))
+            self.entry += [self.step + 1] * n
+            self.done += [g < 0] * n
+            self.groups.append(g)
+
+    def prefill(self, ids: list[list[int]], g0: int) -> torch.Tensor:
+        """Prefill the prompts ``ids`` (left-padded to the call's width) into group slots ``g0 ...``;
+        their next-token logits [len(ids), vocab]. Causal over each prompt's own tokens (a pad query
+        attends to itself); groups are repeated until the tokens are a multiple of ``ROWS``."""
+        e, W, G = self.e, self.W, len(ids)
+        ids = ids + [ids[0]] * (_round_up(G, ROWS // math.gcd(W, ROWS)) - G)
+        tokens = torch.full((len(ids), W), e.pad_id, dtype=torch.long)
+        valid = torch.ones(len(ids), W, dtype=torch.bool)  # prompt positions that are not left padding
+        for g, seq in enumerate(ids):
+            tokens[g, W - len(seq) :] = torch.tensor(seq)
+            valid[g, : W - len(seq)] = False
+        plen = torch.tensor([len(s) for s in ids])
+        positions = (torch.arange(W)[None] - (W - plen)[:, None]).clamp(min=0)
+        mask = torch.ones(W, W, dtype=torch.bool).tril()[None] & valid[:, None, :]
+        mask = (mask | torch.eye(W, dtype=torch.bool)[None])[:, None]
+        cos, sin = e._rope(positions)
+        x = e.embed[tokens]
+        for layer, w in enumerate(e.layers):
+            kp = torch.empty(len(ids), e.kv_heads, W, e.head_dim, dtype=e.dtype)
+            vp = torch.empty_like(kp)
+            x = _layer(x, w, kp, vp, cos, sin, 0, mask, e.heads, e.kv_heads, e.eps, e.heads != e.kv_heads)
+            self.prompt[layer, 0, g0 : g0 + G] = kp[:G]
+            self.prompt[layer, 1, g0 : g0 + G] = vp[:G]
+        self.pmask[g0 : g0 + G] = torch.zeros(G, 1, 1, W, dtype=e.dtype).masked_fill_(~valid[:G, None, None, :],
+                                                                                        float("-inf"))
+        return e._logits(x[:G, -1])
+
+    # -- one decode step -----------------------------------------------------------------
+    def layout(self, rows: int):
+        """What a decode of slots ``0 .. rows`` needs to know of the batch's shape (kept until it changes):
+        each slot's entry step [rows]; the runs of slots that entered together, as (first, end, entry);
+        each slot's place in the [groups, n] grid of ``ask_prompts``; the number of groups."""
+        if self._layout is None or self._layout[0] != rows:
+            runs = []
+            for i, first in enumerate(self.entry[:rows]):
+                if runs and runs[-1][2] == first:
+                    runs[-1][1] = i + 1
+                else:
+                    runs.append([i, i + 1, first])
+            slot = torch.tensor([g * self.n + j for g, j in zip(self.gslot[:rows], self.j[:rows])])
+            # the groups of these rows are the first group slots
+            self._layout = rows, (torch.tensor(self.entry[:rows]), runs, slot, self.gslot[rows - 1] + 1)
+        return self._layout[1]
+
+    def decode(self, rows: int) -> None:
+        """Feed slots ``0 .. rows`` their latest token; their next-token logits into ``self.logits``."""
+        e = self.e
+        entry, runs, slot, groups = self.layout(rows)
+        steps = (self.step - entry).clamp_(max=self.T - 1)
+        runs = [(a, b, min(self.step - first, self.T - 1)) for a, b, first in runs]
+        x = e.embed[self.cur[:rows]]
+        cos, sin = e._rope((self.plen[:rows] + steps)[:, None])
+        cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
+        before, after = e._layer_fns()
+        for layer, w in enumerate(e.layers):
+            q, k, v = before(x, w, cos, sin)
+            kg, vg = self.gen[layer, 0], self.gen[layer, 1]
+            own, own_lse = [], []
+            for a, b, t in runs:
+                kg[a:b, :, t] = k[a:b]
+                vg[a:b, :, t] = v[a:b]
+                o, lse = _attend(q[a:b], kg[a:b, :, : t + 1], vg[a:b, :, : t + 1])
+                own.append(o)
+                own_lse.append(lse)
+            own, own_lse = (torch.cat(xs) if len(xs) > 1 else xs[0] for xs in (own, own_lse))
+            shared, shared_lse = self.ask_prompts(q, slot, groups, layer)
+            x = after(x, w, shared, shared_lse, own, own_lse)
+        self.logits[:rows] = e._logits(x)
+
+    def ask_prompts(self, q: torch.Tensor, slot: torch.Tensor, groups: int, layer: int):
+        """Attention of each row (query ``q`` [B, kv_heads, r, head_dim]) over its group's prompt. The rows
+        of a group ask together, as ``n`` x r queries of one call over the prompt's keys and values, kept
+        once per group (row ``i`` sits in place ``slot[i]`` of the [groups, n] grid); ``pmask`` is -inf on
+        left padding."""
+        G, n = groups, self.n
+        B, kv, r, d = q.shape
+        grid = q.new_zeros(G * n, kv, r, d)
+        grid[slot] = q
+        grid = grid.view(G, n, kv, r, d).transpose(1, 2).reshape(G, kv, n * r, d)
+        kp, vp = self.prompt[layer, 0, :G], self.prompt[layer, 1, :G]
+        shared, lse = _attend(grid, kp, vp, self.pmask[:G])
+        shared = shared.view(G, kv, n, r, d).transpose(1, 2).reshape(G * n, kv, r, d)[slot]
+        return shared, lse.view(G, kv, n, r).transpose(1, 2).reshape(G * n, kv, r)[slot]

@@ -40,6 +40,10 @@ class SamplingConfig:
     # not on which other prompts share the call, so a driver can split prompts over workers freely.
     # Without it, every engine gives the i-th prompt of a call the seed ``prompt_seeds(seed, n)[i]``.
     seeds: Sequence[int] | None = None
+    # One limit per prompt (each at most ``max_tokens``, which sizes the engine's buffers): a prompt's
+    # samples are cut at its own limit. Only engines with ``per_prompt_max_tokens`` take it (the static
+    # one); the rollout bench uses it to give prompts fixed, long-tailed lengths.
+    max_tokens_each: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: force equal lengths across engines
     detokenize: bool = True  # benchmarks of random-init models: token ids only, text left empty
 
@@ -54,6 +58,9 @@ class SamplingConfig:
             raise ValueError("SamplingConfig: give seed or seeds (one per prompt), not both")
         if self.max_tokens < 1:
             raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
+        bad = [m for m in self.max_tokens_each or () if not 1 <= m <= self.max_tokens]
+        if bad:
+            raise ValueError(f"SamplingConfig.max_tokens_each: {bad[0]} is outside 1..max_tokens ({self.max_tokens})")
 
     def prompt_seeds(self, n: int) -> list[int] | None:
         """One seed per prompt for a call of ``n`` prompts: ``seeds``, else the rule applied to ``seed``,
