@@ -296,6 +296,7 @@ class StaticCacheEngine(EngineBase):
                 target.copy_(tensor)
 
     def close(self) -> None:
+        super().close()
         self.layers, self.targets = [], {}
         self._buffers = _Buffers()
 
