@@ -38,19 +38,17 @@ from __future__ import annotations
 
 import math
 import secrets
-import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from rollouts.base import EngineBase
+from rollouts.base import NO_VERSION, EngineBase
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.types import DTYPES, Completion, Group, OnGroup, SamplingConfig, cut_at_stop, prompt_seeds
+from rollouts.types import DTYPES, Completion, Group, SamplingConfig, cut_at_stop
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 # Every batch the engine computes on has a multiple of this many rows (padded with ended rows or
@@ -60,6 +58,13 @@ SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 # that does not fill its last vector register with scalar code (sigmoid, exp: other roundings).
 # 16 floats fill an AVX-512 register.
 ROWS = 16
+
+
+# Attention widths (a group's prompt, a row's own tokens) are padded to a multiple of this many keys,
+# the padding masked: the attention of a row then has the same bits at any padded width (the kernels'
+# vector loops see the same elements in the same lanes), so neither the longest prompt of the batch
+# nor the longest-running row changes another row's numbers.
+WIDTH = 64
 
 
 def _round_up(k: int, multiple: int = ROWS) -> int:
@@ -229,7 +234,7 @@ class StaticCacheEngine(EngineBase):
         self._decode_fns = None
         self.refill = refill
         self._buffers = _Buffers()
-        self._buffers_busy = threading.Lock()
+        self._sched = None
         self.startup_s = time.perf_counter() - t0
         self.last_sync_path = "copy"
 
@@ -298,43 +303,36 @@ class StaticCacheEngine(EngineBase):
     def close(self) -> None:
         super().close()
         self.layers, self.targets = [], {}
-        self._buffers = _Buffers()
+        self._buffers, self._sched = _Buffers(), None
 
-    # -- generation -------------------------------------------------------------------
-    def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
-                  sampling: SamplingConfig, on_group: OnGroup) -> list[Group]:
-        if any(not ids for ids in prompt_ids):
+    # -- requests: continuous batching, one token per step ---------------------------------
+    steps_tokens = True
+
+    def _check_request(self, request) -> None:
+        if not request.prompt_ids:
             raise ValueError("static engine: an empty prompt (no tokens) cannot be continued")
-        # unseeded: a random base from secrets, not torch.seed() (it reseeds the global RNG)
-        seeds = seeds or prompt_seeds(secrets.randbits(31), len(prompt_ids))
-        groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
-        missing = [sampling.n] * len(prompt_ids)
 
-        def finished(row: tuple[int, int], completion: Completion) -> None:
-            g, j = row
-            groups[g].completions[j] = completion
-            missing[g] -= 1
-            if missing[g] == 0:
-                on_group(g, groups[g])
+    def _step(self, state) -> int:
+        return self._scheduler().step(state)
 
-        # whole groups in the batch, so a group's rows share its prompt's cache and generator
-        width = max(map(len, prompt_ids))
-        capacity = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(width,
-                                                                                                          sampling))))
-        # the kept buffers serve one call at a time; a call made while another runs (another thread) gets its own
-        own = self._buffers_busy.acquire(blocking=False)
-        try:
-            _Batch(self, self._buffers if own else _Buffers(), prompt_ids, seeds, sampling, capacity, width,
-                   finished).run()
-        finally:
-            if own:
-                self._buffers_busy.release()
-        return groups
+    def _running(self) -> int:
+        sched = self.__dict__.get("_sched")
+        return 0 if sched is None else sched.live_rows()
+
+    def _fail_running(self, exc: BaseException) -> None:
+        sched = self.__dict__.get("_sched")
+        if sched is not None:
+            sched.fail(exc)
+
+    def _scheduler(self) -> _Scheduler:
+        if self.__dict__.get("_sched") is None:
+            self._sched = _Scheduler(self, self._buffers)
+        return self._sched
 
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
         """KV-cache bytes of one group: its prompt once, each of its n samples' generated tokens."""
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
-        return per_position * (width + sampling.n * sampling.max_tokens)
+        return per_position * (_round_up(width, WIDTH) + sampling.n * _round_up(sampling.max_tokens, WIDTH))
 
     def _layer_fns(self):
         """The decode layer's two halves around its attention, with the head counts and eps bound as
@@ -370,24 +368,6 @@ class StaticCacheEngine(EngineBase):
             x = torch.cat([x, x[:1].expand(_round_up(rows) - rows, -1)])
         return F.linear(_rms(x, self.norm, self.eps), self.head).float()[:rows]
 
-    def _ended_now(self, live: list[int], steps: list[int], nxt: torch.Tensor, out_ids: torch.Tensor,
-                   sampling: SamplingConfig) -> list[int]:
-        """Which of the rows ``live`` (batch slots; ``steps``: each one's step) end at this step: EOS, or a
-        stop string in the text of their last tokens. Positions in ``live``."""
-        eos = set(torch.nonzero(nxt == self.eos_id).flatten().tolist()) if not sampling.ignore_eos else set()
-        if not sampling.stop:
-            return sorted(eos)
-        tail_len = max(len(s) for s in sampling.stop) + 8
-        out = []
-        for pos, (row, t) in enumerate(zip(live, steps)):
-            if pos in eos:
-                out.append(pos)
-                continue
-            tail = self.tokenizer.decode(out_ids[row, max(0, t + 1 - tail_len) : t + 1].tolist(), skip_special_tokens=True)
-            if any(s in tail for s in sampling.stop):
-                out.append(pos)
-        return out
-
     def _completion(self, ids: torch.Tensor, lps: torch.Tensor, reason: str, sampling: SamplingConfig) -> Completion:
         token_ids = ids.tolist()
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True) if sampling.detokenize else ""
@@ -409,237 +389,283 @@ class _Buffers:
         buf = self.flat.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
             self.flat.pop(name, None)  # free the old one before the new one is allocated
-            buf = self.flat[name] = torch.empty(numel, dtype=dtype)
+            buf = self.flat[name] = torch.zeros(numel, dtype=dtype)  # finite: masked keys are multiplied by 0
         return buf[:numel].view(shape)
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.flat.values())
 
 
-class _Batch:
-    """One ``generate`` call's decode: the rows in the batch, in slot order, and the groups waiting.
+class _Group:
+    """A request in the batch: its group slot (where its prompt's keys and values are) and its rows."""
 
-    Row ``i`` of the batch is slot ``i`` of every per-row buffer; a group's ``n`` rows enter together
-    at the end, after the rows already there, and its prompt takes the next group slot. A row that
-    ends stays in its slot (decoded, its results unused) until a quarter of the batch has ended; then
-    the batch is compacted in order (the rows still running, and enough ended ones to keep
-    a multiple of ``ROWS``) and, with ``engine.refill``, topped up with waiting groups: continuous batching.
-    Without it, the next groups enter only once every row has ended (shrink-only batching).
+    def __init__(self, request, gslot: int):
+        self.request, self.gslot = request, gslot
+        n = request.sampling.n
+        self.completions: list[Completion | None] = [None] * n
+        self.missing = n
 
-    Each row has its own step (tokens sampled so far), which is its cache position, its rotary
-    position and the index of its uniform. Rows that entered together share their step and sit next
-    to each other (entering appends, compacting keeps order), so the attention over the rows' own
-    tokens is one flash-attention call per such run, over exactly that row's tokens. Nothing a row
-    computes depends on which other rows share the batch or when it entered."""
 
-    def __init__(self, engine: StaticCacheEngine, buffers: _Buffers, prompt_ids: list[list[int]], seeds: list[int],
-                 sampling: SamplingConfig, capacity: int, width: int, finished):
-        e = self.e = engine
-        self.prompt_ids, self.seeds, self.sampling, self.finished = prompt_ids, seeds, sampling, finished
-        self.limits = list(sampling.max_tokens_each or [sampling.max_tokens] * len(prompt_ids))
-        self.n, self.T, self.W, self.capacity = sampling.n, sampling.max_tokens, width, capacity
-        rows, gslots = capacity * self.n + ROWS * (self.n + 1), capacity + 2 * ROWS
-        shape, buf = (e.kv_heads, e.head_dim), buffers
-        self.gen = buf.view("gen_kv", (len(e.layers), 2, rows, shape[0], self.T, shape[1]), e.dtype)
-        self.prompt = buf.view("prompt_kv", (len(e.layers), 2, gslots, shape[0], width, shape[1]), e.dtype)
-        self.pmask = buf.view("prompt_mask", (gslots, 1, 1, width), e.dtype)
-        self.uniforms = buf.view("uniforms", (rows, self.T), torch.float32)
-        self.out_ids = buf.view("token_ids", (rows, self.T), torch.long)
-        self.out_lp = buf.view("logprobs", (rows, self.T), torch.float32)
-        self.logits = buf.view("logits", (rows, e.head.shape[0]), torch.float32)
-        self.cur = buf.view("tokens", (rows,), torch.long)  # each row's latest token
-        self.plen = buf.view("prompt_lens", (rows,), torch.long)
-        self.row: list[tuple[int, int] | None] = []  # per slot: (group, sample); None: padding
-        self.gslot: list[int] = []  # per slot: its group's slot
-        self.j: list[int] = []  # per slot: which of its group's n rows it is
-        self.entry: list[int] = []  # per slot: the step at which it samples its first token
-        self.done: list[bool] = []  # per slot: ended (or padding)
-        self.groups: list[int] = []  # per group slot: the call's group index (-1: padding)
-        self.queue = deque(range(len(prompt_ids)))
-        self.step = 0
-        self._layout = None  # see layout()
+class _Scheduler:
+    """The static engine's continuous batching: the rows in the batch (slots), the groups they belong to,
+    and one ``step`` at a time (see ``StaticCacheEngine``'s docstring).
 
+    A batch serves requests of one ``n``, temperature and top-p, with prompts of at most ``W`` tokens and
+    at most ``T`` new ones (both sized, padded to ``WIDTH``, from the requests queued when it starts); a
+    queued request that does not fit waits, with those behind it, until the batch has drained. Each row
+    has its own count of sampled tokens (its cache position, rotary position and uniform index). An
+    admitted group takes the lowest free group slot and the lowest free row slots, so nothing moves when
+    rows end and others enter; only when the batch shrinks (nothing left to admit) are the rows past
+    the new end moved into holes. ``refill=False``: groups enter only an empty batch (shrink-only)."""
+
+    def __init__(self, engine: StaticCacheEngine, buffers: _Buffers):
+        self.e, self.buf = engine, buffers
+        self.key: tuple | None = None  # (n, temperature, top_p) of the batch; None: empty
+        self.rows: list[_Group | None] = []  # per row slot: its group (None: free)
+        self.j: list[int] = []  # per row slot: which of its group's rows it is
+        self.gslots: list[_Group | None] = []  # per group slot: its group (None: free)
+
+    # -- the batch's shape ---------------------------------------------------------------
+    def live_rows(self) -> int:
+        return sum(g is not None for g in self.rows)
+
+    def fits(self, r) -> bool:
+        s = r.sampling
+        return (self.key == (s.n, s.temperature, s.top_p) and len(r.prompt_ids) <= self.W
+                and s.max_tokens <= self.T)
+
+    def begin(self, queue) -> None:
+        """Size a new batch for the head of ``queue`` and the queued requests like it."""
+        e, head = self.e, queue[0].sampling
+        self.key = (head.n, head.temperature, head.top_p)
+        self.sampling = head
+        like = [r for r in queue if (r.sampling.n, r.sampling.temperature, r.sampling.top_p) == self.key]
+        self.W = _round_up(max(len(r.prompt_ids) for r in like), WIDTH)
+        self.T = _round_up(max(r.sampling.max_tokens for r in like), WIDTH)
+        n = self.n = head.n
+        group = SamplingConfig(n=n, max_tokens=self.T)
+        self.capacity = max(1, min(e.max_batch // n, int(e.kv_cache_bytes // e._group_bytes(self.W, group))))
+        R, G, kv, d, L = _round_up(self.capacity * n), self.capacity, e.kv_heads, e.head_dim, len(e.layers)
+        buf = self.buf
+        self.gen = buf.view("gen_kv", (L, 2, R, kv, self.T, d), e.dtype)
+        self.prompt = buf.view("prompt_kv", (L, 2, G, kv, self.W, d), e.dtype)
+        self.pmask = buf.view("prompt_mask", (G, 1, 1, self.W), e.dtype)
+        self.uniforms = buf.view("uniforms", (R, self.T), torch.float32)
+        self.out_ids = buf.view("token_ids", (R, self.T), torch.long)
+        self.out_lp = buf.view("logprobs", (R, self.T), torch.float32)
+        self.out_ver = buf.view("versions", (R, self.T), torch.long)
+        self.logits = buf.view("logits", (R, e.head.shape[0]), torch.float32)
+        self.cur = buf.view("tokens", (R,), torch.long)  # each row's latest token
+        self.plen = buf.view("prompt_lens", (R,), torch.long)
+        self.count = buf.view("counts", (R,), torch.long)  # tokens each row has sampled
+        self.count.zero_()
+        self.rows, self.j, self.gslots = [None] * R, [0] * R, [None] * G
+
+    def end(self) -> int:
+        """Row slots computed: up to the last one in use, rounded up to ``ROWS``."""
+        last = max((i for i, g in enumerate(self.rows) if g is not None), default=-1)
+        return _round_up(last + 1) if last >= 0 else 0
+
+    def group_end(self) -> int:
+        return max((i for i, g in enumerate(self.gslots) if g is not None), default=-1) + 1
+
+    # -- one step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self) -> None:
-        while self.queue or not all(self.done):
-            old = self.reshape()
-            if not all(self.done[:old]):
-                self.decode(old)
-            self.step += 1
+    def step(self, state) -> int:
+        running = self.live_rows()
+        if running:
+            self.decode()
+        admitted = self.admit(state, running)
+        if self.live_rows():
             self.sample()
+        if not admitted:
+            self.shrink()
+        if not self.live_rows():
+            self.key = None
+        with state.cond:
+            return self.live_rows() + sum(r.sampling.n for r in state.queue)
 
-    def t(self, i: int) -> int:
-        """Slot ``i``'s step (an ended row's stops at the last position)."""
-        return min(self.step - self.entry[i], self.T - 1)
+    def admit(self, state, running: int) -> int:
+        """Take the queued requests that fit into free slots (FIFO: stop at the first that does not)."""
+        e, taken = self.e, 0
+        while True:
+            with state.cond:
+                if not state.queue:
+                    return taken
+                if self.key is None:
+                    self.begin(state.queue)
+                head = state.queue[0]
+                if not self.fits(head) or (running and not e.refill) or None not in self.gslots:
+                    return taken
+                state.queue.popleft()
+            if not head.future.set_running_or_notify_cancel():
+                continue
+            try:
+                self.enter(head)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the batch goes on
+                head.future.set_exception(exc)
+                continue
+            taken += 1
 
-    # -- sampling -----------------------------------------------------------------------
-    def sample(self) -> None:
-        """Each running row draws its next token from its logits and its uniform for its step. Every row
-        of the batch is drawn (a multiple of ``ROWS``), the ended ones' draws thrown away."""
-        live = [i for i, d in enumerate(self.done) if not d]
-        if not live:
-            return
-        everyone = len(self.row)
-        steps = (self.step - torch.tensor(self.entry)).clamp_(max=self.T - 1)
-        nxt, lp = sample_inverse_cdf(self.logits[:everyone], self.uniforms[torch.arange(everyone), steps],
-                                     self.sampling)
-        idx = torch.tensor(live)
-        pos, nxt, lp = steps[idx], nxt[idx], lp[idx]
-        self.out_ids[idx, pos], self.out_lp[idx, pos], self.cur[idx] = nxt, lp, nxt
-        steps = pos.tolist()
-        stopped = set(self.e._ended_now(live, steps, nxt, self.out_ids, self.sampling))
-        for p, (i, t) in enumerate(zip(live, steps)):
-            g, j = self.row[i]
-            if p in stopped or t + 1 == self.limits[g]:
-                self.done[i] = True
-                reason = "stop" if p in stopped else "length"
-                self.finished((g, j), self.e._completion(self.out_ids[i, : t + 1], self.out_lp[i, : t + 1], reason,
-                                                         self.sampling))
+    def enter(self, r) -> None:
+        """Prefill ``r``'s prompt into the lowest free group slot; its rows take the lowest free row slots,
+        with their uniforms and their first logits."""
+        e, n, ids = self.e, self.n, r.prompt_ids
+        gs = self.gslots.index(None)
+        logits = self.prefill(ids, gs)
+        free = [i for i, g in enumerate(self.rows) if g is None][:n]
+        group = _Group(r, gs)
+        self.gslots[gs] = group
+        idx = torch.tensor(free)
+        seed = r.seed if r.seed is not None else secrets.randbits(31)
+        T = r.sampling.max_tokens  # its own uniforms: a prompt's samples depend on (seed, n, max_tokens)
+        self.uniforms[idx, :T] = torch.rand(n, T, generator=torch.Generator().manual_seed(seed))
+        self.logits[idx] = logits
+        self.plen[idx], self.count[idx], self.cur[idx] = len(ids), 0, e.pad_id
+        for j, i in enumerate(free):
+            self.rows[i], self.j[i] = group, j
 
-    # -- the batch's shape ----------------------------------------------------------------
-    def reshape(self) -> int:
-        """Compact the batch and let waiting groups in, when it is time (see the class docstring).
-        Returns how many slots (the first ones) hold rows that were there before this step."""
-        live = [i for i, d in enumerate(self.done) if not d]
-        admit = 0
-        if self.queue and (self.e.refill or not live):
-            admit = min(len(self.queue), self.capacity - len({self.gslot[i] for i in live}))
-        dead = [i for i, d in enumerate(self.done) if d]
-        kept = sorted(live + dead[: _round_up(len(live)) - len(live)])
-        if live and len(kept) > 0.75 * len(self.row):
-            return len(self.row)  # not yet: a quarter of the batch has not ended
-        if len(kept) < len(self.row):
-            self.compact(kept)
-        old = len(self.row)
-        if admit:
-            self.admit([self.queue.popleft() for _ in range(admit)])
-        return old
-
-    def compact(self, kept: list[int]) -> None:
-        """Keep the slots ``kept`` (ascending), moved to the front in order, and their groups' prompts."""
-        self._layout = None
-        k, sel = len(kept), torch.tensor(kept, dtype=torch.long)
-        tmax = max((self.t(i) for i in kept), default=0) + 1
-        self.gen[:, :, :k, :, :tmax] = self.gen[:, :, sel, :, :tmax]
-        for b in (self.uniforms, self.out_ids, self.out_lp, self.cur, self.plen):  # (logits: all consumed)
-            b[:k] = b[sel]
-        gkept = sorted({self.gslot[i] for i in kept})
-        place = {g: p for p, g in enumerate(gkept)}
-        gsel = torch.tensor(gkept, dtype=torch.long)
-        self.prompt[:, :, : len(gkept)] = self.prompt[:, :, gsel]
-        self.pmask[: len(gkept)] = self.pmask[gsel]
-        self.row, self.j, self.entry, self.done = ([xs[i] for i in kept] for xs in (self.row, self.j, self.entry,
-                                                                                    self.done))
-        self.gslot = [place[self.gslot[i]] for i in kept]
-        self.groups = [self.groups[g] for g in gkept]
-
-    def admit(self, new: list[int]) -> None:
-        """Put the groups ``new`` (and padding groups, until the batch has a multiple of ``ROWS`` rows) at
-        the end of the batch: prefill their prompts, draw their uniforms, keep their first logits."""
-        self._layout = None
-        pad = 0
-        while (len(self.row) + (len(new) + pad) * self.n) % ROWS:
-            pad += 1
-        new = new + [-1] * pad  # padding: the first new prompt again, its rows ended from the start
-        r0, g0, n = len(self.row), len(self.groups), self.n
-        ids = [self.prompt_ids[g if g >= 0 else new[0]] for g in new]
-        logits = self.prefill(ids, g0)
-        self.logits[r0 : r0 + len(new) * n] = logits.repeat_interleave(n, 0)
-        self.plen[r0 : r0 + len(new) * n] = torch.tensor([len(p) for p in ids]).repeat_interleave(n)
-        self.cur[r0 : r0 + len(new) * n] = self.e.pad_id
-        for k, g in enumerate(new):
-            rows = slice(r0 + k * n, r0 + (k + 1) * n)
-            if g >= 0:  # each prompt's uniforms for all steps, from its own generator: [n, T]
-                self.uniforms[rows] = torch.rand(n, self.T, generator=torch.Generator().manual_seed(self.seeds[g]))
-            else:
-                self.uniforms[rows] = 0.5
-            self.row += [(g, j) if g >= 0 else None for j in range(n)]
-            self.gslot += [g0 + k] * n
-            self.j += list(range(n))
-            self.entry += [self.step + 1] * n
-            self.done += [g < 0] * n
-            self.groups.append(g)
-
-    def prefill(self, ids: list[list[int]], g0: int) -> torch.Tensor:
-        """Prefill the prompts ``ids`` (left-padded to the call's width) into group slots ``g0 ...``;
-        their next-token logits [len(ids), vocab]. Causal over each prompt's own tokens (a pad query
-        attends to itself); groups are repeated until the tokens are a multiple of ``ROWS``."""
-        e, W, G = self.e, self.W, len(ids)
-        ids = ids + [ids[0]] * (_round_up(G, ROWS // math.gcd(W, ROWS)) - G)
-        tokens = torch.full((len(ids), W), e.pad_id, dtype=torch.long)
-        valid = torch.ones(len(ids), W, dtype=torch.bool)  # prompt positions that are not left padding
-        for g, seq in enumerate(ids):
-            tokens[g, W - len(seq) :] = torch.tensor(seq)
-            valid[g, : W - len(seq)] = False
-        plen = torch.tensor([len(s) for s in ids])
-        positions = (torch.arange(W)[None] - (W - plen)[:, None]).clamp(min=0)
-        mask = torch.ones(W, W, dtype=torch.bool).tril()[None] & valid[:, None, :]
-        mask = (mask | torch.eye(W, dtype=torch.bool)[None])[:, None]
-        cos, sin = e._rope(positions)
+    def prefill(self, ids: list[int], gs: int) -> torch.Tensor:
+        """Prefill one prompt alone (so its numbers never depend on others) into group slot ``gs``: its keys
+        and values at positions 0 .. len, the rest of the slot zero and masked; its next-token logits."""
+        e, L = self.e, len(ids)
+        tokens = torch.tensor([ids])
+        mask = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+        cos, sin = e._rope(torch.arange(L)[None])
         x = e.embed[tokens]
         for layer, w in enumerate(e.layers):
-            kp = torch.empty(len(ids), e.kv_heads, W, e.head_dim, dtype=e.dtype)
+            kp = torch.empty(1, e.kv_heads, L, e.head_dim, dtype=e.dtype)
             vp = torch.empty_like(kp)
             x = _layer(x, w, kp, vp, cos, sin, 0, mask, e.heads, e.kv_heads, e.eps, e.heads != e.kv_heads)
-            self.prompt[layer, 0, g0 : g0 + G] = kp[:G]
-            self.prompt[layer, 1, g0 : g0 + G] = vp[:G]
-        self.pmask[g0 : g0 + G] = torch.zeros(G, 1, 1, W, dtype=e.dtype).masked_fill_(~valid[:G, None, None, :],
-                                                                                        float("-inf"))
-        return e._logits(x[:G, -1])
+            self.prompt[layer, :, gs, :, :L] = torch.stack([kp[0], vp[0]])
+            self.prompt[layer, :, gs, :, L:] = 0
+        self.pmask[gs] = 0
+        self.pmask[gs, ..., L:] = float("-inf")
+        return e._logits(x[:, -1])
 
-    # -- one decode step -----------------------------------------------------------------
-    def layout(self, rows: int):
-        """What a decode of slots ``0 .. rows`` needs to know of the batch's shape (kept until it changes):
-        each slot's entry step [rows]; the runs of slots that entered together, as (first, end, entry);
-        each slot's place in the [groups, n] grid of ``ask_prompts``; the number of groups."""
-        if self._layout is None or self._layout[0] != rows:
-            runs = []
-            for i, first in enumerate(self.entry[:rows]):
-                if runs and runs[-1][2] == first:
-                    runs[-1][1] = i + 1
-                else:
-                    runs.append([i, i + 1, first])
-            slot = torch.tensor([g * self.n + j for g, j in zip(self.gslot[:rows], self.j[:rows])])
-            # the groups of these rows are the first group slots
-            self._layout = rows, (torch.tensor(self.entry[:rows]), runs, slot, self.gslot[rows - 1] + 1)
-        return self._layout[1]
-
-    def decode(self, rows: int) -> None:
-        """Feed slots ``0 .. rows`` their latest token; their next-token logits into ``self.logits``."""
-        e = self.e
-        entry, runs, slot, groups = self.layout(rows)
-        steps = (self.step - entry).clamp_(max=self.T - 1)
-        runs = [(a, b, min(self.step - first, self.T - 1)) for a, b, first in runs]
-        x = e.embed[self.cur[:rows]]
-        cos, sin = e._rope((self.plen[:rows] + steps)[:, None])
+    def decode(self) -> None:
+        """Feed every running row its latest token; their next-token logits into ``self.logits``."""
+        e, B, n = self.e, self.end(), self.n
+        G = self.group_end()
+        live = [g is not None for g in self.rows[:B]]
+        pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
+        width = _round_up(int(pos.max()) + 1, WIDTH)
+        own_mask = torch.zeros(B, width, dtype=e.dtype).masked_fill_(torch.arange(width)[None] > pos[:, None],
+                                                                      float("-inf")).view(B, 1, 1, width)
+        # each row's place in the [groups, n] grid of ask_prompts; rows not in use share a spare place
+        slot = torch.tensor([self.rows[i].gslot * n + self.j[i] if live[i] else G * n for i in range(B)])
+        x = e.embed[self.cur[:B]]
+        cos, sin = e._rope((self.plen[:B] + pos)[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
         before, after = e._layer_fns()
+        rows = torch.arange(B)
         for layer, w in enumerate(e.layers):
             q, k, v = before(x, w, cos, sin)
-            kg, vg = self.gen[layer, 0], self.gen[layer, 1]
-            own, own_lse = [], []
-            for a, b, t in runs:
-                kg[a:b, :, t] = k[a:b]
-                vg[a:b, :, t] = v[a:b]
-                o, lse = _attend(q[a:b], kg[a:b, :, : t + 1], vg[a:b, :, : t + 1])
-                own.append(o)
-                own_lse.append(lse)
-            own, own_lse = (torch.cat(xs) if len(xs) > 1 else xs[0] for xs in (own, own_lse))
-            shared, shared_lse = self.ask_prompts(q, slot, groups, layer)
+            kg, vg = self.gen[layer, 0, :B], self.gen[layer, 1, :B]
+            kg[rows, :, pos] = k
+            vg[rows, :, pos] = v
+            own, own_lse = _attend(q, kg[:, :, :width], vg[:, :, :width], own_mask)
+            shared, shared_lse = self.ask_prompts(q, slot, G, layer)
             x = after(x, w, shared, shared_lse, own, own_lse)
-        self.logits[:rows] = e._logits(x)
+        self.logits[:B] = e._logits(x)
 
     def ask_prompts(self, q: torch.Tensor, slot: torch.Tensor, groups: int, layer: int):
         """Attention of each row (query ``q`` [B, kv_heads, r, head_dim]) over its group's prompt. The rows
         of a group ask together, as ``n`` x r queries of one call over the prompt's keys and values, kept
-        once per group (row ``i`` sits in place ``slot[i]`` of the [groups, n] grid); ``pmask`` is -inf on
-        left padding."""
+        once per group (row ``i`` sits in place ``slot[i]`` of the [groups, n] grid; place groups x n is
+        a spare one for rows not in use); ``pmask`` is -inf past each prompt's end."""
         G, n = groups, self.n
         B, kv, r, d = q.shape
-        grid = q.new_zeros(G * n, kv, r, d)
+        grid = q.new_zeros(G * n + 1, kv, r, d)
         grid[slot] = q
-        grid = grid.view(G, n, kv, r, d).transpose(1, 2).reshape(G, kv, n * r, d)
+        grid = grid[: G * n].view(G, n, kv, r, d).transpose(1, 2).reshape(G, kv, n * r, d)
         kp, vp = self.prompt[layer, 0, :G], self.prompt[layer, 1, :G]
         shared, lse = _attend(grid, kp, vp, self.pmask[:G])
-        shared = shared.view(G, kv, n, r, d).transpose(1, 2).reshape(G * n, kv, r, d)[slot]
-        return shared, lse.view(G, kv, n, r).transpose(1, 2).reshape(G * n, kv, r)[slot]
+        shared = shared.view(G, kv, n, r, d).transpose(1, 2).reshape(G * n, kv, r, d)
+        lse = lse.view(G, kv, n, r).transpose(1, 2).reshape(G * n, kv, r)
+        shared = torch.cat([shared, shared.new_zeros(1, kv, r, d)])[slot]
+        return shared, torch.cat([lse, lse.new_zeros(1, kv, r)])[slot]
+
+    def sample(self) -> None:
+        """Every row of the batch draws its next token (a multiple of ``ROWS`` rows; those not in use are
+        thrown away); running rows record it, and rows that end complete their groups."""
+        e, B = self.e, self.end()
+        steps = self.count[:B].clamp(max=self.T - 1)
+        nxt, lp = sample_inverse_cdf(self.logits[:B], self.uniforms[torch.arange(B), steps], self.sampling)
+        live = [i for i in range(B) if self.rows[i] is not None]
+        idx = torch.tensor(live)
+        pos = self.count[idx]
+        self.out_ids[idx, pos], self.out_lp[idx, pos] = nxt[idx], lp[idx]
+        self.out_ver[idx, pos] = e.version if e.version is not None else NO_VERSION
+        self.cur[idx] = nxt[idx]
+        self.count[idx] += 1
+        counts, tokens = self.count[idx].tolist(), nxt[idx].tolist()
+        for i, c, tok in zip(live, counts, tokens):
+            group = self.rows[i]
+            s = group.request.sampling
+            if tok == e.eos_id and not s.ignore_eos:
+                self.finish(i, c, "stop")
+            elif s.stop and self.stopped(i, c, s.stop):
+                self.finish(i, c, "stop")
+            elif c == s.max_tokens:
+                self.finish(i, c, "length")
+
+    def stopped(self, i: int, c: int, stop) -> bool:
+        tail = max(len(s) for s in stop) + 8
+        text = self.e.tokenizer.decode(self.out_ids[i, max(0, c - tail) : c].tolist(), skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    def finish(self, i: int, c: int, reason: str) -> None:
+        """Row slot ``i`` ended after ``c`` tokens: its completion, its slot freed, its group resolved once whole."""
+        group, j = self.rows[i], self.j[i]
+        r = group.request
+        versions = self.out_ver[i, :c].tolist()
+        completion = self.e._completion(self.out_ids[i, :c], self.out_lp[i, :c], reason, r.sampling)
+        completion.versions = None if all(v == NO_VERSION for v in versions) else versions
+        group.completions[j] = completion
+        group.missing -= 1
+        self.rows[i] = None
+        if group.missing == 0:
+            self.gslots[group.gslot] = None
+            r.future.set_result(Group(r.text, r.prompt_ids, group.completions))
+
+    def shrink(self) -> None:
+        """When a quarter of the computed rows (or group slots) are free, move the rows (groups) past the
+        new end into the free slots before it; nothing else moves."""
+        live = [i for i, g in enumerate(self.rows) if g is not None]
+        end = self.end()
+        if live and len(live) <= 0.75 * end:
+            new_end = _round_up(len(live))
+            src = [i for i in live if i >= new_end]
+            dst = [i for i, g in enumerate(self.rows[:new_end]) if g is None][: len(src)]
+            if src:
+                s, t = torch.tensor(src), torch.tensor(dst)
+                c = int(self.count[s].max())
+                self.gen[:, :, t, :, :c] = self.gen[:, :, s, :, :c]
+                for b in (self.uniforms, self.out_ids, self.out_lp, self.out_ver):
+                    b[t] = b[s]
+                for b in (self.cur, self.plen, self.count):
+                    b[t] = b[s]
+                for a, b in zip(src, dst):
+                    self.rows[b], self.j[b], self.rows[a] = self.rows[a], self.j[a], None
+        groups = [gs for gs, g in enumerate(self.gslots) if g is not None]
+        gend = self.group_end()
+        if groups and len(groups) <= 0.75 * gend:
+            src = [gs for gs in groups if gs >= len(groups)]
+            dst = [gs for gs, g in enumerate(self.gslots[: len(groups)]) if g is None]
+            if src:
+                s, t = torch.tensor(src), torch.tensor(dst)
+                self.prompt[:, :, t] = self.prompt[:, :, s]
+                self.pmask[t] = self.pmask[s]
+                for a, b in zip(src, dst):
+                    group = self.gslots[a]
+                    self.gslots[b], self.gslots[a], group.gslot = group, None, b
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every group in the batch with ``exc`` and empty it."""
+        for group in {id(g): g for g in self.gslots if g is not None}.values():
+            if not group.request.future.done():
+                group.request.future.set_exception(exc)
+        self.rows = [None] * len(self.rows)
+        self.gslots = [None] * len(self.gslots)
+        self.key = None
