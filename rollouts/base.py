@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,10 @@ class EngineBase:
     # call (False: requests submitted while it runs wait for the next step)
     steps_tokens: bool = False
     version: int | None = None  # the version of the weights loaded last (None: never given)
+    decode_steps: int = 0  # step() calls so far (a clock for loads at fixed steps)
+    # called by the stepping thread at the start of every step(), before the loads waiting are applied; it may
+    # load weights itself (train.async.deterministic loads at a fixed decode step of a draw)
+    between_steps: Callable[[], None] | None = None
 
     def _set_tokenizer(self, tokenizer) -> None:
         """The engine's tokenizer; EOS from it, and padding with its pad token (EOS when it has none)."""
@@ -134,7 +138,10 @@ class EngineBase:
         the number of rows (``steps_tokens``) or requests still running or queued; 0: idle."""
         state = self._requests()
         with state.step_lock:
+            if self.between_steps is not None:  # the caller's hook (e.g. a load at a fixed decode step)
+                self.between_steps()
             self._apply_loads()
+            self.decode_steps += 1
             try:
                 return self._step(state)
             except BaseException as exc:

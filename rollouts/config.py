@@ -93,6 +93,7 @@ class StaticEngineConfig(EngineConfigBase):
     """A compiled static-KV-cache decode loop for small Llama-family models on CPU (rollouts.static_engine)."""
 
     engine_path: ClassVar[str] = "rollouts.static_engine:StaticCacheEngine"
+    in_flight: ClassVar[bool] = True  # steps token by token (``steps_tokens``): loads land between decode steps
     kind: Literal["static"] = "static"
     kv_cache_gib: float = Field(1.0, gt=0, description="The most one decode batch's KV cache may take (fewer "
                                 "groups per batch beyond it; samples unchanged).")

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import SMALL, assert_same_run, rlvr_cli, train_and_read, train_records, tiny_config
+from helpers import SMALL, assert_same_run, rlvr_cli, tiny_config, train_and_read, train_records
 
 from rlvr.checkpoint import latest_checkpoint
 
