@@ -175,3 +175,17 @@ def test_pin_cores_gives_the_worker_and_the_learner_their_own_cores(ray_cluster,
 def test_pin_cores_needs_a_rollout_worker(micro_model, tmp_path):
     with pytest.raises(ValueError, match="cluster.pin_cores .* needs cluster.rollout_workers >= 1"):
         config(micro_model, tmp_path, 1, "cluster.pin_cores=true")
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_in_flight_on_a_pinned_ray_worker_stays_within_k(ray_cluster, micro_model, tmp_path):
+    """The GPU-shaped layout with in-flight updates: the worker's actor takes each load on a second thread
+    while it draws (the run would otherwise wait on the draw); its samples run ahead of the learner, never by
+    more than k = 2 versions."""
+    from helpers import train_and_read
+
+    steps, _ = train_and_read(config(micro_model, tmp_path / "flight", 5, "engine.kind=static", "cluster.rollout_workers=1",
+                                     "cluster.pin_cores=true", "train.async.in_flight=true",
+                                     "train.async.max_staleness=2"))
+    assert all(r["staleness/tokens_over"] == 0.0 and r["stale_dropped"] == 0.0 for r in steps)
+    assert any(r["staleness/tokens_1"] + r["staleness/tokens_2"] > 0.0 for r in steps[1:])
