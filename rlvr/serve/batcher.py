@@ -74,6 +74,7 @@ class Batcher:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s
         self.waiting_on = waiting_on
+        self.early = True  # answer each prompt as its group finishes (False: once the whole call returns)
         self.calls = 0  # engine.generate calls made (a test reads it to see batching happen)
         self.batch_sizes: list[int] = []  # prompts per engine call, most recent last (the last 1000)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -147,19 +148,26 @@ class Batcher:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
         if not items:
             return
+
+        def finished(i: int, group) -> None:  # a prompt's reply goes out while the engine samples the rest
+            if self.early and not items[i].future.done():
+                items[i].future.set_result(group.completions)
+
         try:
             sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                       max_tokens=settings.max_tokens, stop=settings.stop,
                                       seeds=[it.seed for it in items])
-            groups = self.engine.generate([it.prompt_ids for it in items], sampling)
+            groups = self.engine.generate([it.prompt_ids for it in items], sampling, finished)
             if len(groups) != len(items):
                 raise RuntimeError(f"the engine returned {len(groups)} groups for {len(items)} prompts")
         except Exception as exc:  # noqa: BLE001 - each waiting request answers with it; the thread goes on
             for it in items:
-                it.future.set_exception(exc)
+                if not it.future.done():
+                    it.future.set_exception(exc)
             return
         self.calls += 1
         self.batch_sizes = [*self.batch_sizes[-999:], len(items)]
         for it, group in zip(items, groups):
-            completions: list[Completion] = group.completions
-            it.future.set_result(completions)
+            if not it.future.done():  # an engine that does not report groups as they finish
+                completions: list[Completion] = group.completions
+                it.future.set_result(completions)
