@@ -73,7 +73,7 @@ def thread_split(cfg: TrainConfig) -> tuple[int, int]:
     With ``train.async`` the two sides run at the same time, so they split the cores: oversubscribed
     OpenMP teams make CPU torch several times slower."""
     tc, engine_threads = cfg.train, cfg.engine.threads or cfg.train.threads
-    if not tc.async_:
+    if not tc.async_.enabled:
         return tc.threads, engine_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     learner = tc.threads or max(1, cores // 2)
@@ -88,5 +88,5 @@ def build_engine(cfg: TrainConfig, model_dir: str, threads: int | None = None, s
     e = cfg.engine
     threads = cfg.train.threads if threads is None else threads
     if separate_process is None:
-        separate_process = cfg.train.async_ and e.own_process
+        separate_process = cfg.train.async_.enabled and e.own_process
     return e.build(model_dir, threads=threads, seed=cfg.train.seed, separate_process=separate_process, **extra)

@@ -210,8 +210,57 @@ class OptimConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
 
 
+class AsyncConfig(Section):
+    """``train.async``: generation overlapping learning. ``true`` is ``{enabled: true}`` (one-step-off)."""
+
+    enabled: bool = Field(True, description="Overlap generation with learning (false: the synchronous loop).")
+    max_staleness: int = Field(1, ge=1, le=8, description="How many versions older than the learner a sampled token "
+                               "may be: generation runs at most this many steps ahead, and a sample with an older "
+                               "token is never trained on (counted in `stale_dropped`).")
+    in_flight: bool = Field(False, description="The engine loads each new version of the weights between two decode "
+                            "steps, without dropping the rows it is sampling, instead of after its current draw; "
+                            "every token records the version that sampled it. Needs an engine that steps token by "
+                            "token (engine.kind=static).")
+    deterministic: bool = Field(False, description="in_flight: each update lands at a fixed decode step of a draw "
+                                "(`update_at`), the engine waiting for it there, so a run at train.threads=1 repeats "
+                                "exactly (and resumes exactly after a crash). Off: an update lands as soon as it is "
+                                "pushed.")
+    update_at: int = Field(16, ge=1, description="in_flight with deterministic: the decode step of each draw at which "
+                           "the engine loads the learner's next version.")
+    @model_validator(mode="after")
+    def _check(self) -> AsyncConfig:
+        if self.deterministic and not self.in_flight:
+            raise ValueError("train.async.deterministic: fixed update boundaries are for in_flight; one-step-off "
+                             "(in_flight: false) is deterministic already")
+        return self
+
+
+# sections a boolean may stand for: `async: true` is `async: {enabled: true}`
+BOOL_SECTIONS = {"async"}
+
+
 class TrainLoopConfig(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _async_shorthands(cls, data: Any) -> Any:
+        """``async: true|false`` is ``async: {enabled: ...}``; ``max_staleness`` beside it (its older place) moves
+        into the section."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("async"), bool):
+            data["async"] = {"enabled": data["async"]}
+        if "max_staleness" in data:
+            moved = data.pop("max_staleness")
+            section = dict(data.get("async") or {"enabled": False})
+            if section.get("max_staleness", moved) != moved:
+                raise ValueError(f"train.max_staleness={moved} and train.async.max_staleness="
+                                 f"{section['max_staleness']} disagree: give one (train.async.max_staleness)")
+            section["max_staleness"] = moved
+            data["async"] = section
+        return data
 
     steps: int = Field(60, ge=1, description="RL steps (one batch of prompts each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; each is sampled `sampling.n` times.")
@@ -226,12 +275,12 @@ class TrainLoopConfig(Section):
     seed: int = Field(0, description="Seed for prompt order, sampling and init.")
     threads: int = Field(0, ge=0, description="torch intra-op threads of the learner (0: all cores; half of them "
                          "with `async`, the engine gets the rest).")
-    async_: bool = Field(
-        False, alias="async",
-        description="One-step-off-policy training: the engine samples step k+1 while the learner trains on step k "
-        "(truncated IS corrects the staleness; `algorithm.is_cap` defaults to 2 then).",
+    async_: AsyncConfig = Field(
+        default_factory=lambda: AsyncConfig(enabled=False), alias="async",
+        description="Asynchronous training (docs/training.md): `true` is one-step-off (the engine samples step k+1 "
+        "while the learner trains on step k; truncated IS corrects the staleness, `algorithm.is_cap` defaults to 2 "
+        "then); a section sets `in_flight`, `max_staleness`, `deterministic` and `update_at`.",
     )
-    max_staleness: int = Field(1, ge=1, le=8, description="async: how many steps generation may run ahead of the learner.")
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Learner compute dtype. bfloat16 runs the forward/backward under autocast; master "
         "weights, gradients and optimizer state stay float32 and log-softmax runs in float32.")
@@ -310,6 +359,10 @@ class ClusterConfig(Section):
         "node), 'object_store' (Ray's, across nodes), 'nccl' (a broadcast from the learner's GPU into every vLLM "
         "engine, through vLLM's weight-transfer API); 'auto' picks nccl when the learner and the workers are on "
         "GPUs of their own with vLLM engines, else shm when every worker is on this node.")
+    pin_cores: bool = Field(False, description="One CPU node: pin each rollout worker's process to cores of its own "
+                            "and the learner (this process) to the rest, so generation and learning never share a "
+                            "core: the shape of a deployment that gives the engine and the learner their own GPUs. "
+                            "The learner keeps train.threads cores (default half); the workers share the others.")
     batch_invariant: bool = Field(False, description="Generate each group alone, so the token ids do not depend "
                                   "on how groups are spread over workers (slower; for tests and debugging).")
     timeout_s: float = Field(600.0, gt=0, description="Deadline of every remote call, collective and weight sync; "
@@ -372,7 +425,7 @@ class TrainConfig(Section):
         if self.rewards.terms is None:
             self.rewards.terms = [RewardTerm(verifier=default_verifier(self.task), weight=1.0),
                                   RewardTerm(verifier="r1_format", weight=0.1)]
-        if self.train.async_ and self.algorithm.is_cap is None:  # stale samples need the IS correction
+        if self.train.async_.enabled and self.algorithm.is_cap is None:  # stale samples need the IS correction
             self.algorithm.is_cap = 2.0
         low_precision = "bfloat16" in (self.engine.dtype, self.train.dtype)
         if low_precision and self.algorithm.is_cap is None:  # engine and learner sample from different numbers
@@ -429,6 +482,25 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_layout(self) -> TrainConfig:
+        c, a = self.cluster, self.train.async_
+        if c.pin_cores and (c.rollout_workers < 1 or c.learner_ranks > 1 or c.address != "local"):
+            raise ValueError("cluster.pin_cores splits this machine's cores between rollout workers and one learner: "
+                             f"it needs cluster.rollout_workers >= 1 (got {c.rollout_workers}), learner_ranks=1 (got "
+                             f"{c.learner_ranks}) and address=local (got {c.address!r})")
+        if a.enabled and a.in_flight:
+            if not self.engine.in_flight:
+                raise ValueError(f"train.async.in_flight: engine.kind={self.engine.kind} cannot load weights between "
+                                 "two decode steps; use engine.kind=static, or in_flight: false")
+            if a.deterministic and c.rollout_workers > 0:
+                raise ValueError("train.async.deterministic with cluster.rollout_workers > 0 is not supported yet (the "
+                                 "fixed load point is kept by the engine in this process); use rollout_workers=0")
+            if self.agent is not None:
+                raise ValueError("train.async.in_flight with agent: is not supported yet (the agent's server "
+                                 "records one version per call); drop one of them")
+        return self
+
+    @model_validator(mode="after")
     def _check_agent(self) -> TrainConfig:
         if self.agent is None:
             return self
@@ -471,7 +543,7 @@ class TrainConfig(Section):
         if self.sampling.n < 2 and group_relative:
             raise ValueError(f"sampling.n: {algo.advantage} compares completions within a group, so n=1 gives every "
                              "advantage 0 and trains nothing; use n >= 2 (8 is usual) or a non-group estimator")
-        if self.engine.sleeps and self.train.async_:
+        if self.engine.sleeps and self.train.async_.enabled:
             raise ValueError("engine.sleep_level: sleep mode is for a synchronous loop (the engine sleeps while the "
                              "learner steps); use it without train.async")
         if self.lora is not None and algo.needs_critic and algo.critic_model is None:
@@ -523,6 +595,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = _parse_override(item)
         node = data
         for part in path[:-1]:
+            if part in BOOL_SECTIONS and isinstance(node.get(part), bool):  # `async: true`, then async.x=...
+                node[part] = {"enabled": node[part]}
             if not isinstance(node.setdefault(part, {}), dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = node[part]

@@ -35,7 +35,7 @@ Simplifications of the textbook algorithms, on purpose:
   (rlvr.pipeline); a stale batch's log-prob gap to the learner is its policy's drift, so the
   parity gate only judges batches whose every token is fresh, and per-token IS (``algorithm.is_cap``,
   ``is_mode``) reweights each token against the engine's log-prob of it. A sample with a token more than
-  ``train.max_staleness`` versions old is never trained on (rlvr.train.staleness).
+  ``train.async.max_staleness`` versions old is never trained on (rlvr.train.staleness).
 * Checkpoints (rlvr.checkpoint) hold the full state, including rollouts already drawn ahead,
   so ``--resume`` continues bit-identically on CPU.
 * ``cluster:`` changes where the work runs, not what it is (docs/distributed.md): rollouts come
@@ -106,8 +106,8 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
     # the learner's version before this update is step - 1; a sample with a token older than max_staleness
     # versions is kept out of training (rlvr.train.staleness)
     batch, adv_in = build_batch(ro.batch, run.tokenizer.pad_token_id, algo, cfg.sampling.max_tokens,
-                                learner_version=step - 1, max_staleness=cfg.train.max_staleness)
-    metrics.update(staleness_metrics(batch.versions, step - 1, cfg.train.max_staleness, adv_in.lead))
+                                learner_version=step - 1, max_staleness=cfg.train.async_.max_staleness)
+    metrics.update(staleness_metrics(batch.versions, step - 1, cfg.train.async_.max_staleness, adv_in.lead))
     if algo.reward_kl_coef > 0:  # KL in the reward (PPO, REINFORCE++): per-token rewards before advantages
         adv_in.token_rewards, metrics["kl"] = kl_token_rewards(learners, batch, adv_in, algo)
     if learners.critic is not None:  # PPO: the sampling-time values V(s_t) feed GAE and value clipping

@@ -10,12 +10,20 @@ produced. Every job that touches the engine goes through that one queue (draws, 
 evaluations), so the engine never sees two callers. A batch trained at step s was sampled by
 the weights of step s - 1 - k; the learner corrects with truncated importance sampling.
 
+``train.async.in_flight`` (rlvr.pipeline.InFlight): a weight load does not wait behind the draws. The
+engine takes each new version between two of its decode steps, keeping the rows it is sampling, and
+every token records the version that sampled it. A draw of step t starts no earlier than the draw of
+step t - k (k = ``max_staleness``), so no token is more than k versions older than the learner that
+trains on it. Deterministic mode loads version t - k at decode step ``update_at`` of the draw of step t
+(the engine waits there for the learner), so a run at ``train.threads=1`` repeats exactly.
+
 The worker spends its time waiting on the engine (a separate vLLM process, or torch kernels
 that release the GIL), so the overlap is real on CPU as long as each side has its own cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -111,6 +119,7 @@ class RolloutPipeline:
         self._running_since: float | None = None
         self._lock = threading.Lock()
         self._pool = None
+        self.in_flight: InFlight | None = None  # set by the run under train.async.in_flight
         if staleness > 0:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts", initializer=self._init_worker,
                                             initargs=(worker_threads,))
@@ -146,7 +155,8 @@ class RolloutPipeline:
         """Queue the draw of ``step``'s rollouts; ``version``: learner updates in the engine's weights by then."""
 
         def job() -> StepRollouts:
-            rollouts = self.draw_step(step)
+            with self.in_flight.during(step) if self.in_flight is not None else contextlib.nullcontext():
+                rollouts = self.draw_step(step)
             rollouts.version = version
             return rollouts
 
@@ -192,5 +202,94 @@ class RolloutPipeline:
         return sum(max(0.0, min(b, until) - max(a, since)) for a, b in spans)
 
     def close(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class InFlight:
+    """In-flight weight updates for a rollout pipeline whose engine is in this process
+    (``rlvr.rollout.local.LocalRollouts``; ``train.async.in_flight``).
+
+    ``push(weights, version)`` from the learner's thread: as soon as pushed (the engine loads them between two
+    decode steps of the draw it is running, or at once when idle), or, ``deterministic``, held for the draw that
+    takes them: the draw of step t loads version t - k when it has run ``update_at`` decode steps (or when it
+    ends, if sooner), waiting for the learner there. A version no later draw takes (the last k steps') is loaded
+    as a job behind the draws, so an evaluation queued after it sees it. ``during(step)`` wraps the draw of
+    ``step`` on the rollout worker thread."""
+
+    def __init__(self, pipe: RolloutPipeline, engine: Any, staleness: int, steps: int, deterministic: bool,
+                 update_at: int):
+        self.pipe, self.engine, self.k, self.steps = pipe, engine, staleness, steps
+        self.deterministic, self.update_at = deterministic, update_at
+        self._held: dict[int, Any] = {}  # version -> weights, waiting for the draw that loads them
+        self._cond = threading.Condition()
+        self._closed = False
+        self.waited_s = 0.0  # deterministic: the engine's waits for the learner (the last draw's)
+
+    def push(self, weights: Any, version: int) -> Future:
+        taker = version + self.k  # the draw that loads it (deterministic)
+        if taker > self.steps:  # no draw left to take it: a job behind the draws
+            return self.pipe.submit("load_weights", weights, version=version)
+        if not self.deterministic:
+            fut: Future = Future()
+            try:
+                fut.set_result(self.pipe.rollouts.load_weights(weights, version=version))
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return fut
+        with self._cond:
+            self._held[version] = weights
+            self._cond.notify_all()
+        done: Future = Future()
+        done.set_result({})  # its sync_s is part of the draw's time
+        return done
+
+    def _take(self, version: int) -> None:
+        """Load the held ``version`` into the engine (on the worker thread, between decode steps)."""
+        t0 = time.perf_counter()
+        with self._cond:
+            while version not in self._held:
+                if self._closed:
+                    raise RuntimeError(f"the run stopped before the learner pushed version {version}")
+                self._cond.wait()
+            weights = self._held.pop(version)
+        self.waited_s += time.perf_counter() - t0
+        self.pipe.rollouts.load_weights(weights, version=version)
+
+    def close(self) -> None:
+        """Wake a draw waiting for a version that will not come (the run is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def during(self, step: int) -> Any:
+        """A context for the draw of ``step``: deterministic, it loads version ``step - k`` at the fixed
+        decode step (a hook the engine calls between its decode steps), or when the draw ends."""
+        return _DrawHook(self, step - self.k) if self.deterministic else contextlib.nullcontext()
+
+
+class _DrawHook:
+    def __init__(self, flight: InFlight, version: int):
+        self.flight, self.version, self.loaded = flight, version, version <= 0
+
+    def __enter__(self) -> _DrawHook:
+        engine = self.flight.engine
+        self.start = engine.decode_steps
+        self.flight.waited_s = 0.0
+        if not self.loaded:
+            engine.between_steps = self._between
+        return self
+
+    def _between(self) -> None:
+        engine = self.flight.engine
+        if not self.loaded and engine.decode_steps - self.start >= self.flight.update_at:
+            self.loaded = True
+            self.flight._take(self.version)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.flight.engine.between_steps = None
+        if exc is None and not self.loaded:  # a draw shorter than update_at decode steps: at its end
+            self.loaded = True
+            self.flight._take(self.version)

@@ -15,6 +15,7 @@ tensor part is a file of the checkpoint (``learner.pt`` ...), the ``run`` part i
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -41,14 +42,14 @@ from rlvr.checkpoint import (
     set_rng_state,
 )
 from rlvr.cluster.learner_group import LearnerGroup, LearnerRankError
-from rlvr.cluster.runtime import ClusterError, connect, disconnect
+from rlvr.cluster.runtime import ClusterError, connect, disconnect, pinned_cores
 from rlvr.components import build_rubric, close_verifiers, load_rows, thread_split
 from rlvr.config import ConfigError, TrainConfig, config_yaml
 from rlvr.draw import PromptSampler, StepDrawer
 from rlvr.evaluate import eval_settings
 from rlvr.logging import MetricsLogger, SampleLogger, plot_reward_accuracy
 from rlvr.models import resolve_model
-from rlvr.pipeline import RolloutPipeline
+from rlvr.pipeline import InFlight, RolloutPipeline
 from rlvr.precision import check_learner_dtype
 from rlvr.rollout import make_rollouts
 from rlvr.trackers import check_trackers, open_trackers
@@ -87,7 +88,7 @@ class Run:
         self.cfg_yaml = config_yaml(cfg)
         self.resumed = find_resume_point(self.run_dir, self.cfg_yaml, resume, overwrite, tc.steps)
         prepare_run_dir(self.run_dir, self.cfg_yaml, self.resumed)  # the first write
-        self.staleness = tc.max_staleness if tc.async_ else 0
+        self.staleness = tc.async_.max_staleness if tc.async_.enabled else 0
         learner_threads, engine_threads = thread_split(cfg)
         if learner_threads:
             torch.set_num_threads(learner_threads)
@@ -99,15 +100,28 @@ class Run:
         self._stack.callback(self.learners.close)
         self.rollouts = make_rollouts(cfg, model_dir, rubric, engine_threads, self.cluster)  # here, or Ray actors
         self._stack.callback(self.rollouts.close)  # an in-process vLLM engine holds its KV cache
+        if cfg.cluster.pin_cores:  # the learner on the cores the rollout workers do not have
+            learner_cores = pinned_cores(cfg.cluster.rollout_workers, tc.threads)[1]
+            self._stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))  # given back at the end
+            self._stack.callback(torch.set_num_threads, torch.get_num_threads())
+            os.sched_setaffinity(0, learner_cores)
+            torch.set_num_threads(len(learner_cores))
         if self.cluster is not None:  # which process is which (for operators, and the fault tests)
-            (self.run_dir / "cluster.json").write_text(json.dumps({
-                "rollout_workers": getattr(self.rollouts, "pids", []), "learner_ranks": self.learners.pids()}))
+            pids = getattr(self.rollouts, "pids", [])
+            layout: dict[str, Any] = {"rollout_workers": pids, "learner_ranks": self.learners.pids()}
+            if cfg.cluster.pin_cores:  # each process's cores, as the kernel reports them
+                layout["cores"] = {"rollout_workers": [sorted(os.sched_getaffinity(p)) for p in pids],
+                                   "learner": sorted(os.sched_getaffinity(0))}
+            (self.run_dir / "cluster.json").write_text(json.dumps(layout))
         self.sampler = PromptSampler(len(self.data.train), tc.seed)
         self.alarms = Alarms(cfg.alarms, [v.name for v, w in rubric.parts if w])  # the verifiers that reward
         worker_threads = engine_threads if cfg.engine.computes_on_caller_thread else 0
         self.pipe = RolloutPipeline(self.rollouts, StepDrawer(cfg, self.data.train, self.sampler, self.rollouts),
                                     self.staleness, worker_threads)
         self._stack.callback(self.pipe.close)
+        if tc.async_.enabled and tc.async_.in_flight:  # loads between decode steps (rlvr.pipeline.InFlight)
+            self.pipe.in_flight = InFlight(self.pipe, getattr(self.rollouts, "engine", None), self.staleness, tc.steps,
+                                           tc.async_.deterministic, tc.async_.update_at)
         self.show = cfg.logging.progress if progress is None else progress
         trackers = open_trackers(cfg.logging.report_to, self.run_dir, yaml.safe_load(self.cfg_yaml),
                                  cfg.logging.project, resume=self.resumed is not None)
@@ -178,7 +192,10 @@ class Run:
         # async: the learner moves on while the engine loads, so it gets a copy of the weights
         # LoRA: W + scale * B @ A into new tensors, the adapter untouched (rlvr.lora)
         weights = [(n, p.detach().clone() if self.staleness else p) for n, p in self.learners.policy_weights()]
-        self._last_sync = self.pipe.submit("load_weights", weights, version=step)
+        if self.pipe.in_flight is not None:  # between two decode steps of the running draw (rlvr.pipeline.InFlight)
+            self._last_sync = self.pipe.in_flight.push(weights, step)
+        else:  # behind the draws queued so far
+            self._last_sync = self.pipe.submit("load_weights", weights, version=step)
         self.synced_version = step
         if not self.staleness:
             stats = {**stats, **self._last_sync.result()}

@@ -14,6 +14,7 @@ included and the embedding lookup not, plus attention's 4 x layers x width x con
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -27,6 +28,22 @@ from pathlib import Path
 from rollouts.config import ENGINES
 
 BENCH_PROMPT = "User: Compute {a}+{b}-{c}. Show your steps.\nAssistant: <think>"
+LENGTHS = ("fixed", "longtail")
+
+
+def response_lengths(kind: str, prompts: int, max_tokens: int) -> list[int] | None:
+    """Each prompt's response length: ``fixed``: None (every sample ``max_tokens`` long); ``longtail``:
+    spread log-uniformly from 8 (or fewer, when ``max_tokens`` is smaller) to ``max_tokens``, so most
+    responses are short and a few are long, in a fixed shuffled order. Enforced as per-prompt
+    ``max_tokens_each`` with EOS ignored, so every engine and mode generates exactly the same tokens."""
+    if kind == "fixed":
+        return None
+    import random
+
+    low = min(8, max_tokens)
+    lengths = [round(low * (max_tokens / low) ** (i / max(1, prompts - 1))) for i in range(prompts)]
+    random.Random(0).shuffle(lengths)
+    return lengths
 
 
 def build_random_model(config_json: str, tokenizer_dir: str, out_dir: str) -> str:
@@ -115,7 +132,8 @@ def parse_engine_spec(spec: str) -> tuple[str, dict]:
 READY = "@@bench "  # prefix of the worker's protocol lines on stdout (engines print their own logs there too)
 
 
-def serve_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int, dtype: str) -> None:
+def serve_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: int, dtype: str,
+                 lengths: str = "fixed") -> None:
     """One engine in this process, kept alive for the whole benchmark: after start-up and a warm-up
     it answers each ``run`` line on stdin with one timed ``generate`` and ``finish`` with the weight
     sync timings and its summary (each answer one ``READY``-prefixed JSON line on stdout)."""
@@ -134,7 +152,8 @@ def serve_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: in
     engine = make_engine(kind, model_dir, dtype=dtype, **options)
     startup = time.perf_counter() - t0
     texts = [BENCH_PROMPT.format(a=i % 20 + 1, b=i % 9 + 1, c=i % 7 + 1) for i in range(prompts)]
-    sampling = SamplingConfig(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False, seed=0)
+    sampling = SamplingConfig(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False, seed=0,
+                              max_tokens_each=response_lengths(lengths, prompts, max_tokens))
     engine.generate(texts[: min(4, prompts)], SamplingConfig(n=2, max_tokens=8, ignore_eos=True, detokenize=False))
     say({"ready": True, "startup_s": startup})
     context = 0.0
@@ -144,8 +163,10 @@ def serve_worker(spec: str, model_dir: str, prompts: int, n: int, max_tokens: in
             groups = engine.generate(texts, sampling)
             wall, cpu = time.perf_counter() - t, time.process_time() - c  # cpu: all threads
             tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-            context = statistics.mean(len(g.prompt_ids) for g in groups) + (max_tokens + 1) / 2
-            say({"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "latencies": engine.last_group_latencies})
+            context = statistics.mean(len(g.prompt_ids) for g in groups) + (tokens / (prompts * n) + 1) / 2
+            digest = hashlib.sha256(json.dumps([c.token_ids for g in groups for c in g.completions]).encode())
+            say({"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "latencies": engine.last_group_latencies,
+                 "samples_sha256": digest.hexdigest()})
         elif line.strip() == "finish":
             break
     weights = {}
@@ -205,13 +226,16 @@ def _subprocess_json(args: list[str], what: str) -> dict:
 
 
 def run_bench(model_dir: str, engines: list[str], prompts: int, n: int, max_tokens: int, dtype: str,
-              repeats: int = 2, progress: bool = True, roofline: bool = True) -> list[dict]:
+              repeats: int = 2, progress: bool = True, roofline: bool = True, lengths: str = "fixed") -> list[dict]:
     """Each engine in a subprocess of its own (clean start-up time, peak RSS and thread pools),
     started one after the other and then kept alive; ``repeats`` rounds, each timing one
     ``generate`` of every engine in turn, so a machine whose speed drifts (shared cores) moves
     every engine of a round alike. Reports each engine's best round (``tokens_per_s``) and, where
     those engines are among them, ``ratio_vs_hf`` / ``ratio_vs_hf_generate``: the median over rounds
-    of the round's ratio. ``roofline``: the machine's matmul peak in ``dtype`` and each engine's share."""
+    of the round's ratio; ``ratio_vs_shrink_only`` likewise against a static engine with ``refill=false``.
+    ``roofline``: the machine's matmul peak in ``dtype`` and each engine's share. ``lengths``: see
+    ``response_lengths``. ``same_samples_as``: the first engine whose samples (token ids of every round)
+    were identical to this one's."""
     peak = None
     if roofline:
         if progress:
@@ -223,14 +247,15 @@ def run_bench(model_dir: str, engines: list[str], prompts: int, n: int, max_toke
         for kind in engines:
             if progress:
                 print(f"bench: starting {kind} ({dtype}) ...", file=sys.stderr, flush=True)
-            workers[kind] = _Worker(["--serve", kind, model_dir, str(prompts), str(n), str(max_tokens), dtype], repr(kind))
+            workers[kind] = _Worker(["--serve", kind, model_dir, str(prompts), str(n), str(max_tokens), dtype, lengths],
+                                    repr(kind))
             workers[kind].read()
         for r in range(repeats):
             order = engines[r % len(engines):] + engines[: r % len(engines)]  # each engine leads a round in turn
             for kind in order:
                 if progress:
-                    print(f"bench: round {r + 1}/{repeats}: {kind} ({prompts} prompts x n={n} x {max_tokens} tokens, "
-                          f"{dtype}) ...", file=sys.stderr, flush=True)
+                    print(f"bench: round {r + 1}/{repeats}: {kind} ({prompts} prompts x n={n} x {max_tokens} tokens "
+                          f"{lengths}, {dtype}) ...", file=sys.stderr, flush=True)
                 rounds[kind].append(workers[kind].ask("run"))
         summaries = {kind: workers[kind].ask("finish") for kind in engines}
     finally:
@@ -243,19 +268,23 @@ def run_bench(model_dir: str, engines: list[str], prompts: int, n: int, max_toke
         lat = sorted(x for run in runs for x in run["latencies"])
         tokens = best["tokens"]
         results.append({
-            "engine": kind, "dtype": dtype, "prompts": prompts, "n": n, "max_tokens": max_tokens, "rounds": len(runs),
+            "engine": kind, "dtype": dtype, "prompts": prompts, "n": n, "max_tokens": max_tokens, "lengths": lengths,
+            "rounds": len(runs), "samples_sha256": sorted({x["samples_sha256"] for x in runs}),
             "generated_tokens": tokens, "tokens_per_s": tokens / best["wall_s"], "requests_per_s": prompts * n / best["wall_s"],
             "wall_s": best["wall_s"], "cpu_s": min(x["cpu_s"] for x in runs),
             "tokens_per_cpu_s": tokens / min(x["cpu_s"] for x in runs),
             "round_tokens_per_s": [x["tokens"] / x["wall_s"] for x in runs],
             "p50_group_latency_s": statistics.median(lat), "p95_group_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
             **summaries[kind]})
-    for ref, key in (("hf", "ratio_vs_hf"), ("hf-generate", "ratio_vs_hf_generate")):
+    shrink_only = next((e for e in engines if e.startswith("static") and parse_engine_spec(e)[1].get("refill") is False),
+                       None)
+    for ref, key in (("hf", "ratio_vs_hf"), ("hf-generate", "ratio_vs_hf_generate"), (shrink_only, "ratio_vs_shrink_only")):
         base = next((r for r in results if r["engine"] == ref), None)
         for r in results:
             r[key] = (statistics.median(a / b for a, b in zip(r["round_tokens_per_s"], base["round_tokens_per_s"]))
                       if base else None)
     for r in results:
+        r["same_samples_as"] = next(o["engine"] for o in results if o["samples_sha256"] == r["samples_sha256"])
         r["gflops"] = r["tokens_per_s"] * r["flops_per_token"] / 1e9
         r["peak_gflops"] = peak
         r["roofline"] = r["gflops"] / peak if peak else None
@@ -269,7 +298,8 @@ def format_table(results: list[dict]) -> str:
             ("startup s", "startup_s", "{:.1f}"), ("sync s", "sync_s", "{:.3f}"), ("sync path", "sync_path", "{}"),
             ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("GFLOP/s", "gflops", "{:.1f}"),
             ("% roofline", "roofline", "{:.0%}"),
-            ("x HF", "ratio_vs_hf", "{:.2f}"), ("x HF generate", "ratio_vs_hf_generate", "{:.2f}")]
+            ("x HF", "ratio_vs_hf", "{:.2f}"), ("x HF generate", "ratio_vs_hf_generate", "{:.2f}"),
+            ("x shrink-only", "ratio_vs_shrink_only", "{:.2f}"), ("same samples as", "same_samples_as", "{}")]
     rows = [[name for name, _, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols])
@@ -310,8 +340,8 @@ def plot(results: list[dict], path: str) -> None:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--serve":
-    _, _, kind, model_dir, prompts, n, max_tokens, dtype = sys.argv
-    serve_worker(kind, model_dir, int(prompts), int(n), int(max_tokens), dtype)
+    _, _, kind, model_dir, prompts, n, max_tokens, dtype, lengths = sys.argv
+    serve_worker(kind, model_dir, int(prompts), int(n), int(max_tokens), dtype, lengths)
 elif __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--peak":
     _, _, dtype, out = sys.argv
     Path(out).write_text(json.dumps({"dtype": dtype, "gflops": measure_peak(dtype)}))

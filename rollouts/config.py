@@ -43,6 +43,7 @@ class EngineConfigBase(BaseModel):
     can_sleep: ClassVar[bool] = False  # frees its GPU memory while the learner steps (``sleep`` / ``wake_up``)
     receives_nccl: ClassVar[bool] = False  # takes weights over NCCL from learner ranks (rlvr.rollout.nccl)
     own_process: ClassVar[bool] = False  # can run its core in a process of its own (``separate_process``)
+    in_flight: ClassVar[bool] = False  # loads weights between two decode steps of a running call (train.async.in_flight)
     # computes on the calling thread's torch pool: the caller sets that thread's thread count (rlvr.pipeline)
     computes_on_caller_thread: ClassVar[bool] = True
 
@@ -92,6 +93,7 @@ class StaticEngineConfig(EngineConfigBase):
     """A compiled static-KV-cache decode loop for small Llama-family models on CPU (rollouts.static_engine)."""
 
     engine_path: ClassVar[str] = "rollouts.static_engine:StaticCacheEngine"
+    in_flight: ClassVar[bool] = True  # steps token by token (``steps_tokens``): loads land between decode steps
     kind: Literal["static"] = "static"
     kv_cache_gib: float = Field(1.0, gt=0, description="The most one decode batch's KV cache may take (fewer "
                                 "groups per batch beyond it; samples unchanged).")

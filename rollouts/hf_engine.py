@@ -69,6 +69,7 @@ class HFEngine(EngineBase):
             params[name].copy_(tensor)
 
     def close(self) -> None:
+        super().close()
         self.model = None
 
     # -- internals --------------------------------------------------------------------

@@ -7,20 +7,26 @@ per sequence per step. This engine does only what sampling needs:
 
 - the weights the learner sends are copied into fused buffers (q/k/v in one matrix, gate/up in one),
   so a layer is two matmuls in and two out;
-- the KV cache is allocated once per batch and written in place. A group's prompt is prefilled and
-  cached once (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each
-  sample's generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``).
-  Decode attention is two CPU flash-attention calls merged through their log-sum-exps: the
-  group's rows over the shared prompt (one call, the rows as extra queries) and each row over its
-  own tokens (see ``_decode_layer``);
-- one decode layer (norms, rotary embedding, cache write, attention, MLP) is one ``torch.compile``d
-  function, so its element-wise work is fused into a few kernels (``compile=False``: eager);
+- the KV cache is allocated once and written in place; it and the per-row work buffers are kept
+  between calls (``_Buffers``). A group's prompt is prefilled and cached once
+  (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each sample's
+  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``). Decode
+  attention is CPU flash-attention calls merged through their log-sum-exps: the group's rows over
+  the shared prompt (one call, the rows as extra queries) and each row over its own tokens;
+- a decode layer is two ``torch.compile``d functions (norms, rotary embedding and q/k/v before the
+  attention; the merge, output projection and MLP after it), so their element-wise work is fused
+  into a few kernels (``compile=False``: eager);
 - sampling draws one uniform per sample per step from its prompt's own generator and inverts the
   CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
-  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary. A prompt's
-  samples depend on its seed only, not on the batch it shares.
-- finished rows leave the batch (their cache rows are dropped, and a group's prompt once all its
-  rows ended) when a quarter of it has finished; ``kv_cache_gib`` bounds one batch's cache.
+  cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary;
+- continuous batching (``refill``): rows decode at their own steps; when a quarter of the batch has
+  ended, the batch is compacted and the waiting groups take the freed slots (``_Batch``), so a long
+  tail of responses does not leave the batch narrow. ``refill=False``: shrink-only batching (the next
+  groups start when the batch has drained), for comparison; the samples are the same;
+- a prompt's samples depend on its seed only, not on the batch it shares nor when it entered, bit
+  for bit: every batch is padded to a multiple of ``ROWS`` rows, a row attends over exactly its own
+  tokens, and at more than one thread the attention is spelled out (see ``_attend``). Within a
+  call, every prompt is left-padded to the call's longest prompt.
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
@@ -30,6 +36,7 @@ every engine here returns them.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import warnings
@@ -39,11 +46,29 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rollouts.base import EngineBase
+from rollouts.base import NO_VERSION, EngineBase
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.types import DTYPES, Completion, Group, OnGroup, SamplingConfig, cut_at_stop, prompt_seeds
+from rollouts.types import DTYPES, Completion, Group, SamplingConfig, cut_at_stop
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+# Every batch the engine computes on has a multiple of this many rows (padded with ended rows or
+# repeated prompts), so that a row's numbers do not depend on how many rows share it: CPU GEMM
+# libraries take other code paths for a few rows (MKL on AVX2: 1-3 rows at one thread, up to 11 at
+# two, round differently from 12 or more), and an element-wise op computes the tail of a tensor
+# that does not fill its last vector register with scalar code (sigmoid, exp: other roundings).
+# 16 floats fill an AVX-512 register.
+ROWS = 16
+
+
+# Attention widths (a group's prompt, a row's own tokens) are padded to a multiple of this many keys,
+# the padding masked: the attention of a row then has the same bits at any padded width (the kernels'
+# vector loops see the same elements in the same lanes), so neither the longest prompt of the batch
+# nor the longest-running row changes another row's numbers.
+WIDTH = 64
+
+
+def _round_up(k: int, multiple: int = ROWS) -> int:
+    return -(-k // multiple) * multiple
 
 
 class _Layer(NamedTuple):
@@ -115,41 +140,40 @@ def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: in
 
 
 def _attend(q, k, v, mask=None):
-    """Attention output and its log-sum-exp per query (float32), from the CPU flash kernel."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    """Attention output and its log-sum-exp per query (float32). At one thread, the CPU flash kernel;
+    at more, that kernel divides a one-query attention between threads in a way that depends on the
+    batch (a row's output changes with the batch size and the row's place in it), so the same
+    softmax is spelled out in batched matmuls and row-wise reductions, which compute each row alike
+    in any batch."""
+    if torch.get_num_threads() == 1:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, Q, L]
+    if mask is not None:
+        scores = scores + mask
+    top = scores.amax(-1, keepdim=True)
+    p = (scores - top).exp_()
+    total = p.sum(-1, keepdim=True)
+    return ((p @ v.float()) / total).to(q.dtype), (top + total.log()).squeeze(-1)
 
 
-def _decode_layer(x, w: _Layer, kp, vp, pmask, kg, vg, cos, sin, t: int, slot, n: int, heads: int, kv_heads: int,
-                  eps: float):
-    """One decoder layer for one new token per row (``x`` [B, 1, hidden], the token at generated
-    position ``t``), attending over its prompt and its own generated tokens.
-
-    The prompt's keys and values are kept once per group (``kp``/``vp`` [G, kv_heads, W, head_dim],
-    ``pmask`` [G, 1, 1, W] additive: -inf on left padding), not once per sample: the rows of a
-    group ask their prompt together, as ``n`` x (heads per KV head) queries of one attention call
-    (row ``i`` sits in slot ``slot[i]`` of the [G, n] grid). Each row's generated keys and values
-    (``kg``/``vg`` [B, kv_heads, T, head_dim]) are its own. The two softmaxes are merged through
-    their log-sum-exps, which is the softmax over all keys."""
-    B = x.shape[0]
-    G, d, r = kp.shape[0], kg.shape[-1], heads // kv_heads
-    h = F.linear(_rms(x[:, 0], w.norm1, eps), w.qkv, w.qkv_bias)
+def _decode_in(x, w: _Layer, cos, sin, heads: int, kv_heads: int, eps: float):
+    """A decode layer up to attention, for one new token per row (``x`` [B, hidden]): the query
+    [B, kv_heads, heads per KV head, head_dim] and the new key and value [B, kv_heads, head_dim]."""
+    B, d = x.shape[0], cos.shape[-1]
+    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
     q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
     q, k = q.view(B, heads, d), k.view(B, kv_heads, d)
     if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
         q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
-    q, k = _rotate(q, cos, sin).view(B, kv_heads, r, d), _rotate(k, cos, sin)
-    kg[:, :, t : t + 1] = k[:, :, None]  # a slice, not an index: the compiled graph keeps t symbolic
-    vg[:, :, t : t + 1] = v.view(B, kv_heads, 1, d)
-    own, own_lse = _attend(q, kg[:, :, : t + 1], vg[:, :, : t + 1])
-    grid = q.new_zeros(G * n, kv_heads, r, d)
-    grid[slot] = q
-    grid = grid.view(G, n, kv_heads, r, d).transpose(1, 2).reshape(G, kv_heads, n * r, d)
-    shared, shared_lse = _attend(grid, kp, vp, pmask)
-    shared = shared.view(G, kv_heads, n, r, d).transpose(1, 2).reshape(G * n, kv_heads, r, d)[slot]
-    shared_lse = shared_lse.view(G, kv_heads, n, r).transpose(1, 2).reshape(G * n, kv_heads, r)[slot]
-    share = torch.sigmoid(shared_lse - own_lse)[..., None]  # the prompt's part of the whole softmax
+    return _rotate(q, cos, sin).view(B, kv_heads, heads // kv_heads, d), _rotate(k, cos, sin), v.view(B, kv_heads, d)
+
+
+def _decode_out(x, w: _Layer, shared, shared_lse, own, own_lse, eps: float):
+    """The rest of a decode layer: the two attentions merged through their log-sum-exps (the prompt's
+    share of the whole softmax is ``sigmoid(lse_prompt - lse_own)``), the output projection and the MLP."""
+    share = torch.sigmoid(shared_lse - own_lse)[..., None]
     o = (shared.float() * share + own.float() * (1 - share)).to(x.dtype)
-    x = x + F.linear(o.reshape(B, 1, heads * d), w.o)
+    x = x + F.linear(o.reshape(x.shape[0], -1), w.o)
     gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
     return x + F.linear(F.silu(gate) * up, w.down)
 
@@ -174,13 +198,16 @@ def _own_inductor_cache() -> None:
 class StaticCacheEngine(EngineBase):
     """``Engine`` for small Llama-family models on CPU (see the module docstring).
 
-    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of one batch's
-    KV cache (allocated whole: a long prompt or ``max_tokens`` means fewer groups per batch);
-    ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
-    one-off compile of ~10-30 s; eager when the compile fails, with a warning)."""
+    ``max_batch`` bounds the rows decoded together, and ``kv_cache_gib`` the memory of the KV cache
+    (a long prompt or ``max_tokens`` means fewer groups at once; the padding rows of ``ROWS`` come on
+    top); ``compile`` compiles the decode layer with inductor (the first ``generate`` then pays a
+    one-off compile of ~10-30 s; eager when the compile fails, with a warning); ``refill`` lets
+    waiting groups into a running batch (continuous batching; False: shrink-only)."""
+
+    per_prompt_max_tokens = True
 
     def __init__(self, model_dir: str, dtype: str = "float32", max_batch: int = 256, kv_cache_gib: float = 2.0,
-                 threads: int = 0, compile: bool = True, model=None):
+                 threads: int = 0, compile: bool = True, refill: bool = True, model=None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
@@ -204,7 +231,10 @@ class StaticCacheEngine(EngineBase):
         self.kv_cache_bytes = kv_cache_gib * 2**30
         self._build(model)
         self._compile = compile
-        self._decode_layer = self._eager_layer = None
+        self._decode_fns = None
+        self.refill = refill
+        self._buffers = _Buffers()
+        self._sched = None
         self.startup_s = time.perf_counter() - t0
         self.last_sync_path = "copy"
 
@@ -271,54 +301,59 @@ class StaticCacheEngine(EngineBase):
                 target.copy_(tensor)
 
     def close(self) -> None:
+        super().close()
         self.layers, self.targets = [], {}
+        self._buffers, self._sched = _Buffers(), None
 
-    # -- generation -------------------------------------------------------------------
-    def _generate(self, prompt_ids: list[list[int]], texts: list[str], seeds: list[int] | None,
-                  sampling: SamplingConfig, on_group: OnGroup) -> list[Group]:
-        if any(not ids for ids in prompt_ids):
+    # -- requests: continuous batching, one token per step ---------------------------------
+    steps_tokens = True
+
+    def _check_request(self, request) -> None:
+        if not request.prompt_ids:
             raise ValueError("static engine: an empty prompt (no tokens) cannot be continued")
-        # unseeded: a random base from secrets, not torch.seed() (it reseeds the global RNG)
-        seeds = seeds or prompt_seeds(secrets.randbits(31), len(prompt_ids))
-        groups = [Group(t, ids, [None] * sampling.n) for t, ids in zip(texts, prompt_ids)]
-        missing = [sampling.n] * len(prompt_ids)
 
-        def finished(row: tuple[int, int], completion: Completion) -> None:
-            g, j = row
-            groups[g].completions[j] = completion
-            missing[g] -= 1
-            if missing[g] == 0:
-                on_group(g, groups[g])
+    def _step(self, state) -> int:
+        return self._scheduler().step(state)
 
-        # whole groups per batch, so a group's rows share its generator's draws
-        per_batch = max(1, min(self.max_batch // sampling.n, int(self.kv_cache_bytes // self._group_bytes(
-            max(map(len, prompt_ids)), sampling))))
-        for start in range(0, len(prompt_ids), per_batch):
-            idx = range(start, min(len(prompt_ids), start + per_batch))
-            self._decode([prompt_ids[g] for g in idx], [seeds[g] for g in idx], list(idx), sampling, finished)
-        return groups
+    def _running(self) -> int:
+        sched = self.__dict__.get("_sched")
+        return 0 if sched is None else sched.live_rows()
+
+    def _fail_running(self, exc: BaseException) -> None:
+        sched = self.__dict__.get("_sched")
+        if sched is not None:
+            sched.fail(exc)
+
+    def _scheduler(self) -> _Scheduler:
+        if self.__dict__.get("_sched") is None:
+            self._sched = _Scheduler(self, self._buffers)
+        return self._sched
 
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
         """KV-cache bytes of one group: its prompt once, each of its n samples' generated tokens."""
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
-        return per_position * (width + sampling.n * sampling.max_tokens)
+        return per_position * (_round_up(width, WIDTH) + sampling.n * _round_up(sampling.max_tokens, WIDTH))
 
-    def _layer_fn(self):
-        """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
-        if self._decode_layer is None:
+    def _layer_fns(self):
+        """The decode layer's two halves around its attention, with the head counts and eps bound as
+        constants, compiled on first use."""
+        if self._decode_fns is None:
             heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
 
-            def step(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n):
-                return _decode_layer(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n, heads, kv_heads, eps)
+            def before(x, w, cos, sin):
+                return _decode_in(x, w, cos, sin, heads, kv_heads, eps)
 
-            self._decode_layer = self._eager_layer = step
+            def after(x, w, shared, shared_lse, own, own_lse):
+                return _decode_out(x, w, shared, shared_lse, own, own_lse, eps)
+
+            self._decode_fns = before, after
             if self._compile:
                 _own_inductor_cache()
                 try:
-                    self._decode_layer = torch.compile(step, dynamic=True)
+                    self._decode_fns = torch.compile(before, dynamic=True), torch.compile(after, dynamic=True)
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
                     warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
-        return self._decode_layer
+        return self._decode_fns
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, S, head_dim] for ``positions`` [B, S], computed in float32 as transformers does."""
@@ -327,102 +362,310 @@ class StaticCacheEngine(EngineBase):
         return emb.cos()[:, None].to(self.dtype), emb.sin()[:, None].to(self.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms(x, self.norm, self.eps), self.head).float()
-
-    @torch.inference_mode()
-    def _decode(self, prompt_ids: list[list[int]], seeds: list[int], group_idx: list[int], sampling: SamplingConfig,
-                finished) -> None:
-        n, T = sampling.n, sampling.max_tokens
-        G, width = len(prompt_ids), max(map(len, prompt_ids))
-        B = G * n
-        ids = torch.full((G, width), self.pad_id, dtype=torch.long)
-        valid = torch.ones(G, width, dtype=torch.bool)  # prompt positions that are not left padding
-        for g, seq in enumerate(prompt_ids):
-            ids[g, width - len(seq) :] = torch.tensor(seq)
-            valid[g, : width - len(seq)] = False
-        plen = torch.tensor([len(s) for s in prompt_ids])
-        # each prompt's uniforms for all steps, drawn from its own generator: [B, T]
-        uniforms = torch.cat([torch.rand(n, T, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        rows = [(group_idx[g], j) for g in range(G) for j in range(n)]  # row -> (group, sample)
-        out_ids = torch.empty(B, T, dtype=torch.long)
-        out_lp = torch.empty(B, T, dtype=torch.float32)
-        stop_tail = max((len(s) for s in sampling.stop), default=0) + 8
-        layer = self._layer_fn()
-
-        # prefill, once per group: causal over the prompt's own tokens; a pad query attends to itself
-        positions = (torch.arange(width)[None] - (width - plen)[:, None]).clamp(min=0)
-        mask = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :]
-        mask = (mask | torch.eye(width, dtype=torch.bool)[None])[:, None]
-        cos, sin = self._rope(positions)
-        x = self.embed[ids]
-        prompt_kv = []
-        for w in self.layers:
-            kp = torch.empty(G, self.kv_heads, width, self.head_dim, dtype=self.dtype)
-            vp = torch.empty_like(kp)
-            x = _layer(x, w, kp, vp, cos, sin, 0, mask, self.heads, self.kv_heads, self.eps, self.heads != self.kv_heads)
-            prompt_kv.append((kp, vp))
-        logits = self._logits(x[:, -1]).repeat_interleave(n, 0)
-        pmask = torch.zeros(G, 1, 1, width, dtype=self.dtype).masked_fill_(~valid[:, None, None, :], float("-inf"))
-        gen_kv = [(torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype),
-                   torch.empty(B, self.kv_heads, T, self.head_dim, dtype=self.dtype)) for _ in self.layers]
-        row_plen = plen.repeat_interleave(n)
-        alive = list(range(B))  # the original row of each batch row
-        slot = torch.arange(B)  # each batch row's place in the [groups still running, n] grid
-        kept_groups = list(range(G))  # the prompts whose keys and values prompt_kv holds
-        ended = [False] * B
-        for t in range(T):
-            nxt, out_lp[alive, t] = sample_inverse_cdf(logits, uniforms[alive, t], sampling)
-            out_ids[alive, t] = nxt
-            for row in self._ended_now(alive, t, nxt, out_ids, ended, sampling, stop_tail):
-                ended[row] = True
-                finished(rows[row], self._completion(out_ids[row, : t + 1], out_lp[row, : t + 1], "stop", sampling))
-            keep = [not ended[row] for row in alive]
-            if t == T - 1 or not any(keep):
-                break
-            if sum(keep) <= 0.75 * len(keep):  # drop ended rows (and groups): they stop costing reads
-                sel = torch.tensor([p for p, k in enumerate(keep) if k])
-                alive = [row for row, k in zip(alive, keep) if k]
-                groups = sorted({row // n for row in alive})  # the prompts (of this batch) still running
-                gsel = torch.tensor([kept_groups.index(g) for g in groups])
-                kept_groups = groups
-                place = {g: i for i, g in enumerate(groups)}
-                slot = torch.tensor([place[row // n] * n + row % n for row in alive])
-                gen_kv = [(kg.index_select(0, sel), vg.index_select(0, sel)) for kg, vg in gen_kv]
-                prompt_kv = [(kp.index_select(0, gsel), vp.index_select(0, gsel)) for kp, vp in prompt_kv]
-                pmask = pmask.index_select(0, gsel)
-                nxt = nxt[sel]
-            x = self.embed[nxt][:, None]
-            cos, sin = self._rope((row_plen[alive] + t)[:, None])
-            cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
-            # sizes of 1 (the first step's own key, a last group, a last row) would each cost the
-            # compiled layer a specialised recompile: those steps run eagerly
-            fn = layer if t > 0 and len(kept_groups) > 1 and len(alive) > 1 else self._eager_layer
-            for w, (kp, vp), (kg, vg) in zip(self.layers, prompt_kv, gen_kv):
-                x = fn(x, w, kp, vp, pmask, kg, vg, cos, sin, t, slot, n)
-            logits = self._logits(x[:, -1])
-        for row in range(B):
-            if not ended[row]:
-                finished(rows[row], self._completion(out_ids[row], out_lp[row], "length", sampling))
-
-    def _ended_now(self, alive: list[int], t: int, nxt: torch.Tensor, out_ids: torch.Tensor, ended: list[bool],
-                   sampling: SamplingConfig, stop_tail: int) -> list[int]:
-        """Rows (original indices) still running that end at step ``t``: EOS, or a stop string in the
-        text of their last tokens."""
-        eos = set(torch.nonzero(nxt == self.eos_id).flatten().tolist()) if not sampling.ignore_eos else set()
-        out = []
-        for pos, row in enumerate(alive):
-            if ended[row]:
-                continue
-            if pos in eos:
-                out.append(row)
-            elif sampling.stop:
-                tail = self.tokenizer.decode(out_ids[row, max(0, t + 1 - stop_tail) : t + 1].tolist(),
-                                             skip_special_tokens=True)
-                if any(s in tail for s in sampling.stop):
-                    out.append(row)
-        return out
+        """Float32 logits of ``x`` [B, hidden], B padded to a multiple of ``ROWS`` (see there)."""
+        rows = x.shape[0]
+        if rows % ROWS:
+            x = torch.cat([x, x[:1].expand(_round_up(rows) - rows, -1)])
+        return F.linear(_rms(x, self.norm, self.eps), self.head).float()[:rows]
 
     def _completion(self, ids: torch.Tensor, lps: torch.Tensor, reason: str, sampling: SamplingConfig) -> Completion:
         token_ids = ids.tolist()
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True) if sampling.detokenize else ""
         return Completion(cut_at_stop(text, sampling.stop), token_ids, lps.tolist(), reason)
+
+
+class _Buffers:
+    """The engine's KV cache and per-row work buffers, kept between ``generate`` calls: each is one flat
+    tensor, allocated when a call first needs it, grown (never shrunk) when a later call needs more,
+    and viewed in each call's shapes. Buffers over glibc's mmap threshold (32 MiB) that were freed after
+    every call were mapped afresh each time and page-faulted again on first touch; kept, they are
+    faulted once. ``close`` drops them."""
+
+    def __init__(self):
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def view(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self.flat.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            self.flat.pop(name, None)  # free the old one before the new one is allocated
+            buf = self.flat[name] = torch.zeros(numel, dtype=dtype)  # finite: masked keys are multiplied by 0
+        return buf[:numel].view(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.flat.values())
+
+
+class _Group:
+    """A request in the batch: its group slot (where its prompt's keys and values are) and its rows."""
+
+    def __init__(self, request, gslot: int):
+        self.request, self.gslot = request, gslot
+        n = request.sampling.n
+        self.completions: list[Completion | None] = [None] * n
+        self.missing = n
+
+
+class _Scheduler:
+    """The static engine's continuous batching: the rows in the batch (slots), the groups they belong to,
+    and one ``step`` at a time (see ``StaticCacheEngine``'s docstring).
+
+    A batch serves requests of one ``n``, temperature and top-p, with prompts of at most ``W`` tokens and
+    at most ``T`` new ones (both sized, padded to ``WIDTH``, from the requests queued when it starts); a
+    queued request that does not fit waits, with those behind it, until the batch has drained. Each row
+    has its own count of sampled tokens (its cache position, rotary position and uniform index). An
+    admitted group takes the lowest free group slot and the lowest free row slots, so nothing moves when
+    rows end and others enter; only when the batch shrinks (nothing left to admit) are the rows past
+    the new end moved into holes. ``refill=False``: groups enter only an empty batch (shrink-only)."""
+
+    def __init__(self, engine: StaticCacheEngine, buffers: _Buffers):
+        self.e, self.buf = engine, buffers
+        self.key: tuple | None = None  # (n, temperature, top_p) of the batch; None: empty
+        self.rows: list[_Group | None] = []  # per row slot: its group (None: free)
+        self.j: list[int] = []  # per row slot: which of its group's rows it is
+        self.gslots: list[_Group | None] = []  # per group slot: its group (None: free)
+
+    # -- the batch's shape ---------------------------------------------------------------
+    def live_rows(self) -> int:
+        return sum(g is not None for g in self.rows)
+
+    def fits(self, r) -> bool:
+        s = r.sampling
+        return (self.key == (s.n, s.temperature, s.top_p) and len(r.prompt_ids) <= self.W
+                and s.max_tokens <= self.T)
+
+    def begin(self, queue) -> None:
+        """Size a new batch for the head of ``queue`` and the queued requests like it."""
+        e, head = self.e, queue[0].sampling
+        self.key = (head.n, head.temperature, head.top_p)
+        self.sampling = head
+        like = [r for r in queue if (r.sampling.n, r.sampling.temperature, r.sampling.top_p) == self.key]
+        self.W = _round_up(max(len(r.prompt_ids) for r in like), WIDTH)
+        self.T = _round_up(max(r.sampling.max_tokens for r in like), WIDTH)
+        n = self.n = head.n
+        group = SamplingConfig(n=n, max_tokens=self.T)
+        self.capacity = max(1, min(e.max_batch // n, int(e.kv_cache_bytes // e._group_bytes(self.W, group))))
+        R, G, kv, d, L = _round_up(self.capacity * n), self.capacity, e.kv_heads, e.head_dim, len(e.layers)
+        buf = self.buf
+        self.gen = buf.view("gen_kv", (L, 2, R, kv, self.T, d), e.dtype)
+        self.prompt = buf.view("prompt_kv", (L, 2, G, kv, self.W, d), e.dtype)
+        self.pmask = buf.view("prompt_mask", (G, 1, 1, self.W), e.dtype)
+        self.uniforms = buf.view("uniforms", (R, self.T), torch.float32)
+        self.out_ids = buf.view("token_ids", (R, self.T), torch.long)
+        self.out_lp = buf.view("logprobs", (R, self.T), torch.float32)
+        self.out_ver = buf.view("versions", (R, self.T), torch.long)
+        self.logits = buf.view("logits", (R, e.head.shape[0]), torch.float32)
+        self.cur = buf.view("tokens", (R,), torch.long)  # each row's latest token
+        self.plen = buf.view("prompt_lens", (R,), torch.long)
+        self.count = buf.view("counts", (R,), torch.long)  # tokens each row has sampled
+        self.count.zero_()
+        self.rows, self.j, self.gslots = [None] * R, [0] * R, [None] * G
+
+    def end(self) -> int:
+        """Row slots computed: up to the last one in use, rounded up to ``ROWS``."""
+        last = max((i for i, g in enumerate(self.rows) if g is not None), default=-1)
+        return _round_up(last + 1) if last >= 0 else 0
+
+    def group_end(self) -> int:
+        return max((i for i, g in enumerate(self.gslots) if g is not None), default=-1) + 1
+
+    # -- one step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, state) -> int:
+        running = self.live_rows()
+        if running:
+            self.decode()
+        admitted = self.admit(state, running)
+        if self.live_rows():
+            self.sample()
+        if not admitted:
+            self.shrink()
+        if not self.live_rows():
+            self.key = None
+        with state.cond:
+            return self.live_rows() + sum(r.sampling.n for r in state.queue)
+
+    def admit(self, state, running: int) -> int:
+        """Take the queued requests that fit into free slots (FIFO: stop at the first that does not)."""
+        e, taken = self.e, 0
+        while True:
+            with state.cond:
+                if not state.queue:
+                    return taken
+                if self.key is None:
+                    self.begin(state.queue)
+                head = state.queue[0]
+                if not self.fits(head) or (running and not e.refill) or None not in self.gslots:
+                    return taken
+                state.queue.popleft()
+            if not head.future.set_running_or_notify_cancel():
+                continue
+            try:
+                self.enter(head)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the batch goes on
+                head.future.set_exception(exc)
+                continue
+            taken += 1
+
+    def enter(self, r) -> None:
+        """Prefill ``r``'s prompt into the lowest free group slot; its rows take the lowest free row slots,
+        with their uniforms and their first logits."""
+        e, n, ids = self.e, self.n, r.prompt_ids
+        gs = self.gslots.index(None)
+        logits = self.prefill(ids, gs)
+        free = [i for i, g in enumerate(self.rows) if g is None][:n]
+        group = _Group(r, gs)
+        self.gslots[gs] = group
+        idx = torch.tensor(free)
+        seed = r.seed if r.seed is not None else secrets.randbits(31)
+        T = r.sampling.max_tokens  # its own uniforms: a prompt's samples depend on (seed, n, max_tokens)
+        self.uniforms[idx, :T] = torch.rand(n, T, generator=torch.Generator().manual_seed(seed))
+        self.logits[idx] = logits
+        self.plen[idx], self.count[idx], self.cur[idx] = len(ids), 0, e.pad_id
+        for j, i in enumerate(free):
+            self.rows[i], self.j[i] = group, j
+
+    def prefill(self, ids: list[int], gs: int) -> torch.Tensor:
+        """Prefill one prompt alone (so its numbers never depend on others) into group slot ``gs``: its keys
+        and values at positions 0 .. len, the rest of the slot zero and masked; its next-token logits."""
+        e, L = self.e, len(ids)
+        tokens = torch.tensor([ids])
+        mask = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+        cos, sin = e._rope(torch.arange(L)[None])
+        x = e.embed[tokens]
+        for layer, w in enumerate(e.layers):
+            kp = torch.empty(1, e.kv_heads, L, e.head_dim, dtype=e.dtype)
+            vp = torch.empty_like(kp)
+            x = _layer(x, w, kp, vp, cos, sin, 0, mask, e.heads, e.kv_heads, e.eps, e.heads != e.kv_heads)
+            self.prompt[layer, :, gs, :, :L] = torch.stack([kp[0], vp[0]])
+            self.prompt[layer, :, gs, :, L:] = 0
+        self.pmask[gs] = 0
+        self.pmask[gs, ..., L:] = float("-inf")
+        return e._logits(x[:, -1])
+
+    def decode(self) -> None:
+        """Feed every running row its latest token; their next-token logits into ``self.logits``."""
+        e, B, n = self.e, self.end(), self.n
+        G = self.group_end()
+        live = [g is not None for g in self.rows[:B]]
+        pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
+        width = _round_up(int(pos.max()) + 1, WIDTH)
+        own_mask = torch.zeros(B, width, dtype=e.dtype).masked_fill_(torch.arange(width)[None] > pos[:, None],
+                                                                      float("-inf")).view(B, 1, 1, width)
+        # each row's place in the [groups, n] grid of ask_prompts; rows not in use share a spare place
+        slot = torch.tensor([self.rows[i].gslot * n + self.j[i] if live[i] else G * n for i in range(B)])
+        x = e.embed[self.cur[:B]]
+        cos, sin = e._rope((self.plen[:B] + pos)[:, None])
+        cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
+        before, after = e._layer_fns()
+        rows = torch.arange(B)
+        for layer, w in enumerate(e.layers):
+            q, k, v = before(x, w, cos, sin)
+            kg, vg = self.gen[layer, 0, :B], self.gen[layer, 1, :B]
+            kg[rows, :, pos] = k
+            vg[rows, :, pos] = v
+            own, own_lse = _attend(q, kg[:, :, :width], vg[:, :, :width], own_mask)
+            shared, shared_lse = self.ask_prompts(q, slot, G, layer)
+            x = after(x, w, shared, shared_lse, own, own_lse)
+        self.logits[:B] = e._logits(x)
+
+    def ask_prompts(self, q: torch.Tensor, slot: torch.Tensor, groups: int, layer: int):
+        """Attention of each row (query ``q`` [B, kv_heads, r, head_dim]) over its group's prompt. The rows
+        of a group ask together, as ``n`` x r queries of one call over the prompt's keys and values, kept
+        once per group (row ``i`` sits in place ``slot[i]`` of the [groups, n] grid; place groups x n is
+        a spare one for rows not in use); ``pmask`` is -inf past each prompt's end."""
+        G, n = groups, self.n
+        B, kv, r, d = q.shape
+        grid = q.new_zeros(G * n + 1, kv, r, d)
+        grid[slot] = q
+        grid = grid[: G * n].view(G, n, kv, r, d).transpose(1, 2).reshape(G, kv, n * r, d)
+        kp, vp = self.prompt[layer, 0, :G], self.prompt[layer, 1, :G]
+        shared, lse = _attend(grid, kp, vp, self.pmask[:G])
+        shared = shared.view(G, kv, n, r, d).transpose(1, 2).reshape(G * n, kv, r, d)
+        lse = lse.view(G, kv, n, r).transpose(1, 2).reshape(G * n, kv, r)
+        shared = torch.cat([shared, shared.new_zeros(1, kv, r, d)])[slot]
+        return shared, torch.cat([lse, lse.new_zeros(1, kv, r)])[slot]
+
+    def sample(self) -> None:
+        """Every row of the batch draws its next token (a multiple of ``ROWS`` rows; those not in use are
+        thrown away); running rows record it, and rows that end complete their groups."""
+        e, B = self.e, self.end()
+        steps = self.count[:B].clamp(max=self.T - 1)
+        nxt, lp = sample_inverse_cdf(self.logits[:B], self.uniforms[torch.arange(B), steps], self.sampling)
+        live = [i for i in range(B) if self.rows[i] is not None]
+        idx = torch.tensor(live)
+        pos = self.count[idx]
+        self.out_ids[idx, pos], self.out_lp[idx, pos] = nxt[idx], lp[idx]
+        self.out_ver[idx, pos] = e.version if e.version is not None else NO_VERSION
+        self.cur[idx] = nxt[idx]
+        self.count[idx] += 1
+        counts, tokens = self.count[idx].tolist(), nxt[idx].tolist()
+        for i, c, tok in zip(live, counts, tokens):
+            group = self.rows[i]
+            s = group.request.sampling
+            if tok == e.eos_id and not s.ignore_eos:
+                self.finish(i, c, "stop")
+            elif s.stop and self.stopped(i, c, s.stop):
+                self.finish(i, c, "stop")
+            elif c == s.max_tokens:
+                self.finish(i, c, "length")
+
+    def stopped(self, i: int, c: int, stop) -> bool:
+        tail = max(len(s) for s in stop) + 8
+        text = self.e.tokenizer.decode(self.out_ids[i, max(0, c - tail) : c].tolist(), skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    def finish(self, i: int, c: int, reason: str) -> None:
+        """Row slot ``i`` ended after ``c`` tokens: its completion, its slot freed, its group resolved once whole."""
+        group, j = self.rows[i], self.j[i]
+        r = group.request
+        versions = self.out_ver[i, :c].tolist()
+        completion = self.e._completion(self.out_ids[i, :c], self.out_lp[i, :c], reason, r.sampling)
+        completion.versions = None if all(v == NO_VERSION for v in versions) else versions
+        group.completions[j] = completion
+        group.missing -= 1
+        self.rows[i] = None
+        if group.missing == 0:
+            self.gslots[group.gslot] = None
+            r.future.set_result(Group(r.text, r.prompt_ids, group.completions))
+
+    def shrink(self) -> None:
+        """When a quarter of the computed rows (or group slots) are free, move the rows (groups) past the
+        new end into the free slots before it; nothing else moves."""
+        live = [i for i, g in enumerate(self.rows) if g is not None]
+        end = self.end()
+        if live and len(live) <= 0.75 * end:
+            new_end = _round_up(len(live))
+            src = [i for i in live if i >= new_end]
+            dst = [i for i, g in enumerate(self.rows[:new_end]) if g is None][: len(src)]
+            if src:
+                s, t = torch.tensor(src), torch.tensor(dst)
+                c = int(self.count[s].max())
+                self.gen[:, :, t, :, :c] = self.gen[:, :, s, :, :c]
+                for b in (self.uniforms, self.out_ids, self.out_lp, self.out_ver):
+                    b[t] = b[s]
+                for b in (self.cur, self.plen, self.count):
+                    b[t] = b[s]
+                for a, b in zip(src, dst):
+                    self.rows[b], self.j[b], self.rows[a] = self.rows[a], self.j[a], None
+        groups = [gs for gs, g in enumerate(self.gslots) if g is not None]
+        gend = self.group_end()
+        if groups and len(groups) <= 0.75 * gend:
+            src = [gs for gs in groups if gs >= len(groups)]
+            dst = [gs for gs, g in enumerate(self.gslots[: len(groups)]) if g is None]
+            if src:
+                s, t = torch.tensor(src), torch.tensor(dst)
+                self.prompt[:, :, t] = self.prompt[:, :, s]
+                self.pmask[t] = self.pmask[s]
+                for a, b in zip(src, dst):
+                    group = self.gslots[a]
+                    self.gslots[b], self.gslots[a], group.gslot = group, None, b
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every group in the batch with ``exc`` and empty it."""
+        for group in {id(g): g for g in self.gslots if g is not None}.values():
+            if not group.request.future.done():
+                group.request.future.set_exception(exc)
+        self.rows = [None] * len(self.rows)
+        self.gslots = [None] * len(self.gslots)
+        self.key = None

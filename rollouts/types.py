@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
@@ -40,6 +41,10 @@ class SamplingConfig:
     # not on which other prompts share the call, so a driver can split prompts over workers freely.
     # Without it, every engine gives the i-th prompt of a call the seed ``prompt_seeds(seed, n)[i]``.
     seeds: Sequence[int] | None = None
+    # One limit per prompt (each at most ``max_tokens``, which sizes the engine's buffers): a prompt's
+    # samples are cut at its own limit. Only engines with ``per_prompt_max_tokens`` take it (the static
+    # one); the rollout bench uses it to give prompts fixed, long-tailed lengths.
+    max_tokens_each: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: force equal lengths across engines
     detokenize: bool = True  # benchmarks of random-init models: token ids only, text left empty
 
@@ -54,6 +59,9 @@ class SamplingConfig:
             raise ValueError("SamplingConfig: give seed or seeds (one per prompt), not both")
         if self.max_tokens < 1:
             raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
+        bad = [m for m in self.max_tokens_each or () if not 1 <= m <= self.max_tokens]
+        if bad:
+            raise ValueError(f"SamplingConfig.max_tokens_each: {bad[0]} is outside 1..max_tokens ({self.max_tokens})")
 
     def prompt_seeds(self, n: int) -> list[int] | None:
         """One seed per prompt for a call of ``n`` prompts: ``seeds``, else the rule applied to ``seed``,
@@ -74,6 +82,9 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS or stop string) | "length"
+    # For each sampled token, the ``version`` of the weights that sampled it (``load_weights(..., version)``;
+    # -1: sampled before any version was given); None when the engine never had a version.
+    versions: list[int] | None = None
 
 
 @dataclass
@@ -92,9 +103,30 @@ OnGroup = Callable[[int, Group], None]
 
 
 class Engine(Protocol):
+    """A rollout engine (``rollouts.base.EngineBase`` implements all of it around an engine's decode).
+
+    ``submit`` queues one prompt at any time, from any thread; the future resolves to its group of
+    ``sampling.n`` completions. ``step`` is one scheduler iteration by the thread that owns the engine
+    (admit queued prompts, decode one token per running row, resolve complete groups; an engine with
+    ``steps_tokens`` False runs everything queued as one batched call instead) and returns how many rows
+    or requests are still running or queued (0: idle). ``start`` gives the engine to a background thread
+    that steps while there is work; ``close`` stops it and fails what is pending. ``generate`` is
+    ``submit`` for each prompt and ``step`` until they are done. ``load_weights`` is applied between two
+    steps without dropping running rows; ``version`` becomes ``engine.version``, which every token sampled
+    afterwards records (``Completion.versions``)."""
+
+    steps_tokens: bool
+    version: int | None
+
+    def submit(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None = None) -> Future: ...
+
+    def step(self) -> int: ...
+
+    def start(self): ...
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                  on_group: OnGroup | None = None) -> list[Group]: ...
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None: ...
 
     def close(self) -> None: ...

@@ -246,11 +246,15 @@ class VLLMEngine(EngineBase):
             comps.append(Completion(out, ids, lps, "length" if c.finish_reason == "length" else "stop"))
         return Group(text, prompt_ids, comps)
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def step(self) -> int:
+        with self._own_threads():
+            return super().step()
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """Stream the tensors in place; a tied output head is then rebuilt from the new embedding
         (the shared-memory worker does the same after its reload). vLLM's loaders check the names."""
         with self._own_threads():
-            super().load_weights(named_tensors)
+            super().load_weights(named_tensors, version)
 
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.asleep:  # weights first, then the KV cache: the reload needs room for its buffers
@@ -289,6 +293,7 @@ class VLLMEngine(EngineBase):
             self.asleep = False
 
     def close(self) -> None:
+        super().close()
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             try:

@@ -147,6 +147,19 @@ def cpus_each(count: int, asked: float | None, cluster_cpus: float) -> int:
     return max(1, int(asked if asked is not None else cluster_cpus // max(count, 1)))
 
 
+def pinned_cores(workers: int, learner_threads: int) -> tuple[list[list[int]], list[int]]:
+    """``cluster.pin_cores``: each rollout worker's cores and the learner's, split from the cores this
+    process may run on. The learner keeps ``learner_threads`` cores (0: half), taken from the end; the
+    workers share the rest equally. Too few cores for that is an error naming them."""
+    cores = sorted(os.sched_getaffinity(0))
+    learner = learner_threads or max(1, len(cores) // 2)
+    each = (len(cores) - learner) // max(workers, 1)
+    if each < 1:
+        raise ClusterError(f"cluster.pin_cores: {len(cores)} cores cannot give {workers} rollout worker(s) a core each "
+                           f"beside the learner's {learner} (train.threads); use fewer workers or learner threads")
+    return [cores[i * each:(i + 1) * each] for i in range(workers)], cores[len(cores) - learner:]
+
+
 def disconnect(info: ClusterInfo | None) -> None:
     import ray
 

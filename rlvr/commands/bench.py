@@ -12,14 +12,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     src.add_argument("--random-init", metavar="CONFIG_JSON",
                      help="build a randomly initialised model of this architecture (e.g. benchmarks/configs/llama-75m.json)")
     p.add_argument("--tokenizer", default="artifacts/tiny-base", help="tokenizer directory for --random-init")
-    p.add_argument("--engines", default="static,vllm,hf-generate",
+    p.add_argument("--engines", default=None,
                    help="semicolon- or comma-separated engines: vllm, static (compiled static-KV-cache loop), hf (our "
                         "KV-cache loop), hf-generate "
                         "(transformers' generate); options as kind:key=value,key=value, e.g. "
-                        "'vllm:enforce_eager=false;hf' (use ';' between engines when giving options)")
+                        "'vllm:enforce_eager=false;hf' (use ';' between engines when giving options); default "
+                        "static,vllm,hf-generate, with --lengths longtail 'static;static:refill=false'")
     p.add_argument("--prompts", type=int, default=64, help="prompts per run")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
+    p.add_argument("--lengths", choices=["fixed", "longtail"], default="fixed",
+                   help="response lengths: fixed (every sample --max-tokens long) or longtail (each prompt's length "
+                        "spread log-uniformly from 8 to --max-tokens, enforced per prompt: engines that take "
+                        "max_tokens_each, i.e. static; the continuous-batching comparison is "
+                        "--lengths longtail --prompts 512 --max-tokens 256)")
     p.add_argument("--dtype", default="float32",
                    help="engine dtype: float32, bfloat16, or both comma-separated (one table, ratios within each dtype)")
     p.add_argument("--repeats", type=int, default=3,
@@ -47,14 +53,19 @@ def run(args: argparse.Namespace) -> int:
 
     from rlvr.commands._common import fail
     from rollouts.bench import build_random_model, format_table, parse_engine_spec, plot, run_bench
+    from rollouts.config import engine_class
 
-    sep = ";" if ";" in args.engines or ":" in args.engines else ","
-    engines = [e.strip() for e in args.engines.split(sep) if e.strip()]
+    spec = args.engines or ("static;static:refill=false" if args.lengths == "longtail" else "static,vllm,hf-generate")
+    sep = ";" if ";" in spec or ":" in spec else ","
+    engines = [e.strip() for e in spec.split(sep) if e.strip()]
     for e in engines:
         try:
-            parse_engine_spec(e)
+            kind, _ = parse_engine_spec(e)
         except ValueError as exc:
             return fail(f"--engines: {exc}")
+        if args.lengths == "longtail" and not getattr(engine_class(kind), "per_prompt_max_tokens", False):
+            return fail(f"--engines: {kind!r} takes one max_tokens per call; --lengths longtail needs engines that "
+                        "take one per prompt (static)")
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
         return fail(f"--dtype: {args.dtype!r}; choose float32, bfloat16 or float32,bfloat16")
@@ -78,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return code
     results = []
     for dtype in dtypes:
-        results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats)
+        results += run_bench(model, engines, args.prompts, args.n, args.max_tokens, dtype, args.repeats,
+                             lengths=args.lengths)
     episodes = []
     if args.turns > 0:  # the trainable engines, in this process (the multi-turn runner drives them)
         from rlvr.rollout.episode_bench import bench_episodes, format_episode_table

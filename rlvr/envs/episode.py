@@ -8,7 +8,7 @@ from rlvr.envs.trajectory import Trajectory, append_turn, fail, record_step
 
 
 def take_turn(traj: Trajectory, env: Env, sampled_ids: list[int], logprobs: list[float], text: str,
-              version: int, finish: str = "stop") -> Trajectory:
+              version: int | list[int], finish: str = "stop") -> Trajectory:
     """``traj`` after the model's turn (``append_turn``) and the environment's answer to it
     (``record_step``). A turn that ends the episode by a budget is not shown to the environment.
     An environment that raises ends the episode with ``env_error`` (the error kept on the

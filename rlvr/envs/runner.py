@@ -99,7 +99,7 @@ def run_episodes(engine: Any, rows: Sequence[Mapping[str, Any]], sampling: Any, 
                     trajs[i][j] = fail(start, reset_errors[i][j])
                 else:
                     trajs[i][j] = take_turn(start, envs[i][j], list(comp.token_ids), list(comp.logprobs), comp.text,
-                                            version, comp.finish_reason)
+                                            sampled_by(comp, version), comp.finish_reason)
             report(i)
 
         if sampling.max_tokens != budget.max_turn_tokens:  # env.max_turn_tokens set apart from sampling.max_tokens
@@ -130,7 +130,7 @@ def run_episodes(engine: Any, rows: Sequence[Mapping[str, Any]], sampling: Any, 
                     comp = group.completions[0]
                     seen.add(k)
                     trajs[i][j] = take_turn(trajs[i][j], envs[i][j], list(comp.token_ids), list(comp.logprobs),  # type: ignore[arg-type]
-                                            comp.text, version, comp.finish_reason)
+                                            comp.text, sampled_by(comp, version), comp.finish_reason)
                     report(i)
 
                 prefixes = [trajs[i][j].token_ids() for i, j in members]  # type: ignore[union-attr]
@@ -147,3 +147,10 @@ def run_episodes(engine: Any, rows: Sequence[Mapping[str, Any]], sampling: Any, 
             close = getattr(env, "close", None)
             if callable(close):
                 close()
+
+
+def sampled_by(comp: Any, version: int) -> int | list[int]:
+    """The versions that sampled ``comp``'s tokens: the engine's per-token record (a completion that spans an
+    in-flight weight load, train.async.in_flight), else the draw's ``version`` for all of them."""
+    versions = getattr(comp, "versions", None)
+    return version if not versions else list(versions)

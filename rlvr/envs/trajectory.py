@@ -32,6 +32,7 @@ trajectories into the learner's tensors.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -87,7 +88,9 @@ class ModelSegment:
     ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     turn: int  # 0 for the first model turn
-    version: int  # the policy version (learner updates in the weights) that sampled it
+    # the policy version (learner updates in the weights) that sampled it; with in-flight weight updates
+    # (train.async.in_flight) a turn can span a load: then one version per token
+    version: int | tuple[int, ...]
     finish: str  # "stop" (EOS or stop string) | "length" (cut at the turn's token limit)
     text: str = ""  # the engine's text of the ids (for the rubric and logs; never re-encoded)
 
@@ -180,7 +183,10 @@ class Trajectory:
         """The policy version that sampled each model token; -1 on prompt and environment tokens."""
         out = [-1] * len(self.prompt_ids)
         for s in self.segments:
-            out += [s.version if isinstance(s, ModelSegment) else -1] * len(s.ids)
+            if isinstance(s, ModelSegment) and isinstance(s.version, tuple):
+                out += s.version
+            else:
+                out += [s.version if isinstance(s, ModelSegment) else -1] * len(s.ids)
         return out
 
     def turns_per_token(self) -> list[int]:
@@ -222,7 +228,8 @@ class Trajectory:
         segs: list[Segment] = []
         for s in d["segments"]:
             if s["source"] == "model":
-                segs.append(ModelSegment(tuple(s["ids"]), tuple(s["logprobs"]), s["turn"], s["version"], s["finish"],
+                version = tuple(s["version"]) if isinstance(s["version"], list) else s["version"]
+                segs.append(ModelSegment(tuple(s["ids"]), tuple(s["logprobs"]), s["turn"], version, s["finish"],
                                          s.get("text", "")))
             elif s["source"] == "env":
                 segs.append(EnvSegment(tuple(s["ids"]), s["turn"], s["cut"], s.get("text", "")))
@@ -237,7 +244,7 @@ def _running(traj: Trajectory, doing: str) -> None:
         raise ValueError(f"{doing}: the episode is over ({traj.finish_reason})")
 
 
-def append_turn(traj: Trajectory, sampled_ids: list[int], logprobs: list[float], version: int,
+def append_turn(traj: Trajectory, sampled_ids: list[int], logprobs: list[float], version: int | Sequence[int],
                 finish: str = "stop", text: str = "") -> Trajectory:
     """``traj`` with one model turn appended: ``sampled_ids`` as sampled, with the engine's ``logprobs``.
 
@@ -250,11 +257,19 @@ def append_turn(traj: Trajectory, sampled_ids: list[int], logprobs: list[float],
         raise ValueError(f"append_turn: finish must be 'stop' or 'length', got {finish!r}")
     if len(sampled_ids) != len(logprobs):
         raise ValueError(f"append_turn: {len(sampled_ids)} ids but {len(logprobs)} log-probs")
+    if not isinstance(version, int):  # one version per token (a turn that spans an in-flight weight load)
+        version = tuple(int(v) for v in version)
+        if len(version) != len(sampled_ids):
+            raise ValueError(f"append_turn: {len(sampled_ids)} ids but {len(version)} versions")
+        if len(set(version)) == 1:
+            version = version[0]
     room = traj.turn_room()
     if room == 0:
         raise ValueError("append_turn: no room left for a model turn")
     if len(sampled_ids) > room:
         sampled_ids, logprobs, finish = sampled_ids[:room], logprobs[:room], "length"
+        if isinstance(version, tuple):
+            version = version[:room]
     seg = ModelSegment(tuple(sampled_ids), tuple(float(x) for x in logprobs), traj.turns, version, finish, text)
     out = dataclasses.replace(traj, segments=traj.segments + (seg,))
     if finish == "length" and len(seg.ids) == room and room < traj.budget.max_turn_tokens:

@@ -36,6 +36,8 @@ class LocalRollouts:
         self.scorer = Scorer(rubric, cfg.rewards.workers)
         self.sync = InProcessSync(self.engine)
         self.version = 0  # pushes of new weights so far
+        if hasattr(self.engine, "version"):  # the model directory's weights are version 0: every token records one
+            self.engine.version = 0
         self.pids: list[int] = []  # no worker processes
         self.agents = None  # agent:, the user's agent behind a recording server on this engine (rlvr.agents)
         if cfg.agent is not None:

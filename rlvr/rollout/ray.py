@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from rlvr.cluster.runtime import ACTOR_RUNTIME_ENV, ClusterError, ClusterInfo, cpus_each, keep_freed_memory
+from rlvr.cluster.runtime import (
+    ACTOR_RUNTIME_ENV,
+    ClusterError,
+    ClusterInfo,
+    cpus_each,
+    keep_freed_memory,
+    pinned_cores,
+)
 from rlvr.config import TrainConfig
 from rlvr.rollout.base import Drawn
 from rlvr.rollout.nccl import NcclSync, choose_transport
@@ -50,12 +57,14 @@ class RolloutWorker:
     rlvr.rollout.local, fed by requests, plus the engine's end of the weight sync."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str, index: int, threads: int, cores: str | None,
-                 transport: str = "shm"):
+                 transport: str = "shm", pin: bool = False):
         from rlvr.components import build_rubric
         from rlvr.rollout.local import LocalRollouts
 
         if cores is not None:  # vLLM's CPU backend pins its OpenMP threads: keep workers on their own cores
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
+        if pin and cores is not None:  # cluster.pin_cores: this process on its own cores (the learner has the rest)
+            os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
         torch.set_num_threads(threads)
         keep_freed_memory()  # an actor that only generates would hand its KV cache back to the kernel after every draw
         self.index, self.transport = index, transport
@@ -142,7 +151,12 @@ class RayRollouts:
 
         c = cfg.cluster
         self.cfg, self.model_dir, self.timeout = cfg, model_dir, c.timeout_s
-        self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker, info.cpus)
+        self.pinned = pinned_cores(c.rollout_workers, cfg.train.threads)[0] if c.pin_cores else None
+        if self.pinned is not None:  # each worker computes on its own cores only
+            self.threads = cfg.engine.threads or len(self.pinned[0])
+        else:
+            self.threads = cfg.engine.threads or cfg.train.threads or cpus_each(c.rollout_workers, c.cpus_per_worker,
+                                                                                 info.cpus)
         self.transport = choose_transport(cfg, info.nodes)  # a wrong explicit choice fails here, before any engine
         self.sync: WeightSync | None = None
         self.nodes, self.local = info.nodes, c.address == "local"
@@ -165,13 +179,19 @@ class RayRollouts:
 
     def _spawn(self, index: int):
         cores = None
-        if self.local and not torch.cuda.is_available():  # one node: worker i gets its own slice of the cores
+        if self.pinned is not None:
+            cores = ",".join(str(c) for c in self.pinned[index])
+        elif self.local and not torch.cuda.is_available():  # one node: worker i gets its own slice of the cores
             n = os.cpu_count() or 1
             first = (index * self.threads) % n
             cores = ",".join(str((first + k) % n) for k in range(min(self.threads, n)))
+        # train.async.in_flight: a weight load reaches the actor while it draws (on a second thread), and the
+        # engine takes it between two decode steps
+        concurrency = 2 if self.cfg.train.async_.enabled and self.cfg.train.async_.in_flight else 1
         return self._remote.options(num_cpus=0, num_gpus=self.cfg.cluster.gpus_per_worker, name=None, max_restarts=0,
+                                    max_concurrency=concurrency,
                                     runtime_env=ACTOR_RUNTIME_ENV).remote(self.cfg, self.model_dir, index, self.threads,
-                                                                      cores, self.transport)
+                                                                      cores, self.transport, self.pinned is not None)
 
     def _restart(self, index: int, doing: str) -> None:
         import ray

@@ -80,9 +80,10 @@ def host_transport(nodes: int) -> str:
     return "shm" if nodes == 1 else "object_store"
 
 
-def _load(engine: Engine, named_tensors: NamedTensors) -> float:
+def _load(engine: Engine, named_tensors: NamedTensors, version: int | None = None) -> float:
+    """Load into ``engine`` (which records ``version`` on every token it samples from now on); the seconds."""
     t0 = time.perf_counter()
-    engine.load_weights(named_tensors)
+    engine.load_weights(named_tensors, version=version)
     return time.perf_counter() - t0
 
 
@@ -97,7 +98,7 @@ class InProcessSync:
 
     def push(self, named_tensors: NamedTensors, version: int) -> dict[str, float]:
         self.version = version
-        return {"sync_s": self.load_into(self.engine, named_tensors)}
+        return {"sync_s": _load(self.engine, named_tensors, version)}
 
     def load_into(self, engine: Engine, payload: NamedTensors) -> float:
         return _load(engine, payload)
@@ -163,7 +164,8 @@ class _PackedSync:
 
     # -- the engine's end ---------------------------------------------------------------
     def load_into(self, engine: Engine, payload: Packed) -> float:
-        return _load(engine, unpack(self._buffer(payload), payload.layout))  # the engine copies out of the views
+        # the engine copies out of the views
+        return _load(engine, unpack(self._buffer(payload), payload.layout), payload.version)
 
     def _buffer(self, payload: Packed) -> torch.Tensor:
         raise NotImplementedError

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rollouts import SamplingConfig, make_engine
-from rollouts.bench import flops_per_token, format_table, parse_engine_spec, run_bench
+from rollouts.bench import flops_per_token, format_table, parse_engine_spec, response_lengths, run_bench
 
 PROMPTS = ["User: Compute 3+4-2.\nAssistant: <think>", "User: Compute 12-5.\nAssistant: <think>", "Hello"]
 
@@ -83,6 +83,21 @@ def test_bench_reports_both_ratios(micro_model):
         assert r["gflops"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9)
         assert r["roofline"] == pytest.approx(r["gflops"] / r["peak_gflops"])
     assert "% roofline" in format_table(res) and "GFLOP/s" in format_table(res).splitlines()[0]
+
+
+def test_longtail_lengths_compare_refill_with_shrink_only(micro_model):
+    """``--lengths longtail``: each prompt's length fixed (8 .. max_tokens, mostly short), continuous
+    batching beside shrink-only batching, both sampling identical tokens."""
+    lengths = response_lengths("longtail", 24, 40)
+    assert lengths == response_lengths("longtail", 24, 40) and min(lengths) == 8 and max(lengths) == 40
+    assert sorted(lengths)[12] < 24  # the median is short: a long tail
+    engines = ["static:compile=false,max_batch=16", "static:compile=false,max_batch=16,refill=false"]
+    res = run_bench(micro_model, engines, prompts=24, n=2, max_tokens=40, dtype="float32", repeats=1, progress=False,
+                    roofline=False, lengths="longtail")
+    for r in res:
+        assert r["generated_tokens"] == 2 * sum(lengths) and r["same_samples_as"] == engines[0]
+    assert res[1]["ratio_vs_shrink_only"] == 1.0 and res[0]["ratio_vs_shrink_only"] > 0
+    assert "x shrink-only" in format_table(res)
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention(micro_model):

@@ -159,3 +159,71 @@ def test_kv_budget_splits_batches_without_changing_samples(micro_model):
     assert tight._group_bytes(30, s) > tight.kv_cache_bytes
     assert ([c.token_ids for g in roomy.generate(PROMPTS, s) for c in g.completions]
             == [c.token_ids for g in tight.generate(PROMPTS, s) for c in g.completions])
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """One thread (the flash-attention kernel) and two (the spelled-out attention, see ``_attend``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def samples(groups) -> list[list[tuple[list[int], torch.Tensor, str]]]:
+    return [[(c.token_ids, torch.tensor(c.logprobs), c.finish_reason) for c in g.completions] for g in groups]
+
+
+def assert_identical(a, b) -> None:
+    assert len(a) == len(b)
+    for ga, gb in zip(a, b):
+        for (ids_a, lp_a, why_a), (ids_b, lp_b, why_b) in zip(ga, gb, strict=True):
+            assert ids_a == ids_b and why_a == why_b
+            assert torch.equal(lp_a, lp_b)
+
+
+LONG_TAIL = PROMPTS * 3  # 12 prompts of four lengths
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_refilled_rows_sample_what_one_batch_samples(micro_model, threads, compile):
+    """Continuous batching: with room for two groups at a time, finished groups' slots are refilled
+    from the queue (rows entering at many different steps, beside rows at other steps); every row's
+    token ids and log-probs are bit-for-bit those of one batch holding every group, of shrink-only
+    batching, and of the prompts in another order."""
+    seeds = list(range(100, 100 + len(LONG_TAIL)))
+    limits = [4, 40, 9, 23, 31, 6, 40, 17, 12, 35, 3, 28]  # lengths spread as a long tail would be
+    s = SamplingConfig(n=3, temperature=1.0, max_tokens=40, seeds=seeds, max_tokens_each=limits, stop=["}"])
+    one_batch = make_engine("static", micro_model, compile=compile)
+    refilled = make_engine("static", micro_model, compile=compile, max_batch=6)
+    shrink_only = make_engine("static", micro_model, compile=compile, max_batch=6, refill=False)
+    seen = []
+    want = samples(one_batch.generate(LONG_TAIL, s))
+    assert_identical(samples(refilled.generate(LONG_TAIL, s, on_group=lambda i, g: seen.append(i))), want)
+    assert sorted(seen) == list(range(len(LONG_TAIL))) and seen != sorted(seen)  # announced as they finish
+    assert_identical(samples(shrink_only.generate(LONG_TAIL, s)), want)
+    order = [7, 2, 11, 0, 5, 9, 1, 4, 10, 3, 8, 6]
+    shuffled = SamplingConfig(n=3, temperature=1.0, max_tokens=40, seeds=[seeds[i] for i in order],
+                              max_tokens_each=[limits[i] for i in order], stop=["}"])
+    got = samples(refilled.generate([LONG_TAIL[i] for i in order], shuffled))
+    assert_identical([got[order.index(i)] for i in range(len(order))], want)
+    lengths = [len(ids) for g in want for ids, _, _ in g]
+    assert max(lengths) >= 30 and min(lengths) <= 4 and {why for g in want for _, _, why in g} == {"stop", "length"}
+    assert all(len(ids) <= limit for g, limit in zip(want, limits) for ids, _, _ in g)
+
+
+def test_buffers_are_kept_between_calls_and_freed_on_close(micro_model):
+    engine = make_engine("static", micro_model, compile=False, max_batch=6)
+    s = SamplingConfig(n=3, temperature=1.0, max_tokens=12, seed=1)
+    engine.generate(PROMPTS, s)
+    first = {name: buf.data_ptr() for name, buf in engine._buffers.flat.items()}
+    assert {"gen_kv", "prompt_kv", "uniforms", "logits"} <= set(first)
+    engine.generate(PROMPTS[::-1], SamplingConfig(n=3, temperature=1.0, max_tokens=8, seed=2))  # smaller: reused
+    assert {name: buf.data_ptr() for name, buf in engine._buffers.flat.items()} == first
+    engine.close()
+    assert engine._buffers.nbytes() == 0
+
+
+def test_per_prompt_max_tokens_is_checked():
+    with pytest.raises(ValueError, match="max_tokens_each"):
+        SamplingConfig(max_tokens=8, max_tokens_each=[4, 9])

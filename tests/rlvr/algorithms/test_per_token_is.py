@@ -74,6 +74,27 @@ def test_the_batch_carries_each_tokens_version_through_sorting_and_trimming():
     assert short.engine_logp.shape == short.versions.shape
 
 
+def test_a_turn_that_spans_an_in_flight_load_keeps_one_version_per_token():
+    """An engine that loaded version 4 after the first token of a turn (train.async.in_flight) reports the
+    versions per token; the turn keeps them through the checkpoint's JSON and into the batch, so the guard sees
+    the older token: with the learner at 5 and k = 1, the sample is dropped; with k = 2 it is trained."""
+    b = Budget(max_turns=1, max_turn_tokens=4)
+    e = append_turn(Trajectory.start([1, 2, 3], b), [10, 11], [LN(ENGINE[10]), LN(ENGINE[11])], [3, 4])
+    assert e.versions() == [-1, -1, -1, 3, 4]
+    assert Trajectory.from_json(e.to_json()) == e
+    same = append_turn(Trajectory.start([1, 2, 3], b), [10, 11], [0.0, 0.0], [4, 4])
+    assert same.segments[0].version == 4  # one version for the whole turn is stored as one
+    with pytest.raises(ValueError, match="2 ids but 1 versions"):
+        append_turn(Trajectory.start([1, 2, 3], b), [10, 11], [0.0, 0.0], [4])
+    e = record_step(e, None, True)
+    other = one_turn([1, 2, 3], [20, 21], [LN(ENGINE[20]), LN(ENGINE[21])], "stop", version=5)
+    for k, valid in ((1, [False, True, True]), (2, [True, True, True])):
+        batch, inputs = build_episode_batch([[e, other, other]], [[1.0, 0.0, 1.0]], 0, AlgorithmConfig(), 4,
+                                            learner_version=5, max_staleness=k)
+        assert batch.versions[0, 2:4].tolist() == [3, 4]
+        assert inputs.valid.tolist() == valid
+
+
 def test_per_token_is_weights_use_each_tokens_own_behaviour_logprob():
     """tis: min(p_trainer / p_engine, 2); mis: the ratio inside [1/2, 2], else 0; one ratio per token,
     whichever version sampled it."""

@@ -153,3 +153,39 @@ def test_more_workers_than_cpus_fails_before_the_run_dir_is_touched(ray_cluster,
     with pytest.raises(ConfigError, match="cluster.rollout_workers=3"):
         train(config(micro_model, run_dir, 1, "cluster.rollout_workers=3"))
     assert not run_dir.exists()
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_pin_cores_gives_the_worker_and_the_learner_their_own_cores(ray_cluster, micro_model, tmp_path):
+    """cluster.pin_cores: the rollout worker's process and the learner run on disjoint cores (as the kernel
+    reports them in cluster.json), and this process has all its cores back once the run ends."""
+    import json
+    import os
+
+    before = os.sched_getaffinity(0)
+    run_dir = tmp_path / "pinned"
+    train(config(micro_model, run_dir, 1, "cluster.rollout_workers=1", "cluster.pin_cores=true"))
+    cores = json.loads((run_dir / "cluster.json").read_text())["cores"]
+    worker, learner = set(cores["rollout_workers"][0]), set(cores["learner"])
+    assert worker and learner and not worker & learner
+    assert worker | learner <= before
+    assert os.sched_getaffinity(0) == before
+
+
+def test_pin_cores_needs_a_rollout_worker(micro_model, tmp_path):
+    with pytest.raises(ValueError, match="cluster.pin_cores .* needs cluster.rollout_workers >= 1"):
+        config(micro_model, tmp_path, 1, "cluster.pin_cores=true")
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_in_flight_on_a_pinned_ray_worker_stays_within_k(ray_cluster, micro_model, tmp_path):
+    """The GPU-shaped layout with in-flight updates: the worker's actor takes each load on a second thread
+    while it draws (the run would otherwise wait on the draw); its samples run ahead of the learner, never by
+    more than k = 2 versions."""
+    from helpers import train_and_read
+
+    steps, _ = train_and_read(config(micro_model, tmp_path / "flight", 5, "engine.kind=static", "cluster.rollout_workers=1",
+                                     "cluster.pin_cores=true", "train.async.in_flight=true",
+                                     "train.async.max_staleness=2"))
+    assert all(r["staleness/tokens_over"] == 0.0 and r["stale_dropped"] == 0.0 for r in steps)
+    assert any(r["staleness/tokens_1"] + r["staleness/tokens_2"] > 0.0 for r in steps[1:])

@@ -1,0 +1,82 @@
+"""In-flight weight updates (``train.async.in_flight``) on the static engine, end to end with a real tiny model:
+deterministic mode repeats exactly and mixes two policy versions inside one sample; no token is more than k
+versions older than the learner; ``kill -9`` at random moments, each followed by ``--resume``, ends identical
+to an uninterrupted run (every metric value and the final weights)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from helpers import SMALL, assert_same_run, rlvr_cli, tiny_config, train_and_read, train_records
+
+from rlvr.checkpoint import latest_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+FLIGHT = ["engine.kind=static", "train.threads=1", "train.async.in_flight=true", "train.async.deterministic=true",
+          "train.async.update_at=3"]
+
+
+def test_deterministic_in_flight_repeats_and_loads_inside_a_draw(micro_model, tmp_path):
+    """Two runs are identical; the draw of step t samples its first 3 decode steps with version t - 2 and the
+    rest with t - 1, so samples longer than 3 tokens hold two versions, and none is older than k = 1."""
+    runs = []
+    for name in ("a", "b"):
+        steps, _ = train_and_read(tiny_config(*FLIGHT, "train.steps=4", model=micro_model, run_dir=tmp_path / name))
+        runs.append(steps)
+    assert_same_run(tmp_path / "a", tmp_path / "b", 4)
+    for r in runs[0][1:]:  # step 1 was drawn by version 0 alone: it is the learner's own
+        assert 0.0 < r["staleness/tokens_1"] < 1.0 and r["staleness/tokens_0"] > 0.0
+        assert r["staleness/tokens_over"] == 0.0 and r["stale_dropped"] == 0.0
+
+
+def test_in_flight_with_k2_never_trains_on_a_token_older_than_2(micro_model, tmp_path):
+    steps, _ = train_and_read(tiny_config("engine.kind=static", "train.threads=1", "train.async.in_flight=true",
+                                          "train.async.max_staleness=2", "train.steps=5", model=micro_model,
+                                          run_dir=tmp_path / "k2"))
+    assert all(r["staleness/tokens_over"] == 0.0 for r in steps)
+    assert any(r["staleness/tokens_2"] > 0.0 or r["staleness/tokens_1"] > 0.0 for r in steps[2:])
+
+
+def _kill_and_resume(args: list[str], run_dir, kills: int, steps: int, rng: random.Random) -> int:
+    """Start the run, then ``kills`` times: SIGKILL it at a random moment after its first checkpoint, and
+    ``--resume``; finally let it finish. Returns the kills that landed mid-run."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [*rlvr_cli(), "train", *args, f"run_dir={run_dir}"]
+    landed = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and latest_checkpoint(run_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))  # a random moment: inside a draw, a learner step, a load or a save
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            landed += 1
+        proc.wait(timeout=60)
+        if proc.returncode not in (0, -signal.SIGKILL):
+            raise AssertionError(proc.stderr.read()[-3000:])
+        if proc.returncode == 0:
+            return landed
+        cmd = [*rlvr_cli(), "train", "--resume", str(run_dir)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return landed
+
+
+@pytest.mark.parametrize("kills", [pytest.param(2, id="2-kills"), pytest.param(10, id="10-kills", marks=pytest.mark.slow)])
+def test_kill9_at_random_moments_then_resume_equals_an_uninterrupted_run(micro_model, tmp_path, kills):
+    steps = 8
+    args = [*SMALL, *FLIGHT, f"model={micro_model}", f"train.steps={steps}", "checkpoint.every=1"]
+    whole = tmp_path / "whole"
+    done = subprocess.run([*rlvr_cli(), "train", *args, f"run_dir={whole}"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    landed = _kill_and_resume(args, tmp_path / "killed", kills, steps, random.Random(kills))
+    assert landed >= 1
+    assert_same_run(whole, tmp_path / "killed", steps)
+    assert len(train_records(whole)) == steps
