@@ -10,8 +10,8 @@ of the cyclic garbage collector's reach (``gc.collect()`` then ``gc.freeze()``; 
 leaves the collector alone). The HTTP side and the agents' clients allocate enough to trigger a full
 collection every few hundred calls, and a full collection walked all of them with the GIL held: 0.5-0.7 s
 on the 2-core machine of docs/results.md, during which neither the engine nor any request moves. After
-the freeze it walks only what came later (0.1 s there). Objects frozen are never collected as cycles:
-what start-up built is meant to live as long as the process.
+the freeze it walks only what came later (0.1 s there). Objects frozen are not collected as cycles
+until ``close()`` gives them back to the collector.
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ class Server:
             raise ValueError("api_key: an empty token would let anyone in; leave it out to generate one")
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.model_name, self.host = model_name, host
-        if freeze_gc:
-            gc.collect()
-            gc.freeze()
+        self._froze_gc = False
         self.records = records if records is not None else SessionRecords()
         self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
                                waiting_on=self.records.open_sessions)
@@ -84,6 +82,10 @@ class Server:
                 self.close()
                 raise RuntimeError(f"the HTTP server did not start on {host}:{self.port}")
             time.sleep(0.01)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+            self._froze_gc = True
 
     @property
     def root_url(self) -> str:
@@ -105,6 +107,9 @@ class Server:
         self._thread.join(timeout=15)
         self._sock.close()
         self.batcher.close()
+        if self._froze_gc:  # back in the collector's reach (at exit, extensions check their objects were freed)
+            gc.unfreeze()
+            self._froze_gc = False
 
     def __enter__(self) -> Server:
         return self
