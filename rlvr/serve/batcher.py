@@ -157,7 +157,7 @@ class Batcher:
             try:
                 busy = self.engine.step() > 0
             except Exception:  # noqa: BLE001 - the step failed the requests it held (rollouts.base); go on
-                busy = False
+                busy = self.engine.pending() > 0  # those still queued
             if not busy:
                 self._wake.wait()
                 self._wake.clear()
