@@ -28,9 +28,11 @@ An engine that decodes token by token (``steps_tokens``: the static engine's sch
 batches by itself: a prompt submitted while it decodes joins the running batch at its next step. With
 such an engine there are no windows: each prompt goes straight to ``engine.submit`` and the engine
 thread steps the engine while it has work. So a session whose call finished early makes its next call
-while the rest of the batch still decodes, instead of waiting for the batch's last row and then for
-every other session's next call (on the bench of rlvr.serve.bench, that wait cost a quarter of the
-time; docs/results.md). Each prompt is answered as soon as its group finishes, in both modes.
+while the rest of the batch still decodes, a slow session holds no batch up, and a stall in the HTTP
+side cannot cut a batch in two (each half decoding as long as the whole). On the tools base's bench
+(rlvr.serve.bench) it is as fast as the windows, no faster: what the server costs there is the
+requests' own Python (docs/results.md). Each prompt is answered as soon as its group finishes, in
+both modes.
 """
 
 from __future__ import annotations
