@@ -19,9 +19,10 @@ class AgentConfig(BaseModel):
                              "model calls together).")
     timeout_s: float = Field(300.0, gt=0, description="Wall-clock seconds one session may run; a session past it "
                              "is a failed sample (kept out of its group's baseline), and its later calls are refused.")
-    max_batch: int = Field(64, ge=1, description="Most sequences one engine call samples (the server's batcher).")
+    max_batch: int = Field(64, ge=1, description="Most sequences one engine call samples (the server's batcher; "
+                           "not used with the static engine, which batches the calls itself).")
     window_s: float = Field(0.05, gt=0, description="The server's batcher ends a batch after this long without a "
-                            "new request.")
+                            "new request (not used with the static engine, which batches the calls itself).")
 
     @field_validator("entry")
     @classmethod

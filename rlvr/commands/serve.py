@@ -21,7 +21,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="engine dtype")
     p.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
     p.add_argument("--max-batch", type=int, default=64,
-                   help="most sequences (prompts x n) one engine call samples together (default 64)")
+                   help="most sequences (prompts x n) one engine call samples together (default 64; the static "
+                        "engine batches by itself and ignores this and the two below)")
     p.add_argument("--batch-window-ms", type=float, default=50.0,
                    help="a batch takes requests until none arrives for this long (default 50)")
     p.add_argument("--batch-max-wait-ms", type=float, default=500.0,

@@ -23,6 +23,16 @@ wait in the queue and form the next batch.
 Every prompt is sampled with a seed of its own (``SamplingConfig.seeds``): the request's seed when
 it gave one, else a random one, so prompts with and without seeds share a call and a prompt's
 samples depend on its seed only (as far as the engine keeps that promise across batches).
+
+An engine that decodes token by token (``steps_tokens``: the static engine's scheduler, rollouts.base)
+batches by itself: a prompt submitted while it decodes joins the running batch at its next step. With
+such an engine there are no windows: each prompt goes straight to ``engine.submit`` and the engine
+thread steps the engine while it has work. So a session whose call finished early makes its next call
+while the rest of the batch still decodes, a slow session holds no batch up, and a stall in the HTTP
+side cannot cut a batch in two (each half decoding as long as the whole). On the tools base's bench
+(rlvr.serve.bench) it is as fast as the windows, no faster: what the server costs there is the
+requests' own Python (docs/results.md). Each prompt is answered as soon as its group finishes, in
+both modes.
 """
 
 from __future__ import annotations
@@ -74,10 +84,16 @@ class Batcher:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.engine, self.max_batch, self.window_s, self.max_wait_s = engine, max_batch, window_s, max_wait_s
         self.waiting_on = waiting_on
-        self.calls = 0  # engine.generate calls made (a test reads it to see batching happen)
+        # the engine's own continuous batching (see the module doc), else windows and engine.generate
+        self.continuous = bool(getattr(engine, "steps_tokens", False)) and callable(getattr(engine, "submit", None))
+        self.prompts = 0  # prompts handed to the engine
+        self.calls = 0  # engine.generate calls made (windowed mode; a test reads it to see batching happen)
         self.batch_sizes: list[int] = []  # prompts per engine call, most recent last (the last 1000)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="rlvr-serve-engine", daemon=True)
+        self._wake = threading.Event()  # continuous mode: work was submitted, or close
+        self._closing = False
+        self._thread = threading.Thread(target=self._steps if self.continuous else self._run, name="rlvr-serve-engine",
+                                        daemon=True)
         self._thread.start()
 
     def submit(self, prompt_ids: list[int], settings: Settings, seed: int | None = None,
@@ -88,11 +104,21 @@ class Batcher:
             raise RuntimeError("the engine thread has stopped")
         seed = secrets.randbelow(2**31) if seed is None else seed
         future: Future = Future()
+        if self.continuous:
+            self._submit(list(prompt_ids), settings, seed, future)
+            return future, seed
         self._queue.put(_Pending(list(prompt_ids), settings, seed, future, session))
         return future, seed
 
     def close(self) -> None:
-        """Stop the engine thread after the batch it is sampling; prompts still queued fail."""
+        """Stop the engine thread after the batch (windowed) or the step (continuous) it is on; prompts
+        still queued or decoding fail."""
+        if self.continuous:
+            self._closing = True
+            self._wake.set()
+            self._thread.join()
+            self.engine.stop("the server is shutting down")  # fails what the engine still holds
+            return
         self._queue.put(None)
         self._thread.join()
         while True:
@@ -102,6 +128,41 @@ class Batcher:
                 break
             if item is not None:
                 item.future.set_exception(RuntimeError("the server is shutting down"))
+
+    # -- continuous mode: the engine batches ----------------------------------------------
+    def _submit(self, prompt_ids: list[int], settings: Settings, seed: int, future: Future) -> None:
+        sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                  max_tokens=settings.max_tokens, stop=settings.stop)
+        future.set_running_or_notify_cancel()
+        try:
+            inner = self.engine.submit(prompt_ids, sampling, seed)
+        except Exception as exc:  # noqa: BLE001 - a prompt the engine refuses: its request answers with it
+            future.set_exception(exc)
+            return
+
+        def answer(done: Future) -> None:  # on the engine thread, as the prompt's group finishes
+            if done.cancelled():
+                future.set_exception(RuntimeError("the engine dropped the prompt"))
+            elif done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                completions: list[Completion] = done.result().completions
+                future.set_result(completions)
+
+        inner.add_done_callback(answer)
+        self.prompts += 1
+        self._wake.set()
+
+    def _steps(self) -> None:
+        """Step the engine while it has work; sleep until a prompt is submitted otherwise."""
+        while not self._closing:
+            try:
+                busy = self.engine.step() > 0
+            except Exception:  # noqa: BLE001 - the step failed the requests it held (rollouts.base); go on
+                busy = self.engine.pending() > 0  # those still queued
+            if not busy:
+                self._wake.wait()
+                self._wake.clear()
 
     # -- the engine thread ------------------------------------------------------------
     def _take(self) -> list[_Pending] | None:
@@ -147,19 +208,27 @@ class Batcher:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
         if not items:
             return
+
+        def finished(i: int, group) -> None:  # a prompt's reply goes out while the engine samples the rest
+            if not items[i].future.done():
+                items[i].future.set_result(group.completions)
+
         try:
             sampling = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                       max_tokens=settings.max_tokens, stop=settings.stop,
                                       seeds=[it.seed for it in items])
-            groups = self.engine.generate([it.prompt_ids for it in items], sampling)
+            groups = self.engine.generate([it.prompt_ids for it in items], sampling, finished)
             if len(groups) != len(items):
                 raise RuntimeError(f"the engine returned {len(groups)} groups for {len(items)} prompts")
         except Exception as exc:  # noqa: BLE001 - each waiting request answers with it; the thread goes on
             for it in items:
-                it.future.set_exception(exc)
+                if not it.future.done():
+                    it.future.set_exception(exc)
             return
         self.calls += 1
+        self.prompts += len(items)
         self.batch_sizes = [*self.batch_sizes[-999:], len(items)]
         for it, group in zip(items, groups):
-            completions: list[Completion] = group.completions
-            it.future.set_result(completions)
+            if not it.future.done():  # an engine that does not report groups as they finish
+                completions: list[Completion] = group.completions
+                it.future.set_result(completions)

@@ -8,17 +8,22 @@ the whole history back, so the server continues from the sampled ids (rlvr.serve
 opened in the server's records with a seed, as rlvr.agents opens them, and its calls give no seed (the
 server derives each call's seed from the session's).
 
-Each round times both, in turn, on one engine:
+Each round times each way, in turn, on one engine:
 
 * **in process**: turn by turn, one ``engine.generate`` of every session's prompt ids (turn ``t + 1``'s
   ids are turn ``t``'s ids, its sampled ids, and the observation encoded), with the seeds the server
-  gives the same calls: the engine's best case, every turn one batch with no HTTP at all;
+  gives the same calls: every turn one batch with no HTTP at all;
+* **in process, pipelined** (an engine that decodes token by token, ``steps_tokens``): the same calls
+  through the engine's request API, stepped on the calling thread, each session's next call submitted
+  as soon as its last one finished, so it joins the running batch (what the server does with such an
+  engine, rlvr.serve.batcher, without HTTP);
 * **through the server**: one thread per session, each with its own ``openai`` client on its session
   URL (what rlvr.agents gives a sync agent), all started together, timed
   from the first call to the last reply.
 
 Tokens/s counts sampled tokens (the server's ``usage.completion_tokens``). Reported: each side's best
-round and the median of the rounds' ratios (server / in process).
+round and the median of the rounds' ratios (server / in process, against the faster in-process way of
+the round).
 """
 
 from __future__ import annotations
@@ -56,11 +61,7 @@ def in_process(engine, tokenizer, texts: list[str], seeds: list[list[int]], turn
     """Every session's turns sampled turn by turn in one engine call each: (sampled tokens, seconds)."""
     from rollouts import SamplingConfig
 
-    obs = tokenizer(OBSERVATION, add_special_tokens=False)["input_ids"]
-    # a call cut at the stop string sampled its tokens (the text leaves it out): the server continues
-    # after them with the rest of the observation
-    after_stop = tokenizer(OBSERVATION.removeprefix(STOP[0]), add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids)
+    after = _after(tokenizer)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     tokens = 0
     t0 = time.perf_counter()
@@ -70,11 +71,50 @@ def in_process(engine, tokenizer, texts: list[str], seeds: list[list[int]], turn
         for i, group in enumerate(groups):
             sampled = list(group.completions[0].token_ids)
             tokens += len(sampled)
-            if sampled and sampled[-1] in special:  # an EOS the next prompt leaves out (as the server does)
-                sampled = sampled[:-1]
-            stopped = tokenizer.decode(sampled).endswith(STOP[0])
-            ids[i] = ids[i] + sampled + (after_stop if stopped else obs)
+            ids[i] = ids[i] + after(sampled)
     return tokens, time.perf_counter() - t0
+
+
+def in_process_pipelined(engine, tokenizer, texts: list[str], seeds: list[list[int]], turns: int,
+                         turn_tokens: int) -> tuple[int, float]:
+    """The same calls through the engine's request API, stepped on this thread: each session's next call
+    is submitted as soon as its last one finished, as the agents do through the server (an engine that
+    decodes token by token takes it into the running batch): (sampled tokens, seconds)."""
+    from rollouts import SamplingConfig
+
+    after = _after(tokenizer)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    sampling = SamplingConfig(max_tokens=turn_tokens, stop=STOP)
+    tokens = 0
+    t0 = time.perf_counter()
+    running = {engine.submit(ids[i], sampling, seeds[i][0]): (i, 0) for i in range(len(texts))}
+    while running:
+        engine.step()
+        for future in [f for f in running if f.done()]:
+            i, turn = running.pop(future)
+            sampled = list(future.result().completions[0].token_ids)
+            tokens += len(sampled)
+            if turn + 1 < turns:
+                ids[i] = ids[i] + after(sampled)
+                running[engine.submit(ids[i], sampling, seeds[i][turn + 1])] = (i, turn + 1)
+    return tokens, time.perf_counter() - t0
+
+
+def _after(tokenizer):
+    """What follows a call's sampled ids in the session's next prompt: the ids (less a final EOS, which
+    the server leaves out too), then the observation; a call cut at the stop string sampled its tokens
+    (the text leaves it out), so the server continues after them with the rest of the observation."""
+    obs = tokenizer(OBSERVATION, add_special_tokens=False)["input_ids"]
+    after_stop = tokenizer(OBSERVATION.removeprefix(STOP[0]), add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+
+    def after(sampled: list[int]) -> list[int]:
+        if sampled and sampled[-1] in special:
+            sampled = sampled[:-1]
+        stopped = tokenizer.decode(sampled).endswith(STOP[0])
+        return sampled + (after_stop if stopped else obs)
+
+    return after
 
 
 def through_server(server, texts: list[str], base_seed: int, turns: int, turn_tokens: int,
@@ -146,36 +186,51 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
         with Server(eng, AutoTokenizer.from_pretrained(model_dir), MODEL_NAME, limits=limits, max_batch=max_batch,
                     window_s=window_s, max_wait_s=max_wait_s) as server:
             through_server(server, texts[:2], 0, 1, 4, "warm")  # the HTTP side's first request
+            pipelined = getattr(eng, "steps_tokens", False)
             for r in range(repeats):
                 base = 10_000 * (r + 1)
-                calls_before = server.batcher.calls
-                local = in_process(eng, tokenizer, texts, _session_seeds(base, sessions, turns), turns, turn_tokens)
+                seeds = _session_seeds(base, sessions, turns)
+                calls_before, prompts_before = server.batcher.calls, server.batcher.prompts
+                local = in_process(eng, tokenizer, texts, seeds, turns, turn_tokens)
+                piped = in_process_pipelined(eng, tokenizer, texts, seeds, turns, turn_tokens) if pipelined else None
                 served = through_server(server, texts, base, turns, turn_tokens, str(r))
                 made = server.batcher.calls - calls_before
                 rounds.append({"in_process_tokens": local[0], "in_process_s": local[1], "server_tokens": served[0],
                                "server_s": served[1], "engine_calls": made,
+                               "engine_prompts": server.batcher.prompts - prompts_before,
+                               "continuous": server.batcher.continuous,
                                "batch_sizes": server.batcher.batch_sizes[-made:] if made else []})
+                if piped is not None:
+                    rounds[-1].update(pipelined_tokens=piped[0], pipelined_s=piped[1])
     finally:
         eng.close()
     for r in rounds:
         r["in_process_tps"] = r["in_process_tokens"] / r["in_process_s"]
         r["server_tps"] = r["server_tokens"] / r["server_s"]
-        r["ratio"] = r["server_tps"] / r["in_process_tps"]
+        if "pipelined_s" in r:
+            r["pipelined_tps"] = r["pipelined_tokens"] / r["pipelined_s"]
+        r["best_in_process_tps"] = max(r["in_process_tps"], r.get("pipelined_tps", 0.0))
+        r["ratio"] = r["server_tps"] / r["best_in_process_tps"]
     return {"bench": "serve_sessions", "model": model_dir, "engine": engine, "dtype": dtype, "sessions": sessions,
             "turns": turns, "turn_tokens": turn_tokens, "window_s": window_s, "max_wait_s": max_wait_s,
-            "in_process_tps_best": max(r["in_process_tps"] for r in rounds),
+            "in_process_tps_best": max(r["best_in_process_tps"] for r in rounds),
             "server_tps_best": max(r["server_tps"] for r in rounds),
             "ratio_median": statistics.median(r["ratio"] for r in rounds), "rounds": rounds}
 
 
 def format_sessions(result: dict[str, Any]) -> str:
     """The rounds as a table, then the best and the median ratio."""
+    piped = any("pipelined_tps" in r for r in result["rounds"])
     lines = [f"{result['sessions']} concurrent agent sessions of {result['turns']} calls (<= {result['turn_tokens']} "
              f"tokens each, stop at </python>), {result['engine']} engine, {result['dtype']}, {result['model']}",
-             f"{'round':>5} {'in process tok/s':>17} {'server tok/s':>13} {'ratio':>6}  server batches"]
+             f"{'round':>5} {'in process tok/s':>17} " + (f"{'pipelined':>10} " if piped else "")
+             + f"{'server tok/s':>13} {'ratio':>6}  server batches"]
     for i, r in enumerate(result["rounds"]):
-        lines.append(f"{i:>5} {r['in_process_tps']:>17,.0f} {r['server_tps']:>13,.0f} {r['ratio']:>6.2f}  "
-                     f"{r['batch_sizes']}")
+        batches = (f"continuous ({r['engine_prompts']} prompts joined the engine's running batch)" if r["continuous"]
+                   else str(r["batch_sizes"]))
+        lines.append(f"{i:>5} {r['in_process_tps']:>17,.0f} " + (f"{r['pipelined_tps']:>10,.0f} " if piped else "")
+                     + f"{r['server_tps']:>13,.0f} {r['ratio']:>6.2f}  {batches}")
     lines.append(f"best: in process {result['in_process_tps_best']:,.0f} tok/s, server "
-                 f"{result['server_tps_best']:,.0f} tok/s; server / in process, median {result['ratio_median']:.2f}")
+                 f"{result['server_tps_best']:,.0f} tok/s; server / in process, median {result['ratio_median']:.2f}"
+                 + (" (in process: the faster of the two ways, each round)" if piped else ""))
     return "\n".join(lines)

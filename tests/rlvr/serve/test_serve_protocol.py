@@ -135,3 +135,26 @@ def test_the_gap_ends_a_batch_only_once_half_the_open_sessions_are_in():
         assert batcher.batch_sizes == [3]
     finally:
         batcher.close()
+
+
+def test_a_token_stepping_engine_takes_each_prompt_into_its_own_batching(micro_model):
+    """With the static engine (``steps_tokens``), the batcher has no windows: each prompt goes to
+    ``engine.submit`` at once and the engine thread steps the engine; each prompt samples what one
+    ``generate`` with its seed samples, and close() stops the thread."""
+    from rollouts import SamplingConfig
+    from rollouts.static_engine import StaticCacheEngine
+
+    engine = StaticCacheEngine(micro_model, compile=False)
+    batcher = Batcher(engine, window_s=60.0, max_wait_s=120.0)  # windows that would outlast the futures' timeout
+    try:
+        assert batcher.continuous
+        prompts, settings_ = [[5, 6, 7, 8], [9, 10, 11]], Settings(max_tokens=12)
+        futures = [batcher.submit(ids, settings_, seed=3 + i)[0] for i, ids in enumerate(prompts)]
+        got = [f.result(120)[0].token_ids for f in futures]
+        assert (batcher.prompts, batcher.calls) == (2, 0)  # no generate calls: the engine's scheduler batched
+    finally:
+        batcher.close()
+    want = engine.generate(prompts, SamplingConfig(max_tokens=12, seeds=[3, 4]))
+    assert got == [g.completions[0].token_ids for g in want]
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit([1], settings_)
