@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import fnmatch
 import hashlib
 import json
 import math
@@ -370,7 +371,8 @@ def compare_metrics(a: Path, b: Path, cmp: Comparison, new_keys: frozenset[str] 
     for i, (x, y) in enumerate(zip(ra, rb)):
         where = f"line {i + 1} ({x.get('kind')} step {x.get('step')})"
         kx = {k for k in x if not is_timing(k)}
-        ky = {k for k in y if not is_timing(k) and not (k in new_keys and k not in x)}  # new here, not in base
+        # new here (a name or a glob such as staleness/*), not in base
+        ky = {k for k in y if not is_timing(k) and not (k not in x and any(fnmatch.fnmatchcase(k, p) for p in new_keys))}
         cmp.skipped |= (set(x) | set(y)) - kx - ky
         if kx != ky and not cmp.first_diff:
             cmp.first_diff = f"{where}: keys only in base {sorted(kx - ky)}, only in head {sorted(ky - kx)}"
@@ -443,7 +445,7 @@ def main() -> int:
     p.add_argument("--keep-worktrees", action="store_true", help="keep the worktrees and the head snapshot")
     p.add_argument("--in-place", action="store_true", help="run a directory --head in place, not in a snapshot")
     p.add_argument("--list", action="store_true", help="print the scenarios and their overrides, and exit")
-    p.add_argument("--new-keys", default="", help="comma-separated metrics the head adds on purpose (absent from the "
+    p.add_argument("--new-keys", default="", help="comma-separated metrics (names or globs, e.g. 'staleness/*') the head adds on purpose (absent from the "
                    "base): not compared, listed with the timing keys")
     args = p.parse_args()
 
