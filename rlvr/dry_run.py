@@ -116,13 +116,15 @@ def cpu_step_config(cfg: TrainConfig, model_dir: str, work: Path, dataset_ok: bo
     engine = data["engine"]
     if engine_kind is not None and engine_kind != engine["kind"]:  # only the fields every kind has carry over
         engine = {k: v for k, v in engine.items() if k in EngineConfigBase.model_fields} | {"kind": engine_kind}
-    cpu = dict(sleep_level=0, gpu_memory_gib=None, kv_cache_gib=0.25, threads=0)
+    # one thread: a shrunk model gains nothing from an OpenMP team, and on shared cores a team of two waits
+    # for its second thread at every op (a 2-layer decode step went from ~1 ms to ~100 ms under load)
+    cpu = dict(sleep_level=0, gpu_memory_gib=None, kv_cache_gib=0.25, threads=1)
     data["engine"] = engine | {k: v for k, v in cpu.items() if k in ENGINES[engine["kind"]].model_fields}
     if not cpu_has_bf16_kernels():  # torch's CPU bf16 kernels need AVX-512 ("pack_vnni2 is only supported ...")
         data["engine"]["dtype"] = "float32"
         data["train"]["dtype"] = "float32"
     data["sampling"].update(n=min(cfg.sampling.n, 4), max_tokens=min(cfg.sampling.max_tokens, 24))
-    data["train"].update(steps=1, prompts_per_step=2, micro_batch_size=min(cfg.train.micro_batch_size, 8), threads=0,
+    data["train"].update(steps=1, prompts_per_step=2, micro_batch_size=min(cfg.train.micro_batch_size, 8), threads=1,
                          max_seq_len=None)
     data["train"]["async"] = False
     data["eval"].update(every=0, num_prompts=2, k=1, max_tokens=8)

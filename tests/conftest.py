@@ -3,8 +3,11 @@ Ray instance per session) and the test tiers.
 
 Tiers (markers, assigned here unless a test sets one itself):
 * ``cluster``: uses the Ray fixture (``ray_instance``, or a wrapper of it) or lives in tests/rlvr/cluster/;
-* ``e2e``: uses a fixture that builds or loads a model (MODEL_FIXTURES), so it starts an engine or trains;
+* ``e2e``: uses a fixture that builds or loads a model (MODEL_FIXTURES), so it starts an engine or trains,
+  or one that serves an outside framework's app (SERVER_FIXTURES);
 * ``unit``: everything else (`make test-unit`: seconds, no model).
+A test that would be ``unit`` by its fixtures but starts processes (the CLI, the code sandbox on many
+programs, a tracker's service) or waits out a timeout says ``@pytest.mark.e2e`` itself (with why).
 ``slow`` and ``gpu`` are set by the tests themselves and left out of `make test`.
 """
 
@@ -38,6 +41,10 @@ MODEL_FIXTURES = {
     "models",  # tests/rlvr/test_gpu.py, tests/rlvr/rollout/test_nccl_sync.py
     "model_dir",  # tests/rlvr/rollout/test_gpu_nccl_sync.py
     "reward_model_dir",  # tests/rlvr/test_reward_model.py
+}
+# fixtures that serve an outside framework's server (seconds of imports before the first request): e2e too
+SERVER_FIXTURES = {
+    "game_url",  # tests/rlvr/envs/test_openenv.py: openenv-core's app (gradio, fastmcp) on uvicorn
 }
 
 
@@ -120,7 +127,7 @@ def tier_of(item) -> str:
     names = set(getattr(item, "fixturenames", ()))
     if RAY_FIXTURE in names or CLUSTER_DIR in Path(str(item.path)).resolve().parents:
         return "cluster"
-    if names & MODEL_FIXTURES:
+    if names & (MODEL_FIXTURES | SERVER_FIXTURES):
         return "e2e"
     return "unit"
 

@@ -54,18 +54,16 @@ def build_episode_batch(groups: Sequence[Sequence[Trajectory]], rewards: Sequenc
     B, L = len(seqs), max(map(len, seqs))
     if L < 2:
         raise ValueError("build_episode_batch: every episode is a single token; nothing to predict")
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L - 1))
-    elp = torch.zeros((B, L - 1))
-    versions = torch.full((B, L - 1), -1, dtype=torch.long)
-    for i, (t, seq) in enumerate(zip(trajs, seqs)):
-        n = len(seq) - 1  # targets: tokens 1..len-1, in columns 0..len-2
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        mask[i, :n] = torch.tensor(t.loss_mask()[1:], dtype=mask.dtype)
-        elp[i, :n] = torch.tensor(t.engine_logprobs()[1:])
-        versions[i, :n] = torch.tensor(t.versions()[1:], dtype=torch.long)
+    # right-padded rows, each tensor built once from lists (one tensor per row was most of a large step's
+    # packing time); targets: tokens 1..len-1, in columns 0..len-2
+    ids = torch.tensor([seq + [pad_id] * (L - len(seq)) for seq in seqs], dtype=torch.long)
+    attn = torch.tensor([[1] * len(seq) + [0] * (L - len(seq)) for seq in seqs], dtype=torch.long)
+    mask = torch.tensor([t.loss_mask()[1:] + [0] * (L - len(seq)) for t, seq in zip(trajs, seqs)],
+                        dtype=torch.float32)
+    elp = torch.tensor([t.engine_logprobs()[1:] + [0.0] * (L - len(seq)) for t, seq in zip(trajs, seqs)],
+                       dtype=torch.float32)
+    versions = torch.tensor([t.versions()[1:] + [-1] * (L - len(seq)) for t, seq in zip(trajs, seqs)],
+                            dtype=torch.long)
     group_ids = torch.tensor([g for g, grp in enumerate(groups) for _ in grp])
     prompt_lens = torch.tensor([len(t.prompt_ids) for t in trajs])
     if isinstance(rewards, Tensor):

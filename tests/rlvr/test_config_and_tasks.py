@@ -106,6 +106,7 @@ def test_missing_model_dir_is_named(tmp_path):
     assert code == 2
 
 
+@pytest.mark.e2e  # four interpreters in subprocesses
 def test_cli_help_does_not_import_torch():
     code = ("import sys; from rlvr.cli import build_parser; build_parser();"
             "heavy = [m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules];"

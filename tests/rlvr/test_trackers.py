@@ -41,6 +41,7 @@ def test_missing_tracker_package_names_the_extra(monkeypatch):
         check_trackers(["comet"])
 
 
+@pytest.mark.e2e  # wandb starts its service process
 def test_wandb_offline_gets_config_and_metrics(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

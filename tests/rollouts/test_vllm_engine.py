@@ -8,7 +8,12 @@ import torch
 from rollouts import SamplingConfig
 from rollouts.hf_engine import HFEngine
 
-pytest.importorskip("vllm")
+
+@pytest.fixture(autouse=True)
+def _needs_vllm():
+    """Skipped without vllm; imported when a test here first runs, not at collection (seconds)."""
+    pytest.importorskip("vllm")
+
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1), (7, 7, 7), (1, 2, 3), (15, 3, 9), (9, 9, 9), (4, 8, 2),

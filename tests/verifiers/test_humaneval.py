@@ -32,12 +32,14 @@ def test_loader_gives_164_tasks(tasks):
         assert "def check(candidate)" in t["test"]
 
 
+@pytest.mark.e2e  # 164 programs through the sandbox (a process each)
 def test_all_164_canonical_solutions_score_1(tasks, v):
     scores = v.score_many([t["canonical_solution"] for t in tasks], tasks)
     failed = [(t["task_id"], status_of(s), s.error) for t, s in zip(tasks, scores) if s.reward != 1.0]
     assert failed == []
 
 
+@pytest.mark.e2e  # 164 programs through the sandbox (a process each)
 def test_another_tasks_solution_scores_0(tasks, v):
     shifted = [tasks[(i + 1) % len(tasks)]["canonical_solution"] for i in range(len(tasks))]
     scores = v.score_many(shifted, tasks)
@@ -46,11 +48,13 @@ def test_another_tasks_solution_scores_0(tasks, v):
     assert all(s.error is None for s in scores)
 
 
+@pytest.mark.e2e  # 164 programs through the sandbox (a process each)
 def test_empty_body_scores_0(tasks, v):
     scores = v.score_many([""] * len(tasks), tasks)
     assert [t["task_id"] for t, s in zip(tasks, scores) if s.reward != 0.0] == []
 
 
+@pytest.mark.e2e  # waits out the sandbox's 1 s timeout
 def test_infinite_loop_scores_0(tasks):
     quick = CodeVerifier(timeout=1.0)
     sample = tasks[::41]  # 4 tasks

@@ -73,7 +73,8 @@ FAULTS = {  # mode -> (server mode and delay, what the error says)
 }
 
 
-@pytest.mark.parametrize("fault", [*FAULTS, "down"])
+@pytest.mark.parametrize("fault", [pytest.param("timeout", marks=pytest.mark.e2e),  # waits out 6 timeouts a row
+                                   *[f for f in FAULTS if f != "timeout"], "down"])
 def test_a_failing_judge_is_infra_error_retried_never_a_zero(fault):
     srv = JudgeServer(*FAULTS[fault][0]) if fault != "down" else None
     try:

@@ -12,6 +12,8 @@ import pytest
 import verifiers
 from verifiers.pool import CheckFailed, CheckTimeout, WorkerDied, WorkerPool
 
+pytestmark = pytest.mark.e2e  # worker processes killed and replaced, timeouts waited out (a second each)
+
 TIMEOUT = 1.0
 SLACK = 0.5
 

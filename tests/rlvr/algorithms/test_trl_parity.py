@@ -27,6 +27,10 @@ with warnings.catch_warnings():
 
 from rlvr.algorithms import POLICY_LOSSES, AlgorithmConfig, LossInputs, agg_loss, policy_objective
 
+# no model, but TRL's GRPOTrainer brings its whole stack (transformers.Trainer, accelerate, vLLM, Ray, wandb):
+# ~5 s of imports on 2 cores, an engine's worth, so the default tier runs it and the unit tier does not
+pytestmark = pytest.mark.e2e
+
 F64 = torch.float64
 TOL = 1e-6
 AGG = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm", "dapo": "token-mean"}

@@ -16,7 +16,12 @@ from helpers import run_config as config
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
 from rlvr.logging import read_metrics
 
-ray = pytest.importorskip("ray")
+
+@pytest.fixture(autouse=True)
+def _needs_ray():
+    """Skipped without ray; imported when a test here first runs, not at collection (seconds)."""
+    pytest.importorskip("ray")
+
 
 CLUSTER = ["cluster.rollout_workers=2", "cluster.learner_ranks=2", "train.threads=1"]
 

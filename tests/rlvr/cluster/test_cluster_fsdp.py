@@ -22,7 +22,6 @@ from helpers import learner_config as config
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint
 from rlvr.cluster.learner_group import LearnerGroup
 from rlvr.config import TrainConfig
-from rlvr.train.fsdp import is_sharded
 from rlvr.train.parallel import plan_for
 from rlvr.train.side import build_policy_side
 
@@ -111,6 +110,8 @@ def test_memory_preflight_counts_a_shard_per_rank():
 
 @pytest.mark.parametrize("case", [c if c == "token-mean" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_fsdp_ranks_take_the_one_process_update(ray_local, micro_model, scored, case):
+    from rlvr.train.fsdp import is_sharded  # torch.distributed.checkpoint: seconds, not at collection
+
     cfg = config(micro_model, f"algorithm.loss_agg={case}", *CASES[case], *FSDP)
     data = batches(cfg, scored)
     single = fresh_side(cfg, micro_model)

