@@ -18,22 +18,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt(n); 0 for one value)."""
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
+from seedstats import compare, mean_se  # noqa: E402
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -80,10 +73,7 @@ def main() -> None:
         table[engine] = {"after": mean_se(after), "gain": mean_se(gain), "n": len(after)}
     pairs = []
     for a, b in itertools.combinations(engines, 2):
-        (ma, sa), (mb, sb) = table[a]["after"], table[b]["after"]
-        se = math.sqrt(sa**2 + sb**2)
-        z = abs(ma - mb) / se if se > 0 else (0.0 if ma == mb else math.inf)
-        pairs.append({"a": a, "b": b, "diff": ma - mb, "se": se, "z": z, "within_noise": z < 2})
+        pairs.append({"a": a, "b": b, **compare(table[a]["after"], table[b]["after"])})
     results = {"runs": runs, "engines": table, "pairs": pairs, "seeds": seeds, "overrides": args.overrides}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if args.json:

@@ -1,6 +1,6 @@
 """rlvr vs TRL's GRPOTrainer: same tiny base, task, reward and settings; seconds per step side by side.
 
-    .venv/bin/python benchmarks/vs_trl.py [--steps 20] [--threads 2] [--trl-gen auto|vllm|cb|generate]
+    .venv/bin/python benchmarks/vs_trl.py [--steps 20] [--threads 2] [--seeds 1] [--trl-gen auto|vllm|cb|generate]
                                           [--model DIR | --random-init CONFIG_JSON] [--out runs/vs_trl] [--json]
                                           [--rlvr-override key.sub=value ...]
 
@@ -9,7 +9,11 @@ subprocess evaluates the base and both final checkpoints the same way. Prints me
 step for each (and the TRL/rlvr ratio), a per-phase breakdown (generate, score, learn, weight sync,
 other; medians over steps), the mean training reward of the last 5 steps, and held-out greedy
 pass@1. Writes ``<out>/results.json`` (and each side's per-step records under ``<out>/rlvr`` and
-``<out>/trl``). ``--json`` prints the results as JSON instead of the tables.
+``<out>/trl``). ``--json`` prints the results as JSON instead of the tables. ``--seeds N`` runs the
+whole comparison for seeds 0..N-1 (the seed sets both sides' prompt order, sampling and
+initialisation; each seed's results under ``<out>/seed<S>``) and reports held-out pass@1, training
+accuracy and step time as mean ± standard error over seeds, with rlvr - TRL in standard errors of
+the difference (``<out>/results.json``); later seeds reuse the TRL path the first one trained with.
 
 Identical settings on both sides (``Settings`` below; printed in the output, checked by the test):
 
@@ -91,6 +95,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from seedstats import compare, mean_se  # noqa: E402
 
 TRL_GEN_ORDER = ("vllm", "generate", "cb")  # auto: float32 paths, fastest first (measured)
 TRL_GEN_CHOICES = (*TRL_GEN_ORDER, "vllm-bf16")
@@ -503,6 +510,8 @@ def main() -> None:
                     "benchmarks/configs/llama-25m.json; --model's tokenizer; built under --out): a speed "
                     "comparison at a larger size, where neither side can learn arithmetic in a few steps")
     ap.add_argument("--steps", type=int, default=20, help="training steps per framework")
+    ap.add_argument("--seeds", type=int, default=1, help="run both sides for seeds 0..N-1 (each under <out>/seed<S> "
+                    "when N > 1) and report held-out pass@1 as mean ± SE over them")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for each side")
     ap.add_argument("--trl-gen", default="auto", type=_gen_list,
                     help="comma-separated TRL generation paths, each trained in turn (auto: the first of "
@@ -527,14 +536,40 @@ def main() -> None:
 
         args.model = build_random_model(args.random_init, args.model, str(Path(args.out) / "random-init-model"))
 
-    s = Settings(model=args.model, steps=args.steps, threads=args.threads, eval_prompts=max(1, args.eval_prompts))
-    out = Path(args.out)
-    t0 = time.perf_counter()
+    seeds = list(range(args.seeds))
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    runs, trl_gen = [], args.trl_gen
+    for seed in seeds:
+        s = Settings(model=args.model, steps=args.steps, threads=args.threads, eval_prompts=max(1, args.eval_prompts),
+                     seed=seed)
+        out = Path(args.out) if len(seeds) == 1 else Path(args.out) / f"seed{seed}"
+        if len(seeds) > 1:
+            log(f"\n=== seed {seed} ({out}) ===")
+        res = one_seed(s, args, out, trl_gen, log)
+        if res["trl_best"]:
+            trl_gen = res["trl_best"]  # later seeds skip the paths that failed (they fail before any step)
+        if args.json and len(seeds) == 1:
+            print(json.dumps(res, indent=1, default=str))
+        elif not args.json:
+            print_tables(res)
+            print(f"\nseed {seed}: {res['wall_s'] / 60:.1f} min; wrote {out / 'results.json'}")
+        runs.append(res)
+    if len(seeds) > 1:
+        agg = over_seeds(runs, seeds)
+        (Path(args.out) / "results.json").write_text(json.dumps(agg, indent=1, default=str))
+        if args.json:
+            print(json.dumps(agg, indent=1, default=str))
+        else:
+            print_over_seeds(agg)
+            print(f"\nwrote {Path(args.out) / 'results.json'}")
 
+
+def one_seed(s: Settings, args: argparse.Namespace, out: Path, trl_gen: str, log) -> dict[str, Any]:
+    """TRL, then rlvr, then the held-out evaluation of both, for one seed; writes ``out/results.json``."""
+    t0 = time.perf_counter()
     attempts: dict[str, str] = {}
     trls: dict[str, dict] = {}
-    for item in args.trl_gen.split(","):
+    for item in trl_gen.split(","):
         for gen in (TRL_GEN_ORDER if item == "auto" else (item,)):
             if gen in attempts:
                 break
@@ -563,15 +598,13 @@ def main() -> None:
         if evals is None:
             log(f"  evaluation failed: {err}")
 
-    from rlvr.config import load_config  # noqa: F401  (settings table reads the built configs)
-
     cfg = rlvr_config(s, str(out / "rlvr"), args.rlvr_override)
     trl_args = trl_config(s, trl["generation"] if trl else "generate", str(out / "trainer-settings"))
     sys.stdout.flush()
     res = {
         "settings": [(n, a, b) for n, a, b in settings_table(s, trl_args, cfg)],
         "settings_note": "loss token-mean (TRL dapo), GRPO std-scaled advantages, float32, no KL",
-        "threads": s.threads, "steps": s.steps, "eval_prompts": s.eval_prompts,
+        "threads": s.threads, "steps": s.steps, "eval_prompts": s.eval_prompts, "seed": s.seed,
         "trl_attempts": attempts, "trl": trls, "trl_best": trl["generation"] if trl else None, "rlvr": rlvr,
         "eval": evals,
         "speedup": (trl["summary"]["step_s"] / rlvr["summary"]["step_s"]) if trl else None,
@@ -579,12 +612,44 @@ def main() -> None:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    if args.json:
-        print(json.dumps(res, indent=1, default=str))
-    else:
-        print_tables(res)
-        print(f"\nwhole benchmark {res['wall_s'] / 60:.1f} min; wrote {out / 'results.json'}")
+    return res
 
+
+def over_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean ± SE over seeds of held-out greedy pass@1 (base, TRL's path, rlvr), training accuracy of the
+    last 5 steps and median step time; rlvr - TRL in standard errors of the difference."""
+    sides: dict[str, dict[str, list[float]]] = {}
+    for res in runs:
+        for name, ev in (res.get("eval") or {}).items():
+            label = "TRL " + name.removeprefix("trl-") if name.startswith("trl-") else name
+            sides.setdefault(label, {}).setdefault("pass@1", []).append(ev["pass@1"])
+        for label, side in [(f"TRL {g}", t) for g, t in res["trl"].items()] + [("rlvr", res["rlvr"])]:
+            row = sides.setdefault(label, {})
+            row.setdefault("accuracy_last5", []).append(side["summary"]["accuracy_last5"])
+            row.setdefault("step_s", []).append(side["summary"]["step_s"])
+    table = {label: {k: mean_se(v) for k, v in row.items()} | {"n": len(row.get("pass@1", row.get("step_s", [])))}
+             for label, row in sides.items()}
+    pairs = []
+    for label in table:
+        if label.startswith("TRL ") and "pass@1" in table[label] and "pass@1" in table.get("rlvr", {}):
+            pairs.append({"a": "rlvr", "b": label, **compare(table["rlvr"]["pass@1"], table[label]["pass@1"])})
+    return {"seeds": seeds, "steps": runs[0]["steps"], "threads": runs[0]["threads"],
+            "eval_prompts": runs[0]["eval_prompts"], "table": table, "pairs": pairs,
+            "per_seed": [{"seed": s, "pass@1": {k: v["pass@1"] for k, v in (r.get("eval") or {}).items()},
+                          "trl_best": r["trl_best"]} for s, r in zip(seeds, runs)]}
+
+
+def print_over_seeds(agg: dict[str, Any]) -> None:
+    print(f"\nover seeds {agg['seeds']} ({agg['steps']} steps, {agg['threads']} torch threads, "
+          f"{agg['eval_prompts']} held-out prompts, greedy), mean ± SE:")
+    print(f"  {'':14s}{'held-out pass@1':>18s}{'train acc last 5':>20s}{'median step s':>18s}")
+    for label, row in agg["table"].items():
+        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "-"
+                 for k in ("pass@1", "accuracy_last5", "step_s")]
+        print(f"  {label:14s}{cells[0]:>18s}{cells[1]:>20s}{cells[2]:>18s}")
+    for pr in agg["pairs"]:
+        verdict = "within noise" if pr["within_noise"] else "DIFFERENT"
+        print(f"  {pr['a']} - {pr['b']}: {pr['diff']:+.3f} ({pr['z']:.1f} SE of the difference): {verdict}")
 
 if __name__ == "__main__":
     main()

@@ -58,6 +58,7 @@ class Stage:
     stamp: str = STAMP  # the record's file name in the output
     config_key: Callable[[Any], str] | None = None  # the key when the stage has no input (pretrain's own hash)
     check: Callable[[Any], None] | None = None  # checks that need more than the config class (TRL's names)
+    seed_field: str = "seed"  # the config field holding the stage's seed (a recipe's `seed` sets it)
 
     def root(self, cfg: Any) -> Path:
         return Path(getattr(cfg, self.out_field))
@@ -182,11 +183,11 @@ def _stage_cfg(name: str) -> Callable[[], type]:
 
 STAGES: dict[str, Stage] = {
     "pretrain": Stage("pretrain", _pretrain_cfg, _run_pretrain, model_field=None, stamp=PRETRAIN_STAMP,
-                      config_key=_pretrain_key),
+                      config_key=_pretrain_key, seed_field="train.seed"),
     "midtrain": Stage("midtrain", _stage_cfg("MidtrainConfig"), _run_midtrain, check=_trl_check("SFTConfig")),
     "sft": Stage("sft", _stage_cfg("SFTConfig"), _run_sft, check=_trl_check("SFTConfig")),
     "dpo": Stage("dpo", _stage_cfg("DPOConfig"), _run_dpo, check=_trl_check("DPOConfig")),
-    "train": Stage("train", _train_cfg, _run_rl, out_field="run_dir", final="final"),
+    "train": Stage("train", _train_cfg, _run_rl, out_field="run_dir", final="final", seed_field="train.seed"),
 }
 
 

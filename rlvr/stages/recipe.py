@@ -53,6 +53,10 @@ class ReportConfig(Section):
 class Recipe(Section):
     name: str = Field("recipe", description="Recipe name (titles only).")
     out_root: str = Field("runs/recipe", description="Where stages without an `out` write.")
+    seed: int | None = Field(None, description="Seed of every stage (train.seed of pretrain and train, seed of the "
+                             "TRL stages) and of the report's evaluation, set before each stage's own overrides, so a "
+                             "stage can pin its own; None: each config's own. `rlvr run R.yaml seed=1 "
+                             "out_root=runs/r-seed1` repeats a recipe with another seed beside the first.")
     stages: list[RecipeStage] = Field(min_length=1, description="Stages, in the order they run.")
     report: ReportConfig | None = Field(None, description="Evaluate and compare paths at the end.")
 
@@ -93,7 +97,7 @@ def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[Rec
         if st.command not in STAGES:
             raise ConfigError(f"{where}: unknown command {st.command!r}; known: {', '.join(sorted(STAGES))}")
         stage = STAGES[st.command]
-        extra = list(st.overrides)
+        extra = ([f"{stage.seed_field}={recipe.seed}"] if recipe.seed is not None else []) + list(st.overrides)
         if st.input is not None:
             if stage.model_field is None:
                 raise ConfigError(f"{where}: {st.command!r} starts from random init and takes no input")

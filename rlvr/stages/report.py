@@ -60,8 +60,10 @@ def report(recipe: Any, wired: list[tuple[Any, Any]], records: dict[str, dict[st
     commands = {st.name: st.command for st, _ in wired}
     output = {name: str(rec["output"]) for name, rec in records.items()}
 
+    seed = [f"train.seed={recipe.seed}"] if recipe.seed is not None else []  # as the RL stages evaluated
+
     def eval_cfg(model_dir: str) -> Any:
-        return load_config(TrainConfig, rep.eval_config, [*rep.overrides, f"model={model_dir}"])
+        return load_config(TrainConfig, rep.eval_config, [*seed, *rep.overrides, f"model={model_dir}"])
 
     key = eval_key(eval_cfg(output[rep.base]))
     k = eval_cfg(output[rep.base]).eval.k

@@ -85,6 +85,26 @@ def test_trl_sees_rlvrs_prompts_and_rewards():
     assert ours[0] == pytest.approx(1.1) and ours[1] == pytest.approx(0.1)
 
 
+def test_over_seeds_reports_mean_and_se_of_held_out_pass1():
+    def seed_result(base, trl, rlvr):
+        side = {"summary": {"accuracy_last5": 0.5, "step_s": 1.0}}
+        return {"steps": 20, "threads": 1, "eval_prompts": 200, "trl_best": "generate", "trl": {"generate": side},
+                "rlvr": side, "eval": {"base": {"pass@1": base}, "trl-generate": {"pass@1": trl},
+                                       "rlvr": {"pass@1": rlvr}}}
+
+    agg = vs_trl.over_seeds([seed_result(0.4, 0.50, 0.60), seed_result(0.4, 0.52, 0.62),
+                             seed_result(0.4, 0.54, 0.64)], [0, 1, 2])
+    t = agg["table"]
+    assert t["base"]["pass@1"] == pytest.approx((0.4, 0.0)) and t["rlvr"]["n"] == 3
+    assert t["TRL generate"]["pass@1"][0] == pytest.approx(0.52)
+    assert t["TRL generate"]["pass@1"][1] == pytest.approx(0.02 / math.sqrt(3))  # sample sd 0.02 over 3 seeds
+    (pair,) = agg["pairs"]
+    assert pair["a"] == "rlvr" and pair["b"] == "TRL generate" and pair["diff"] == pytest.approx(0.10)
+    assert pair["z"] == pytest.approx(0.10 / math.sqrt(2 * (0.02 / math.sqrt(3)) ** 2))
+    assert not pair["within_noise"]
+    assert [r["pass@1"]["rlvr"] for r in agg["per_seed"]] == [0.60, 0.62, 0.64]
+
+
 @pytest.mark.slow
 def test_both_sides_train_and_report(micro_model, tmp_path):
     """Two steps of each side on the micro model, in subprocesses like the real benchmark."""

@@ -91,6 +91,19 @@ def test_unknown_trl_argument_fails_before_any_stage_runs(micro_model, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_recipe_seed_reaches_every_stage_but_one_that_pins_its_own(tmp_path):
+    over = ["seed=3", f"out_root={tmp_path / 'phases-seed3'}"]
+    recipe, wired = load_recipe("configs/recipes/phases.yaml", over)
+    cfgs = {st.name: cfg for st, cfg in wired}
+    assert recipe.seed == 3
+    assert cfgs["base"].train.seed == 0  # the shared base pins seed 0: another seed would rebuild it in place
+    assert cfgs["rl_zero"].train.seed == cfgs["sft_rl"].train.seed == cfgs["dpo_rl"].train.seed == 3
+    assert cfgs["sft"].seed == cfgs["dpo"].seed == 3
+    assert cfgs["dpo"].model == str(tmp_path / "phases-seed3" / "sft")  # each seed's stages beside each other
+    _, default = load_recipe("configs/recipes/phases.yaml")
+    assert {st.name: cfg for st, cfg in default}["sft"].seed == 0  # no recipe seed: the stage config's own
+
+
 def test_shipped_recipes_load():
     for path in ("configs/recipes/demo.yaml", "configs/recipes/phases.yaml"):
         recipe, wired = load_recipe(path)
