@@ -22,6 +22,7 @@ The transports that cross processes are registered by name (``TRANSPORTS``, the 
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -80,10 +81,22 @@ def host_transport(nodes: int) -> str:
     return "shm" if nodes == 1 else "object_store"
 
 
+def _takes_version(engine: Engine) -> bool:
+    """Whether ``engine.load_weights`` takes ``version=`` (every ``EngineBase`` does)."""
+    try:
+        params = inspect.signature(engine.load_weights).parameters
+    except (TypeError, ValueError):
+        return False
+    return "version" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _load(engine: Engine, named_tensors: NamedTensors, version: int | None = None) -> float:
     """Load into ``engine`` (which records ``version`` on every token it samples from now on); the seconds."""
     t0 = time.perf_counter()
-    engine.load_weights(named_tensors, version=version)
+    if version is not None and _takes_version(engine):
+        engine.load_weights(named_tensors, version=version)
+    else:  # an engine written before versions (a plugin): its tokens record none
+        engine.load_weights(named_tensors)
     return time.perf_counter() - t0
 
 

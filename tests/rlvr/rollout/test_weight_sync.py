@@ -110,6 +110,22 @@ def test_in_process_push_is_the_engines_own_load():
     assert list(stats) == ["sync_s"] and [n for n, _ in engine.loaded] == [n for n, _ in tensors()]
 
 
+def test_a_push_gives_its_version_to_an_engine_that_takes_one():
+    """Every EngineBase records the version on the tokens it samples (train.async.in_flight); an engine whose
+    load_weights predates versions (a plugin) still loads."""
+
+    class Versioned(RecordingEngine):
+        version = None
+
+        def load_weights(self, named_tensors, version=None):
+            super().load_weights(named_tensors)
+            self.version = version
+
+    engine = Versioned()
+    InProcessSync(engine).push(tensors(), version=3)
+    assert engine.version == 3 and len(engine.loaded) == len(tensors())
+
+
 def test_the_registry_holds_every_transport_the_config_names():
     names = set(typing.get_args(ClusterConfig.model_fields["weight_sync"].annotation)) - {"auto"}
     assert set(TRANSPORTS) == names
