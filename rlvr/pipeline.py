@@ -142,12 +142,7 @@ class RolloutPipeline:
 
     def _run(self, fn: Callable[[], Any]) -> Future:
         if self._pool is None:
-            fut: Future = Future()
-            try:
-                fut.set_result(self._timed(fn))
-            except BaseException as exc:  # surfaces at .result(), like a worker's exception
-                fut.set_exception(exc)
-            return fut
+            return _called(lambda: self._timed(fn))
         return self._pool.submit(self._timed, fn)
 
     # -- jobs ----------------------------------------------------------------------------
@@ -209,8 +204,9 @@ class RolloutPipeline:
 
 
 class InFlight:
-    """In-flight weight updates for a rollout pipeline whose engine is in this process
-    (``rlvr.rollout.local.LocalRollouts``; ``train.async.in_flight``).
+    """In-flight weight updates for a rollout pipeline (``train.async.in_flight``): in this process or on a Ray
+    worker whose actor takes the load while it draws; deterministic mode needs the engine in this process
+    (``engine``, of ``rlvr.rollout.local.LocalRollouts``).
 
     ``push(weights, version)`` from the learner's thread: as soon as pushed (the engine loads them between two
     decode steps of the draw it is running, or at once when idle), or, ``deterministic``, held for the draw that
@@ -226,36 +222,26 @@ class InFlight:
         self._held: dict[int, Any] = {}  # version -> weights, waiting for the draw that loads them
         self._cond = threading.Condition()
         self._closed = False
-        self.waited_s = 0.0  # deterministic: the engine's waits for the learner (the last draw's)
 
     def push(self, weights: Any, version: int) -> Future:
-        taker = version + self.k  # the draw that loads it (deterministic)
+        taker = version + self.k  # the draw running when it lands (deterministic: the one that loads it)
         if taker > self.steps:  # no draw left to take it: a job behind the draws
             return self.pipe.submit("load_weights", weights, version=version)
-        if not self.deterministic:
-            fut: Future = Future()
-            try:
-                fut.set_result(self.pipe.rollouts.load_weights(weights, version=version))
-            except BaseException as exc:
-                fut.set_exception(exc)
-            return fut
+        if not self.deterministic:  # the engine takes it between two decode steps; this thread waits for that
+            return _called(lambda: self.pipe.rollouts.load_weights(weights, version=version))
         with self._cond:
             self._held[version] = weights
             self._cond.notify_all()
-        done: Future = Future()
-        done.set_result({})  # its sync_s is part of the draw's time
-        return done
+        return _called(dict)  # no stats: the load is part of the draw that takes it
 
     def _take(self, version: int) -> None:
         """Load the held ``version`` into the engine (on the worker thread, between decode steps)."""
-        t0 = time.perf_counter()
         with self._cond:
             while version not in self._held:
                 if self._closed:
                     raise RuntimeError(f"the run stopped before the learner pushed version {version}")
                 self._cond.wait()
             weights = self._held.pop(version)
-        self.waited_s += time.perf_counter() - t0
         self.pipe.rollouts.load_weights(weights, version=version)
 
     def close(self) -> None:
@@ -277,7 +263,6 @@ class _DrawHook:
     def __enter__(self) -> _DrawHook:
         engine = self.flight.engine
         self.start = engine.decode_steps
-        self.flight.waited_s = 0.0
         if not self.loaded:
             engine.between_steps = self._between
         return self
@@ -293,3 +278,13 @@ class _DrawHook:
         if exc is None and not self.loaded:  # a draw shorter than update_at decode steps: at its end
             self.loaded = True
             self.flight._take(self.version)
+
+
+def _called(fn: Callable[[], Any]) -> Future:
+    """``fn()`` called now, its result (or exception, raised at ``.result()``) in a finished future."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn())
+    except BaseException as exc:  # surfaces at .result(), like a worker's exception
+        fut.set_exception(exc)
+    return fut
