@@ -227,11 +227,20 @@ class AsyncConfig(Section):
                                 "pushed.")
     update_at: int = Field(16, ge=1, description="in_flight with deterministic: the decode step of each draw at which "
                            "the engine loads the learner's next version.")
+    stale: Literal["drop", "redraw"] = Field(
+        "drop", description="A sample with a token older than `max_staleness` versions: `drop` keeps it out of "
+        "training (counted in `stale_dropped`); `redraw` draws its group's prompt again on the engine's current "
+        "weights before the step trains, with seeds of its own (counted in `stale_redrawn`; a redraw still too old "
+        "is dropped). Not with `deterministic`, whose draws wait for the learner at fixed decode steps.")
     @model_validator(mode="after")
     def _check(self) -> AsyncConfig:
         if self.deterministic and not self.in_flight:
             raise ValueError("train.async.deterministic: fixed update boundaries are for in_flight; one-step-off "
                              "(in_flight: false) is deterministic already")
+        if self.stale == "redraw" and self.deterministic:
+            raise ValueError("train.async.stale=redraw: a redraw runs on the engine behind the draws ahead, and a "
+                             "deterministic in-flight draw waits there for the learner's next version, which waits "
+                             "for the redraw; use stale: drop with deterministic")
         return self
 
 

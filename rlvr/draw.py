@@ -103,26 +103,38 @@ class StepDrawer:
     as groups finish: the job the rollout pipeline runs for each step. Round ``r`` of step ``s`` samples
     with seed ``train.seed * 100_003 + s + r * 1_000_003``; the prompts come from ``sampler``."""
 
+    REDRAW_ROUND = 1000  # the round number of a redraw's seeds (train.async.stale: redraw), past any DAPO round
+
     def __init__(self, cfg: TrainConfig, rows: list[dict[str, Any]], sampler: PromptSampler, rollouts: Any):
         self.cfg, self.rows, self.sampler, self.rollouts = cfg, rows, sampler, rollouts
 
     def __call__(self, step: int) -> StepRollouts:
-        cfg, tc = self.cfg, self.cfg.train
-        timings = {"generate_s": 0.0, "score_s": 0.0, "score_wait_s": 0.0, "score_hidden_s": 0.0}
+        timings = dict.fromkeys(("generate_s", "score_s", "score_wait_s", "score_hidden_s"), 0.0)
 
         def draw(rnd: int, k: int) -> list[ScoredGroup]:
-            rows = [self.rows[i] for i in self.sampler.next(k)]
-            sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature,
-                                      top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens,
-                                      seed=tc.seed * 100_003 + step + rnd * 1_000_003)
-            groups, scores, t = self.rollouts.generate_and_score(rows, sampling)
-            for key in timings:
-                timings[key] += t[key]
-            return [ScoredGroup(row, g, sc) for row, g, sc in zip(rows, groups, scores)]
+            return self._draw([self.rows[i] for i in self.sampler.next(k)], step, rnd, timings)
 
-        algo = cfg.algorithm
-        batch, drawn, stats = sample_groups(draw, tc.prompts_per_step, algo.dynamic_sampling, algo.max_sampling_rounds)
+        algo = self.cfg.algorithm
+        batch, drawn, stats = sample_groups(draw, self.cfg.train.prompts_per_step, algo.dynamic_sampling,
+                                            algo.max_sampling_rounds)
         return StepRollouts(step, batch, drawn, stats, timings)
+
+    def redraw(self, step: int, rows: list[dict[str, Any]]) -> list[ScoredGroup]:
+        """``rows``' groups drawn again for ``step`` on the engine's weights as they are now (their first draw
+        was too old to train on), with round ``REDRAW_ROUND``'s seed; the prompt sampler does not move."""
+        return self._draw(rows, step, self.REDRAW_ROUND, dict.fromkeys(("generate_s", "score_s", "score_wait_s",
+                                                                           "score_hidden_s"), 0.0))
+
+    def _draw(self, rows: list[dict[str, Any]], step: int, rnd: int, timings: dict[str, float]) -> list[ScoredGroup]:
+        """Generate and score ``rows``' groups as round ``rnd`` of ``step``, adding the time to ``timings``."""
+        cfg = self.cfg
+        sampling = SamplingConfig(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                  max_tokens=cfg.sampling.max_tokens,
+                                  seed=cfg.train.seed * 100_003 + step + rnd * 1_000_003)
+        groups, scores, t = self.rollouts.generate_and_score(rows, sampling)
+        for key in timings:
+            timings[key] += t[key]
+        return [ScoredGroup(row, g, sc) for row, g, sc in zip(rows, groups, scores)]
 
 
 def rollout_metrics(scored: list[ScoredGroup], multi_turn: bool = False, terms: Sequence[str] = ()) -> dict[str, float]:

@@ -103,6 +103,7 @@ def rl_step(run: Run, step: int) -> tuple[dict[str, float], list]:
         pipe.call("sleep")
     t1 = time.perf_counter()
     metrics = dict(ro.stats, **ro.timings, staleness=float(step - 1 - ro.version), wait_rollouts_s=t1 - t0)
+    metrics.update(run.redraw_stale(step, ro))  # train.async.stale: redraw; else too-old samples are dropped below
     # the learner's version before this update is step - 1; a sample with a token older than max_staleness
     # versions is kept out of training (rlvr.train.staleness)
     batch, adv_in = build_batch(ro.batch, run.tokenizer.pad_token_id, algo, cfg.sampling.max_tokens,

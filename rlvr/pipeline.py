@@ -157,6 +157,10 @@ class RolloutPipeline:
 
         self._pending[step] = self._run(job)
 
+    def redraw(self, step: int, rows: list[dict[str, Any]]) -> list[ScoredGroup]:
+        """``rows``' groups drawn again for ``step`` (``draw_step.redraw``), behind the jobs queued so far."""
+        return self._run(functools.partial(self.draw_step.redraw, step, rows)).result()
+
     def restore(self, rollouts: StepRollouts) -> None:
         """A step's rollouts drawn before a checkpoint, put back as if just drawn."""
         fut: Future = Future()

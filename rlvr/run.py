@@ -53,6 +53,8 @@ from rlvr.pipeline import InFlight, RolloutPipeline
 from rlvr.precision import check_learner_dtype
 from rlvr.rollout import make_rollouts
 from rlvr.trackers import check_trackers, open_trackers
+from rlvr.train.batch import sequences_of
+from rlvr.train.staleness import oldest_version
 
 
 class Run:
@@ -184,6 +186,25 @@ class Run:
         """Queue the draw of step ``step + staleness`` (the synchronous loop: this step's own)."""
         if step + self.staleness <= self.cfg.train.steps:
             self.pipe.submit_draw(step + self.staleness, version=self.synced_version)
+
+    def redraw_stale(self, step: int, ro: Any) -> dict[str, float]:
+        """``train.async.stale: redraw``: every group of ``ro``'s batch with a token more than ``max_staleness``
+        versions older than the learner (``step - 1``) is drawn again on the engine's current weights and takes
+        its place in the batch (the old one stays in ``ro.drawn``, logged); returns ``stale_redrawn``, the groups
+        redrawn. ``drop`` (the default): nothing is redrawn, and the batch's guard keeps such samples out."""
+        if self.cfg.train.async_.stale != "redraw":
+            return {}
+        oldest_allowed = step - 1 - self.cfg.train.async_.max_staleness
+        oldest = [oldest_version([t for seqs in sequences_of(sg) for t in seqs]) for sg in ro.batch]
+        stale = [i for i, v in enumerate(oldest) if v is not None and v < oldest_allowed]
+        t0 = time.perf_counter()
+        if stale:
+            new = self.pipe.redraw(step, [ro.batch[i].row for i in stale])
+            ro.batch = list(ro.batch)  # (without DAPO's rounds, the batch is the list of groups drawn)
+            for i, sg in zip(stale, new):
+                ro.batch[i] = sg
+            ro.drawn = [*ro.drawn, *new]
+        return {"stale_redrawn": float(len(stale)), "redraw_s": time.perf_counter() - t0}
 
     def push_weights(self, step: int) -> dict[str, float]:
         """Send the learner's new weights to the engine; returns the finished load's stats (async: the

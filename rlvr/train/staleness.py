@@ -14,8 +14,12 @@ continue a prefix that a too-old policy wrote.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from rlvr.envs.trajectory import Trajectory
 
 
 def token_staleness(versions: Tensor, learner_version: int) -> Tensor:
@@ -41,6 +45,13 @@ def stale_samples(versions: Tensor, learner_version: int, max_staleness: int, le
     sample = lead.long().cumsum(0) - 1  # [B] the sample each row belongs to
     per_sample = torch.zeros(int(lead.sum()), dtype=torch.long).index_add(0, sample, too_old.long())  # [S]
     return per_sample[sample] > 0
+
+
+def oldest_version(episodes: Sequence[Trajectory]) -> int | None:
+    """The oldest policy version that sampled a model token of ``episodes`` (a group's, or one sample's
+    sequences); None when they hold no model token."""
+    versions = [v for t in episodes for v in t.versions() if v >= 0]
+    return min(versions) if versions else None
 
 
 def staleness_metrics(versions: Tensor, learner_version: int, max_staleness: int,
