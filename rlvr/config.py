@@ -633,19 +633,26 @@ def _format_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(cls: type[Section], path: str | None, overrides: list[str] | None = None) -> Any:
-    """Load ``path`` (YAML) into ``cls``, applying ``key.sub=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {path!r}")
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path!r} must be a mapping at the top level")
+def read_config(path: str | None) -> dict:
+    """The YAML mapping of ``path`` ({} for None), or a ``ConfigError`` naming the file."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path!r}")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path!r} must be a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[Section], path: str | None, overrides: list[str] | None = None,
+                data: dict | None = None) -> Any:
+    """Load ``path`` (YAML; or ``data``, already read from it) into ``cls``, applying ``key.sub=value`` overrides."""
+    data = read_config(path) if data is None else data
     if isinstance(data.get("rewards"), list):  # the shorthand `rewards: [...]`, so `rewards.workers=` can override
         data["rewards"] = {"terms": data["rewards"]}
     if cls is TrainConfig:

@@ -27,11 +27,25 @@ def run_config(model: str) -> str | None:
     return str(candidate) if Path(model).is_dir() and candidate.is_file() else None
 
 
+def switch_engine(data: dict, kind: str) -> tuple[dict, list[str]]:
+    """``data`` (a config mapping) with its ``engine`` section made fit for ``kind``: where the section is of
+    another kind, the fields ``kind``'s config does not have are left out (a run's ``config.yaml`` spells out
+    every field of its own engine, e.g. the static engine's ``kv_cache_gib``). Returns it and the names left out."""
+    from rollouts.config import ENGINES
+
+    engine = data.get("engine")
+    if not isinstance(engine, dict) or engine.get("kind", "hf") == kind or kind not in ENGINES:
+        return data, []  # an unknown kind: the config's own check names it
+    fields = ENGINES[kind].model_fields
+    dropped = sorted(k for k in engine if k != "kind" and k not in fields)
+    return {**data, "engine": {k: v for k, v in engine.items() if k not in dropped}}, dropped
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from rlvr.config import TrainConfig, load_config
+    from rlvr.config import TrainConfig, load_config, read_config
 
     config = args.config
     if config is None:
@@ -42,9 +56,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             config = DEFAULT_CONFIG
     overrides = [f"model={args.model}", *args.overrides]
+    data = read_config(config)
     if args.engine:
+        data, dropped = switch_engine(data, args.engine)
+        if dropped:
+            print(f"rlvr eval: --engine {args.engine}: left out {config}'s engine fields that {args.engine} does not "
+                  f"take: {', '.join(dropped)}", file=sys.stderr)
         overrides.append(f"engine.kind={args.engine}")
-    cfg = load_config(TrainConfig, config, overrides)
+    cfg = load_config(TrainConfig, config, overrides, data=data)
     from rlvr.evaluate import evaluate_model
 
     m = evaluate_model(cfg, progress=not args.json, verbose=not args.json)

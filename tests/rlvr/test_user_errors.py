@@ -151,6 +151,25 @@ def test_eval_of_a_run_output_reads_the_runs_config(tiny_model, tmp_path, capsys
     assert json.loads(out)["num_prompts"] == 3.0  # the run's gsm8k held-out rows, not arith's 200
 
 
+def test_eval_engine_of_another_kind_over_a_runs_config(tiny_model, tmp_path, capsys):
+    """A static run's config.yaml spells out the static engine's own fields (kv_cache_gib, compile, refill);
+    `rlvr eval --engine hf` of its output left them in, and hf refused them as unknown keys."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run / "final")
+    path = jsonl(tmp_path / "g.jsonl", gsm_rows())
+    from rlvr.config import config_yaml
+
+    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
+        "model=base", f"run_dir={run}", "task.kind=gsm8k", f"task.path={path}", "task.test_size=3",
+        "rewards=[{verifier: math}]", "engine.kind=static", "eval.k=1", "eval.max_tokens=4"])
+    (run / "config.yaml").write_text(config_yaml(cfg))
+    assert "kv_cache_gib" in (run / "config.yaml").read_text()
+    assert main(["eval", "--model", str(run / "final"), "--engine", "hf", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "--engine hf: left out" in err and "kv_cache_gib" in err
+    assert json.loads(out)["num_prompts"] == 3.0
+
+
 def test_verify_names_a_row_whose_answer_is_null(tmp_path, capsys):
     data = jsonl(tmp_path / "v.jsonl", [{"completion": "x = 3", "answer": "3"}, {"completion": "4", "answer": None}])
     assert main(["verify", data, "--no-progress"]) == 2

@@ -247,3 +247,50 @@ def test_copies_of_a_prompt_sample_independently(engine, reference):
                                f"copy equals sample k of the second for {shifted:.0%} of k; "
                                f"by chance {float((reference.probs ** 2).sum()):.0%})")
     check_logprobs(reference, tokens, logprobs)
+
+
+# -- beyond the first token: the second token's conditional, and the rows of a group ---------------------------
+def second_token_joint(model_dir: str, ref: Reference) -> torch.Tensor:
+    """p(t1, t2) = p(t1) p(t2 | PROMPT t1) over every pair of tokens [V * V] (float64, temperature 1): one
+    batched forward of the prompt followed by each possible first token."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    V = ref.probs.shape[0]
+    ids = torch.tensor(ref.prompt_ids).repeat(V, 1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([ids, torch.arange(V)[:, None]], 1)).logits[:, -1]
+    return (ref.probs[:, None] * logits.double().softmax(-1)).flatten()
+
+
+def test_two_tokens_and_the_rows_of_a_group_follow_the_model(engine, reference, micro_model):
+    """The first two tokens of N samples of one prompt (one group, n = N) against the model's joint
+    p(t1) p(t2 | t1), and adjacent rows of the group against independence (p(a) p(b) for the first tokens of
+    rows 2k and 2k + 1). A first-token test cannot see a sampler that reuses a row's random number at the next
+    position, draws the second token from the wrong row's logits, or correlates the rows of a group; these
+    can. Negative controls: the pairs of a row's first token with itself, and the second tokens shifted by one
+    row (paired with another row's first token), are rejected."""
+    kind = type(engine).__name__
+    sampling = SamplingConfig(n=N, temperature=1.0, max_tokens=2, seed=SEED, ignore_eos=True, detokenize=False)
+    comps = engine.generate([reference.prompt_ids], sampling)[0].completions
+    assert len(comps) == N and all(len(c.token_ids) == 2 for c in comps)
+    V = reference.probs.shape[0]
+    joint = second_token_joint(micro_model, reference)
+    pairs = [c.token_ids[0] * V + c.token_ids[1] for c in comps]
+    result = chi_square(pairs, joint)
+    line = report(kind, "first two tokens vs p(t1) p(t2|t1)", result, len(pairs))
+    assert result[1] >= 5, line
+    assert result[2] > ALPHA, f"{line}: the second token does not follow the model given the first"
+    lp2 = torch.tensor([c.logprobs[1] for c in comps], dtype=torch.float64)
+    gap = (lp2 - joint.view(V, V)[[c.token_ids[0] for c in comps], [c.token_ids[1] for c in comps]].log()
+           + reference.logp[[c.token_ids[0] for c in comps]]).abs().max().item()
+    assert gap <= 1e-4, f"second-token log-probs differ from the model's by {gap:.2e}"
+    first = [c.token_ids[0] for c in comps]
+    independent = (reference.probs[:, None] * reference.probs[None, :]).flatten()
+    rows = [first[2 * k] * V + first[2 * k + 1] for k in range(N // 2)]
+    result = chi_square(rows, independent)
+    line = report(kind, "rows 2k, 2k+1 vs independence", result, len(rows))
+    assert result[2] > ALPHA, f"{line}: adjacent rows of a group are not independent"
+    same = chi_square([t * V + t for t in first[: N // 2]], independent)
+    shifted = chi_square([a * V + c.token_ids[1] for a, c in zip(first[1:], comps[:-1])], joint)
+    assert same[2] < ALPHA and shifted[2] < ALPHA, "the joint tests cannot tell dependent pairs from the model's"
