@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import random
-from fractions import Fraction
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -39,16 +38,20 @@ class CountdownTask(SourceTask):
         return self
 
 
-def _random_expression(rng: random.Random, numbers: list[int]) -> tuple[str, Fraction] | None:
-    """Combine all ``numbers`` in random order and shape; None if a division is not exact."""
-    items: list[tuple[str, Fraction]] = [(str(n), Fraction(n)) for n in numbers]
+def _random_expression(rng: random.Random, numbers: list[int]) -> tuple[str, int] | None:
+    """Combine all ``numbers`` in random order and shape; None if a division is not exact (so every
+    intermediate value is an integer, and plain ints compute it exactly)."""
+    items: list[tuple[str, int]] = [(str(n), n) for n in numbers]
     while len(items) > 1:
-        a, b = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
+        (sa, a), (sb, b) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
         op = rng.choice("+-*/")
-        if op == "/" and (b[1] == 0 or (a[1] / b[1]).denominator != 1):
-            return None
-        value = {"+": a[1] + b[1], "-": a[1] - b[1], "*": a[1] * b[1], "/": a[1] / b[1] if b[1] else 0}[op]
-        items.append((f"({a[0]} {op} {b[0]})", value))
+        if op == "/":
+            if b == 0 or a % b:
+                return None
+            value = a // b
+        else:
+            value = a + b if op == "+" else a - b if op == "-" else a * b
+        items.append((f"({sa} {op} {sb})", value))
     return items[0]
 
 
@@ -57,8 +60,8 @@ def sample_problem(rng: random.Random, cfg: CountdownTask) -> tuple[list[int], i
     while True:
         numbers = [rng.randint(1, cfg.max_number) for _ in range(rng.randint(cfg.min_numbers, cfg.max_numbers))]
         found = _random_expression(rng, numbers)
-        if found is not None and found[1].denominator == 1 and 1 <= found[1] <= cfg.max_target:
-            return numbers, int(found[1]), found[0][1:-1] if found[0].startswith("(") else found[0]
+        if found is not None and 1 <= found[1] <= cfg.max_target:
+            return numbers, found[1], found[0][1:-1] if found[0].startswith("(") else found[0]
 
 
 def make_row(numbers: list[int], target: int, cfg: CountdownTask, solution: str | None = None) -> Row:
