@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,31 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": body})
 
 
+def text_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """``text -> tokenizer(text, add_special_tokens=False)["input_ids"]``, through the fast tokenizer's Rust
+    backend where it has one: transformers' ``__call__`` spends ~0.1 ms of Python a call (argument checks,
+    ``BatchEncoding``) on the GIL the engine shares. ``__call__`` first sets the backend's truncation,
+    padding and special-token splitting for a plain call; once it has (one call here), encoding with the
+    backend gives the same ids, as long as nothing sets them otherwise (the HTTP side owns its tokenizer and
+    only ever calls it plainly). A tokenizer without a Rust backend, or whose backend still truncates or pads
+    after a plain call, keeps ``__call__``."""
+
+    def plain(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not callable(getattr(backend, "encode", None)):
+        return plain
+    plain("")
+    if backend.truncation is not None or backend.padding is not None:
+        return plain
+
+    def fast(text: str) -> list[int]:
+        return backend.encode(text, add_special_tokens=False).ids
+
+    return fast
+
+
 @dataclass
 class Backend:
     """What the routes use: the served model's name, a tokenizer of the HTTP side (never the engine
@@ -76,6 +101,10 @@ class Backend:
     records: SessionRecords
     limits: P.Limits
 
+    def __post_init__(self) -> None:
+        self._tokenize = text_encoder(self.tokenizer)
+        self._special = frozenset(getattr(self.tokenizer, "all_special_ids", ()) or ())
+
     def encode(self, text: str, session: str | None = None) -> list[int]:
         """``text``'s ids; in a session, an earlier call's prompt and sampled ids reused where ``text``
         continues them (the module doc)."""
@@ -83,10 +112,10 @@ class Backend:
             spliced = self._continue(session, text)
             if spliced is not None:
                 return spliced
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokenize(text)
 
     def _continue(self, session: str, text: str) -> list[int] | None:
-        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        special = self._special
         best: tuple[int, list[int]] | None = None  # (characters covered, ids)
         for call in self.records.calls(session):
             if call.prompt_text is None or not text.startswith(call.prompt_text):
@@ -101,7 +130,7 @@ class Backend:
         if best is None:
             return None
         rest = text[best[0]:]
-        return best[1] + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+        return best[1] + (self._tokenize(rest) if rest else [])
 
     def submit(self, prompts: list[list[int]], settings: Settings, seed: int | None, session: str | None,
                endpoint: str, body: dict[str, Any], texts: list[str | None] | None = None) -> list[asyncio.Future]:
