@@ -19,7 +19,11 @@ Each round times each way, in turn, on one engine:
   engine, rlvr.serve.batcher, without HTTP);
 * **through the server**: one thread per session, each with its own ``openai`` client on its session
   URL (what rlvr.agents gives a sync agent), all started together, timed
-  from the first call to the last reply.
+  from the first call to the last reply. The threads run in a process of their own (``ClientProcess``,
+  ``clients="process"``, the default): the agents are the server's clients, not part of it, and their
+  clients' Python (about 1.3 ms a call) would otherwise share the GIL of the engine and the HTTP side.
+  ``clients="threads"`` runs them in the server's process (as rlvr.agents runs a training run's agents
+  today); ``"both"`` times both each round.
 
 Tokens/s counts sampled tokens (the server's ``usage.completion_tokens``). Reported: each side's best
 round and the median of the rounds' ratios (server / in process, against the faster in-process way of
