@@ -343,6 +343,13 @@ def format_sessions(result: dict[str, Any]) -> str:
                  f"{result['server_tps_best']:,.0f} tok/s; server / in process, median {result['ratio_median']:.2f}"
                  + (f" (threads {result['threads_ratio_median']:.2f})" if both else "")
                  + (" (in process: the faster of the two ways, each round)" if piped else ""))
+    ways = [k for k in ("in_process_tokens", "pipelined_tokens", "server_tokens", "threads_tokens")
+            if k in result["rounds"][0]]
+    counts = [[r[k] for k in ways] for r in result["rounds"]]
+    same = all(len(set(c)) == 1 for c in counts)
+    lines.append(f"sampled tokens per round, every way: {[c[0] for c in counts]}" if same else
+                 f"sampled tokens differ between the ways ({', '.join(w.removesuffix('_tokens') for w in ways)}): "
+                 f"{counts}")
     return "\n".join(lines)
 
 
