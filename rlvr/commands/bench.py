@@ -42,6 +42,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "server with the openai client, beside the same requests submitted in process, on the first "
                         "engine of --engines (rlvr.serve.bench; 0: off)")
     p.add_argument("--serve-turns", type=int, default=2, help="model calls per session with --serve-sessions")
+    p.add_argument("--serve-clients", choices=["process", "threads", "both"], default="process",
+                   help="with --serve-sessions, where the sessions' openai clients run: a process of their own (as "
+                        "a training run's agents), threads of the server's process, or both (each round times both; "
+                        "the ratio is the process way's)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of tokens/s")
 
@@ -124,7 +128,7 @@ def _serve_sessions(args: argparse.Namespace, model: str, engine: str, dtypes: l
         return fail(f"--engines: {engine!r}: --serve-sessions serves a plain static, vllm or hf engine")
     if args.serve_turns < 1 or args.turn_tokens < 1 or args.repeats < 1:
         return fail("--serve-turns, --turn-tokens and --repeats must be >= 1 with --serve-sessions")
-    results = [bench_sessions(model, kind, args.serve_sessions, args.serve_turns, args.turn_tokens, args.repeats, d)
-               for d in dtypes]
+    results = [bench_sessions(model, kind, args.serve_sessions, args.serve_turns, args.turn_tokens, args.repeats, d,
+                              clients=args.serve_clients) for d in dtypes]
     print(json.dumps(results, indent=1) if args.json else "\n\n".join(format_sessions(r) for r in results))
     return 0

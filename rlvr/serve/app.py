@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlvr.serve import protocol as P
@@ -37,6 +38,7 @@ from rlvr.serve.records import Call, Sample, SessionClosed, SessionRecords
 from rollouts.types import Completion, prompt_seeds
 
 SESSION_HEADER = "x-session-id"
+SESSION_HEADER_BYTES = SESSION_HEADER.encode()
 MAX_SESSION_CHARS = 200
 
 
@@ -65,6 +67,31 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": body})
 
 
+def text_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """``text -> tokenizer(text, add_special_tokens=False)["input_ids"]``, through the fast tokenizer's Rust
+    backend where it has one: transformers' ``__call__`` spends ~0.1 ms of Python a call (argument checks,
+    ``BatchEncoding``) on the GIL the engine shares. ``__call__`` first sets the backend's truncation,
+    padding and special-token splitting for a plain call; once it has (one call here), encoding with the
+    backend gives the same ids, as long as nothing sets them otherwise (the HTTP side owns its tokenizer and
+    only ever calls it plainly). A tokenizer without a Rust backend, or whose backend still truncates or pads
+    after a plain call, keeps ``__call__``."""
+
+    def plain(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not callable(getattr(backend, "encode", None)):
+        return plain
+    plain("")
+    if backend.truncation is not None or backend.padding is not None:
+        return plain
+
+    def fast(text: str) -> list[int]:
+        return backend.encode(text, add_special_tokens=False).ids
+
+    return fast
+
+
 @dataclass
 class Backend:
     """What the routes use: the served model's name, a tokenizer of the HTTP side (never the engine
@@ -76,6 +103,10 @@ class Backend:
     records: SessionRecords
     limits: P.Limits
 
+    def __post_init__(self) -> None:
+        self._tokenize = text_encoder(self.tokenizer)
+        self._special = frozenset(getattr(self.tokenizer, "all_special_ids", ()) or ())
+
     def encode(self, text: str, session: str | None = None) -> list[int]:
         """``text``'s ids; in a session, an earlier call's prompt and sampled ids reused where ``text``
         continues them (the module doc)."""
@@ -83,10 +114,10 @@ class Backend:
             spliced = self._continue(session, text)
             if spliced is not None:
                 return spliced
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokenize(text)
 
     def _continue(self, session: str, text: str) -> list[int] | None:
-        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        special = self._special
         best: tuple[int, list[int]] | None = None  # (characters covered, ids)
         for call in self.records.calls(session):
             if call.prompt_text is None or not text.startswith(call.prompt_text):
@@ -101,7 +132,7 @@ class Backend:
         if best is None:
             return None
         rest = text[best[0]:]
-        return best[1] + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+        return best[1] + (self._tokenize(rest) if rest else [])
 
     def submit(self, prompts: list[list[int]], settings: Settings, seed: int | None, session: str | None,
                endpoint: str, body: dict[str, Any], texts: list[str | None] | None = None) -> list[asyncio.Future]:
@@ -131,14 +162,13 @@ class Backend:
 
 
 def _session(request: Request) -> str | None:
-    session = request.path_params.get("session") or request.headers.get(SESSION_HEADER)
+    return request.path_params.get("session") or request.headers.get(SESSION_HEADER)
+
+
+def _open_session(backend: Backend, session: str | None) -> str | None:
+    """``session`` checked: a valid id, and not closed."""
     if session is not None and not 0 < len(session) <= MAX_SESSION_CHARS:
         raise P.ApiError(400, f"a session id must have 1 to {MAX_SESSION_CHARS} characters")
-    return session
-
-
-def _open_session(backend: Backend, request: Request) -> str | None:
-    session = _session(request)
     try:
         backend.records.check_open(session)
     except SessionClosed:
@@ -182,8 +212,96 @@ def _stream(waits: list[asyncio.Future], chunks) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def completions(backend: Backend, session: str | None, raw: bytes) -> Response:
+    """``/v1/completions`` (``session``: the checked session id of the request, if any; ``raw``: its body)."""
+    req = P.parse_request(P.CompletionRequest, raw)
+    _check_model(backend, req.model)
+    P.check_neutral(req)
+    prompts, texts = _completion_prompts(backend, req, session)
+    settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16,
+                          default_temperature=backend.records.temperature(session))
+    waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True),
+                           texts)
+    want_logprobs = req.logprobs is not None
+    rid = P.new_id("cmpl")
+
+    def choices(results: list[list[Completion]]) -> list[dict[str, Any]]:
+        out = []
+        for completions in results:
+            for c in completions:
+                lp = P.completion_logprobs(backend.tokenizer, c.token_ids, c.logprobs) if want_logprobs else None
+                out.append({"index": len(out), "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+        return out
+
+    def usage(results: list[list[Completion]]) -> dict[str, int]:
+        return P.usage([len(p) for p in prompts], [len(c.token_ids) for cs in results for c in cs])
+
+    if req.stream:
+        def chunks(results):
+            for choice in choices(results):
+                yield P.envelope("text_completion", rid, req.model, [choice], None)
+            if (req.stream_options or {}).get("include_usage"):
+                yield P.envelope("text_completion", rid, req.model, [], usage(results))
+        return _stream(waits, chunks)
+    results = await _results(waits)
+    # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
+    # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
+    return JSONResponse(P.envelope("text_completion", rid, req.model, choices(results), usage(results)))
+
+
+async def chat_completions(backend: Backend, session: str | None, raw: bytes) -> Response:
+    """``/v1/chat/completions`` (as ``completions``)."""
+    req = P.parse_request(P.ChatRequest, raw)
+    _check_model(backend, req.model)
+    P.check_neutral(req)
+    text = P.render_chat(backend.tokenizer, req)
+    ids = P.check_ids(backend.encode(text, session), backend.limits, "messages")
+    settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None,
+                          default_temperature=backend.records.temperature(session))
+    waits = backend.submit([ids], settings, req.seed, session, "chat.completions",
+                           req.model_dump(exclude_none=True), [text])
+    parse_tools = bool(req.tools) and req.tool_choice != "none"
+    rid = P.new_id("chatcmpl")
+
+    def choices(results: list[list[Completion]]) -> list[dict[str, Any]]:
+        out = []
+        for c in results[0]:
+            content, calls = P.parse_tool_calls(c.text) if parse_tools else (c.text, [])
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
+            lp = P.chat_logprobs(backend.tokenizer, c.token_ids, c.logprobs) if req.logprobs else None
+            out.append({"index": len(out), "message": message, "logprobs": lp,
+                        "finish_reason": "tool_calls" if calls else c.finish_reason})
+        return out
+
+    def usage(results: list[list[Completion]]) -> dict[str, int]:
+        return P.usage([len(ids)], [len(c.token_ids) for c in results[0]])
+
+    if req.stream:
+        def chunks(results):
+            for choice in choices(results):
+                delta = dict(choice["message"])
+                if "tool_calls" in delta:
+                    delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+                for part in ({"index": choice["index"], "delta": delta, "logprobs": choice["logprobs"],
+                              "finish_reason": None},
+                             {"index": choice["index"], "delta": {}, "logprobs": None,
+                              "finish_reason": choice["finish_reason"]}):
+                    yield P.envelope("chat.completion.chunk", rid, req.model, [part], None)
+            if (req.stream_options or {}).get("include_usage"):
+                yield P.envelope("chat.completion.chunk", rid, req.model, [], usage(results))
+        return _stream(waits, chunks)
+    results = await _results(waits)
+    return JSONResponse(P.envelope("chat.completion", rid, req.model, choices(results), usage(results)))
+
+
+HANDLERS = {"completions": completions, "chat/completions": chat_completions}
+
+
 def build_app(backend: Backend, api_key: str) -> BearerAuth:
-    """The ASGI application: the FastAPI routes inside the bearer-token check."""
+    """The ASGI application: the FastAPI routes, behind the direct way to the sampling endpoints
+    (``SamplingRoutes``), inside the bearer-token check."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(P.ApiError)
@@ -196,100 +314,73 @@ def build_app(backend: Backend, api_key: str) -> BearerAuth:
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
-        err = P.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
-        return JSONResponse(err.body(), status_code=500)
+        return _internal_error(exc)
 
     async def models(request: Request) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": backend.model_name, "object": "model", "created": 0,
                                             "owned_by": "rlvr"}]}
 
-    async def completions(request: Request):
-        session = _open_session(backend, request)
-        req = P.parse_request(P.CompletionRequest, await request.body())
-        _check_model(backend, req.model)
-        P.check_neutral(req)
-        prompts, texts = _completion_prompts(backend, req, session)
-        settings = P.settings(req, [len(p) for p in prompts], backend.limits, default_max_tokens=16,
-                              default_temperature=backend.records.temperature(session))
-        waits = backend.submit(prompts, settings, req.seed, session, "completions", req.model_dump(exclude_none=True),
-                               texts)
-        want_logprobs = req.logprobs is not None
-        rid = P.new_id("cmpl")
-
-        def choices(results: list[list[Completion]]) -> list[dict[str, Any]]:
-            out = []
-            for completions in results:
-                for c in completions:
-                    lp = P.completion_logprobs(backend.tokenizer, c.token_ids, c.logprobs) if want_logprobs else None
-                    out.append({"index": len(out), "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
-            return out
-
-        def usage(results: list[list[Completion]]) -> dict[str, int]:
-            return P.usage([len(p) for p in prompts], [len(c.token_ids) for cs in results for c in cs])
-
-        if req.stream:
-            def chunks(results):
-                for choice in choices(results):
-                    yield P.envelope("text_completion", rid, req.model, [choice], None)
-                if (req.stream_options or {}).get("include_usage"):
-                    yield P.envelope("text_completion", rid, req.model, [], usage(results))
-            return _stream(waits, chunks)
-        results = await _results(waits)
-        # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
-        # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
-        return JSONResponse(P.envelope("text_completion", rid, req.model, choices(results), usage(results)))
-
-    async def chat_completions(request: Request):
-        session = _open_session(backend, request)
-        req = P.parse_request(P.ChatRequest, await request.body())
-        _check_model(backend, req.model)
-        P.check_neutral(req)
-        text = P.render_chat(backend.tokenizer, req)
-        ids = P.check_ids(backend.encode(text, session), backend.limits, "messages")
-        settings = P.settings(req, [len(ids)], backend.limits, default_max_tokens=None,
-                              default_temperature=backend.records.temperature(session))
-        waits = backend.submit([ids], settings, req.seed, session, "chat.completions",
-                               req.model_dump(exclude_none=True), [text])
-        parse_tools = bool(req.tools) and req.tool_choice != "none"
-        rid = P.new_id("chatcmpl")
-
-        def choices(results: list[list[Completion]]) -> list[dict[str, Any]]:
-            out = []
-            for c in results[0]:
-                content, calls = P.parse_tool_calls(c.text) if parse_tools else (c.text, [])
-                message: dict[str, Any] = {"role": "assistant", "content": content}
-                if calls:
-                    message["tool_calls"] = calls
-                lp = P.chat_logprobs(backend.tokenizer, c.token_ids, c.logprobs) if req.logprobs else None
-                out.append({"index": len(out), "message": message, "logprobs": lp,
-                            "finish_reason": "tool_calls" if calls else c.finish_reason})
-            return out
-
-        def usage(results: list[list[Completion]]) -> dict[str, int]:
-            return P.usage([len(ids)], [len(c.token_ids) for c in results[0]])
-
-        if req.stream:
-            def chunks(results):
-                for choice in choices(results):
-                    delta = dict(choice["message"])
-                    if "tool_calls" in delta:
-                        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
-                    for part in ({"index": choice["index"], "delta": delta, "logprobs": choice["logprobs"],
-                                  "finish_reason": None},
-                                 {"index": choice["index"], "delta": {}, "logprobs": None,
-                                  "finish_reason": choice["finish_reason"]}):
-                        yield P.envelope("chat.completion.chunk", rid, req.model, [part], None)
-                if (req.stream_options or {}).get("include_usage"):
-                    yield P.envelope("chat.completion.chunk", rid, req.model, [], usage(results))
-            return _stream(waits, chunks)
-        results = await _results(waits)
-        return JSONResponse(P.envelope("chat.completion", rid, req.model, choices(results), usage(results)))
+    def route(handler):
+        async def endpoint(request: Request) -> Response:
+            return await handler(backend, _open_session(backend, _session(request)), await request.body())
+        return endpoint
 
     for prefix in ("/v1", "/s/{session}/v1"):
         app.add_api_route(f"{prefix}/models", models, methods=["GET"])
-        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
-    return BearerAuth(app, api_key)
+        for path, handler in HANDLERS.items():
+            app.add_api_route(f"{prefix}/{path}", route(handler), methods=["POST"])
+    return BearerAuth(SamplingRoutes(app, backend), api_key)
+
+
+# a POST to one of these paths is served by SamplingRoutes; FastAPI's route for it is the same handler
+_SAMPLING_PATH = re.compile(r"^(?:/s/([^/]+))?/v1/(completions|chat/completions)$")
+
+
+class SamplingRoutes:
+    """ASGI middleware: a POST to a sampling endpoint (``/v1/completions``, ``/v1/chat/completions``, with or
+    without ``/s/<session>``) goes straight to its handler, the one FastAPI's route calls, with the same
+    answers (an ``ApiError`` its JSON body, anything else a 500); everything else goes on to FastAPI. A
+    request through FastAPI's layers (its middleware stack, routing, dependency solving, ``Request``)
+    costs ~0.1 ms more Python, on the GIL the engine shares, and every agent call is such a request."""
+
+    def __init__(self, app, backend: Backend):
+        self.app, self.backend = app, backend
+
+    async def __call__(self, scope, receive, send) -> None:
+        match = _SAMPLING_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if match is None:
+            return await self.app(scope, receive, send)
+        session, endpoint = match.groups()
+        try:
+            if session is None:
+                session = next((v.decode("latin-1") for k, v in scope["headers"] if k == SESSION_HEADER_BYTES), None)
+            session = _open_session(self.backend, session)
+            raw = await _body(receive)
+            if raw is None:  # the client went away before sending its body: no one to answer
+                return
+            response = await HANDLERS[endpoint](self.backend, session, raw)
+        except P.ApiError as exc:
+            response = JSONResponse(exc.body(), status_code=exc.status)
+        except Exception as exc:  # noqa: BLE001 - as FastAPI's handler of anything else: a 500, the server goes on
+            response = _internal_error(exc)
+        await response(scope, receive, send)
+
+
+async def _body(receive) -> bytes | None:
+    """The request's body (None: the client disconnected first)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _internal_error(exc: Exception) -> JSONResponse:
+    err = P.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+    return JSONResponse(err.body(), status_code=500)
 
 
 def _completion_prompts(backend: Backend, req: P.CompletionRequest,

@@ -19,7 +19,11 @@ Each round times each way, in turn, on one engine:
   engine, rlvr.serve.batcher, without HTTP);
 * **through the server**: one thread per session, each with its own ``openai`` client on its session
   URL (what rlvr.agents gives a sync agent), all started together, timed
-  from the first call to the last reply.
+  from the first call to the last reply. The threads run in a process of their own (``ClientProcess``,
+  ``clients="process"``, the default): the agents are the server's clients, not part of it, and their
+  clients' Python (about 1.3 ms a call) would otherwise share the GIL of the engine and the HTTP side.
+  ``clients="threads"`` runs them in the server's process (as rlvr.agents runs a training run's agents
+  today); ``"both"`` times both each round.
 
 Tokens/s counts sampled tokens (the server's ``usage.completion_tokens``). Reported: each side's best
 round and the median of the rounds' ratios (server / in process, against the faster in-process way of
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 import threading
 import time
 from typing import Any
@@ -37,6 +42,7 @@ from typing import Any
 STOP = ("</python>",)  # the example agent stops the model at the end of a tool call
 OBSERVATION = "</python>\n<output>\n42\n</output>\n"  # what it appends before the next call
 MODEL_NAME = "bench"
+CLIENTS = ("process", "threads", "both")  # where the sessions' clients run (bench_sessions)
 
 
 def questions(n: int, seed: int = 0) -> list[str]:
@@ -117,9 +123,11 @@ def _after(tokenizer):
     return after
 
 
-def through_server(server, texts: list[str], base_seed: int, turns: int, turn_tokens: int,
-                   tag: str) -> tuple[int, float]:
-    """Every session run as an agent would, one thread each: (sampled tokens, seconds)."""
+def _sessions(root_url: str, api_key: str, names: list[str], texts: list[str], turns: int,
+              turn_tokens: int) -> tuple[list[int], float]:
+    """Every session run as an agent would, one thread each, each with its own ``openai`` client on its
+    session URL, all started together: (each session's sampled tokens, seconds from the first call to the
+    last reply)."""
     import openai
 
     from rlvr.serve.clients import plain_http
@@ -127,12 +135,9 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
     tokens = [0] * len(texts)
     errors: list[BaseException] = []
     start = threading.Barrier(len(texts) + 1)
-    names = [f"bench-{tag}-{i}" for i in range(len(texts))]
-    for i, name in enumerate(names):
-        server.records.open(name, base_seed + i)
 
     def session(i: int) -> None:
-        client = openai.OpenAI(base_url=server.session_url(names[i]), api_key=server.api_key, max_retries=0,
+        client = openai.OpenAI(base_url=f"{root_url}/s/{names[i]}/v1", api_key=api_key, max_retries=0,
                                timeout=600, http_client=plain_http(600.0))
         try:
             start.wait()
@@ -155,18 +160,102 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
     for t in threads:
         t.join()
     seconds = time.perf_counter() - t0
-    for name in names:
-        server.records.close(name)
-        server.records.pop(name)
     if errors:
         raise errors[0]
+    return tokens, seconds
+
+
+class ClientProcess:
+    """The agents' side in a process of its own (``python -m rlvr.serve.bench --clients``), as a training
+    run's agent runner has it (rlvr.agents.runner): their ``openai`` clients' Python (about 1.3 ms a call)
+    runs on that process's interpreter, not on the GIL the server's engine and HTTP side hold. Kept alive
+    for the whole bench; each ``run`` sends one round's sessions as a JSON line and reads the result."""
+
+    def __init__(self) -> None:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlvr.serve.bench", "--clients"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                     env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+    def run(self, root_url: str, api_key: str, names: list[str], texts: list[str], turns: int,
+            turn_tokens: int) -> tuple[list[int], float]:
+        import json
+
+        self.proc.stdin.write(json.dumps({"root_url": root_url, "api_key": api_key, "names": names, "texts": texts,
+                                          "turns": turns, "turn_tokens": turn_tokens}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.err.seek(0)
+            raise RuntimeError(f"the bench's client process died (exit {self.proc.returncode}):\n"
+                               f"{self.err.read()[-4000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"an agent session of the bench failed: {answer['error']}")
+        return answer["tokens"], answer["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - a stuck child is killed
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+
+
+def _client_main() -> None:
+    """``python -m rlvr.serve.bench --clients``: each line on stdin a round (``ClientProcess.run``), each
+    answer a line on stdout."""
+    import json
+    import sys
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            tokens, seconds = _sessions(job["root_url"], job["api_key"], job["names"], job["texts"], job["turns"],
+                                        job["turn_tokens"])
+            answer: dict[str, Any] = {"tokens": tokens, "seconds": seconds}
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+def through_server(server, texts: list[str], base_seed: int, turns: int, turn_tokens: int,
+                   tag: str, clients: ClientProcess | None = None) -> tuple[int, float]:
+    """Every session run as an agent would, one thread each, in ``clients``' process (None: threads of this
+    one): (sampled tokens, seconds). The sessions are opened here, in the server's records, with seeds."""
+    names = [f"bench-{tag}-{i}" for i in range(len(texts))]
+    for i, name in enumerate(names):
+        server.records.open(name, base_seed + i)
+    try:
+        if clients is None:
+            tokens, seconds = _sessions(server.root_url, server.api_key, names, texts, turns, turn_tokens)
+        else:
+            tokens, seconds = clients.run(server.root_url, server.api_key, names, texts, turns, turn_tokens)
+    finally:
+        for name in names:
+            server.records.close(name)
+            server.records.pop(name)
     return sum(tokens), seconds
 
 
 def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, turns: int = 2,
                    turn_tokens: int = 48, repeats: int = 3, dtype: str = "float32", max_batch: int = 64,
-                   window_s: float = 0.05, max_wait_s: float = 0.5) -> dict[str, Any]:
-    """``repeats`` rounds of ``sessions`` agent sessions through the server and in process (the module doc)."""
+                   window_s: float = 0.05, max_wait_s: float = 0.5, clients: str = "process") -> dict[str, Any]:
+    """``repeats`` rounds of ``sessions`` agent sessions through the server and in process (the module doc).
+    ``clients``: where the sessions' ``openai`` clients run: "process" (a process of their own, as a training
+    run's agents do), "threads" (threads of the server's process), or "both" (each round also times the
+    threads way, reported beside the ratio, which is always the first way's)."""
+    if clients not in CLIENTS:
+        raise ValueError(f"clients: {clients!r}; choose one of {', '.join(CLIENTS)}")
     from transformers import AutoTokenizer
 
     from rlvr.models import context_length
@@ -177,6 +266,7 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
 
     eng = engine_config(engine, dtype=dtype).build(model_dir)
     rounds = []
+    helper = ClientProcess() if clients != "threads" else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         texts = questions(sessions)
@@ -186,6 +276,8 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
         with Server(eng, AutoTokenizer.from_pretrained(model_dir), MODEL_NAME, limits=limits, max_batch=max_batch,
                     window_s=window_s, max_wait_s=max_wait_s) as server:
             through_server(server, texts[:2], 0, 1, 4, "warm")  # the HTTP side's first request
+            if helper is not None:
+                through_server(server, texts[:2], 0, 1, 4, "warm-process", helper)  # the client process's first
             pipelined = getattr(eng, "steps_tokens", False)
             for r in range(repeats):
                 base = 10_000 * (r + 1)
@@ -193,7 +285,7 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
                 calls_before, prompts_before = server.batcher.calls, server.batcher.prompts
                 local = in_process(eng, tokenizer, texts, seeds, turns, turn_tokens)
                 piped = in_process_pipelined(eng, tokenizer, texts, seeds, turns, turn_tokens) if pipelined else None
-                served = through_server(server, texts, base, turns, turn_tokens, str(r))
+                served = through_server(server, texts, base, turns, turn_tokens, str(r), helper)
                 made = server.batcher.calls - calls_before
                 rounds.append({"in_process_tokens": local[0], "in_process_s": local[1], "server_tokens": served[0],
                                "server_s": served[1], "engine_calls": made,
@@ -202,35 +294,64 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
                                "batch_sizes": server.batcher.batch_sizes[-made:] if made else []})
                 if piped is not None:
                     rounds[-1].update(pipelined_tokens=piped[0], pipelined_s=piped[1])
+                if clients == "both":
+                    threaded = through_server(server, texts, base, turns, turn_tokens, f"{r}-threads")
+                    rounds[-1].update(threads_tokens=threaded[0], threads_s=threaded[1])
     finally:
+        if helper is not None:
+            helper.close()
         eng.close()
     for r in rounds:
         r["in_process_tps"] = r["in_process_tokens"] / r["in_process_s"]
         r["server_tps"] = r["server_tokens"] / r["server_s"]
         if "pipelined_s" in r:
             r["pipelined_tps"] = r["pipelined_tokens"] / r["pipelined_s"]
+        if "threads_s" in r:
+            r["threads_tps"] = r["threads_tokens"] / r["threads_s"]
+            r["threads_ratio"] = r["threads_tps"] / max(r["in_process_tps"], r.get("pipelined_tps", 0.0))
         r["best_in_process_tps"] = max(r["in_process_tps"], r.get("pipelined_tps", 0.0))
         r["ratio"] = r["server_tps"] / r["best_in_process_tps"]
     return {"bench": "serve_sessions", "model": model_dir, "engine": engine, "dtype": dtype, "sessions": sessions,
             "turns": turns, "turn_tokens": turn_tokens, "window_s": window_s, "max_wait_s": max_wait_s,
+            "clients": clients,
             "in_process_tps_best": max(r["best_in_process_tps"] for r in rounds),
             "server_tps_best": max(r["server_tps"] for r in rounds),
-            "ratio_median": statistics.median(r["ratio"] for r in rounds), "rounds": rounds}
+            "ratio_median": statistics.median(r["ratio"] for r in rounds),
+            **({"threads_ratio_median": statistics.median(r["threads_ratio"] for r in rounds)}
+               if clients == "both" else {}), "rounds": rounds}
 
 
 def format_sessions(result: dict[str, Any]) -> str:
     """The rounds as a table, then the best and the median ratio."""
     piped = any("pipelined_tps" in r for r in result["rounds"])
+    both = result.get("clients") == "both"
+    where = {"process": "clients in a process of their own", "threads": "clients in the server's process",
+             "both": "clients in a process of their own (ratio) and in the server's process (threads)"}
     lines = [f"{result['sessions']} concurrent agent sessions of {result['turns']} calls (<= {result['turn_tokens']} "
-             f"tokens each, stop at </python>), {result['engine']} engine, {result['dtype']}, {result['model']}",
+             f"tokens each, stop at </python>), {result['engine']} engine, {result['dtype']}, {result['model']}; "
+             f"{where[result.get('clients', 'threads')]}",
              f"{'round':>5} {'in process tok/s':>17} " + (f"{'pipelined':>10} " if piped else "")
-             + f"{'server tok/s':>13} {'ratio':>6}  server batches"]
+             + f"{'server tok/s':>13} {'ratio':>6} " + (f"{'threads':>8} {'ratio':>6} " if both else "")
+             + " server batches"]
     for i, r in enumerate(result["rounds"]):
         batches = (f"continuous ({r['engine_prompts']} prompts joined the engine's running batch)" if r["continuous"]
                    else str(r["batch_sizes"]))
         lines.append(f"{i:>5} {r['in_process_tps']:>17,.0f} " + (f"{r['pipelined_tps']:>10,.0f} " if piped else "")
-                     + f"{r['server_tps']:>13,.0f} {r['ratio']:>6.2f}  {batches}")
+                     + f"{r['server_tps']:>13,.0f} {r['ratio']:>6.2f} "
+                     + (f"{r['threads_tps']:>8,.0f} {r['threads_ratio']:>6.2f} " if both else "") + f" {batches}")
     lines.append(f"best: in process {result['in_process_tps_best']:,.0f} tok/s, server "
                  f"{result['server_tps_best']:,.0f} tok/s; server / in process, median {result['ratio_median']:.2f}"
+                 + (f" (threads {result['threads_ratio_median']:.2f})" if both else "")
                  + (" (in process: the faster of the two ways, each round)" if piped else ""))
+    ways = [k for k in ("in_process_tokens", "pipelined_tokens", "server_tokens", "threads_tokens")
+            if k in result["rounds"][0]]
+    counts = [[r[k] for k in ways] for r in result["rounds"]]
+    same = all(len(set(c)) == 1 for c in counts)
+    lines.append(f"sampled tokens per round, every way: {[c[0] for c in counts]}" if same else
+                 f"sampled tokens differ between the ways ({', '.join(w.removesuffix('_tokens') for w in ways)}): "
+                 f"{counts}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--clients"]:
+    _client_main()

@@ -10,7 +10,7 @@ def test_serve_sessions_bench_reports_both_sides(micro_model, capsys):
     from rlvr.cli import main
 
     assert main(["bench", "rollouts", "--model", micro_model, "--engines", "static", "--serve-sessions", "4",
-                 "--serve-turns", "2", "--turn-tokens", "8", "--repeats", "1", "--json"]) == 0
+                 "--serve-turns", "2", "--turn-tokens", "8", "--repeats", "1", "--serve-clients", "both", "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)
     [r] = result["rounds"]
     assert (result["sessions"], result["turns"], result["engine"]) == (4, 2, "static")
@@ -18,7 +18,9 @@ def test_serve_sessions_bench_reports_both_sides(micro_model, capsys):
     assert r["continuous"]  # the static engine batches by itself: the prompts join its running batch
     # the same calls with the same seeds: the same tokens every way (the engine's samples do not depend on
     # the batch they share)
-    assert r["in_process_tokens"] == r["pipelined_tokens"] == r["server_tokens"] > 0
+    # the clients in a process of their own (the ratio's way) and in threads of the server's process alike
+    assert r["in_process_tokens"] == r["pipelined_tokens"] == r["server_tokens"] == r["threads_tokens"] > 0
+    assert result["clients"] == "both" and result["threads_ratio_median"] == r["threads_ratio"]
     assert result["ratio_median"] == r["server_tps"] / max(r["in_process_tps"], r["pipelined_tps"])
 
 

@@ -262,3 +262,26 @@ def test_hosts():
 def test_records_are_thread_safe_and_small():
     records = SessionRecords()
     assert records.calls("none") == [] and records.pop("none") == []
+
+
+def test_the_sampling_routes_answer_as_fastapis_do(served):
+    """A POST to a sampling endpoint skips FastAPI (rlvr.serve.app.SamplingRoutes); what it answers, and what
+    goes on to FastAPI, is the same as through FastAPI's routes."""
+    server, _ = served
+    body = {"model": "script", "prompt": "x", "max_tokens": 20}
+    r = httpx.get(f"{server.root_url}/v1/completions", headers={"Authorization": "Bearer sk-test"})
+    assert r.status_code == 405 and r.json()["error"]["message"] == "Method Not Allowed"  # FastAPI's answer
+    assert post(server, f"/s/{'a' * 201}/v1/completions", body).status_code == 400
+    r = httpx.post(f"{server.root_url}/v1/chat/completions", json={**body, "prompt": None}, timeout=30,
+                   headers={"Authorization": "Bearer sk-test", "X-Session-Id": "b" * 201})
+    assert r.status_code == 400 and "1 to 200 characters" in r.json()["error"]["message"]
+    server.records.open("shut")
+    server.records.close("shut")
+    r = post(server, "/s/shut/v1/completions", body)
+    assert r.status_code == 409 and "is closed" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.root_url}/v1/completions", json=body, timeout=30,
+                   headers={"Authorization": "Bearer sk-test", "X-Session-Id": "hdr"})
+    x_ids = byte_tokenizer()("x", add_special_tokens=False)["input_ids"]
+    assert r.status_code == 200 and [c.prompt_ids for c in server.records.calls("hdr")] == [x_ids]
+    assert post(server, "/s/path/v1/completions", body).json()["choices"][0]["text"].startswith("echo")
+    assert len(server.records.calls("path")) == 1

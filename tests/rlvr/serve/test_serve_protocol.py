@@ -158,3 +158,26 @@ def test_a_token_stepping_engine_takes_each_prompt_into_its_own_batching(micro_m
     assert got == [g.completions[0].token_ids for g in want]
     with pytest.raises(RuntimeError, match="stopped"):
         batcher.submit([1], settings_)
+
+
+def test_the_http_sides_encoder_gives_the_tokenizers_ids():
+    """Backend encodes text through the fast tokenizer's Rust backend (rlvr.serve.app.text_encoder): the same
+    ids as ``tokenizer(text, add_special_tokens=False)``, even after a call that truncated or padded."""
+    import helpers
+
+    from rlvr.serve.app import text_encoder
+
+    tok = helpers.byte_tokenizer(merges=(("a", "b"), ("ab", "c")))
+    tok.pad_token = tok.eos_token
+    tok(["abcabc", "a"], truncation=True, max_length=3, padding="max_length")  # leaves the backend truncating
+    encode = text_encoder(tok)
+    assert encode.__name__ == "fast"
+    for text in ["", " ", "abcab c", "ab<eos>c<eos>", "é 中 🙂\n\t", "abc" * 300]:
+        assert encode(text) == tok(text, add_special_tokens=False)["input_ids"], text
+
+    class Plain:  # a tokenizer without a Rust backend keeps its own __call__
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [len(text)]}
+
+    encode = text_encoder(Plain())
+    assert encode.__name__ == "plain" and encode("abc") == [3]
