@@ -48,6 +48,20 @@ SERVER_FIXTURES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The test process computes on one torch thread unless a test sets another count (and puts it back):
+    the models here are tiny, and on two shared cores an OpenMP team of two makes every tiny op wait for
+    its second thread. (A run with train.threads=1, helpers.TINY, sets the same count; subprocesses and
+    Ray workers get theirs from their config.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def micro_pretrain_cfg(tmp_path_factory):
     from rlvr.config import PretrainConfig
@@ -58,15 +72,25 @@ def micro_pretrain_cfg(tmp_path_factory):
     # enough steps that completions are well-formed and sometimes right, so rewards vary in a group
     cfg.corpus.num_docs = 4000
     cfg.train.steps, cfg.train.batch_size, cfg.train.warmup_steps, cfg.train.lr = 150, 32, 10, 1e-2
+    # one thread: the weights are bit-identical to two threads' (checked), and one is robust where two are not
+    # (2-core AVX2: 10.9 s vs 8.4 s for the fixture on an idle machine, but 13.4 s vs 16.0 s with another
+    # process on one core, and 153 s for two threads when a second one took the other core)
+    cfg.train.threads = 1
     return cfg
 
 
 @pytest.fixture(scope="session")
 def micro_model(micro_pretrain_cfg) -> str:
     """Directory of a micro Llama pretrained for a few steps (real tokenizer, real weights)."""
+    import torch
+
     from rlvr.pretrain import pretrain
 
-    return str(pretrain(micro_pretrain_cfg, progress=False))
+    threads = torch.get_num_threads()
+    try:
+        return str(pretrain(micro_pretrain_cfg, progress=False))
+    finally:
+        torch.set_num_threads(threads)  # pretrain sets the process's count: the tests keep the session's
 
 
 @pytest.fixture

@@ -27,10 +27,13 @@ DATA = Path(__file__).resolve().parent / "data"
 TINY_R1ZERO = "configs/tiny_r1zero.yaml"
 
 # The small run most tests train: the HF engine, 4 prompts x 4 completions of 16 tokens, evaluation only
-# at the start and the end on 8 prompts (SMALL_EVAL), quiet logs.
+# at the start and the end on 8 prompts (SMALL_EVAL), quiet logs, one thread (learner and engine: a micro
+# model gains nothing from an OpenMP team, and on shared cores each tiny op waits for the team's second
+# thread). A test that compares two runs gives both sides this; one that checks more threads says so.
 SMALL_EVAL = ["eval.every=0", "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16"]
 TINY = ["engine.kind=hf", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16", *SMALL_EVAL,
-        "train.micro_batch_size=8", "optim.lr=3e-4", "logging.progress=false", "logging.tensorboard=false"]
+        "train.micro_batch_size=8", "optim.lr=3e-4", "train.threads=1", "logging.progress=false",
+        "logging.tensorboard=false"]
 
 
 def override(key: str, value: Any) -> str:

@@ -35,12 +35,12 @@ def test_distributed_run_resumes_bit_identically(ray_cluster, micro_model, tmp_p
     from rlvr.loop import train
 
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    train(config(micro_model, whole, 6, *CLUSTER))
-    shutil.copytree(whole, crashed)  # a crash after step 4: checkpoints 3 and 6 minus the last
-    shutil.rmtree(crashed / "checkpoints" / "step_000006")
+    train(config(micro_model, whole, 4, *CLUSTER, "checkpoint.every=2"))
+    shutil.copytree(whole, crashed)  # a crash after step 3: checkpoints 2 and 4 minus the last
+    shutil.rmtree(crashed / "checkpoints" / "step_000004")
     shutil.rmtree(crashed / "final")
-    train(config(micro_model, crashed, 6, *CLUSTER), resume=True)
-    assert_same_run(whole, crashed, 6)
+    train(config(micro_model, crashed, 4, *CLUSTER, "checkpoint.every=2"), resume=True)
+    assert_same_run(whole, crashed, 4)
 
 
 def test_a_killed_learner_rank_stops_the_run_naming_it(ray_cluster, micro_model, tmp_path):

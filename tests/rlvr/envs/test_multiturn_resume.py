@@ -24,10 +24,23 @@ def test_sigkill_mid_multiturn_run_then_resume_equals_an_uninterrupted_run(micro
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     args = [*SMALL, *GUESS, f"model={micro_model}", f"train.steps={STEPS}", "train.async=true"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    done = subprocess.run([*rlvr_cli(), "train", *args, f"run_dir={whole}"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # the uninterrupted run beside the killed one (each on one thread: the two cores are both used)
+    err = tmp_path / "whole.err"
+    with err.open("w") as stderr:
+        uninterrupted = subprocess.Popen([*rlvr_cli(), "train", *args, f"run_dir={whole}"], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        kill_and_resume(args, killed, env)
+        uninterrupted.wait(timeout=600)
+    finally:
+        uninterrupted.kill()
+    assert uninterrupted.returncode == 0, err.read_text()[-2000:]
+    assert_same_run(whole, killed, STEPS)
+    assert any(r["turns_mean"] > 1.0 for r in train_records(whole))
 
+
+def kill_and_resume(args: list[str], killed, env: dict) -> None:
+    """SIGKILL the run once it logged step KILL_AFTER, check what its checkpoint carries, ``--resume`` it."""
     proc = subprocess.Popen([*rlvr_cli(), "train", *args, f"run_dir={killed}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 600
@@ -52,5 +65,3 @@ def test_sigkill_mid_multiturn_run_then_resume_equals_an_uninterrupted_run(micro
     resumed = subprocess.run([*rlvr_cli(), "train", "--resume", str(killed)], env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(whole, killed, STEPS)
-    assert any(r["turns_mean"] > 1.0 for r in train_records(whole))

@@ -119,7 +119,7 @@ def test_report_tables_every_path_and_plots(micro_model, tmp_path):
     row names the stages that made the base (here SFT, not "(pretrained)") and what they trained."""
     rl = ["engine.kind=hf", "train.steps=2", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
           "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "eval.every=1", "logging.progress=false",
-          "train.micro_batch_size=16", "checkpoint.every=0"]
+          "train.micro_batch_size=16", "checkpoint.every=0", "train.threads=1"]
     ev = tmp_path / "eval.yaml"
     ev.write_text(yaml.safe_dump({"model": micro_model, "engine": {"kind": "hf"},
                                   "eval": {"num_prompts": 8, "k": 2, "max_tokens": 16}}))
@@ -151,7 +151,7 @@ def test_report_tables_every_path_and_plots(micro_model, tmp_path):
 
 RL_MICRO = ["engine.kind=hf", "train.steps=1", "train.prompts_per_step=4", "sampling.n=4", "sampling.max_tokens=16",
             "eval.num_prompts=8", "eval.k=2", "eval.max_tokens=16", "logging.progress=false",
-            "train.micro_batch_size=16", "checkpoint.every=0"]
+            "train.micro_batch_size=16", "checkpoint.every=0", "train.threads=1"]
 
 
 def test_demo_runs_the_demo_recipe_with_overrides_on_the_rl_stage(micro_pretrain_cfg, micro_model, tmp_path, capsys):

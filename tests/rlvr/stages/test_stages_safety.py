@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -104,15 +105,31 @@ def test_an_rl_stage_killed_mid_stage_resumes_on_rerun(micro_model, tmp_path, ca
     killed = tmp_path / "killed"
     recipe = write_recipe(tmp_path, [rl_stage("rl", micro_model, killed, f"train.steps={steps}",
                                               "checkpoint.every=2", "checkpoint.keep=3")])
-    proc = subprocess.Popen([*rlvr_cli(), "run", recipe], env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = tmp_path / "killed.err"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([*rlvr_cli(), "run", recipe], env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     first = killed / "checkpoints" / "step_000002"
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and not first.is_dir() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+
+    def kill_at_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and not first.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_at_first_checkpoint, daemon=True)
+    killer.start()
+    # meanwhile the uninterrupted run, here (both on one thread: the two cores are both used)
+    whole = tmp_path / "whole"
+    try:
+        run_recipe(write_recipe(tmp_path, [rl_stage("rl", micro_model, whole, f"train.steps={steps}",
+                                                    "checkpoint.every=2", "checkpoint.keep=3")], "w.yaml", "out-w"))
+        killer.join(timeout=300)
+    finally:
+        proc.kill()
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert proc.returncode == -signal.SIGKILL, err.read_text()[-2000:]
     assert first.is_dir() and not (killed / "final" / "rlvr_stage.json").exists()
     newest = max(p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step_"))
     at_kill = int(newest.split("_")[-1])
@@ -128,9 +145,6 @@ def test_an_rl_stage_killed_mid_stage_resumes_on_rerun(micro_model, tmp_path, ca
     assert lines[:len(done_lines)] == done_lines  # the steps up to the checkpoint were kept, not redone
     assert [r["step"] for r in train_records(killed)] == list(range(1, steps + 1))
 
-    whole = tmp_path / "whole"
-    run_recipe(write_recipe(tmp_path, [rl_stage("rl", micro_model, whole, f"train.steps={steps}",
-                                                "checkpoint.every=2", "checkpoint.keep=3")], "w.yaml", "out-w"))
     for x, y in zip(train_records(killed), train_records(whole), strict=True):
         assert x == y, {k: (x[k], y.get(k)) for k in x if x[k] != y.get(k)}
     from safetensors.torch import load_file

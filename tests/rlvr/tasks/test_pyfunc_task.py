@@ -96,12 +96,12 @@ def test_e2e_pretrain_then_rl_with_the_sandbox(tmp_path):
         out_dir=str(tmp_path / "base"), vocab_size=512, task={"kind": "pyfunc"},
         model={"hidden_size": 64, "num_layers": 2, "num_heads": 1, "intermediate_size": 128},
         corpus={"num_docs": 600, "reason_prob": {1: 0.8, 2: 0.35, 3: 0.15}},
-        train={"steps": 10, "batch_size": 16, "warmup_steps": 2, "lr": 1e-2, "threads": 2})
+        train={"steps": 10, "batch_size": 16, "warmup_steps": 2, "lr": 1e-2, "threads": 1})
     model = str(pretrain(pcfg, progress=False))
     cfg = TrainConfig(
         model=model, run_dir=str(tmp_path / "run"), task={"kind": "pyfunc", "train_size": 50, "test_size": 8},
         engine={"kind": "hf"}, sampling={"n": 4, "max_tokens": 48},
-        train={"steps": 2, "prompts_per_step": 4, "micro_batch_size": 16, "threads": 2},
+        train={"steps": 2, "prompts_per_step": 4, "micro_batch_size": 16, "threads": 1},
         eval={"every": 0, "num_prompts": 8, "k": 2, "max_tokens": 48},
         logging={"tensorboard": False, "progress": False}, checkpoint={"every": 0})
     summary = train(cfg, overwrite=True)

@@ -20,7 +20,7 @@ def run(micro_model, tmp_path, *overrides):
         f"model={micro_model}", f"run_dir={run_dir}", "engine.kind=hf", "train.steps=2", "train.prompts_per_step=2",
         "sampling.n=2", "sampling.max_tokens=16", "eval.every=0", "eval.num_prompts=4", "eval.k=2",
         "eval.max_tokens=16", "logging.progress=false", "logging.tensorboard=false", "alarms.zero_reward_steps=0",
-        "rewards.terms=null", *overrides])  # the task's own verifier (the tiny config names arith)
+        "rewards.terms=null", "train.threads=1", *overrides])  # the task's own verifier (the tiny config names arith)
     summary = train(cfg)
     records = read_metrics(run_dir / "metrics.jsonl")
     return summary, [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]

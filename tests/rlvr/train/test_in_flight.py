@@ -74,9 +74,17 @@ def test_kill9_at_random_moments_then_resume_equals_an_uninterrupted_run(micro_m
     steps = 8
     args = [*SMALL, *FLIGHT, f"model={micro_model}", f"train.steps={steps}", "checkpoint.every=1"]
     whole = tmp_path / "whole"
-    done = subprocess.run([*rlvr_cli(), "train", *args, f"run_dir={whole}"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    landed = _kill_and_resume(args, tmp_path / "killed", kills, steps, random.Random(kills))
+    # the uninterrupted run beside the killed ones (each on one thread: the two cores are both used)
+    err = tmp_path / "whole.err"
+    with err.open("w") as stderr:
+        uninterrupted = subprocess.Popen([*rlvr_cli(), "train", *args, f"run_dir={whole}"], stdout=subprocess.DEVNULL,
+                                         stderr=stderr)
+    try:
+        landed = _kill_and_resume(args, tmp_path / "killed", kills, steps, random.Random(kills))
+        uninterrupted.wait(timeout=600)
+    finally:
+        uninterrupted.kill()
+    assert uninterrupted.returncode == 0, err.read_text()[-3000:]
     assert landed >= 1
     assert_same_run(whole, tmp_path / "killed", steps)
     assert len(train_records(whole)) == steps

@@ -116,7 +116,7 @@ def test_lora_run_checkpoints_the_adapter_and_writes_a_merged_model(qwen2_dir, t
     over = [f"model={qwen2_dir}", f"run_dir={run_dir}", "engine.kind=hf", "train.steps=2", "train.prompts_per_step=2",
             "sampling.n=4", "sampling.max_tokens=12", "eval.every=0", "eval.num_prompts=4", "eval.k=1",
             "eval.max_tokens=8", "logging.progress=false", "logging.tensorboard=false", "optim.lr=1e-2",
-            "lora.r=4", "lora.alpha=8", "lora.target_modules=[q_proj,v_proj]"]
+            "train.threads=1", "lora.r=4", "lora.alpha=8", "lora.target_modules=[q_proj,v_proj]"]
     bad = load_config(TrainConfig, "configs/tiny_r1zero.yaml", over[:-1] + ["lora.target_modules=[nope]"])
     with pytest.raises(ValueError, match="matches no linear layer"):
         train(bad)

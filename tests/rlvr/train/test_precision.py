@@ -134,7 +134,7 @@ def test_bf16_learner_run_end_to_end(llama_dir, tmp_path):
         f"model={llama_dir}", f"run_dir={run_dir}", "engine.kind=hf", "train.steps=2", "train.prompts_per_step=2",
         "sampling.n=4", "sampling.max_tokens=12", "eval.every=0", "eval.num_prompts=4", "eval.k=1",
         "eval.max_tokens=8", "train.dtype=bfloat16", "train.gradient_checkpointing=true", "train.max_seq_len=256",
-        "logging.progress=false", "logging.tensorboard=false",
+        "logging.progress=false", "logging.tensorboard=false", "train.threads=1",
     ])
     assert cfg.engine.max_logprob_diff == 8.0 and cfg.algorithm.is_cap == 2.0
     train(cfg)
