@@ -633,19 +633,19 @@ def _format_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def read_config(path: str | None) -> dict:
-    """The YAML mapping of ``path`` ({} for None), or a ``ConfigError`` naming the file."""
+def read_config(path: str | None, what: str = "config") -> dict:
+    """The YAML mapping of ``path`` ({} for None), or a ``ConfigError`` naming the file (as a ``what``)."""
     if path is None:
         return {}
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file not found: {path!r}")
+        raise ConfigError(f"{what} file not found: {path!r}")
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path!r} must be a mapping at the top level")
+        raise ConfigError(f"{what} {path!r} must be a mapping at the top level")
     return data
 
 

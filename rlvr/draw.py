@@ -98,6 +98,9 @@ def sample_groups(draw: Callable[[int, int], list[ScoredGroup]], want: int, dyna
     return kept[:want] + dropped[:padded], drawn, stats
 
 
+TIMINGS = ("generate_s", "score_s", "score_wait_s", "score_hidden_s")  # a draw's seconds, summed over its rounds
+
+
 class StepDrawer:
     """Draws a step's rollouts (every dynamic-sampling round) from ``rollouts``, generated and scored
     as groups finish: the job the rollout pipeline runs for each step. Round ``r`` of step ``s`` samples
@@ -109,7 +112,7 @@ class StepDrawer:
         self.cfg, self.rows, self.sampler, self.rollouts = cfg, rows, sampler, rollouts
 
     def __call__(self, step: int) -> StepRollouts:
-        timings = dict.fromkeys(("generate_s", "score_s", "score_wait_s", "score_hidden_s"), 0.0)
+        timings = dict.fromkeys(TIMINGS, 0.0)
 
         def draw(rnd: int, k: int) -> list[ScoredGroup]:
             return self._draw([self.rows[i] for i in self.sampler.next(k)], step, rnd, timings)
@@ -122,8 +125,7 @@ class StepDrawer:
     def redraw(self, step: int, rows: list[dict[str, Any]]) -> list[ScoredGroup]:
         """``rows``' groups drawn again for ``step`` on the engine's weights as they are now (their first draw
         was too old to train on), with round ``REDRAW_ROUND``'s seed; the prompt sampler does not move."""
-        return self._draw(rows, step, self.REDRAW_ROUND, dict.fromkeys(("generate_s", "score_s", "score_wait_s",
-                                                                           "score_hidden_s"), 0.0))
+        return self._draw(rows, step, self.REDRAW_ROUND, dict.fromkeys(TIMINGS, 0.0))
 
     def _draw(self, rows: list[dict[str, Any]], step: int, rnd: int, timings: dict[str, float]) -> list[ScoredGroup]:
         """Generate and score ``rows``' groups as round ``rnd`` of ``step``, adding the time to ``timings``."""

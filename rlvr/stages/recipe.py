@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
-from rlvr.config import ConfigError, Section, _format_error, apply_overrides, load_config
+from rlvr.config import ConfigError, Section, _format_error, apply_overrides, load_config, read_config
 from rlvr.stages import STAGES
 
 
@@ -68,16 +67,7 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> tuple[Recipe, 
 
 def read_recipe(path: str) -> dict[str, Any]:
     """The recipe file as a mapping (to edit before `wire_recipe`, as `rlvr demo` does)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"recipe file not found: {path!r}")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path!r} must be a mapping at the top level")
-    return data
+    return read_config(path, "recipe")
 
 
 def wire_recipe(data: dict[str, Any], path: str) -> tuple[Recipe, list[tuple[RecipeStage, Any]]]:

@@ -135,16 +135,23 @@ def test_trl_messages_conversation_is_cut_before_the_reply_which_becomes_the_ans
         load_task(task.model_copy(update={"path": jsonl(tmp_path / "bad.jsonl", rows)}))
 
 
-def test_eval_of_a_run_output_reads_the_runs_config(tiny_model, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_model, run / "final")
-    path = jsonl(tmp_path / "g.jsonl", gsm_rows())
+def _gsm8k_run(model, tmp_path, engine: str):
+    """A run directory as `rlvr train` leaves it: ``final/`` (``model``) beside the ``config.yaml`` of a gsm8k
+    run of 3 held-out rows on ``engine``."""
     from rlvr.config import config_yaml
 
+    run = tmp_path / "run"
+    shutil.copytree(model, run / "final")
+    path = jsonl(tmp_path / "g.jsonl", gsm_rows())
     cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
         "model=base", f"run_dir={run}", "task.kind=gsm8k", f"task.path={path}", "task.test_size=3",
-        "rewards=[{verifier: math}]", "engine.kind=hf", "eval.k=1", "eval.max_tokens=4"])
+        "rewards=[{verifier: math}]", f"engine.kind={engine}", "eval.k=1", "eval.max_tokens=4"])
     (run / "config.yaml").write_text(config_yaml(cfg))
+    return run
+
+
+def test_eval_of_a_run_output_reads_the_runs_config(tiny_model, tmp_path, capsys):
+    run = _gsm8k_run(tiny_model, tmp_path, "hf")
     assert main(["eval", "--model", str(run / "final"), "--json"]) == 0
     out, err = capsys.readouterr()
     assert f"using {run / 'config.yaml'}, the config of the run" in err
@@ -154,15 +161,7 @@ def test_eval_of_a_run_output_reads_the_runs_config(tiny_model, tmp_path, capsys
 def test_eval_engine_of_another_kind_over_a_runs_config(tiny_model, tmp_path, capsys):
     """A static run's config.yaml spells out the static engine's own fields (kv_cache_gib, compile, refill);
     `rlvr eval --engine hf` of its output left them in, and hf refused them as unknown keys."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_model, run / "final")
-    path = jsonl(tmp_path / "g.jsonl", gsm_rows())
-    from rlvr.config import config_yaml
-
-    cfg = load_config(TrainConfig, "configs/tiny_r1zero.yaml", [
-        "model=base", f"run_dir={run}", "task.kind=gsm8k", f"task.path={path}", "task.test_size=3",
-        "rewards=[{verifier: math}]", "engine.kind=static", "eval.k=1", "eval.max_tokens=4"])
-    (run / "config.yaml").write_text(config_yaml(cfg))
+    run = _gsm8k_run(tiny_model, tmp_path, "static")
     assert "kv_cache_gib" in (run / "config.yaml").read_text()
     assert main(["eval", "--model", str(run / "final"), "--engine", "hf", "--json"]) == 0
     out, err = capsys.readouterr()
