@@ -43,18 +43,44 @@ def test_in_flight_with_k2_never_trains_on_a_token_older_than_2(micro_model, tmp
     assert any(r["staleness/tokens_2"] > 0.0 or r["staleness/tokens_1"] > 0.0 for r in steps[2:])
 
 
+def _checkpointed(run_dir) -> int:
+    """The step of the run's latest complete checkpoint, 0 before the first."""
+    latest = latest_checkpoint(run_dir)
+    return int(latest.name.removeprefix("step_")) if latest else 0
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run_dir, step: int) -> float:
+    """Wait until the run has checkpointed ``step`` (or has ended); returns the moment it was seen."""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and _checkpointed(run_dir) < step and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return time.monotonic()
+
+
 def _kill_and_resume(args: list[str], run_dir, kills: int, steps: int, rng: random.Random) -> int:
-    """Start the run, then ``kills`` times: SIGKILL it at a random moment after its first checkpoint, and
-    ``--resume``; finally let it finish. Returns the kills that landed mid-run."""
+    """Start the run, then up to ``kills`` times: SIGKILL it at a random moment and ``--resume``; finally let it
+    finish. Returns the kills that landed mid-run.
+
+    A moment is drawn in steps, not seconds, so it lands mid-run on a fast CPU as on a slow one: a random
+    checkpoint that leaves at least one step after it, then a random fraction of one step's time (measured
+    between the first run's checkpoints 1 and 2). A resumed run may be killed at its own start (inside the
+    load), when the drawn checkpoint is the one it resumed from."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [*rlvr_cli(), "train", *args, f"run_dir={run_dir}"]
-    landed = 0
+    landed, step_s = 0, None
     for _ in range(kills):
+        done = _checkpointed(run_dir)
+        if done > steps - 2:  # no step left to land in: let it finish
+            break
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 600
-        while proc.poll() is None and latest_checkpoint(run_dir) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 3.0))  # a random moment: inside a draw, a learner step, a load or a save
+        if step_s is None:  # the first run: time one step, then go on from checkpoint 2
+            first = _wait_for_checkpoint(proc, run_dir, 1)
+            step_s = _wait_for_checkpoint(proc, run_dir, 2) - first
+            target = rng.randint(2, steps - 2)
+        else:
+            target = rng.randint(done, steps - 2)
+        _wait_for_checkpoint(proc, run_dir, target)
+        time.sleep(rng.uniform(0.0, step_s))  # inside a draw, a learner step, a load or a save
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             landed += 1
@@ -85,6 +111,6 @@ def test_kill9_at_random_moments_then_resume_equals_an_uninterrupted_run(micro_m
     finally:
         uninterrupted.kill()
     assert uninterrupted.returncode == 0, err.read_text()[-3000:]
-    assert landed >= 1
+    assert landed >= 1, "no kill landed mid-run"
     assert_same_run(whole, tmp_path / "killed", steps)
     assert len(train_records(whole)) == steps
