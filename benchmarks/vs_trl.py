@@ -1,6 +1,6 @@
 """rlvr vs TRL's GRPOTrainer: same tiny base, task, reward and settings; seconds per step side by side.
 
-    .venv/bin/python benchmarks/vs_trl.py [--steps 20] [--threads 2] [--seeds 1] [--trl-gen auto|vllm|cb|generate]
+    .venv/bin/python benchmarks/vs_trl.py [--steps 20] [--threads 2] [--seeds N|S,S,...] [--reuse] [--trl-gen auto|vllm|cb|generate]
                                           [--model DIR | --random-init CONFIG_JSON] [--out runs/vs_trl] [--json]
                                           [--rlvr-override key.sub=value ...]
 
@@ -10,7 +10,8 @@ step for each (and the TRL/rlvr ratio), a per-phase breakdown (generate, score, 
 other; medians over steps), the mean training reward of the last 5 steps, and held-out greedy
 pass@1. Writes ``<out>/results.json`` (and each side's per-step records under ``<out>/rlvr`` and
 ``<out>/trl``). ``--json`` prints the results as JSON instead of the tables. ``--seeds N`` runs the
-whole comparison for seeds 0..N-1 (the seed sets both sides' prompt order, sampling and
+whole comparison for seeds 0..N-1 (or ``--seeds 3,4`` for those seeds; ``--reuse`` reads a seed already
+under ``<out>`` instead of running it again) (the seed sets both sides' prompt order, sampling and
 initialisation; each seed's results under ``<out>/seed<S>``) and reports held-out pass@1, training
 accuracy and step time as mean ± standard error over seeds, with rlvr - TRL in standard errors of
 the difference (``<out>/results.json``); later seeds reuse the TRL path the first one trained with.
@@ -502,6 +503,17 @@ def _gen_list(text: str) -> str:
     return text
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    try:
+        seeds = list(range(int(text))) if "," not in text else [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count or a comma-separated list of seeds, not {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give a positive count or distinct non-negative seeds")
+    return seeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="artifacts/tiny-base", help="HF model directory (default: the tiny base)")
@@ -510,8 +522,12 @@ def main() -> None:
                     "benchmarks/configs/llama-25m.json; --model's tokenizer; built under --out): a speed "
                     "comparison at a larger size, where neither side can learn arithmetic in a few steps")
     ap.add_argument("--steps", type=int, default=20, help="training steps per framework")
-    ap.add_argument("--seeds", type=int, default=1, help="run both sides for seeds 0..N-1 (each under <out>/seed<S> "
-                    "when N > 1) and report held-out pass@1 as mean ± SE over them")
+    ap.add_argument("--seeds", type=_seed_list, default=[0], metavar="N|S,S,...",
+                    help="run both sides for seeds 0..N-1, or for the listed seeds (each under <out>/seed<S> when "
+                    "more than one) and report held-out pass@1 as mean ± SE over them")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with several seeds: a seed whose <out>/seed<S>/results.json exists is read, not run again "
+                    "(so seeds can be added to a finished comparison: --seeds 5 --reuse runs only 3 and 4 after --seeds 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for each side")
     ap.add_argument("--trl-gen", default="auto", type=_gen_list,
                     help="comma-separated TRL generation paths, each trained in turn (auto: the first of "
@@ -536,13 +552,17 @@ def main() -> None:
 
         args.model = build_random_model(args.random_init, args.model, str(Path(args.out) / "random-init-model"))
 
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     runs, trl_gen = [], args.trl_gen
     for seed in seeds:
         s = Settings(model=args.model, steps=args.steps, threads=args.threads, eval_prompts=max(1, args.eval_prompts),
                      seed=seed)
         out = Path(args.out) if len(seeds) == 1 else Path(args.out) / f"seed{seed}"
+        if len(seeds) > 1 and args.reuse and (out / "results.json").is_file():
+            log(f"\n=== seed {seed}: reusing {out / 'results.json'} ===")
+            runs.append(json.loads((out / "results.json").read_text()))
+            continue
         if len(seeds) > 1:
             log(f"\n=== seed {seed} ({out}) ===")
         res = one_seed(s, args, out, trl_gen, log)
