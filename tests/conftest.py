@@ -20,6 +20,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never download: a hub id fails at once instead of after the hub client's retries (20 s and more a
+# call here). Set before anything imports huggingface_hub or datasets, which read these once, at import;
+# CLI subprocesses inherit them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # tests/helpers.py is importable as `helpers` from every test folder, whatever pytest's import mode
 TESTS = Path(__file__).resolve().parent

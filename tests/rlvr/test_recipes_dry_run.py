@@ -17,13 +17,6 @@ RECIPES = sorted(p for p in Path("configs/recipes").glob("*.yaml")
                  if "stages" not in (yaml.safe_load(p.read_text()) or {}))  # stage recipes are `rlvr run`'s
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No hub here: the dry run must say so and carry on."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
 def test_there_are_gpu_recipes():
     names = {p.name for p in RECIPES}
     assert {"qwen2.5-0.5b-gsm8k.yaml", "qwen2.5-1.5b-countdown.yaml", "qwen2.5-3b-countdown.yaml",
