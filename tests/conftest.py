@@ -166,3 +166,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(item.get_closest_marker(t) for t in TIERS):
             item.add_marker(tier_of(item))
+
+
+def cpu_line() -> str:
+    """Which CPU ran the suite: its model, its vector extensions (from /proc/cpuinfo, as `lscpu` lists them)
+    and torch's kernel level. A result is only known for the CPU kinds it ran on (AVX2-only vs AVX-512)."""
+    import torch
+
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    return (f"cpu: {model}, {os.cpu_count()} cores; {' '.join(vector) or 'no AVX flags read'}; "
+            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(cpu_line())
