@@ -61,10 +61,10 @@ def _kill_and_resume(args: list[str], run_dir, kills: int, steps: int, rng: rand
     """Start the run, then up to ``kills`` times: SIGKILL it at a random moment and ``--resume``; finally let it
     finish. Returns the kills that landed mid-run.
 
-    A moment is drawn in steps, not seconds, so it lands mid-run on a fast CPU as on a slow one: a random
-    checkpoint that leaves at least one step after it, then a random fraction of one step's time (measured
-    between the first run's checkpoints 1 and 2). A resumed run may be killed at its own start (inside the
-    load), when the drawn checkpoint is the one it resumed from."""
+    A moment is drawn in steps, not seconds, so it lands mid-run on a fast CPU as on a slow one: the
+    checkpoint the run resumed from or the next one, then a random fraction of one step's time (measured
+    between the first run's checkpoints 1 and 2). So a kill lands at a resumed run's start (inside the
+    load) or in one of its first two steps, and a run of ``2 * kills + 4`` steps has room for every kill."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [*rlvr_cli(), "train", *args, f"run_dir={run_dir}"]
     landed, step_s = 0, None
@@ -76,9 +76,9 @@ def _kill_and_resume(args: list[str], run_dir, kills: int, steps: int, rng: rand
         if step_s is None:  # the first run: time one step, then go on from checkpoint 2
             first = _wait_for_checkpoint(proc, run_dir, 1)
             step_s = _wait_for_checkpoint(proc, run_dir, 2) - first
-            target = rng.randint(2, steps - 2)
+            target = rng.randint(2, 3)
         else:
-            target = rng.randint(done, steps - 2)
+            target = rng.randint(done, min(done + 1, steps - 2))
         _wait_for_checkpoint(proc, run_dir, target)
         time.sleep(rng.uniform(0.0, step_s))  # inside a draw, a learner step, a load or a save
         if proc.poll() is None:
@@ -97,7 +97,7 @@ def _kill_and_resume(args: list[str], run_dir, kills: int, steps: int, rng: rand
 
 @pytest.mark.parametrize("kills", [pytest.param(2, id="2-kills"), pytest.param(10, id="10-kills", marks=pytest.mark.slow)])
 def test_kill9_at_random_moments_then_resume_equals_an_uninterrupted_run(micro_model, tmp_path, kills):
-    steps = 8
+    steps = 2 * kills + 4
     args = [*SMALL, *FLIGHT, f"model={micro_model}", f"train.steps={steps}", "checkpoint.every=1"]
     whole = tmp_path / "whole"
     # the uninterrupted run beside the killed ones (each on one thread: the two cores are both used)
@@ -111,6 +111,6 @@ def test_kill9_at_random_moments_then_resume_equals_an_uninterrupted_run(micro_m
     finally:
         uninterrupted.kill()
     assert uninterrupted.returncode == 0, err.read_text()[-3000:]
-    assert landed >= 1, "no kill landed mid-run"
+    assert landed == kills, f"{landed} of {kills} kills landed mid-run"
     assert_same_run(whole, tmp_path / "killed", steps)
     assert len(train_records(whole)) == steps
