@@ -560,8 +560,13 @@ def main() -> None:
                      seed=seed)
         out = Path(args.out) if len(seeds) == 1 else Path(args.out) / f"seed{seed}"
         if len(seeds) > 1 and args.reuse and (out / "results.json").is_file():
+            kept = json.loads((out / "results.json").read_text())
+            ran = {k: kept.get(k) for k in ("steps", "threads", "eval_prompts")}
+            if ran != {"steps": s.steps, "threads": s.threads, "eval_prompts": s.eval_prompts}:
+                sys.exit(f"--reuse: {out / 'results.json'} ran with {ran}, not this call's settings; "
+                         "give another --out or the same --steps/--threads/--eval-prompts")
             log(f"\n=== seed {seed}: reusing {out / 'results.json'} ===")
-            runs.append(json.loads((out / "results.json").read_text()))
+            runs.append(kept)
             continue
         if len(seeds) > 1:
             log(f"\n=== seed {seed} ({out}) ===")

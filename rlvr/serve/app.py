@@ -212,6 +212,25 @@ def _stream(waits: list[asyncio.Future], chunks) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def _reply(req, waits: list[asyncio.Future], rid: str, objects: tuple[str, str], choices, usage,
+                 parts) -> Response:
+    """A sampling endpoint's answer once ``waits`` are sampled: one JSON body (``objects[0]``) of
+    ``choices(results)`` and ``usage(results)``, or with ``stream: true`` the chunks (``objects[1]``) of
+    ``parts(choice)`` for each choice, then the usage when ``stream_options.include_usage`` asks for it."""
+    if req.stream:
+        def chunks(results):
+            for choice in choices(results):
+                for part in parts(choice):
+                    yield P.envelope(objects[1], rid, req.model, [part], None)
+            if (req.stream_options or {}).get("include_usage"):
+                yield P.envelope(objects[1], rid, req.model, [], usage(results))
+        return _stream(waits, chunks)
+    results = await _results(waits)
+    # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
+    # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
+    return JSONResponse(P.envelope(objects[0], rid, req.model, choices(results), usage(results)))
+
+
 async def completions(backend: Backend, session: str | None, raw: bytes) -> Response:
     """``/v1/completions`` (``session``: the checked session id of the request, if any; ``raw``: its body)."""
     req = P.parse_request(P.CompletionRequest, raw)
@@ -236,17 +255,7 @@ async def completions(backend: Backend, session: str | None, raw: bytes) -> Resp
     def usage(results: list[list[Completion]]) -> dict[str, int]:
         return P.usage([len(p) for p in prompts], [len(c.token_ids) for cs in results for c in cs])
 
-    if req.stream:
-        def chunks(results):
-            for choice in choices(results):
-                yield P.envelope("text_completion", rid, req.model, [choice], None)
-            if (req.stream_options or {}).get("include_usage"):
-                yield P.envelope("text_completion", rid, req.model, [], usage(results))
-        return _stream(waits, chunks)
-    results = await _results(waits)
-    # a JSONResponse as it is: FastAPI would otherwise walk the body through jsonable_encoder, a
-    # per-request cost (on the GIL the engine and the agents share) for a body of plain JSON types
-    return JSONResponse(P.envelope("text_completion", rid, req.model, choices(results), usage(results)))
+    return await _reply(req, waits, rid, ("text_completion", "text_completion"), choices, usage, lambda c: [c])
 
 
 async def chat_completions(backend: Backend, session: str | None, raw: bytes) -> Response:
@@ -278,22 +287,15 @@ async def chat_completions(backend: Backend, session: str | None, raw: bytes) ->
     def usage(results: list[list[Completion]]) -> dict[str, int]:
         return P.usage([len(ids)], [len(c.token_ids) for c in results[0]])
 
-    if req.stream:
-        def chunks(results):
-            for choice in choices(results):
-                delta = dict(choice["message"])
-                if "tool_calls" in delta:
-                    delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
-                for part in ({"index": choice["index"], "delta": delta, "logprobs": choice["logprobs"],
-                              "finish_reason": None},
-                             {"index": choice["index"], "delta": {}, "logprobs": None,
-                              "finish_reason": choice["finish_reason"]}):
-                    yield P.envelope("chat.completion.chunk", rid, req.model, [part], None)
-            if (req.stream_options or {}).get("include_usage"):
-                yield P.envelope("chat.completion.chunk", rid, req.model, [], usage(results))
-        return _stream(waits, chunks)
-    results = await _results(waits)
-    return JSONResponse(P.envelope("chat.completion", rid, req.model, choices(results), usage(results)))
+    def parts(choice: dict[str, Any]) -> list[dict[str, Any]]:
+        """A choice as stream chunks: its message as one delta, then its finish reason."""
+        delta = dict(choice["message"])
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+        return [{"index": choice["index"], "delta": delta, "logprobs": choice["logprobs"], "finish_reason": None},
+                {"index": choice["index"], "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}]
+
+    return await _reply(req, waits, rid, ("chat.completion", "chat.completion.chunk"), choices, usage, parts)
 
 
 HANDLERS = {"completions": completions, "chat/completions": chat_completions}
