@@ -10,23 +10,23 @@ per sequence per step. This engine does only what sampling needs:
 - the KV cache is allocated once and written in place; it and the per-row work buffers are kept
   between calls (``_Buffers``). A group's prompt is prefilled and cached once
   (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each sample's
-  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``). Decode
-  attention is CPU flash-attention calls merged through their log-sum-exps: the group's rows over
-  the shared prompt (one call, the rows as extra queries) and each row over its own tokens;
-- a decode layer is two ``torch.compile``d functions (norms, rotary embedding and q/k/v before the
-  attention; the merge, output projection and MLP after it), so their element-wise work is fused
-  into a few kernels (``compile=False``: eager);
+  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``);
+- a decode layer is one ``torch.compile``d function: norms, rotary embedding, the cache write, the
+  attention and the MLP, so everything but the four matmuls is fused into a few loops
+  (``compile=False``: eager). The attention is spelled out as products and sums (``_softmax_parts``),
+  one softmax over the row's group's prompt (read in place through the row's group slot) and the row's
+  own tokens: compiled, it makes no intermediate tensors and reads each key once;
 - sampling draws one uniform per sample per step from its prompt's own generator and inverts the
   CDF: exact sampling from softmax(logits / temperature) (top-p: the nucleus renormalised), at the
   cost of one cumulative sum instead of ``multinomial``'s noise over the whole vocabulary;
 - continuous batching (``refill``): rows decode at their own steps; when a quarter of the batch has
-  ended, the batch is compacted and the waiting groups take the freed slots (``_Batch``), so a long
+  ended, the batch is compacted and the waiting groups take the freed slots (``_Scheduler``), so a long
   tail of responses does not leave the batch narrow. ``refill=False``: shrink-only batching (the next
   groups start when the batch has drained), for comparison; the samples are the same;
 - a prompt's samples depend on its seed only, not on the batch it shares nor when it entered, bit
   for bit: every batch is padded to a multiple of ``ROWS`` rows, a row attends over exactly its own
-  tokens, and at more than one thread the attention is spelled out (see ``_attend``). Within a
-  call, every prompt is left-padded to the call's longest prompt.
+  tokens (widths padded to ``WIDTH``, masked), and the attention computes each row on its own (no
+  batched matmul or flash kernel, whose split of the work between threads depends on the batch).
 
 Supported: ``llama``, ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms), ``mistral`` without a sliding
 window; tied or untied heads; default rotary embeddings. Anything else is refused by name at start-up.
@@ -62,9 +62,10 @@ ROWS = 16
 
 # Attention widths (a group's prompt, a row's own tokens) are padded to a multiple of this many keys,
 # the padding masked: the attention of a row then has the same bits at any padded width (the kernels'
-# vector loops see the same elements in the same lanes), so neither the longest prompt of the batch
-# nor the longest-running row changes another row's numbers.
-WIDTH = 64
+# vector loops see the same elements in the same lanes: 16 floats fill an AVX-512 register, two AVX2
+# ones), so neither the longest prompt of the batch nor the longest-running row changes another row's
+# numbers. Every key a step reads costs memory bandwidth, so the padding is kept to one register.
+WIDTH = 16
 
 
 def _round_up(k: int, multiple: int = ROWS) -> int:
@@ -139,43 +140,54 @@ def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: in
     return x + F.linear(F.silu(gate) * up, w.down)
 
 
-def _attend(q, k, v, mask=None):
-    """Attention output and its log-sum-exp per query (float32). At one thread, the CPU flash kernel;
-    at more, that kernel divides a one-query attention between threads in a way that depends on the
-    batch (a row's output changes with the batch size and the row's place in it), so the same
-    softmax is spelled out in batched matmuls and row-wise reductions, which compute each row alike
-    in any batch."""
-    if torch.get_num_threads() == 1:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, Q, L]
-    if mask is not None:
-        scores = scores + mask
-    top = scores.amax(-1, keepdim=True)
-    p = (scores - top).exp_()
-    total = p.sum(-1, keepdim=True)
-    return ((p @ v.float()) / total).to(q.dtype), (top + total.log()).squeeze(-1)
+def _softmax_parts(q, k, valid, gather=None):
+    """Scores of queries ``q`` [B, kv_heads, r, head_dim] against keys ``k`` [*, kv_heads, L, head_dim]
+    (``k[gather]`` when given: each row's group), in float32, ``-inf`` where ``valid`` [B, L] is False:
+    [B, kv_heads, r, L]. A product and a sum over ``head_dim``, not a matmul: each row's numbers are
+    computed alike whatever shares the batch (a batched matmul of a few rows is not), and compiled the
+    whole attention is a few fused loops with no intermediate tensors."""
+    if gather is not None:
+        k = k[gather]
+    s = (q.float()[:, :, :, None, :] * k.float()[:, :, None]).sum(-1) * q.shape[-1] ** -0.5
+    return s.masked_fill(~valid[:, None, None, :], float("-inf"))
 
 
-def _decode_in(x, w: _Layer, cos, sin, heads: int, kv_heads: int, eps: float):
-    """A decode layer up to attention, for one new token per row (``x`` [B, hidden]): the query
-    [B, kv_heads, heads per KV head, head_dim] and the new key and value [B, kv_heads, head_dim]."""
+def _decode_layer(x, w: _Layer, kg, vg, kp, vp, group, pos, plen, cos, sin, heads: int, kv_heads: int, eps: float):
+    """One decoder layer for one new token per row (``x`` [B, hidden]), the row's token at position
+    ``pos`` [B] of its own keys and values ``kg``/``vg`` [B, kv_heads, width, head_dim] (written there),
+    after its group's prompt (``kp``/``vp`` [G, kv_heads, W, head_dim], row ``i``'s at ``group[i]``, its
+    first ``plen[i]`` positions). The softmax runs over the prompt's keys and the row's own together."""
     B, d = x.shape[0], cos.shape[-1]
     h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
     q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
     q, k = q.view(B, heads, d), k.view(B, kv_heads, d)
     if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
         q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
-    return _rotate(q, cos, sin).view(B, kv_heads, heads // kv_heads, d), _rotate(k, cos, sin), v.view(B, kv_heads, d)
-
-
-def _decode_out(x, w: _Layer, shared, shared_lse, own, own_lse, eps: float):
-    """The rest of a decode layer: the two attentions merged through their log-sum-exps (the prompt's
-    share of the whole softmax is ``sigmoid(lse_prompt - lse_own)``), the output projection and the MLP."""
-    share = torch.sigmoid(shared_lse - own_lse)[..., None]
-    o = (shared.float() * share + own.float() * (1 - share)).to(x.dtype)
-    x = x + F.linear(o.reshape(x.shape[0], -1), w.o)
+    q = _rotate(q, cos, sin).view(B, kv_heads, heads // kv_heads, d)
+    rows = torch.arange(B, device=x.device)
+    kg[rows, :, pos] = _rotate(k, cos, sin)
+    vg[rows, :, pos] = v.view(B, kv_heads, d)
+    prompt = _softmax_parts(q, kp, torch.arange(kp.shape[2], device=x.device)[None] < plen[:, None], group)
+    own = _softmax_parts(q, kg, torch.arange(kg.shape[2], device=x.device)[None] <= pos[:, None])
+    top = torch.maximum(prompt.amax(-1), own.amax(-1))[..., None]
+    prompt, own = (prompt - top).exp(), (own - top).exp()
+    o = ((prompt[..., None] * vp[group].float()[:, :, None]).sum(-2)
+         + (own[..., None] * vg.float()[:, :, None]).sum(-2)) / (prompt.sum(-1) + own.sum(-1))[..., None]
+    x = x + F.linear(o.to(x.dtype).reshape(B, heads * d), w.o)
     gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
     return x + F.linear(F.silu(gate) * up, w.down)
+
+
+def _dynamic(args) -> None:
+    """Mark the sizes of the compiled decode layer's inputs that change from step to step (rows, key
+    widths, group slots) as dynamic, so that one compiled graph serves every step; head counts, widths
+    of the weights and head_dim stay constants of the compiled code."""
+    x, _, kg, vg, kp, vp, *rows = args
+    for t in (x, *rows):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    for t in (kg, vg, kp, vp):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 2)
 
 
 def _own_inductor_cache() -> None:
@@ -231,7 +243,8 @@ class StaticCacheEngine(EngineBase):
         self.kv_cache_bytes = kv_cache_gib * 2**30
         self._build(model)
         self._compile = compile
-        self._decode_fns = None
+        self._decode_fn = None
+        self._compiled = False
         self.refill = refill
         self._buffers = _Buffers()
         self._sched = None
@@ -334,26 +347,22 @@ class StaticCacheEngine(EngineBase):
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
         return per_position * (_round_up(width, WIDTH) + sampling.n * _round_up(sampling.max_tokens, WIDTH))
 
-    def _layer_fns(self):
-        """The decode layer's two halves around its attention, with the head counts and eps bound as
-        constants, compiled on first use."""
-        if self._decode_fns is None:
+    def _layer_fn(self):
+        """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
+        if self._decode_fn is None:
             heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
 
-            def before(x, w, cos, sin):
-                return _decode_in(x, w, cos, sin, heads, kv_heads, eps)
+            def layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin):
+                return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
 
-            def after(x, w, shared, shared_lse, own, own_lse):
-                return _decode_out(x, w, shared, shared_lse, own, own_lse, eps)
-
-            self._decode_fns = before, after
+            self._decode_fn = layer
             if self._compile:
                 _own_inductor_cache()
                 try:
-                    self._decode_fns = torch.compile(before, dynamic=True), torch.compile(after, dynamic=True)
+                    self._decode_fn = torch.compile(layer)
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
                     warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
-        return self._decode_fns
+        return self._decode_fn
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, S, head_dim] for ``positions`` [B, S], computed in float32 as transformers does."""
@@ -447,9 +456,12 @@ class _Scheduler:
         self.capacity = max(1, min(e.max_batch // n, int(e.kv_cache_bytes // e._group_bytes(self.W, group))))
         R, G, kv, d, L = _round_up(self.capacity * n), self.capacity, e.kv_heads, e.head_dim, len(e.layers)
         buf = self.buf
-        self.gen = buf.view("gen_kv", (L, 2, R, kv, self.T, d), e.dtype)
-        self.prompt = buf.view("prompt_kv", (L, 2, G, kv, self.W, d), e.dtype)
-        self.pmask = buf.view("prompt_mask", (G, 1, 1, self.W), e.dtype)
+        # one spare block of positions: the slice a step attends over is never the whole buffer, so
+        # it is always a strided view and the compiled layer sees one layout (no recompile at the end)
+        self.gen_k = buf.view("gen_k", (L, R, kv, self.T + WIDTH, d), e.dtype)
+        self.gen_v = buf.view("gen_v", (L, R, kv, self.T + WIDTH, d), e.dtype)
+        self.prompt_k = buf.view("prompt_k", (L, G, kv, self.W, d), e.dtype)
+        self.prompt_v = buf.view("prompt_v", (L, G, kv, self.W, d), e.dtype)
         self.uniforms = buf.view("uniforms", (R, self.T), torch.float32)
         self.out_ids = buf.view("token_ids", (R, self.T), torch.long)
         self.out_lp = buf.view("logprobs", (R, self.T), torch.float32)
@@ -537,54 +549,31 @@ class _Scheduler:
             kp = torch.empty(1, e.kv_heads, L, e.head_dim, dtype=e.dtype)
             vp = torch.empty_like(kp)
             x = _layer(x, w, kp, vp, cos, sin, 0, mask, e.heads, e.kv_heads, e.eps, e.heads != e.kv_heads)
-            self.prompt[layer, :, gs, :, :L] = torch.stack([kp[0], vp[0]])
-            self.prompt[layer, :, gs, :, L:] = 0
-        self.pmask[gs] = 0
-        self.pmask[gs, ..., L:] = float("-inf")
+            self.prompt_k[layer, gs, :, :L] = kp[0]
+            self.prompt_v[layer, gs, :, :L] = vp[0]
+            self.prompt_k[layer, gs, :, L:] = 0
+            self.prompt_v[layer, gs, :, L:] = 0
         return e._logits(x[:, -1])
 
     def decode(self) -> None:
         """Feed every running row its latest token; their next-token logits into ``self.logits``."""
-        e, B, n = self.e, self.end(), self.n
-        G = self.group_end()
-        live = [g is not None for g in self.rows[:B]]
+        e, B = self.e, self.end()
         pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
         width = _round_up(int(pos.max()) + 1, WIDTH)
-        own_mask = torch.zeros(B, width, dtype=e.dtype).masked_fill_(torch.arange(width)[None] > pos[:, None],
-                                                                      float("-inf")).view(B, 1, 1, width)
-        # each row's place in the [groups, n] grid of ask_prompts; rows not in use share a spare place
-        slot = torch.tensor([self.rows[i].gslot * n + self.j[i] if live[i] else G * n for i in range(B)])
+        group = torch.tensor([g.gslot if g is not None else 0 for g in self.rows[:B]])  # rows not in use: any
+        plen = self.plen[:B]
         x = e.embed[self.cur[:B]]
-        cos, sin = e._rope((self.plen[:B] + pos)[:, None])
+        cos, sin = e._rope((plen + pos)[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
-        before, after = e._layer_fns()
-        rows = torch.arange(B)
+        layer_fn = e._layer_fn()
         for layer, w in enumerate(e.layers):
-            q, k, v = before(x, w, cos, sin)
-            kg, vg = self.gen[layer, 0, :B], self.gen[layer, 1, :B]
-            kg[rows, :, pos] = k
-            vg[rows, :, pos] = v
-            own, own_lse = _attend(q, kg[:, :, :width], vg[:, :, :width], own_mask)
-            shared, shared_lse = self.ask_prompts(q, slot, G, layer)
-            x = after(x, w, shared, shared_lse, own, own_lse)
+            args = (x, w, self.gen_k[layer, :B, :, :width], self.gen_v[layer, :B, :, :width],
+                    self.prompt_k[layer], self.prompt_v[layer], group, pos, plen, cos, sin)
+            if e._compile and not e._compiled:
+                _dynamic(args)  # before the compile (the first step); the graph it makes serves every step
+            x = layer_fn(*args)
+        e._compiled = e._compile
         self.logits[:B] = e._logits(x)
-
-    def ask_prompts(self, q: torch.Tensor, slot: torch.Tensor, groups: int, layer: int):
-        """Attention of each row (query ``q`` [B, kv_heads, r, head_dim]) over its group's prompt. The rows
-        of a group ask together, as ``n`` x r queries of one call over the prompt's keys and values, kept
-        once per group (row ``i`` sits in place ``slot[i]`` of the [groups, n] grid; place groups x n is
-        a spare one for rows not in use); ``pmask`` is -inf past each prompt's end."""
-        G, n = groups, self.n
-        B, kv, r, d = q.shape
-        grid = q.new_zeros(G * n + 1, kv, r, d)
-        grid[slot] = q
-        grid = grid[: G * n].view(G, n, kv, r, d).transpose(1, 2).reshape(G, kv, n * r, d)
-        kp, vp = self.prompt[layer, 0, :G], self.prompt[layer, 1, :G]
-        shared, lse = _attend(grid, kp, vp, self.pmask[:G])
-        shared = shared.view(G, kv, n, r, d).transpose(1, 2).reshape(G * n, kv, r, d)
-        lse = lse.view(G, kv, n, r).transpose(1, 2).reshape(G * n, kv, r)
-        shared = torch.cat([shared, shared.new_zeros(1, kv, r, d)])[slot]
-        return shared, torch.cat([lse, lse.new_zeros(1, kv, r)])[slot]
 
     def sample(self) -> None:
         """Every row of the batch draws its next token (a multiple of ``ROWS`` rows; those not in use are
@@ -641,7 +630,8 @@ class _Scheduler:
             if src:
                 s, t = torch.tensor(src), torch.tensor(dst)
                 c = int(self.count[s].max())
-                self.gen[:, :, t, :, :c] = self.gen[:, :, s, :, :c]
+                self.gen_k[:, t, :, :c] = self.gen_k[:, s, :, :c]
+                self.gen_v[:, t, :, :c] = self.gen_v[:, s, :, :c]
                 for b in (self.uniforms, self.out_ids, self.out_lp, self.out_ver):
                     b[t] = b[s]
                 for b in (self.cur, self.plen, self.count):
@@ -655,8 +645,8 @@ class _Scheduler:
             dst = [gs for gs, g in enumerate(self.gslots[: len(groups)]) if g is None]
             if src:
                 s, t = torch.tensor(src), torch.tensor(dst)
-                self.prompt[:, :, t] = self.prompt[:, :, s]
-                self.pmask[t] = self.pmask[s]
+                self.prompt_k[:, t] = self.prompt_k[:, s]
+                self.prompt_v[:, t] = self.prompt_v[:, s]
                 for a, b in zip(src, dst):
                     group = self.gslots[a]
                     self.gslots[b], self.gslots[a], group.gslot = group, None, b
