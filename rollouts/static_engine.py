@@ -67,6 +67,10 @@ ROWS = 16
 # numbers. Every key a step reads costs memory bandwidth, so the padding is kept to one register.
 WIDTH = 16
 
+# A batch's room for prompts and new tokens (sized from the requests queued when it starts) is rounded
+# up to this many positions, so that requests a little longer that come later still join it.
+ROOM = 64
+
 
 def _round_up(k: int, multiple: int = ROWS) -> int:
     return -(-k // multiple) * multiple
@@ -152,6 +156,13 @@ def _softmax_parts(q, k, valid, gather=None):
     return s.masked_fill(~valid[:, None, None, :], float("-inf"))
 
 
+def _total(p: torch.Tensor) -> torch.Tensor:
+    """``p.sum(-1)`` over a width that is a multiple of ``WIDTH``, in an order that does not depend on the
+    width: down the blocks of ``WIDTH`` keys, then across one block. (A plain sum's vector loop takes
+    another order for another width: its unrolled chunks and its scalar tail move.)"""
+    return p.unflatten(-1, (-1, WIDTH)).sum(-2).sum(-1)
+
+
 def _decode_layer(x, w: _Layer, kg, vg, kp, vp, group, pos, plen, cos, sin, heads: int, kv_heads: int, eps: float):
     """One decoder layer for one new token per row (``x`` [B, hidden]), the row's token at position
     ``pos`` [B] of its own keys and values ``kg``/``vg`` [B, kv_heads, width, head_dim] (written there),
@@ -172,7 +183,7 @@ def _decode_layer(x, w: _Layer, kg, vg, kp, vp, group, pos, plen, cos, sin, head
     top = torch.maximum(prompt.amax(-1), own.amax(-1))[..., None]
     prompt, own = (prompt - top).exp(), (own - top).exp()
     o = ((prompt[..., None] * vp[group].float()[:, :, None]).sum(-2)
-         + (own[..., None] * vg.float()[:, :, None]).sum(-2)) / (prompt.sum(-1) + own.sum(-1))[..., None]
+         + (own[..., None] * vg.float()[:, :, None]).sum(-2)) / (_total(prompt) + _total(own))[..., None]
     x = x + F.linear(o.to(x.dtype).reshape(B, heads * d), w.o)
     gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
     return x + F.linear(F.silu(gate) * up, w.down)
@@ -345,7 +356,7 @@ class StaticCacheEngine(EngineBase):
     def _group_bytes(self, width: int, sampling: SamplingConfig) -> int:
         """KV-cache bytes of one group: its prompt once, each of its n samples' generated tokens."""
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
-        return per_position * (_round_up(width, WIDTH) + sampling.n * _round_up(sampling.max_tokens, WIDTH))
+        return per_position * (_round_up(width, ROOM) + WIDTH + sampling.n * (_round_up(sampling.max_tokens, ROOM) + WIDTH))
 
     def _layer_fn(self):
         """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
@@ -420,7 +431,7 @@ class _Scheduler:
     and one ``step`` at a time (see ``StaticCacheEngine``'s docstring).
 
     A batch serves requests of one ``n``, temperature and top-p, with prompts of at most ``W`` tokens and
-    at most ``T`` new ones (both sized, padded to ``WIDTH``, from the requests queued when it starts); a
+    at most ``T`` new ones (both sized, padded to ``ROOM``, from the requests queued when it starts); a
     queued request that does not fit waits, with those behind it, until the batch has drained. Each row
     has its own count of sampled tokens (its cache position, rotary position and uniform index). An
     admitted group takes the lowest free group slot and the lowest free row slots, so nothing moves when
@@ -449,19 +460,19 @@ class _Scheduler:
         self.key = (head.n, head.temperature, head.top_p)
         self.sampling = head
         like = [r for r in queue if (r.sampling.n, r.sampling.temperature, r.sampling.top_p) == self.key]
-        self.W = _round_up(max(len(r.prompt_ids) for r in like), WIDTH)
-        self.T = _round_up(max(r.sampling.max_tokens for r in like), WIDTH)
+        self.W = _round_up(max(len(r.prompt_ids) for r in like), ROOM)
+        self.T = _round_up(max(r.sampling.max_tokens for r in like), ROOM)
         n = self.n = head.n
         group = SamplingConfig(n=n, max_tokens=self.T)
         self.capacity = max(1, min(e.max_batch // n, int(e.kv_cache_bytes // e._group_bytes(self.W, group))))
         R, G, kv, d, L = _round_up(self.capacity * n), self.capacity, e.kv_heads, e.head_dim, len(e.layers)
         buf = self.buf
-        # one spare block of positions: the slice a step attends over is never the whole buffer, so
-        # it is always a strided view and the compiled layer sees one layout (no recompile at the end)
+        # one spare block of positions: the slices a step attends over are never the whole buffer, so
+        # they are always strided views and the compiled layer sees one layout (no recompile at the end)
         self.gen_k = buf.view("gen_k", (L, R, kv, self.T + WIDTH, d), e.dtype)
         self.gen_v = buf.view("gen_v", (L, R, kv, self.T + WIDTH, d), e.dtype)
-        self.prompt_k = buf.view("prompt_k", (L, G, kv, self.W, d), e.dtype)
-        self.prompt_v = buf.view("prompt_v", (L, G, kv, self.W, d), e.dtype)
+        self.prompt_k = buf.view("prompt_k", (L, G, kv, self.W + WIDTH, d), e.dtype)
+        self.prompt_v = buf.view("prompt_v", (L, G, kv, self.W + WIDTH, d), e.dtype)
         self.uniforms = buf.view("uniforms", (R, self.T), torch.float32)
         self.out_ids = buf.view("token_ids", (R, self.T), torch.long)
         self.out_lp = buf.view("logprobs", (R, self.T), torch.float32)
@@ -471,6 +482,7 @@ class _Scheduler:
         self.plen = buf.view("prompt_lens", (R,), torch.long)
         self.count = buf.view("counts", (R,), torch.long)  # tokens each row has sampled
         self.count.zero_()
+        self.plen.zero_()  # rows not in use: no prompt (the prompt keys a step reads follow the longest in use)
         self.rows, self.j, self.gslots = [None] * R, [0] * R, [None] * G
 
     def end(self) -> int:
@@ -559,7 +571,8 @@ class _Scheduler:
         """Feed every running row its latest token; their next-token logits into ``self.logits``."""
         e, B = self.e, self.end()
         pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
-        width = _round_up(int(pos.max()) + 1, WIDTH)
+        width = _round_up(int(pos.max()) + 1, WIDTH)  # the keys read: the longest row's, not the batch's room
+        pwidth = _round_up(int(self.plen[:B].max()), WIDTH)
         group = torch.tensor([g.gslot if g is not None else 0 for g in self.rows[:B]])  # rows not in use: any
         plen = self.plen[:B]
         x = e.embed[self.cur[:B]]
@@ -568,7 +581,8 @@ class _Scheduler:
         layer_fn = e._layer_fn()
         for layer, w in enumerate(e.layers):
             args = (x, w, self.gen_k[layer, :B, :, :width], self.gen_v[layer, :B, :, :width],
-                    self.prompt_k[layer], self.prompt_v[layer], group, pos, plen, cos, sin)
+                    self.prompt_k[layer, :, :, :pwidth], self.prompt_v[layer, :, :, :pwidth], group, pos, plen, cos,
+                    sin)
             if e._compile and not e._compiled:
                 _dynamic(args)  # before the compile (the first step); the graph it makes serves every step
             x = layer_fn(*args)

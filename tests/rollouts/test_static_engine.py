@@ -12,7 +12,7 @@ from rlvr.archs import build_model, micro_config
 from rlvr.pretrain import local_tokenizer
 from rollouts import SamplingConfig, make_engine
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.static_engine import check_supported
+from rollouts.static_engine import _decode_layer, _Layer, check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -227,3 +227,45 @@ def test_buffers_are_kept_between_calls_and_freed_on_close(micro_model):
 def test_per_prompt_max_tokens_is_checked():
     with pytest.raises(ValueError, match="max_tokens_each"):
         SamplingConfig(max_tokens=8, max_tokens_each=[4, 9])
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, compile):
+    """The decode layer on its own, on random weights and caches: the same 16 rows give the same bits
+    alone and inside a batch of 48 (at other places, beside rows at other positions), and whether
+    their own keys and their prompts are padded to 48, 64 or 80 keys and 32, 48 or 64 (the padding masked). This is
+    what lets continuous batching and any batch composition sample the same tokens, on any CPU."""
+    torch.manual_seed(0)
+    hidden, heads, kv_heads, d, inter, eps = 64, 4, 2, 16, 96, 1e-6
+    w = _Layer(norm1=torch.rand(hidden) + 0.5, qkv=torch.randn((heads + 2 * kv_heads) * d, hidden) / 8, qkv_bias=None,
+               q_norm=None, k_norm=None, o=torch.randn(hidden, heads * d) / 8, norm2=torch.rand(hidden) + 0.5,
+               gate_up=torch.randn(2 * inter, hidden) / 8, down=torch.randn(hidden, inter) / 10)
+
+    def layer(x, kg, vg, kp, vp, group, pos, plen, cos, sin):
+        return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
+
+    fn = torch.compile(layer, dynamic=True) if compile else layer
+    B, T, W, G = 48, 64, 64, 6
+    x = torch.randn(B, hidden)
+    pos = torch.randint(0, 60, (B,))
+    plen = torch.randint(1, 30, (B,))
+    group = torch.randint(0, G, (B,))
+    cache = torch.randn(2, B, kv_heads, T + 16, d)
+    prompt = torch.randn(2, G, kv_heads, W, d)
+    angle = torch.rand(B, 1, d)
+    mine = torch.arange(16, 32)  # the rows compared, in the middle of the big batch
+    pos[mine], plen[mine] = torch.randint(30, 44, (16,)), torch.randint(1, 30, (16,))  # fit in 48 and 32 keys
+
+    def run(rows, width, pwidth):
+        kg, vg = cache[0, rows].clone(), cache[1, rows].clone()
+        out = fn(x[rows], kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth], prompt[1, :, :, :pwidth],
+                 group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
+        return out, kg[torch.arange(len(rows)), :, pos[rows]]
+
+    with torch.inference_mode():
+        want, key = run(mine, 48, 32)
+        for rows, width, pwidth in [(torch.arange(B), 64, 48), (torch.arange(B), 80, 64), (mine, 64, 64),
+                                    (torch.cat([mine[8:], mine[:8]]), 48, 32)]:
+            got, got_key = run(rows, width, pwidth)
+            at = [rows.tolist().index(i) for i in mine.tolist()]
+            assert torch.equal(got[at], want) and torch.equal(got_key[at], key), (width, pwidth, len(rows))
