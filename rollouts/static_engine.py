@@ -120,30 +120,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
 
-def _layer(x, w: _Layer, k_cache, v_cache, cos, sin, start: int, mask, heads: int, kv_heads: int, eps: float,
-           gqa: bool):
-    """One decoder layer over ``x`` [B, S, hidden] at cache positions ``start .. start + S``; writes
-    those positions' keys and values into ``k_cache`` / ``v_cache`` [B, kv_heads, T, head_dim] and
-    attends over ``0 .. start + S`` with ``mask`` [B, 1, S, start + S] (True: attend)."""
-    B, S, _ = x.shape
-    d = k_cache.shape[-1]
-    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
-    q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
-    q = q.view(B, S, heads, d)
-    k = k.view(B, S, kv_heads, d)
-    if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
-        q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
-    q = _rotate(q.transpose(1, 2), cos, sin)
-    k = _rotate(k.transpose(1, 2), cos, sin)
-    k_cache[:, :, start : start + S] = k
-    v_cache[:, :, start : start + S] = v.view(B, S, kv_heads, d).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, k_cache[:, :, : start + S], v_cache[:, :, : start + S], attn_mask=mask,
-                                       enable_gqa=gqa)
-    x = x + F.linear(o.transpose(1, 2).reshape(B, S, heads * d), w.o)
-    gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
-    return x + F.linear(F.silu(gate) * up, w.down)
-
-
 def _softmax_parts(q, k, valid, gather=None):
     """Scores of queries ``q`` [B, kv_heads, r, head_dim] against keys ``k`` [*, kv_heads, L, head_dim]
     (``k[gather]`` when given: each row's group), in float32, ``-inf`` where ``valid`` [B, L] is False:
@@ -163,40 +139,66 @@ def _total(p: torch.Tensor) -> torch.Tensor:
     return p.unflatten(-1, (-1, WIDTH)).sum(-2).sum(-1)
 
 
+def _qkv(x, w: _Layer, cos, sin, heads: int, kv_heads: int, eps: float):
+    """A layer up to its attention, one token per row of ``x`` [M, hidden] (``cos``/``sin`` [M, 1,
+    head_dim]: each row's position): the query [M, kv_heads, heads per KV head, head_dim] and the new
+    key and value [M, kv_heads, head_dim], rotated."""
+    M, d = x.shape[0], cos.shape[-1]
+    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
+    q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
+    q, k = q.view(M, heads, d), k.view(M, kv_heads, d)
+    if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
+        q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
+    return _rotate(q, cos, sin).view(M, kv_heads, heads // kv_heads, d), _rotate(k, cos, sin), v.view(M, kv_heads, d)
+
+
+def _mlp(x, w: _Layer, o, eps: float):
+    """The rest of a layer after its attention ``o`` [M, kv_heads, r, head_dim] (float32): the output
+    projection, the residual and the MLP."""
+    x = x + F.linear(o.to(x.dtype).reshape(x.shape[0], -1), w.o)
+    gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
 def _decode_layer(x, w: _Layer, kg, vg, kp, vp, group, pos, plen, cos, sin, heads: int, kv_heads: int, eps: float):
     """One decoder layer for one new token per row (``x`` [B, hidden]), the row's token at position
     ``pos`` [B] of its own keys and values ``kg``/``vg`` [B, kv_heads, width, head_dim] (written there),
     after its group's prompt (``kp``/``vp`` [G, kv_heads, W, head_dim], row ``i``'s at ``group[i]``, its
     first ``plen[i]`` positions). The softmax runs over the prompt's keys and the row's own together."""
-    B, d = x.shape[0], cos.shape[-1]
-    h = F.linear(_rms(x, w.norm1, eps), w.qkv, w.qkv_bias)
-    q, k, v = h.split([heads * d, kv_heads * d, kv_heads * d], -1)
-    q, k = q.view(B, heads, d), k.view(B, kv_heads, d)
-    if w.q_norm is not None:  # qwen3: per-head RMSNorm before the rotary embedding
-        q, k = _rms(q, w.q_norm, eps), _rms(k, w.k_norm, eps)
-    q = _rotate(q, cos, sin).view(B, kv_heads, heads // kv_heads, d)
-    rows = torch.arange(B, device=x.device)
-    kg[rows, :, pos] = _rotate(k, cos, sin)
-    vg[rows, :, pos] = v.view(B, kv_heads, d)
+    q, k, v = _qkv(x, w, cos, sin, heads, kv_heads, eps)
+    rows = torch.arange(x.shape[0], device=x.device)
+    kg[rows, :, pos], vg[rows, :, pos] = k, v
     prompt = _softmax_parts(q, kp, torch.arange(kp.shape[2], device=x.device)[None] < plen[:, None], group)
     own = _softmax_parts(q, kg, torch.arange(kg.shape[2], device=x.device)[None] <= pos[:, None])
     top = torch.maximum(prompt.amax(-1), own.amax(-1))[..., None]
     prompt, own = (prompt - top).exp(), (own - top).exp()
     o = ((prompt[..., None] * vp[group].float()[:, :, None]).sum(-2)
          + (own[..., None] * vg.float()[:, :, None]).sum(-2)) / (_total(prompt) + _total(own))[..., None]
-    x = x + F.linear(o.to(x.dtype).reshape(B, heads * d), w.o)
-    gate, up = F.linear(_rms(x, w.norm2, eps), w.gate_up).chunk(2, -1)
-    return x + F.linear(F.silu(gate) * up, w.down)
+    return _mlp(x, w, o, eps)
 
 
-def _dynamic(args) -> None:
-    """Mark the sizes of the compiled decode layer's inputs that change from step to step (rows, key
-    widths, group slots) as dynamic, so that one compiled graph serves every step; head counts, widths
-    of the weights and head_dim stay constants of the compiled code."""
-    x, _, kg, vg, kp, vp, *rows = args
-    for t in (x, *rows):
+def _prefill_layer(x, w: _Layer, kp, vp, group, pos, cos, sin, heads: int, kv_heads: int, eps: float):
+    """One decoder layer over the prompt tokens of several groups packed as rows (``x`` [M, hidden]):
+    row ``i`` is the token at position ``pos[i]`` of the prompt in group slot ``group[i]``. Writes each
+    token's key and value into its group's prompt cache ``kp``/``vp`` [G, kv_heads, W, head_dim], then
+    attends each token over its own prompt's keys up to itself (causal), the same spelled-out attention
+    as a decode step's: a token's numbers depend on its own prompt only, not on the prompts packed
+    beside it."""
+    q, k, v = _qkv(x, w, cos, sin, heads, kv_heads, eps)
+    kp[group, :, pos], vp[group, :, pos] = k, v
+    s = _softmax_parts(q, kp, torch.arange(kp.shape[2], device=x.device)[None] <= pos[:, None], group)
+    p = (s - s.amax(-1, keepdim=True)).exp()
+    return _mlp(x, w, (p[..., None] * vp[group].float()[:, :, None]).sum(-2) / _total(p)[..., None], eps)
+
+
+def _dynamic(rows, caches) -> None:
+    """Mark the sizes of a compiled layer's inputs that change from call to call (the rows of ``rows``
+    and ``caches``, the positions of ``caches`` [slots, kv_heads, positions, head_dim]) as dynamic, so
+    that one compiled graph serves every call; head counts, the weights' widths and head_dim stay
+    constants of the compiled code."""
+    for t in rows:
         torch._dynamo.maybe_mark_dynamic(t, 0)
-    for t in (kg, vg, kp, vp):
+    for t in caches:
         torch._dynamo.maybe_mark_dynamic(t, 0)
         torch._dynamo.maybe_mark_dynamic(t, 2)
 
@@ -254,8 +256,8 @@ class StaticCacheEngine(EngineBase):
         self.kv_cache_bytes = kv_cache_gib * 2**30
         self._build(model)
         self._compile = compile
-        self._decode_fn = None
-        self._compiled = False
+        self._fns = None
+        self._marked = {"decode": False, "prefill": False}  # dynamic sizes marked (before each first compile)
         self.refill = refill
         self._buffers = _Buffers()
         self._sched = None
@@ -358,22 +360,26 @@ class StaticCacheEngine(EngineBase):
         per_position = 2 * len(self.layers) * self.kv_heads * self.head_dim * self.embed.element_size()
         return per_position * (_round_up(width, ROOM) + WIDTH + sampling.n * (_round_up(sampling.max_tokens, ROOM) + WIDTH))
 
-    def _layer_fn(self):
-        """The decode layer, with the head counts and eps bound as constants, compiled on first use."""
-        if self._decode_fn is None:
+    def _layer_fns(self):
+        """The decode layer and the prefill layer, with the head counts and eps bound as constants,
+        compiled on first use."""
+        if self._fns is None:
             heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
 
-            def layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin):
+            def decode(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin):
                 return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
 
-            self._decode_fn = layer
+            def prefill(x, w, kp, vp, group, pos, cos, sin):
+                return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
+
+            self._fns = decode, prefill
             if self._compile:
                 _own_inductor_cache()
                 try:
-                    self._decode_fn = torch.compile(layer)
+                    self._fns = torch.compile(decode), torch.compile(prefill)
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
                     warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
-        return self._decode_fn
+        return self._fns
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, S, head_dim] for ``positions`` [B, S], computed in float32 as transformers does."""
@@ -424,6 +430,7 @@ class _Group:
         n = request.sampling.n
         self.completions: list[Completion | None] = [None] * n
         self.missing = n
+        self.slots: list[int] = []  # its rows' slots when it entered (before any compaction)
 
 
 class _Scheduler:
@@ -471,8 +478,9 @@ class _Scheduler:
         # they are always strided views and the compiled layer sees one layout (no recompile at the end)
         self.gen_k = buf.view("gen_k", (L, R, kv, self.T + WIDTH, d), e.dtype)
         self.gen_v = buf.view("gen_v", (L, R, kv, self.T + WIDTH, d), e.dtype)
-        self.prompt_k = buf.view("prompt_k", (L, G, kv, self.W + WIDTH, d), e.dtype)
-        self.prompt_v = buf.view("prompt_v", (L, G, kv, self.W + WIDTH, d), e.dtype)
+        # group slot G is scratch: the padding rows of a packed prefill write there
+        self.prompt_k = buf.view("prompt_k", (L, G + 1, kv, self.W + WIDTH, d), e.dtype)
+        self.prompt_v = buf.view("prompt_v", (L, G + 1, kv, self.W + WIDTH, d), e.dtype)
         self.uniforms = buf.view("uniforms", (R, self.T), torch.float32)
         self.out_ids = buf.view("token_ids", (R, self.T), torch.long)
         self.out_lp = buf.view("logprobs", (R, self.T), torch.float32)
@@ -510,62 +518,102 @@ class _Scheduler:
             return self.live_rows() + sum(r.sampling.n for r in state.queue)
 
     def admit(self, state, running: int) -> int:
-        """Take the queued requests that fit into free slots (FIFO: stop at the first that does not)."""
-        e, taken = self.e, 0
+        """Take the queued requests that fit into free slots (FIFO: stop at the first that does not), and
+        prefill their prompts together."""
+        e, taken = self.e, []
         while True:
             with state.cond:
                 if not state.queue:
-                    return taken
+                    break
                 if self.key is None:
                     self.begin(state.queue)
                 head = state.queue[0]
                 if not self.fits(head) or (running and not e.refill) or None not in self.gslots:
-                    return taken
+                    break
                 state.queue.popleft()
             if not head.future.set_running_or_notify_cancel():
                 continue
             try:
-                self.enter(head)
+                taken.append(self.enter(head))
             except Exception as exc:  # noqa: BLE001 - this request fails; the batch goes on
                 head.future.set_exception(exc)
-                continue
-            taken += 1
+        if taken:
+            try:
+                self.prefill(taken)
+            except BaseException as exc:  # these requests fail; the rows already running go on
+                for group in taken:
+                    self.leave(group, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return 0
+        return len(taken)
 
-    def enter(self, r) -> None:
-        """Prefill ``r``'s prompt into the lowest free group slot; its rows take the lowest free row slots,
-        with their uniforms and their first logits."""
+    def enter(self, r) -> _Group:
+        """Give ``r`` the lowest free group slot and its rows the lowest free row slots, with their
+        uniforms; its prompt is prefilled (``prefill``) before the next step."""
         e, n, ids = self.e, self.n, r.prompt_ids
+        vocab = e.embed.shape[0]
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"static engine: prompt token id {max(ids) if max(ids) >= vocab else min(ids)} is "
+                             f"outside the model's vocabulary (0 .. {vocab - 1})")
         gs = self.gslots.index(None)
-        logits = self.prefill(ids, gs)
         free = [i for i, g in enumerate(self.rows) if g is None][:n]
         group = _Group(r, gs)
+        group.slots = free
         self.gslots[gs] = group
         idx = torch.tensor(free)
         seed = r.seed if r.seed is not None else secrets.randbits(31)
         T = r.sampling.max_tokens  # its own uniforms: a prompt's samples depend on (seed, n, max_tokens)
         self.uniforms[idx, :T] = torch.rand(n, T, generator=torch.Generator().manual_seed(seed))
-        self.logits[idx] = logits
         self.plen[idx], self.count[idx], self.cur[idx] = len(ids), 0, e.pad_id
         for j, i in enumerate(free):
             self.rows[i], self.j[i] = group, j
+        return group
 
-    def prefill(self, ids: list[int], gs: int) -> torch.Tensor:
-        """Prefill one prompt alone (so its numbers never depend on others) into group slot ``gs``: its keys
-        and values at positions 0 .. len, the rest of the slot zero and masked; its next-token logits."""
-        e, L = self.e, len(ids)
-        tokens = torch.tensor([ids])
-        mask = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
-        cos, sin = e._rope(torch.arange(L)[None])
+    def leave(self, group: _Group, exc: BaseException) -> None:
+        """Fail a group that entered but was never prefilled; free its slots."""
+        for i in group.slots:
+            self.rows[i] = None
+        self.gslots[group.gslot] = None
+        if not group.request.future.done():
+            group.request.future.set_exception(exc)
+
+    def prefill(self, groups: list[_Group]) -> None:
+        """Prefill the prompts of ``groups`` together, packed token after token as rows (padded to a
+        multiple of ``ROWS`` with rows that write to the scratch group slot): each token's key and value
+        into its group slot's prompt cache, and each prompt's next-token logits into its rows' logits.
+        A prompt's numbers do not depend on the prompts packed with it (``_prefill_layer``)."""
+        e = self.e
+        ids = [t for g in groups for t in g.request.prompt_ids]
+        M = _round_up(len(ids))
+        scratch = len(self.gslots)
+        tokens = torch.full((M,), e.pad_id, dtype=torch.long)
+        tokens[: len(ids)] = torch.tensor(ids)
+        group = torch.full((M,), scratch, dtype=torch.long)
+        pos = torch.zeros(M, dtype=torch.long)
+        last, at = [], 0
+        for g in groups:
+            L = len(g.request.prompt_ids)
+            group[at : at + L], pos[at : at + L] = g.gslot, torch.arange(L)
+            at += L
+            last.append(at - 1)
+        slots = torch.tensor([g.gslot for g in groups])
+        self.prompt_k[:, slots] = 0  # finite where masked (a zero key's score is masked, its value weighs 0)
+        self.prompt_v[:, slots] = 0
+        width = _round_up(max(len(g.request.prompt_ids) for g in groups), WIDTH)
+        cos, sin = e._rope(pos[:, None])
+        cos, sin = cos[:, 0], sin[:, 0]  # [M, 1, head_dim]: each token's position, every head
+        _, layer_fn = e._layer_fns()
         x = e.embed[tokens]
         for layer, w in enumerate(e.layers):
-            kp = torch.empty(1, e.kv_heads, L, e.head_dim, dtype=e.dtype)
-            vp = torch.empty_like(kp)
-            x = _layer(x, w, kp, vp, cos, sin, 0, mask, e.heads, e.kv_heads, e.eps, e.heads != e.kv_heads)
-            self.prompt_k[layer, gs, :, :L] = kp[0]
-            self.prompt_v[layer, gs, :, :L] = vp[0]
-            self.prompt_k[layer, gs, :, L:] = 0
-            self.prompt_v[layer, gs, :, L:] = 0
-        return e._logits(x[:, -1])
+            args = (x, w, self.prompt_k[layer, :, :, :width], self.prompt_v[layer, :, :, :width], group, pos, cos, sin)
+            if e._compile and not e._marked["prefill"]:
+                _dynamic((x, group, pos, cos, sin), args[2:4])
+            x = layer_fn(*args)
+        e._marked["prefill"] = e._compile
+        logits = e._logits(x[torch.tensor(last)])
+        for g, row in zip(groups, logits):
+            self.logits[torch.tensor(g.slots)] = row
 
     def decode(self) -> None:
         """Feed every running row its latest token; their next-token logits into ``self.logits``."""
@@ -578,15 +626,15 @@ class _Scheduler:
         x = e.embed[self.cur[:B]]
         cos, sin = e._rope((plen + pos)[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
-        layer_fn = e._layer_fn()
+        layer_fn, _ = e._layer_fns()
         for layer, w in enumerate(e.layers):
             args = (x, w, self.gen_k[layer, :B, :, :width], self.gen_v[layer, :B, :, :width],
                     self.prompt_k[layer, :, :, :pwidth], self.prompt_v[layer, :, :, :pwidth], group, pos, plen, cos,
                     sin)
-            if e._compile and not e._compiled:
-                _dynamic(args)  # before the compile (the first step); the graph it makes serves every step
+            if e._compile and not e._marked["decode"]:  # before the first compile: one graph for every step
+                _dynamic((x, group, pos, plen, cos, sin), args[2:6])
             x = layer_fn(*args)
-        e._compiled = e._compile
+        e._marked["decode"] = e._compile
         self.logits[:B] = e._logits(x)
 
     def sample(self) -> None:

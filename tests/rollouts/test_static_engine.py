@@ -12,7 +12,7 @@ from rlvr.archs import build_model, micro_config
 from rlvr.pretrain import local_tokenizer
 from rollouts import SamplingConfig, make_engine
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.static_engine import _decode_layer, _Layer, check_supported
+from rollouts.static_engine import _decode_layer, _Layer, _prefill_layer, check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -269,3 +269,43 @@ def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, comp
             got, got_key = run(rows, width, pwidth)
             at = [rows.tolist().index(i) for i in mine.tolist()]
             assert torch.equal(got[at], want) and torch.equal(got_key[at], key), (width, pwidth, len(rows))
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_prompts_prefill_has_the_same_bits_whatever_is_packed_beside_it(threads, compile):
+    """Prompts are prefilled together, packed token after token: a prompt's keys, values and outputs are
+    the same bits alone (padded to 16 rows) and packed after and before other prompts of other
+    lengths, with the prompt cache read at other widths."""
+    torch.manual_seed(1)
+    hidden, heads, kv_heads, d, inter, eps = 64, 4, 2, 16, 96, 1e-6
+    w = _Layer(norm1=torch.rand(hidden) + 0.5, qkv=torch.randn((heads + 2 * kv_heads) * d, hidden) / 8, qkv_bias=None,
+               q_norm=None, k_norm=None, o=torch.randn(hidden, heads * d) / 8, norm2=torch.rand(hidden) + 0.5,
+               gate_up=torch.randn(2 * inter, hidden) / 8, down=torch.randn(hidden, inter) / 10)
+
+    def layer(x, kp, vp, group, pos, cos, sin):
+        return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
+
+    fn = torch.compile(layer, dynamic=True) if compile else layer
+    lengths = {0: 21, 1: 5, 2: 40, 3: 13}  # group slot -> prompt length; slot 4 is scratch
+    x = {g: torch.randn(n, hidden) for g, n in lengths.items()}
+    angle = torch.rand(48, 1, d)
+
+    def run(order, width):
+        xs = torch.cat([x[g] for g in order])
+        M = -(-len(xs) // 16) * 16
+        group = torch.full((M,), 4)
+        group[: len(xs)] = torch.cat([torch.full((lengths[g],), g) for g in order])
+        pos = torch.zeros(M, dtype=torch.long)
+        pos[: len(xs)] = torch.cat([torch.arange(lengths[g]) for g in order])
+        cache = torch.zeros(2, 5, kv_heads, 64, d)
+        out = fn(torch.cat([xs, torch.zeros(M - len(xs), hidden)]), cache[0, :, :, :width], cache[1, :, :, :width],
+                 group, pos, angle[pos].cos(), angle[pos].sin())
+        at = order.index(0)
+        start = sum(lengths[g] for g in order[:at])
+        return out[start : start + lengths[0]], cache[:, 0, :, : lengths[0]]
+
+    with torch.inference_mode():
+        want, kv = run([0], 32)
+        for order, width in [([1, 0], 32), ([2, 0, 3], 48), ([3, 1, 0, 2], 64)]:
+            got, got_kv = run(order, width)
+            assert torch.equal(got, want) and torch.equal(got_kv, kv), (order, width)
