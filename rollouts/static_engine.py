@@ -10,7 +10,8 @@ per sequence per step. This engine does only what sampling needs:
 - the KV cache is allocated once and written in place; it and the per-row work buffers are kept
   between calls (``_Buffers``). A group's prompt is prefilled and cached once
   (``[groups, kv_heads, prompt, head_dim]`` per layer), not once per sample; each sample's
-  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``);
+  generated tokens have their own cache (``[rows, kv_heads, max_tokens, head_dim]``). The prompts
+  admitted at a step are prefilled together, packed token after token as rows (``_prefill_layer``);
 - a decode layer is one ``torch.compile``d function: norms, rotary embedding, the cache write, the
   attention and the MLP, so everything but the four matmuls is fused into a few loops
   (``compile=False``: eager). The attention is spelled out as products and sums (``_softmax_parts``),
@@ -76,6 +77,13 @@ def _round_up(k: int, multiple: int = ROWS) -> int:
     return -(-k // multiple) * multiple
 
 
+def _keys(k: int) -> int:
+    """The attention width for ``k`` keys: a multiple of ``WIDTH``, and at least two blocks of it (a width
+    of one block would be a size-1 dimension in ``_total``, which the compiler specialises: a second
+    graph, compiled at the first step and the first prefill of short prompts)."""
+    return max(_round_up(k, WIDTH), 2 * WIDTH)
+
+
 class _Layer(NamedTuple):
     """One decoder layer's weights in the engine's layout (``F.linear``'s [out, in]). A tuple, so
     every layer is the same input to the compiled function (no per-object guards)."""
@@ -134,8 +142,12 @@ def _softmax_parts(q, k, valid, gather=None):
 
 def _total(p: torch.Tensor) -> torch.Tensor:
     """``p.sum(-1)`` over a width that is a multiple of ``WIDTH``, in an order that does not depend on the
-    width: down the blocks of ``WIDTH`` keys, then across one block. (A plain sum's vector loop takes
-    another order for another width: its unrolled chunks and its scalar tail move.)"""
+    width. Compiled, a plain sum is: inductor's loop keeps one vector accumulator, each lane summing the
+    keys at its positions in order, so padding adds zeros to the same lanes. Eager, ATen's vector loop
+    unrolls into chunks and finishes with a scalar tail, both of which move with the width: the sum
+    runs down blocks of ``WIDTH`` keys, then across one block (7% slower compiled, hence not there)."""
+    if torch.compiler.is_compiling():
+        return p.sum(-1)
     return p.unflatten(-1, (-1, WIDTH)).sum(-2).sum(-1)
 
 
@@ -600,7 +612,7 @@ class _Scheduler:
         slots = torch.tensor([g.gslot for g in groups])
         self.prompt_k[:, slots] = 0  # finite where masked (a zero key's score is masked, its value weighs 0)
         self.prompt_v[:, slots] = 0
-        width = _round_up(max(len(g.request.prompt_ids) for g in groups), WIDTH)
+        width = _keys(max(len(g.request.prompt_ids) for g in groups))
         cos, sin = e._rope(pos[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [M, 1, head_dim]: each token's position, every head
         _, layer_fn = e._layer_fns()
@@ -619,8 +631,8 @@ class _Scheduler:
         """Feed every running row its latest token; their next-token logits into ``self.logits``."""
         e, B = self.e, self.end()
         pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
-        width = _round_up(int(pos.max()) + 1, WIDTH)  # the keys read: the longest row's, not the batch's room
-        pwidth = _round_up(int(self.plen[:B].max()), WIDTH)
+        width = _keys(int(pos.max()) + 1)  # the keys read: the longest row's, not the batch's room
+        pwidth = _keys(int(self.plen[:B].max()))
         group = torch.tensor([g.gslot if g is not None else 0 for g in self.rows[:B]])  # rows not in use: any
         plen = self.plen[:B]
         x = e.embed[self.cur[:B]]
