@@ -215,6 +215,20 @@ def _dynamic(rows, caches) -> None:
         torch._dynamo.maybe_mark_dynamic(t, 2)
 
 
+def _unducked(fn):
+    """``fn`` compiled without "duck shaping": dynamo gives sizes and strides that happen to be equal at
+    the first call one symbol, and guards on their equality. The caches' strides follow the batch's
+    room for prompts and tokens (equal in a small first batch, unequal in the next), so every new
+    room recompiled the layer, and a recompile does not keep the sizes marked dynamic."""
+    from torch.fx.experimental import _config
+
+    def run(*args):
+        with _config.patch(use_duck_shape=False):
+            return fn(*args)
+
+    return run
+
+
 def _own_inductor_cache() -> None:
     """Point inductor's on-disk cache at a directory of this CPU dispatch level and thread count
     (unless the user chose one). torch 2.13 keys its cached kernels without ``ATEN_CPU_CAPABILITY``:
@@ -388,7 +402,7 @@ class StaticCacheEngine(EngineBase):
             if self._compile:
                 _own_inductor_cache()
                 try:
-                    self._fns = torch.compile(decode), torch.compile(prefill)
+                    self._fns = _unducked(torch.compile(decode)), _unducked(torch.compile(prefill))
                 except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
                     warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
         return self._fns
