@@ -12,7 +12,7 @@ from rlvr.archs import build_model, micro_config
 from rlvr.pretrain import local_tokenizer
 from rollouts import SamplingConfig, make_engine
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.static_engine import _decode_layer, _Layer, _prefill_layer, check_supported
+from rollouts.static_engine import _decode_layer, _dynamic, _Layer, _prefill_layer, _unducked, check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -244,22 +244,24 @@ def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, comp
     def layer(x, kg, vg, kp, vp, group, pos, plen, cos, sin):
         return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
 
-    fn = torch.compile(layer, dynamic=True) if compile else layer
-    B, T, W, G = 48, 64, 64, 6
+    fn = _unducked(torch.compile(layer)) if compile else layer  # as the engine compiles it
+    B, T, W, G = 48, 80, 64, 6
     x = torch.randn(B, hidden)
     pos = torch.randint(0, 60, (B,))
     plen = torch.randint(1, 30, (B,))
     group = torch.randint(0, G, (B,))
     cache = torch.randn(2, B, kv_heads, T + 16, d)
-    prompt = torch.randn(2, G, kv_heads, W, d)
+    prompt = torch.randn(2, G, kv_heads, W + 16, d)  # a spare block, as in the engine: slices stay strided
     angle = torch.rand(B, 1, d)
     mine = torch.arange(16, 32)  # the rows compared, in the middle of the big batch
     pos[mine], plen[mine] = torch.randint(30, 44, (16,)), torch.randint(1, 30, (16,))  # fit in 48 and 32 keys
 
     def run(rows, width, pwidth):
         kg, vg = cache[0, rows].clone(), cache[1, rows].clone()
-        out = fn(x[rows], kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth], prompt[1, :, :, :pwidth],
-                 group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
+        args = (x[rows], kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth], prompt[1, :, :, :pwidth],
+                group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
+        _dynamic(args[:1] + args[5:], args[1:5])
+        out = fn(*args)
         return out, kg[torch.arange(len(rows)), :, pos[rows]]
 
     with torch.inference_mode():
@@ -285,7 +287,7 @@ def test_a_prompts_prefill_has_the_same_bits_whatever_is_packed_beside_it(thread
     def layer(x, kp, vp, group, pos, cos, sin):
         return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
 
-    fn = torch.compile(layer, dynamic=True) if compile else layer
+    fn = _unducked(torch.compile(layer)) if compile else layer  # as the engine compiles it
     lengths = {0: 21, 1: 5, 2: 40, 3: 13}  # group slot -> prompt length; slot 4 is scratch
     x = {g: torch.randn(n, hidden) for g, n in lengths.items()}
     angle = torch.rand(48, 1, d)
@@ -297,9 +299,11 @@ def test_a_prompts_prefill_has_the_same_bits_whatever_is_packed_beside_it(thread
         group[: len(xs)] = torch.cat([torch.full((lengths[g],), g) for g in order])
         pos = torch.zeros(M, dtype=torch.long)
         pos[: len(xs)] = torch.cat([torch.arange(lengths[g]) for g in order])
-        cache = torch.zeros(2, 5, kv_heads, 64, d)
-        out = fn(torch.cat([xs, torch.zeros(M - len(xs), hidden)]), cache[0, :, :, :width], cache[1, :, :, :width],
-                 group, pos, angle[pos].cos(), angle[pos].sin())
+        cache = torch.zeros(2, 5, kv_heads, 80, d)
+        args = (torch.cat([xs, torch.zeros(M - len(xs), hidden)]), cache[0, :, :, :width], cache[1, :, :, :width],
+                group, pos, angle[pos].cos(), angle[pos].sin())
+        _dynamic(args[:1] + args[3:], args[1:3])
+        out = fn(*args)
         at = order.index(0)
         start = sum(lengths[g] for g in order[:at])
         return out[start : start + lengths[0]], cache[:, 0, :, : lengths[0]]
