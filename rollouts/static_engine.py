@@ -77,13 +77,6 @@ def _round_up(k: int, multiple: int = ROWS) -> int:
     return -(-k // multiple) * multiple
 
 
-def _keys(k: int) -> int:
-    """The attention width for ``k`` keys: a multiple of ``WIDTH``, and at least two blocks of it (a width
-    of one block would be a size-1 dimension in ``_total``, which the compiler specialises: a second
-    graph, compiled at the first step and the first prefill of short prompts)."""
-    return max(_round_up(k, WIDTH), 2 * WIDTH)
-
-
 class _Layer(NamedTuple):
     """One decoder layer's weights in the engine's layout (``F.linear``'s [out, in]). A tuple, so
     every layer is the same input to the compiled function (no per-object guards)."""
@@ -145,7 +138,8 @@ def _total(p: torch.Tensor) -> torch.Tensor:
     width. Compiled, a plain sum is: inductor's loop keeps one vector accumulator, each lane summing the
     keys at its positions in order, so padding adds zeros to the same lanes. Eager, ATen's vector loop
     unrolls into chunks and finishes with a scalar tail, both of which move with the width: the sum
-    runs down blocks of ``WIDTH`` keys, then across one block (7% slower compiled, hence not there)."""
+    runs down blocks of ``WIDTH`` keys, then across one block (compiled, that was ~7% slower in one pair of
+    runs at the bench's fixed shape, hence not there)."""
     if torch.compiler.is_compiling():
         return p.sum(-1)
     return p.unflatten(-1, (-1, WIDTH)).sum(-2).sum(-1)
@@ -203,30 +197,48 @@ def _prefill_layer(x, w: _Layer, kp, vp, group, pos, cos, sin, heads: int, kv_he
     return _mlp(x, w, (p[..., None] * vp[group].float()[:, :, None]).sum(-2) / _total(p)[..., None], eps)
 
 
-def _dynamic(rows, caches) -> None:
-    """Mark the sizes of a compiled layer's inputs that change from call to call (the rows of ``rows``
-    and ``caches``, the positions of ``caches`` [slots, kv_heads, positions, head_dim]) as dynamic, so
-    that one compiled graph serves every call; head counts, the weights' widths and head_dim stay
-    constants of the compiled code."""
-    for t in rows:
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-    for t in caches:
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-        torch._dynamo.maybe_mark_dynamic(t, 2)
-
-
-def _unducked(fn):
-    """``fn`` compiled without "duck shaping": dynamo gives sizes and strides that happen to be equal at
-    the first call one symbol, and guards on their equality. The caches' strides follow the batch's
-    room for prompts and tokens (equal in a small first batch, unequal in the next), so every new
-    room recompiled the layer, and a recompile does not keep the sizes marked dynamic."""
+def _compiled(fn, rows: tuple[int, ...], caches: tuple[int, ...]):
+    """``fn`` compiled so that one graph serves every call. Before the first call (the compile) the sizes
+    that change from call to call are marked dynamic: dim 0 of the arguments at ``rows``, dims 0 and 2
+    (slots, positions) of the caches at ``caches``; head counts, the weights' widths and head_dim stay
+    constants of the compiled code. And it compiles without "duck shaping": dynamo would give sizes and
+    strides that happen to be equal at the first call one symbol and guard on their equality; the
+    caches' strides follow the batch's room for prompts and tokens (equal in a small first batch,
+    unequal in the next), so a new room recompiled the layer, without the dynamic sizes."""
     from torch.fx.experimental import _config
 
+    graph, marked = torch.compile(fn), False
+
     def run(*args):
+        nonlocal marked
+        if not marked:
+            for i in rows:
+                torch._dynamo.maybe_mark_dynamic(args[i], 0)
+            for i in caches:
+                torch._dynamo.maybe_mark_dynamic(args[i], 0)
+                torch._dynamo.maybe_mark_dynamic(args[i], 2)
+            marked = True
         with _config.patch(use_duck_shape=False):
-            return fn(*args)
+            return graph(*args)
 
     return run
+
+
+def _layers(heads: int, kv_heads: int, eps: float, compile: bool):
+    """The decode layer and the prefill layer with the head counts and eps bound as constants, each
+    compiled into one graph for every call (``_compiled``) when ``compile``."""
+
+    def decode(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin):
+        return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
+
+    def prefill(x, w, kp, vp, group, pos, cos, sin):
+        return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
+
+    if not compile:
+        return decode, prefill
+    # the arguments whose rows change (x, group, pos, plen, cos, sin) and the caches (kg, vg, kp, vp)
+    return (_compiled(decode, rows=(0, 6, 7, 8, 9, 10), caches=(2, 3, 4, 5)),
+            _compiled(prefill, rows=(0, 4, 5, 6, 7), caches=(2, 3)))
 
 
 def _own_inductor_cache() -> None:
@@ -283,7 +295,6 @@ class StaticCacheEngine(EngineBase):
         self._build(model)
         self._compile = compile
         self._fns = None
-        self._marked = {"decode": False, "prefill": False}  # dynamic sizes marked (before each first compile)
         self.refill = refill
         self._buffers = _Buffers()
         self._sched = None
@@ -387,24 +398,15 @@ class StaticCacheEngine(EngineBase):
         return per_position * (_round_up(width, ROOM) + WIDTH + sampling.n * (_round_up(sampling.max_tokens, ROOM) + WIDTH))
 
     def _layer_fns(self):
-        """The decode layer and the prefill layer, with the head counts and eps bound as constants,
-        compiled on first use."""
+        """The decode layer and the prefill layer (``_layers``), compiled on first use."""
         if self._fns is None:
-            heads, kv_heads, eps = self.heads, self.kv_heads, self.eps
-
-            def decode(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin):
-                return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
-
-            def prefill(x, w, kp, vp, group, pos, cos, sin):
-                return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
-
-            self._fns = decode, prefill
             if self._compile:
                 _own_inductor_cache()
-                try:
-                    self._fns = _unducked(torch.compile(decode)), _unducked(torch.compile(prefill))
-                except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
-                    warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
+            try:
+                self._fns = _layers(self.heads, self.kv_heads, self.eps, self._compile)
+            except Exception as exc:  # noqa: BLE001 - no compiler on this machine: eager still works
+                warnings.warn(f"static engine: torch.compile failed ({exc}); decoding eagerly", stacklevel=2)
+                self._fns = _layers(self.heads, self.kv_heads, self.eps, False)
         return self._fns
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -566,11 +568,9 @@ class _Scheduler:
         if taken:
             try:
                 self.prefill(taken)
-            except BaseException as exc:  # these requests fail; the rows already running go on
+            except Exception as exc:  # noqa: BLE001 - these requests fail; the rows already running go on
                 for group in taken:
                     self.leave(group, exc)
-                if not isinstance(exc, Exception):
-                    raise
                 return 0
         return len(taken)
 
@@ -579,9 +579,10 @@ class _Scheduler:
         uniforms; its prompt is prefilled (``prefill``) before the next step."""
         e, n, ids = self.e, self.n, r.prompt_ids
         vocab = e.embed.shape[0]
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ValueError(f"static engine: prompt token id {max(ids) if max(ids) >= vocab else min(ids)} is "
-                             f"outside the model's vocabulary (0 .. {vocab - 1})")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:  # checked here: in the packed prefill it would fail every prompt packed with it
+            raise ValueError(f"static engine: prompt token id {bad[0]} is outside the model's vocabulary "
+                             f"(0 .. {vocab - 1})")
         gs = self.gslots.index(None)
         free = [i for i, g in enumerate(self.rows) if g is None][:n]
         group = _Group(r, gs)
@@ -626,17 +627,14 @@ class _Scheduler:
         slots = torch.tensor([g.gslot for g in groups])
         self.prompt_k[:, slots] = 0  # finite where masked (a zero key's score is masked, its value weighs 0)
         self.prompt_v[:, slots] = 0
-        width = _keys(max(len(g.request.prompt_ids) for g in groups))
+        width = _round_up(max(len(g.request.prompt_ids) for g in groups), WIDTH)
         cos, sin = e._rope(pos[:, None])
         cos, sin = cos[:, 0], sin[:, 0]  # [M, 1, head_dim]: each token's position, every head
         _, layer_fn = e._layer_fns()
         x = e.embed[tokens]
         for layer, w in enumerate(e.layers):
-            args = (x, w, self.prompt_k[layer, :, :, :width], self.prompt_v[layer, :, :, :width], group, pos, cos, sin)
-            if e._compile and not e._marked["prefill"]:
-                _dynamic((x, group, pos, cos, sin), args[2:4])
-            x = layer_fn(*args)
-        e._marked["prefill"] = e._compile
+            x = layer_fn(x, w, self.prompt_k[layer, :, :, :width], self.prompt_v[layer, :, :, :width], group, pos, cos,
+                         sin)
         logits = e._logits(x[torch.tensor(last)])
         for g, row in zip(groups, logits):
             self.logits[torch.tensor(g.slots)] = row
@@ -645,8 +643,8 @@ class _Scheduler:
         """Feed every running row its latest token; their next-token logits into ``self.logits``."""
         e, B = self.e, self.end()
         pos = (self.count[:B] - 1).clamp_(min=0)  # where the fed token goes in the row's own cache
-        width = _keys(int(pos.max()) + 1)  # the keys read: the longest row's, not the batch's room
-        pwidth = _keys(int(self.plen[:B].max()))
+        width = _round_up(int(pos.max()) + 1, WIDTH)  # the keys read: the longest row's, not the batch's room
+        pwidth = _round_up(int(self.plen[:B].max()), WIDTH)
         group = torch.tensor([g.gslot if g is not None else 0 for g in self.rows[:B]])  # rows not in use: any
         plen = self.plen[:B]
         x = e.embed[self.cur[:B]]
@@ -654,13 +652,9 @@ class _Scheduler:
         cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, head_dim]: one position per row, every head
         layer_fn, _ = e._layer_fns()
         for layer, w in enumerate(e.layers):
-            args = (x, w, self.gen_k[layer, :B, :, :width], self.gen_v[layer, :B, :, :width],
-                    self.prompt_k[layer, :, :, :pwidth], self.prompt_v[layer, :, :, :pwidth], group, pos, plen, cos,
-                    sin)
-            if e._compile and not e._marked["decode"]:  # before the first compile: one graph for every step
-                _dynamic((x, group, pos, plen, cos, sin), args[2:6])
-            x = layer_fn(*args)
-        e._marked["decode"] = e._compile
+            x = layer_fn(x, w, self.gen_k[layer, :B, :, :width], self.gen_v[layer, :B, :, :width],
+                         self.prompt_k[layer, :, :, :pwidth], self.prompt_v[layer, :, :, :pwidth], group, pos, plen,
+                         cos, sin)
         self.logits[:B] = e._logits(x)
 
     def sample(self) -> None:

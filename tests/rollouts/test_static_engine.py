@@ -12,7 +12,7 @@ from rlvr.archs import build_model, micro_config
 from rlvr.pretrain import local_tokenizer
 from rollouts import SamplingConfig, make_engine
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.static_engine import _decode_layer, _dynamic, _Layer, _prefill_layer, _unducked, check_supported
+from rollouts.static_engine import _Layer, _layers, check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -229,6 +229,17 @@ def test_per_prompt_max_tokens_is_checked():
         SamplingConfig(max_tokens=8, max_tokens_each=[4, 9])
 
 
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER = 64, 4, 2, 16, 96  # the layer tests' shapes (GQA: 2 queries a KV head)
+
+
+def random_layer() -> _Layer:
+    """A decoder layer of random weights in the engine's layout, scaled to keep activations near 1."""
+    return _Layer(norm1=torch.rand(HIDDEN) + 0.5, qkv=torch.randn((HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN) / 8,
+                  qkv_bias=None, q_norm=None, k_norm=None, o=torch.randn(HIDDEN, HEADS * HEAD_DIM) / 8,
+                  norm2=torch.rand(HIDDEN) + 0.5, gate_up=torch.randn(2 * INTER, HIDDEN) / 8,
+                  down=torch.randn(HIDDEN, INTER) / 10)
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, compile):
     """The decode layer on its own, on random weights and caches: the same 16 rows give the same bits
@@ -236,41 +247,33 @@ def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, comp
     their own keys and their prompts are padded to 48, 64 or 80 keys and 32, 48 or 64 (the padding masked). This is
     what lets continuous batching and any batch composition sample the same tokens, on any CPU."""
     torch.manual_seed(0)
-    hidden, heads, kv_heads, d, inter, eps = 64, 4, 2, 16, 96, 1e-6
-    w = _Layer(norm1=torch.rand(hidden) + 0.5, qkv=torch.randn((heads + 2 * kv_heads) * d, hidden) / 8, qkv_bias=None,
-               q_norm=None, k_norm=None, o=torch.randn(hidden, heads * d) / 8, norm2=torch.rand(hidden) + 0.5,
-               gate_up=torch.randn(2 * inter, hidden) / 8, down=torch.randn(hidden, inter) / 10)
-
-    def layer(x, kg, vg, kp, vp, group, pos, plen, cos, sin):
-        return _decode_layer(x, w, kg, vg, kp, vp, group, pos, plen, cos, sin, heads, kv_heads, eps)
-
-    fn = _unducked(torch.compile(layer)) if compile else layer  # as the engine compiles it
+    w = random_layer()
+    fn, _ = _layers(HEADS, KV_HEADS, 1e-6, compile)  # as the engine builds and compiles it
     B, T, W, G = 48, 80, 64, 6
-    x = torch.randn(B, hidden)
-    pos = torch.randint(0, 60, (B,))
-    plen = torch.randint(1, 30, (B,))
-    group = torch.randint(0, G, (B,))
-    cache = torch.randn(2, B, kv_heads, T + 16, d)
-    prompt = torch.randn(2, G, kv_heads, W + 16, d)  # a spare block, as in the engine: slices stay strided
-    angle = torch.rand(B, 1, d)
     mine = torch.arange(16, 32)  # the rows compared, in the middle of the big batch
-    pos[mine], plen[mine] = torch.randint(30, 44, (16,)), torch.randint(1, 30, (16,))  # fit in 48 and 32 keys
+    for draw in range(4):  # whether a sum order shows depends on the numbers: several draws of them
+        x = torch.randn(B, HIDDEN)
+        pos = torch.randint(0, 60, (B,))
+        plen = torch.randint(1, 30, (B,))
+        group = torch.randint(0, G, (B,))
+        cache = torch.randn(2, B, KV_HEADS, T + 16, HEAD_DIM)
+        prompt = torch.randn(2, G, KV_HEADS, W + 16, HEAD_DIM)  # a spare block, as in the engine: slices stay strided
+        angle = torch.rand(B, 1, HEAD_DIM)
+        pos[mine], plen[mine] = torch.randint(30, 44, (16,)), torch.randint(1, 30, (16,))  # fit in 48 and 32 keys
 
-    def run(rows, width, pwidth):
-        kg, vg = cache[0, rows].clone(), cache[1, rows].clone()
-        args = (x[rows], kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth], prompt[1, :, :, :pwidth],
-                group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
-        _dynamic(args[:1] + args[5:], args[1:5])
-        out = fn(*args)
-        return out, kg[torch.arange(len(rows)), :, pos[rows]]
+        def run(rows, width, pwidth, x=x, cache=cache, prompt=prompt, group=group, pos=pos, plen=plen, angle=angle):
+            kg, vg = cache[0, rows].clone(), cache[1, rows].clone()
+            out = fn(x[rows], w, kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth],
+                     prompt[1, :, :, :pwidth], group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
+            return out, kg[torch.arange(len(rows)), :, pos[rows]]
 
-    with torch.inference_mode():
-        want, key = run(mine, 48, 32)
-        for rows, width, pwidth in [(torch.arange(B), 64, 48), (torch.arange(B), 80, 64), (mine, 64, 64),
-                                    (torch.cat([mine[8:], mine[:8]]), 48, 32)]:
-            got, got_key = run(rows, width, pwidth)
-            at = [rows.tolist().index(i) for i in mine.tolist()]
-            assert torch.equal(got[at], want) and torch.equal(got_key[at], key), (width, pwidth, len(rows))
+        with torch.inference_mode():
+            want, key = run(mine, 48, 32)
+            for rows, width, pwidth in [(torch.arange(B), 64, 48), (torch.arange(B), 80, 64), (mine, 64, 64),
+                                        (torch.cat([mine[8:], mine[:8]]), 48, 32)]:
+                got, got_key = run(rows, width, pwidth)
+                at = [rows.tolist().index(i) for i in mine.tolist()]
+                assert torch.equal(got[at], want) and torch.equal(got_key[at], key), (draw, width, pwidth, len(rows))
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -279,18 +282,11 @@ def test_a_prompts_prefill_has_the_same_bits_whatever_is_packed_beside_it(thread
     the same bits alone (padded to 16 rows) and packed after and before other prompts of other
     lengths, with the prompt cache read at other widths."""
     torch.manual_seed(1)
-    hidden, heads, kv_heads, d, inter, eps = 64, 4, 2, 16, 96, 1e-6
-    w = _Layer(norm1=torch.rand(hidden) + 0.5, qkv=torch.randn((heads + 2 * kv_heads) * d, hidden) / 8, qkv_bias=None,
-               q_norm=None, k_norm=None, o=torch.randn(hidden, heads * d) / 8, norm2=torch.rand(hidden) + 0.5,
-               gate_up=torch.randn(2 * inter, hidden) / 8, down=torch.randn(hidden, inter) / 10)
-
-    def layer(x, kp, vp, group, pos, cos, sin):
-        return _prefill_layer(x, w, kp, vp, group, pos, cos, sin, heads, kv_heads, eps)
-
-    fn = _unducked(torch.compile(layer)) if compile else layer  # as the engine compiles it
-    lengths = {0: 21, 1: 5, 2: 40, 3: 13}  # group slot -> prompt length; slot 4 is scratch
-    x = {g: torch.randn(n, hidden) for g, n in lengths.items()}
-    angle = torch.rand(48, 1, d)
+    w = random_layer()
+    _, fn = _layers(HEADS, KV_HEADS, 1e-6, compile)  # as the engine builds and compiles it
+    lengths = {0: 45, 1: 5, 2: 60, 3: 13}  # group slot -> prompt length; slot 4 is scratch
+    x = {g: torch.randn(n, HIDDEN) for g, n in lengths.items()}
+    angle = torch.rand(64, 1, HEAD_DIM)
 
     def run(order, width):
         xs = torch.cat([x[g] for g in order])
@@ -299,17 +295,15 @@ def test_a_prompts_prefill_has_the_same_bits_whatever_is_packed_beside_it(thread
         group[: len(xs)] = torch.cat([torch.full((lengths[g],), g) for g in order])
         pos = torch.zeros(M, dtype=torch.long)
         pos[: len(xs)] = torch.cat([torch.arange(lengths[g]) for g in order])
-        cache = torch.zeros(2, 5, kv_heads, 80, d)
-        args = (torch.cat([xs, torch.zeros(M - len(xs), hidden)]), cache[0, :, :, :width], cache[1, :, :, :width],
-                group, pos, angle[pos].cos(), angle[pos].sin())
-        _dynamic(args[:1] + args[3:], args[1:3])
-        out = fn(*args)
+        cache = torch.zeros(2, 5, KV_HEADS, 96, HEAD_DIM)
+        out = fn(torch.cat([xs, torch.zeros(M - len(xs), HIDDEN)]), w, cache[0, :, :, :width], cache[1, :, :, :width],
+                 group, pos, angle[pos].cos(), angle[pos].sin())
         at = order.index(0)
         start = sum(lengths[g] for g in order[:at])
         return out[start : start + lengths[0]], cache[:, 0, :, : lengths[0]]
 
     with torch.inference_mode():
-        want, kv = run([0], 32)
-        for order, width in [([1, 0], 32), ([2, 0, 3], 48), ([3, 1, 0, 2], 64)]:
+        want, kv = run([0], 48)
+        for order, width in [([1, 0], 48), ([2, 0, 3], 64), ([3, 1, 0, 2], 80)]:
             got, got_kv = run(order, width)
             assert torch.equal(got, want) and torch.equal(got_kv, kv), (order, width)
