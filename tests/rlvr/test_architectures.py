@@ -106,6 +106,7 @@ def test_sync_and_rl_steps(arch_models, arch, engine_kind):
         engine.close()
 
 
+@pytest.mark.slow  # ~26 s: a separate-process vLLM engine; the fast tier syncs the tied head in process
 def test_tied_head_syncs_through_shared_memory(arch_models):
     """The engine core in its own process (vLLM's isolation mode): weights go through shared memory
     and the worker rebuilds the tied head too. The greedy samples after the sync are the HF

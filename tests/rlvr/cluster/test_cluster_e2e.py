@@ -31,6 +31,7 @@ def ray_cluster(ray_instance):
     return ray_instance
 
 
+@pytest.mark.slow  # ~32 s; the fast tier resumes one-process runs bit-identically (tests/rlvr/test_resume.py)
 def test_distributed_run_resumes_bit_identically(ray_cluster, micro_model, tmp_path):
     from rlvr.loop import train
 
