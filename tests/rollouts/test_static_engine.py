@@ -10,9 +10,9 @@ import torch
 
 from rlvr.archs import build_model, micro_config
 from rlvr.pretrain import local_tokenizer
-from rollouts import SamplingConfig, make_engine
+from rollouts import SamplingConfig, make_engine, static_engine
 from rollouts.sampling import sample_inverse_cdf
-from rollouts.static_engine import _Layer, _layers, check_supported
+from rollouts.static_engine import _buckets, _Layer, _layers, check_supported
 
 PROMPTS = [f"A conversation between User and Assistant.\nUser: Compute {a}+{b}-{c}.\nAssistant: <think>"
            for a, b, c in [(3, 4, 2), (12, 5, 7), (20, 9, 1)]] + ["Hi"]
@@ -186,11 +186,12 @@ LONG_TAIL = PROMPTS * 3  # 12 prompts of four lengths
 
 
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_refilled_rows_sample_what_one_batch_samples(micro_model, threads, compile):
+def test_refilled_rows_sample_what_one_batch_samples(micro_model, threads, compile, monkeypatch):
     """Continuous batching: with room for two groups at a time, finished groups' slots are refilled
     from the queue (rows entering at many different steps, beside rows at other steps); every row's
     token ids and log-probs are bit-for-bit those of one batch holding every group, of shrink-only
-    batching, and of the prompts in another order."""
+    batching, of the prompts in another order, and of steps cut into as many buckets as they have
+    chunks of rows."""
     seeds = list(range(100, 100 + len(LONG_TAIL)))
     limits = [4, 40, 9, 23, 31, 6, 40, 17, 12, 35, 3, 28]  # lengths spread as a long tail would be
     s = SamplingConfig(n=3, temperature=1.0, max_tokens=40, seeds=seeds, max_tokens_each=limits, stop=["}"])
@@ -207,9 +208,23 @@ def test_refilled_rows_sample_what_one_batch_samples(micro_model, threads, compi
                               max_tokens_each=[limits[i] for i in order], stop=["}"])
     got = samples(refilled.generate([LONG_TAIL[i] for i in order], shuffled))
     assert_identical([got[order.index(i)] for i in range(len(order))], want)
+    monkeypatch.setattr(static_engine, "CALL_KEYS", 0)  # every 16 rows a bucket of their own
+    assert_identical(samples(make_engine("static", micro_model, compile=compile).generate(LONG_TAIL, s)), want)
     lengths = [len(ids) for g in want for ids, _, _ in g]
     assert max(lengths) >= 30 and min(lengths) <= 4 and {why for g in want for _, _, why in g} == {"stop", "length"}
     assert all(len(ids) <= limit for g, limit in zip(want, limits) for ids, _, _ in g)
+
+
+def test_a_step_is_cut_into_buckets_only_where_the_keys_saved_pay_for_a_call():
+    """``_buckets`` by hand: chunks of 16 rows with their (own, prompt) key widths, a call worth 6000
+    row-keys. Equal widths: one bucket. Two long chunks then six short ones: one bucket reads
+    16 * 8 * 272 = 34,816 keys (+ 6000), two read 16 * 2 * 272 + 16 * 6 * 32 = 11,776 (+ 12,000). Widths a
+    little apart: one bucket (16 * 2 * 80 + 6000 = 8560 against 16 * (80 + 64) + 12,000)."""
+    assert _buckets([(64, 16)] * 4, 16, 6000) == [4]
+    assert _buckets([(256, 16)] * 2 + [(16, 16)] * 6, 16, 6000) == [2, 6]
+    assert _buckets([(64, 16), (48, 16)], 16, 6000) == [2]
+    assert _buckets([(256, 16), (128, 16), (16, 16)], 16, 0) == [1, 1, 1]  # calls free: every chunk its own
+    assert _buckets([], 16, 6000) == []
 
 
 def test_buffers_are_kept_between_calls_and_freed_on_close(micro_model):
@@ -243,9 +258,10 @@ def random_layer() -> _Layer:
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, compile):
     """The decode layer on its own, on random weights and caches: the same 16 rows give the same bits
-    alone and inside a batch of 48 (at other places, beside rows at other positions), and whether
-    their own keys and their prompts are padded to 48, 64 or 80 keys and 32, 48 or 64 (the padding masked). This is
-    what lets continuous batching and any batch composition sample the same tokens, on any CPU."""
+    alone and inside a batch of 48 (at other places in the batch, their caches in other row slots, beside
+    rows at other positions), and whether their own keys and their prompts are padded to 48, 64 or 80
+    keys and 32, 48 or 64 (the padding masked). This is what lets continuous batching, a step's buckets
+    and any batch composition sample the same tokens, on any CPU."""
     torch.manual_seed(0)
     w = random_layer()
     fn, _ = _layers(HEADS, KV_HEADS, 1e-6, compile)  # as the engine builds and compiles it
@@ -261,17 +277,23 @@ def test_a_rows_attention_has_the_same_bits_in_any_batch_and_width(threads, comp
         angle = torch.rand(B, 1, HEAD_DIM)
         pos[mine], plen[mine] = torch.randint(30, 44, (16,)), torch.randint(1, 30, (16,))  # fit in 48 and 32 keys
 
-        def run(rows, width, pwidth, x=x, cache=cache, prompt=prompt, group=group, pos=pos, plen=plen, angle=angle):
-            kg, vg = cache[0, rows].clone(), cache[1, rows].clone()
+        def run(rows, width, pwidth, place, x=x, cache=cache, prompt=prompt, group=group, pos=pos, plen=plen,
+                angle=angle):
+            kg, vg = torch.empty_like(cache[0]), torch.empty_like(cache[1])  # row i's cache in slot place[i]
+            kg[place], vg[place] = cache[0], cache[1]
+            slot = place[rows]
             out = fn(x[rows], w, kg[:, :, :width], vg[:, :, :width], prompt[0, :, :, :pwidth],
-                     prompt[1, :, :, :pwidth], group[rows], pos[rows], plen[rows], angle[rows].cos(), angle[rows].sin())
-            return out, kg[torch.arange(len(rows)), :, pos[rows]]
+                     prompt[1, :, :, :pwidth], slot, group[rows], pos[rows], plen[rows], angle[rows].cos(),
+                     angle[rows].sin())
+            return out, kg[slot, :, pos[rows]]
 
         with torch.inference_mode():
-            want, key = run(mine, 48, 32)
-            for rows, width, pwidth in [(torch.arange(B), 64, 48), (torch.arange(B), 80, 64), (mine, 64, 64),
-                                        (torch.cat([mine[8:], mine[:8]]), 48, 32)]:
-                got, got_key = run(rows, width, pwidth)
+            want, key = run(mine, 48, 32, torch.arange(B))
+            for rows, width, pwidth, place in [(torch.arange(B), 64, 48, torch.arange(B)),
+                                               (torch.arange(B), 80, 64, torch.randperm(B)),
+                                               (mine, 64, 64, torch.randperm(B)),
+                                               (torch.cat([mine[8:], mine[:8]]), 48, 32, torch.arange(B).flip(0))]:
+                got, got_key = run(rows, width, pwidth, place)
                 at = [rows.tolist().index(i) for i in mine.tolist()]
                 assert torch.equal(got[at], want) and torch.equal(got_key[at], key), (draw, width, pwidth, len(rows))
 
