@@ -561,10 +561,15 @@ def main() -> None:
         out = Path(args.out) if len(seeds) == 1 else Path(args.out) / f"seed{seed}"
         if len(seeds) > 1 and args.reuse and (out / "results.json").is_file():
             kept = json.loads((out / "results.json").read_text())
-            ran = {k: kept.get(k) for k in ("steps", "threads", "eval_prompts")}
-            if ran != {"steps": s.steps, "threads": s.threads, "eval_prompts": s.eval_prompts}:
-                sys.exit(f"--reuse: {out / 'results.json'} ran with {ran}, not this call's settings; "
-                         "give another --out or the same --steps/--threads/--eval-prompts")
+            # a file from before "model" and "rlvr_override" were recorded ran the defaults
+            ran = {"steps": kept.get("steps"), "threads": kept.get("threads"), "eval_prompts": kept.get("eval_prompts"),
+                   "model": kept.get("model", s.model), "rlvr_override": kept.get("rlvr_override", [])}
+            want = {"steps": s.steps, "threads": s.threads, "eval_prompts": s.eval_prompts, "model": s.model,
+                    "rlvr_override": list(args.rlvr_override)}
+            if ran != want:
+                differ = ", ".join(f"{k} {ran[k]!r} (this call: {want[k]!r})" for k in want if ran[k] != want[k])
+                sys.exit(f"--reuse: {out / 'results.json'} ran with other settings: {differ}; "
+                         "give another --out or the same --steps/--threads/--eval-prompts/--model/--rlvr-override")
             log(f"\n=== seed {seed}: reusing {out / 'results.json'} ===")
             runs.append(kept)
             continue
@@ -630,7 +635,7 @@ def one_seed(s: Settings, args: argparse.Namespace, out: Path, trl_gen: str, log
         "settings": [(n, a, b) for n, a, b in settings_table(s, trl_args, cfg)],
         "settings_note": "loss token-mean (TRL dapo), GRPO std-scaled advantages, float32, no KL",
         "threads": s.threads, "steps": s.steps, "eval_prompts": s.eval_prompts, "seed": s.seed,
-        "trl_attempts": attempts, "trl": trls, "trl_best": trl["generation"] if trl else None, "rlvr": rlvr,
+        "model": s.model, "rlvr_override": list(args.rlvr_override), "trl_attempts": attempts, "trl": trls, "trl_best": trl["generation"] if trl else None, "rlvr": rlvr,
         "eval": evals,
         "speedup": (trl["summary"]["step_s"] / rlvr["summary"]["step_s"]) if trl else None,
         "wall_s": time.perf_counter() - t0,

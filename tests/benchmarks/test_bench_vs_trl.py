@@ -131,3 +131,18 @@ def _ckpts(s, tmp_path):
 
     return json.dumps({"base": s.model, "trl": str(tmp_path / "trl-generate" / "final"),
                        "rlvr": str(tmp_path / "rlvr" / "final")})
+
+
+def test_reuse_refuses_a_seed_run_with_other_overrides(micro_model, tmp_path, monkeypatch):
+    """``--reuse`` reads a finished seed only when it ran with this call's settings: a seed trained with
+    ``--rlvr-override engine.kind=vllm`` is not silently averaged into a comparison without it."""
+    import json
+
+    seed0 = tmp_path / "seed0"
+    seed0.mkdir()
+    (seed0 / "results.json").write_text(json.dumps({"steps": 20, "threads": 2, "eval_prompts": 200, "model": micro_model,
+                                                    "rlvr_override": ["engine.kind=vllm"]}))
+    monkeypatch.setattr(sys, "argv", ["vs_trl.py", "--model", micro_model, "--seeds", "0,1", "--reuse",
+                                      "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"rlvr_override \['engine.kind=vllm'\] \(this call: \[\]\)"):
+        vs_trl.main()
