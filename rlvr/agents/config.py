@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -23,6 +25,11 @@ class AgentConfig(BaseModel):
                            "not used with the static engine, which batches the calls itself).")
     window_s: float = Field(0.05, gt=0, description="The server's batcher ends a batch after this long without a "
                             "new request (not used with the static engine, which batches the calls itself).")
+
+    http: Literal["thread", "process"] = Field("thread", description="The server's HTTP side on a thread of the "
+                                               "trainer's process, or in a process of its own (its Python then "
+                                               "never takes the GIL the engine and the learner share; ~3 s more "
+                                               "to start).")
 
     @field_validator("entry")
     @classmethod

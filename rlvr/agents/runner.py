@@ -91,7 +91,7 @@ class AgentRunner:
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.end_ids = frozenset(getattr(tokenizer, "all_special_ids", ()) or ())
         self.server = Server(engine, tokenizer, MODEL_NAME, limits=Limits(context=context, max_tokens=max_tokens),
-                             max_batch=cfg.max_batch, window_s=cfg.window_s)
+                             max_batch=cfg.max_batch, window_s=cfg.window_s, http=cfg.http)
         self.run_id = secrets.token_hex(4)
         self.draws = 0
 

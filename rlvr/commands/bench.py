@@ -42,6 +42,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "server with the openai client, beside the same requests submitted in process, on the first "
                         "engine of --engines (rlvr.serve.bench; 0: off)")
     p.add_argument("--serve-turns", type=int, default=2, help="model calls per session with --serve-sessions")
+    p.add_argument("--serve-http", choices=["thread", "process"], default="thread",
+                   help="with --serve-sessions, the server's HTTP side on a thread of the engine's process or in a "
+                        "process of its own (rlvr serve --http-process)")
+    p.add_argument("--serve-layout", choices=["shared", "split"], default="shared",
+                   help="with --serve-sessions: every process on every core (shared), or a GPU deployment's layout "
+                        "(split): the engine pinned to half the cores, the HTTP side and the agents to the rest")
     p.add_argument("--serve-clients", choices=["process", "threads", "both"], default="process",
                    help="with --serve-sessions, where the sessions' openai clients run: a process of their own (as "
                         "a training run's agents), threads of the server's process, or both (each round times both; "
@@ -128,7 +134,10 @@ def _serve_sessions(args: argparse.Namespace, model: str, engine: str, dtypes: l
         return fail(f"--engines: {engine!r}: --serve-sessions serves a plain static, vllm or hf engine")
     if args.serve_turns < 1 or args.turn_tokens < 1 or args.repeats < 1:
         return fail("--serve-turns, --turn-tokens and --repeats must be >= 1 with --serve-sessions")
+    if args.serve_layout == "split" and args.serve_clients != "process":
+        return fail("--serve-layout split puts the agents' clients on the HTTP side's cores: use --serve-clients process")
     results = [bench_sessions(model, kind, args.serve_sessions, args.serve_turns, args.turn_tokens, args.repeats, d,
-                              clients=args.serve_clients) for d in dtypes]
+                              clients=args.serve_clients, http=args.serve_http, layout=args.serve_layout)
+               for d in dtypes]
     print(json.dumps(results, indent=1) if args.json else "\n\n".join(format_sessions(r) for r in results))
     return 0

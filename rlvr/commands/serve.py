@@ -30,6 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="most tokens one completion may ask for; also a chat request's default (default 1024, at "
                         "most the model's context)")
+    p.add_argument("--http-process", action="store_true",
+                   help="run the HTTP side (routes, tokenizer, records) in a process of its own, so that its Python "
+                        "does not share the engine's GIL (about 3 s more to start; docs/agents.md)")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients send and /v1/models lists (default: MODEL as given)")
 
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                         SamplingConfig(max_tokens=2, seed=0))
         server = Server(engine, tokenizer, args.served_model_name or args.model, api_key=api_key, host=args.host,
                         port=args.port, limits=limits, max_batch=args.max_batch, window_s=args.batch_window_ms / 1000,
-                        max_wait_s=args.batch_max_wait_ms / 1000)
+                        max_wait_s=args.batch_max_wait_ms / 1000, http="process" if args.http_process else "thread")
         if not is_loopback(args.host):
             print(f"rlvr serve: listening on {args.host}, reachable from other machines: every request needs the "
                   "token, and traffic is plain HTTP (no TLS)", file=sys.stderr)

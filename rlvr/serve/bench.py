@@ -43,6 +43,31 @@ STOP = ("</python>",)  # the example agent stops the model at the end of a tool 
 OBSERVATION = "</python>\n<output>\n42\n</output>\n"  # what it appends before the next call
 MODEL_NAME = "bench"
 CLIENTS = ("process", "threads", "both")  # where the sessions' clients run (bench_sessions)
+LAYOUTS = ("shared", "split")  # how the machine's cores are shared (bench_sessions)
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """The cores this process may use, cut in two: (the engine's first half, the rest for the HTTP side and
+    the agents); one core each on a 2-core machine."""
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise ValueError("layout 'split' needs at least 2 cores; this process may use 1")
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cores`` (Linux: its threads are /proc/PID/task/*); the threads
+    they start later inherit it."""
+    import os
+
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+            pass
 
 
 def questions(n: int, seed: int = 0) -> list[str]:
@@ -249,13 +274,35 @@ def through_server(server, texts: list[str], base_seed: int, turns: int, turn_to
 
 def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, turns: int = 2,
                    turn_tokens: int = 48, repeats: int = 3, dtype: str = "float32", max_batch: int = 64,
-                   window_s: float = 0.05, max_wait_s: float = 0.5, clients: str = "process") -> dict[str, Any]:
+                   window_s: float = 0.05, max_wait_s: float = 0.5, clients: str = "process", http: str = "thread",
+                   layout: str = "shared") -> dict[str, Any]:
     """``repeats`` rounds of ``sessions`` agent sessions through the server and in process (the module doc).
     ``clients``: where the sessions' ``openai`` clients run: "process" (a process of their own, as a training
     run's agents do), "threads" (threads of the server's process), or "both" (each round also times the
-    threads way, reported beside the ratio, which is always the first way's)."""
+    threads way, reported beside the ratio, which is always the first way's). ``http``: the server's HTTP
+    side on a thread of the engine's process or in a process of its own (rlvr.serve.server.Server).
+    ``layout``: "shared" (every process on every core, the engine with torch's threads) or "split" (the
+    layout of a GPU deployment, where the engine has a device of its own: the engine's process and its
+    threads pinned to the first half of the cores with one torch thread per core, the HTTP side and the
+    agents' clients to the rest; in process, the engine runs on its half alone)."""
+    import torch
+
+    from rlvr.serve.server import HTTP_MODES
+
     if clients not in CLIENTS:
         raise ValueError(f"clients: {clients!r}; choose one of {', '.join(CLIENTS)}")
+    if http not in HTTP_MODES:
+        raise ValueError(f"http: {http!r}; choose one of {', '.join(HTTP_MODES)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "split" and clients != "process":
+        raise ValueError("layout 'split' puts the agents' clients on the HTTP side's cores: it needs clients='process'")
+    threads_before = torch.get_num_threads()
+    if layout == "split":
+        import os
+
+        engine_cores, other_cores = split_cores()
+        torch.set_num_threads(len(engine_cores))
     from transformers import AutoTokenizer
 
     from rlvr.models import context_length
@@ -274,7 +321,14 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
         eng.generate(warm, SamplingConfig(max_tokens=4, seed=0))  # compile / warm up before timing
         limits = Limits(context=context_length(model_dir), max_tokens=turn_tokens)
         with Server(eng, AutoTokenizer.from_pretrained(model_dir), MODEL_NAME, limits=limits, max_batch=max_batch,
-                    window_s=window_s, max_wait_s=max_wait_s) as server:
+                    window_s=window_s, max_wait_s=max_wait_s, http=http) as server:
+            if layout == "split":
+                pin_process(os.getpid(), engine_cores)
+                if http == "process":
+                    pin_process(server._child.proc.pid, other_cores)
+                else:
+                    os.sched_setaffinity(server._thread.native_id, other_cores)
+                pin_process(helper.proc.pid, other_cores)
             through_server(server, texts[:2], 0, 1, 4, "warm")  # the HTTP side's first request
             if helper is not None:
                 through_server(server, texts[:2], 0, 1, 4, "warm-process", helper)  # the client process's first
@@ -301,6 +355,9 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
         if helper is not None:
             helper.close()
         eng.close()
+        torch.set_num_threads(threads_before)
+        if layout == "split":
+            pin_process(os.getpid(), engine_cores | other_cores)
     for r in rounds:
         r["in_process_tps"] = r["in_process_tokens"] / r["in_process_s"]
         r["server_tps"] = r["server_tokens"] / r["server_s"]
@@ -313,7 +370,7 @@ def bench_sessions(model_dir: str, engine: str = "static", sessions: int = 64, t
         r["ratio"] = r["server_tps"] / r["best_in_process_tps"]
     return {"bench": "serve_sessions", "model": model_dir, "engine": engine, "dtype": dtype, "sessions": sessions,
             "turns": turns, "turn_tokens": turn_tokens, "window_s": window_s, "max_wait_s": max_wait_s,
-            "clients": clients,
+            "clients": clients, "http": http, "layout": layout,
             "in_process_tps_best": max(r["best_in_process_tps"] for r in rounds),
             "server_tps_best": max(r["server_tps"] for r in rounds),
             "ratio_median": statistics.median(r["ratio"] for r in rounds),
@@ -329,7 +386,9 @@ def format_sessions(result: dict[str, Any]) -> str:
              "both": "clients in a process of their own (ratio) and in the server's process (threads)"}
     lines = [f"{result['sessions']} concurrent agent sessions of {result['turns']} calls (<= {result['turn_tokens']} "
              f"tokens each, stop at </python>), {result['engine']} engine, {result['dtype']}, {result['model']}; "
-             f"{where[result.get('clients', 'threads')]}",
+             f"{where[result.get('clients', 'threads')]}; HTTP side in a {result.get('http', 'thread')}"
+             + ("; split layout: the engine on its own cores, the HTTP side and the clients on the others"
+                if result.get("layout") == "split" else ""),
              f"{'round':>5} {'in process tok/s':>17} " + (f"{'pipelined':>10} " if piped else "")
              + f"{'server tok/s':>13} {'ratio':>6} " + (f"{'threads':>8} {'ratio':>6} " if both else "")
              + " server batches"]

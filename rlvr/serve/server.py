@@ -19,12 +19,12 @@ from __future__ import annotations
 import gc
 import ipaddress
 import secrets
-import socket
 import threading
 import time
 
 from rlvr.serve.app import Backend, build_app
 from rlvr.serve.batcher import Batcher
+from rlvr.serve.http_process import bind
 from rlvr.serve.protocol import Limits
 from rlvr.serve.records import SessionRecords
 
@@ -40,32 +40,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+HTTP_MODES = ("thread", "process")
+
+
 class Server:
     """An OpenAI-compatible server of ``engine`` (see rlvr.serve). ``tokenizer``: the model's, a copy the
     HTTP side owns (not the engine's object); ``port=0``: a free port; ``limits``: what a request may
-    ask; ``max_batch`` / ``window_s`` / ``max_wait_s``: how the engine thread batches (rlvr.serve.batcher.Batcher); ``freeze_gc``: see the module doc."""
+    ask; ``max_batch`` / ``window_s`` / ``max_wait_s``: how the engine thread batches (rlvr.serve.batcher.Batcher); ``freeze_gc``: see the module doc.
+    ``http``: "thread" (uvicorn on a thread of this process) or "process" (the HTTP side, the records
+    and a copy of the tokenizer in a child process, rlvr.serve.http_process: its Python no longer takes
+    the engine thread's GIL; ``records`` is then the child's, reached through ``.records``: open, close,
+    pop, calls, sessions)."""
 
     def __init__(self, engine, tokenizer, model_name: str, *, api_key: str | None = None, host: str = LOCAL_HOST,
                  port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.05,
                  max_wait_s: float = 0.5, records: SessionRecords | None = None, startup_timeout_s: float = 30.0,
-                 freeze_gc: bool = True):
+                 freeze_gc: bool = True, http: str = "thread"):
         import uvicorn
 
         if api_key is not None and not api_key:
             raise ValueError("api_key: an empty token would let anyone in; leave it out to generate one")
+        if http not in HTTP_MODES:
+            raise ValueError(f"http: {http!r}; choose one of {', '.join(HTTP_MODES)}")
+        if http == "process" and records is not None:
+            raise ValueError("records: with http='process' the HTTP process keeps the records (use .records)")
         self.api_key = api_key or secrets.token_urlsafe(24)
-        self.model_name, self.host = model_name, host
+        self.model_name, self.host, self.http = model_name, host, http
         self._froze_gc = False
+        self._child = None
+        if http == "process":
+            from rlvr.serve.http_process import HttpProcess
+
+            waiting: list = []
+            self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
+                                   waiting_on=lambda: waiting[0].open_sessions() if waiting else frozenset())
+            try:
+                self._child = HttpProcess(self.batcher, tokenizer, model_name, self.api_key, host, port,
+                                          limits or Limits(), freeze_gc)
+            except BaseException:
+                self.batcher.close()
+                raise
+            self.records = self._child.records
+            waiting.append(self.records)
+            self.port = self._child.port
+            return
         self.records = records if records is not None else SessionRecords()
         self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
                                waiting_on=self.records.open_sessions)
         backend = Backend(model_name, tokenizer, self.batcher, self.records, limits or Limits())
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            sock = bind(host, port)
         except OSError:
-            sock.close()
             self.batcher.close()
             raise
         self.port = sock.getsockname()[1]
@@ -103,6 +128,10 @@ class Server:
 
     def close(self) -> None:
         """Stop answering (requests in flight get up to 5 s), then stop the engine thread."""
+        if self._child is not None:
+            self._child.close()
+            self.batcher.close()
+            return
         self._uvicorn.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()

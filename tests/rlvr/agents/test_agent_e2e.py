@@ -30,14 +30,15 @@ AGENT = textwrap.dedent('''
 ''')
 
 
-def test_agent_steps_train_on_the_sampled_tokens_and_failures_are_kept_out(micro_model, tmp_path, tiny_cfg):
+@pytest.mark.parametrize("http", ["thread", pytest.param("process", marks=pytest.mark.slow)])
+def test_agent_steps_train_on_the_sampled_tokens_and_failures_are_kept_out(micro_model, tmp_path, tiny_cfg, http):
     from rlvr.loop import train
 
     entry = tmp_path / "agent.py"
     entry.write_text(AGENT)
     cfg = tiny_cfg(model=micro_model, run_dir=tmp_path / "run", **{
         "train.steps": 2, "sampling.n": 5, "train.micro_batch_size": 20, "alarms.max_error_rate": 0.7,
-        "agent": {"entry": f"{entry}:rollout", "concurrency": 8, "timeout_s": 3.0}})
+        "agent": {"entry": f"{entry}:rollout", "concurrency": 8, "timeout_s": 3.0, "http": http}})
     train(cfg)
     steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]

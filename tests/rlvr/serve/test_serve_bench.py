@@ -30,3 +30,30 @@ def test_serve_sessions_needs_a_trainable_engine(micro_model, capsys):
     assert main(["bench", "rollouts", "--model", micro_model, "--engines", "hf-generate",
                  "--serve-sessions", "4"]) != 0
     assert "--serve-sessions serves a plain static, vllm or hf engine" in capsys.readouterr().err
+
+
+def test_the_split_layout_with_the_http_process_samples_the_same_tokens(micro_model, capsys):
+    """``--serve-layout split --serve-http process``: the engine pinned to its half of the cores with one torch
+    thread per core, the HTTP process and the clients on the rest; the same tokens every way, and this
+    process's cores and threads given back afterwards."""
+    import os
+
+    import pytest
+    import torch
+
+    from rlvr.cli import main
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the split layout needs 2 cores")
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    assert main(["bench", "rollouts", "--model", micro_model, "--engines", "static", "--serve-sessions", "4",
+                 "--serve-turns", "2", "--turn-tokens", "8", "--repeats", "1", "--serve-http", "process",
+                 "--serve-layout", "split", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    [r] = result["rounds"]
+    assert (result["http"], result["layout"], r["engine_prompts"]) == ("process", "split", 8)
+    assert r["in_process_tokens"] == r["pipelined_tokens"] == r["server_tokens"] > 0
+    assert os.sched_getaffinity(0) == cores and torch.get_num_threads() == threads
+    assert main(["bench", "rollouts", "--model", micro_model, "--engines", "static", "--serve-sessions", "4",
+                 "--serve-layout", "split", "--serve-clients", "threads"]) != 0
+    assert "--serve-layout split puts the agents' clients on the HTTP side's cores" in capsys.readouterr().err

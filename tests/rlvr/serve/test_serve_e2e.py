@@ -69,11 +69,12 @@ def test_chat_through_the_tokenizers_template(micro_model, hf_engine, tmp_path):
     assert r.usage.prompt_tokens == len(call.prompt_ids) and r.usage.completion_tokens == len(call.samples[0].token_ids)
 
 
-def test_rlvr_serve_command(micro_model, tmp_path):
+@pytest.mark.parametrize("http", [[], ["--http-process"]], ids=["thread", "process"])
+def test_rlvr_serve_command(micro_model, tmp_path, http):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RLVR_API_KEY", None)
     cmd = [sys.executable, "-m", "rlvr.cli", "serve", micro_model, "--engine", "hf", "--served-model-name", "micro",
-           "--max-tokens", "32"]
+           "--max-tokens", "32", *http]
     # stderr to a file: a pipe nobody reads fills up with the libraries' warnings and blocks the server's exit
     err = (tmp_path / "serve.err").open("w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)

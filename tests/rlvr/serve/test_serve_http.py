@@ -59,12 +59,16 @@ class ScriptEngine(EngineBase):
 
 
 @pytest.fixture
-def served():
+def served(request):
+    """A server of a ScriptEngine; parametrized indirectly with "process", its HTTP side in a child process."""
     engine = ScriptEngine()
     tok = byte_tokenizer()
-    with Server(engine, tok, "script", api_key="sk-test", limits=Limits(context=400, max_tokens=100,
-                                                                       vocab_size=len(tok))) as server:
+    with Server(engine, tok, "script", api_key="sk-test", limits=Limits(context=400, max_tokens=100, vocab_size=len(tok)),
+                http=getattr(request, "param", "thread")) as server:
         yield server, engine
+
+
+BOTH_HTTP = pytest.mark.parametrize("served", ["thread", "process"], indirect=True)
 
 
 def client(server, session: str | None = None, key: str = "sk-test") -> openai.OpenAI:
@@ -78,6 +82,7 @@ def post(server, path: str, body, key: str | None = "sk-test", timeout: float = 
     return httpx.post(f"{server.root_url}{path}", content=content, headers=headers, timeout=timeout)
 
 
+@BOTH_HTTP
 def test_models_and_completions_through_the_openai_client(served):
     server, _ = served
     c = client(server)
@@ -115,6 +120,7 @@ def test_concurrent_requests_share_engine_calls(served):
     assert sum(engine.calls) == 24 and len(engine.calls) < 24  # and they were batched
 
 
+@BOTH_HTTP
 def test_chat_tool_calls_and_session_records(served):
     server, engine = served
     engine.reply = lambda text, seed: ('Let me add.<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}'
@@ -182,6 +188,7 @@ def test_auth_is_required_on_every_route(served):
         Server(ScriptEngine(), byte_tokenizer(), "m", api_key="")
 
 
+@BOTH_HTTP
 def test_bad_input_is_a_400_naming_what_is_wrong(served):
     server, _ = served
 
@@ -227,6 +234,7 @@ def test_a_tokenizer_without_a_chat_template_answers_400():
         assert c.completions.create(model="plain", prompt="hi", max_tokens=20).choices[0].text
 
 
+@BOTH_HTTP
 def test_engine_failures_and_disconnects_leave_the_server_running(served):
     server, _ = served
     c = client(server, session="s")
@@ -285,3 +293,35 @@ def test_the_sampling_routes_answer_as_fastapis_do(served):
     assert r.status_code == 200 and [c.prompt_ids for c in server.records.calls("hdr")] == [x_ids]
     assert post(server, "/s/path/v1/completions", body).json()["choices"][0]["text"].startswith("echo")
     assert len(server.records.calls("path")) == 1
+
+
+def test_the_http_process_starts_stops_and_dies_with_clear_errors():
+    """``http="process"``: a busy port is refused naming it; ``close`` leaves no child behind; a child that
+    died is named by the parent's next records call instead of a hang."""
+    import signal
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(RuntimeError, match=rf"did not start on 127.0.0.1:{busy.getsockname()[1]}: .*in use"):
+            Server(ScriptEngine(), byte_tokenizer(), "m", port=busy.getsockname()[1], http="process")
+    finally:
+        busy.close()
+    server = Server(ScriptEngine(), byte_tokenizer(), "m", api_key="k", http="process")
+    child = server._child.proc
+    try:
+        server.records.open("s", seed=1)
+        assert client(server, session="s", key="k").completions.create(model="m", prompt="hi", max_tokens=20).choices
+        assert [call.seed for call in server.records.pop("s")] == [1_000_003 * 10_007 + 7]  # the session's seed 0
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        with pytest.raises(RuntimeError, match=r"HTTP process (has stopped \(records.ask|did not answer records.pop.*it has stopped)"):
+            server.records.pop("s")
+    finally:
+        server.close()
+    server = Server(ScriptEngine(), byte_tokenizer(), "m", http="process")
+    child = server._child.proc
+    server.close()
+    assert child.poll() is not None
