@@ -63,6 +63,7 @@ def test_a_killed_learner_rank_stops_the_run_naming_it(ray_cluster, micro_model,
     assert state["step"] in (3, 6, 9) and "model" in tensors["learner"]
 
 
+@pytest.mark.slow  # ~30 s; the fast tier runs two workers and two ranks through train() (the killed-rank test)
 def test_two_workers_two_ranks_from_the_command_line(micro_model, tmp_path):
     run_dir = tmp_path / "cli"
     cmd = [sys.executable, "-m", "rlvr.cli", "train", "--config", "configs/tiny_r1zero.yaml", f"model={micro_model}",

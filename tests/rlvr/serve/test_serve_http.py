@@ -69,6 +69,9 @@ def served(request):
 
 
 BOTH_HTTP = pytest.mark.parametrize("served", ["thread", "process"], indirect=True)
+# the process variant in the slow tier (~4 s a server start): where the fast tier has it already
+BOTH_HTTP_SLOW = pytest.mark.parametrize("served", ["thread", pytest.param("process", marks=pytest.mark.slow)],
+                                         indirect=True)
 
 
 def client(server, session: str | None = None, key: str = "sk-test") -> openai.OpenAI:
@@ -82,7 +85,7 @@ def post(server, path: str, body, key: str | None = "sk-test", timeout: float = 
     return httpx.post(f"{server.root_url}{path}", content=content, headers=headers, timeout=timeout)
 
 
-@BOTH_HTTP
+@BOTH_HTTP_SLOW
 def test_models_and_completions_through_the_openai_client(served):
     server, _ = served
     c = client(server)
@@ -188,7 +191,7 @@ def test_auth_is_required_on_every_route(served):
         Server(ScriptEngine(), byte_tokenizer(), "m", api_key="")
 
 
-@BOTH_HTTP
+@BOTH_HTTP_SLOW
 def test_bad_input_is_a_400_naming_what_is_wrong(served):
     server, _ = served
 
