@@ -672,13 +672,15 @@ class _Scheduler:
         """Feed every running row its latest token; their next-token logits into ``self.logits``. The rows
         are sorted by the keys they read (their own tokens and their prompt's) and computed in buckets
         (``_buckets``), each reading the keys of its own longest row: a row that entered late does not
-        read as far as the longest-running row. Rows not in use count as empty."""
+        read as far as the longest-running row. Rows not in use count as empty, and the step computes only
+        as many of them as pad the running rows to a multiple of ``ROWS`` (their logits are not read)."""
         e, B = self.e, self.end()
         live = torch.tensor([g is not None for g in self.rows[:B]])
         pos = (self.count[:B] - 1).clamp_(min=0) * live  # where the fed token goes in the row's own cache
         plen = self.plen[:B] * live
         group = torch.tensor([g.gslot if g is not None else 0 for g in self.rows[:B]])  # rows not in use: any
-        order = torch.argsort(pos + plen, descending=True, stable=True)
+        # longest first; rows not in use last, and only as many computed as pad the live ones to ROWS
+        order = torch.argsort((pos + plen + 1) * live, descending=True, stable=True)[: _round_up(int(live.sum()))]
         chunk = lambda t: t[order].view(-1, ROWS).amax(1).tolist()  # noqa: E731 - per ROWS rows
         widths = [(_round_up(o + 1, WIDTH), max(WIDTH, _round_up(p, WIDTH))) for o, p in zip(chunk(pos), chunk(plen))]
         cos, sin = e._rope((plen + pos)[order][:, None])
