@@ -213,14 +213,15 @@ class _EngineLink:
                session: str | None = None) -> tuple[Future, int]:
         seed = secrets.randbelow(2**31) if seed is None else seed
         future: Future = Future()
-        i = next(self._ids)
+        future.set_running_or_notify_cancel()  # as the batcher's: a client that leaves does not cancel it, and
+        i = next(self._ids)  # what is sampled for it is still recorded
         self._pending[i] = future
         self._pipe.send("submit", i, list(prompt_ids), settings, seed, session)
         return future, seed
 
     def done(self, i: int, ok: bool, value: Any) -> None:
         future = self._pending.pop(i, None)
-        if future is None or not future.set_running_or_notify_cancel():
+        if future is None:
             return
         if ok:
             future.set_result(value)
@@ -268,8 +269,8 @@ def _child(conn, tokenizer, model_name: str, api_key: str, host: str, port: int,
                 records.close(msg[1])
             elif kind == "ask" and msg[2] in ASKED:
                 pipe.send("answer", msg[1], getattr(records, msg[2])(*msg[3]))
-            elif kind == "exit":
-                break
+            elif kind == "exit":  # stop taking requests; those in flight still get their answers (uvicorn
+                server.should_exit = True  # gives them 5 s) until the parent closes its end
         link.fail_all(RuntimeError("the server is shutting down"))
         server.should_exit = True
 
