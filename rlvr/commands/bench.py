@@ -136,6 +136,13 @@ def _serve_sessions(args: argparse.Namespace, model: str, engine: str, dtypes: l
         return fail("--serve-turns, --turn-tokens and --repeats must be >= 1 with --serve-sessions")
     if args.serve_layout == "split" and args.serve_clients != "process":
         return fail("--serve-layout split puts the agents' clients on the HTTP side's cores: use --serve-clients process")
+    if args.serve_layout == "split":
+        from rlvr.serve.bench import split_cores
+
+        try:
+            split_cores()
+        except ValueError as exc:
+            return fail(f"--serve-layout: {exc}")
     results = [bench_sessions(model, kind, args.serve_sessions, args.serve_turns, args.turn_tokens, args.repeats, d,
                               clients=args.serve_clients, http=args.serve_http, layout=args.serve_layout)
                for d in dtypes]
