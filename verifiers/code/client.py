@@ -114,6 +114,9 @@ class SandboxUnavailable(RuntimeError):
 DEMOTE_AFTER_S = 0.1  # a sample older than this stops holding a CPU slot and runs at nice 19
 DEMOTED_NICE = 19
 MAX_IN_FLIGHT = 64
+# after a sample's connection to the sandbox broke: how long to wait for a dying fork server to exit
+# (SandboxClient._settle), so that a retry starts a fresh one
+SETTLE_S = 0.2
 
 
 def default_in_flight(cpu_slots: int, memory_mb: int = 1024) -> int:
@@ -212,6 +215,16 @@ class ForkServer:
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _settle(self, wait_s: float = SETTLE_S) -> None:
+        """After a sample lost its connection: if the fork server is dying with it (one SIGKILL for its
+        whole group: the runners' sockets reset first, the server exits a moment later on a loaded
+        machine), wait until it has, so that the next ``start`` (a retry's) sees it dead and starts a
+        fresh one instead of sending the retry to it. A healthy server (only a runner died) costs the wait."""
+        proc = self._proc
+        deadline = time.monotonic() + wait_s
+        while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def _close_locked(self) -> None:
         if self._ctrl is not None:
             self._ctrl.close()
@@ -260,6 +273,7 @@ class ForkServer:
                     cpu.release()  # the runner demotes the sample at the same age
                 return _wire.recv(ours.fileno(), time.monotonic() + budget_s + 30.0)
             except _wire.WireError as exc:
+                self._settle()
                 return _sandbox_error(f"no verdict from the sandbox: {exc}")
             finally:
                 ours.close()
