@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
@@ -49,6 +50,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_server(app):
+    """The uvicorn server both ways run (a thread's, rlvr.serve.server; the child's, here): quiet, no
+    lifespan, 5 s for requests in flight at shutdown."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                         timeout_graceful_shutdown=5))
+
+
 class _Pipe:
     """One end of the pipe with a lock: several threads send on it (the engine thread's callbacks, the reader,
     the caller's)."""
@@ -63,12 +73,13 @@ class _Pipe:
 
 class RemoteRecords:
     """The parent's handle on the child's ``SessionRecords``: what a trainer needs of them (``open``,
-    ``close``, ``pop``) and, for the batcher, the sessions that may still call (kept here)."""
+    ``close``, ``pop``; ``calls`` and ``sessions`` to look) and, for the batcher, the sessions that may
+    still call (kept here)."""
 
     def __init__(self, pipe: _Pipe, alive) -> None:
         self._pipe_, self._alive = pipe, alive
         self._open: set[str] = set()
-        self._waiting: dict[int, list] = {}  # pop id -> [event, calls]
+        self._waiting: dict[int, list] = {}  # ask id -> [event, answer]
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -108,8 +119,9 @@ class RemoteRecords:
         i, event = next(self._ids), threading.Event()
         self._waiting[i] = [event, None]
         self._send("ask", i, method, args)
+        deadline = time.monotonic() + timeout_s
         while not event.wait(0.1):
-            if not self._alive() or (timeout_s := timeout_s - 0.1) <= 0:
+            if not self._alive() or time.monotonic() > deadline:
                 self._waiting.pop(i, None)
                 raise RuntimeError(f"the server's HTTP process did not answer records.{method}{args} "
                                    f"({'it has stopped' if not self._alive() else 'no answer in time'})")
@@ -126,7 +138,7 @@ class HttpProcess:
     """The child process and the parent's side of the pipe: submitted prompts go to ``batcher``."""
 
     def __init__(self, batcher, tokenizer, model_name: str, api_key: str, host: str, port: int, limits,
-                 freeze_gc: bool) -> None:
+                 freeze_gc: bool, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
@@ -138,9 +150,9 @@ class HttpProcess:
             self._pipe.send(tokenizer, model_name, api_key, host, port, limits, freeze_gc)
         except OSError:
             pass  # the child has already gone: said below
-        if not mine.poll(STARTUP_TIMEOUT_S):
+        if not mine.poll(startup_timeout_s):
             self.close()
-            raise RuntimeError(f"the HTTP process did not start on {host}:{port} within {STARTUP_TIMEOUT_S:.0f} s")
+            raise RuntimeError(f"the HTTP process did not start on {host}:{port} within {startup_timeout_s:.0f} s")
         try:
             kind, value = mine.recv()
         except EOFError:
@@ -237,8 +249,6 @@ def _child(conn, tokenizer, model_name: str, api_key: str, host: str, port: int,
     """The child's main: bind, say ``ready``, serve until ``exit`` or the parent's end closes."""
     import gc
 
-    import uvicorn
-
     from rlvr.serve.app import Backend, build_app
     from rlvr.serve.records import SessionRecords
 
@@ -250,9 +260,7 @@ def _child(conn, tokenizer, model_name: str, api_key: str, host: str, port: int,
         pipe.send("failed", f"{type(exc).__name__}: {exc}")
         return
     records, link = SessionRecords(), _EngineLink(pipe)
-    config = uvicorn.Config(build_app(Backend(model_name, tokenizer, link, records, limits), api_key),
-                            log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = uvicorn_server(build_app(Backend(model_name, tokenizer, link, records, limits), api_key))
 
     def read() -> None:
         while True:

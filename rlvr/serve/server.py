@@ -24,7 +24,7 @@ import time
 
 from rlvr.serve.app import Backend, build_app
 from rlvr.serve.batcher import Batcher
-from rlvr.serve.http_process import bind
+from rlvr.serve.http_process import bind, uvicorn_server
 from rlvr.serve.protocol import Limits
 from rlvr.serve.records import SessionRecords
 
@@ -56,8 +56,6 @@ class Server:
                  port: int = 0, limits: Limits | None = None, max_batch: int = 64, window_s: float = 0.05,
                  max_wait_s: float = 0.5, records: SessionRecords | None = None, startup_timeout_s: float = 30.0,
                  freeze_gc: bool = True, http: str = "thread"):
-        import uvicorn
-
         if api_key is not None and not api_key:
             raise ValueError("api_key: an empty token would let anyone in; leave it out to generate one")
         if http not in HTTP_MODES:
@@ -71,17 +69,15 @@ class Server:
         if http == "process":
             from rlvr.serve.http_process import HttpProcess
 
-            waiting: list = []
-            self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
-                                   waiting_on=lambda: waiting[0].open_sessions() if waiting else frozenset())
+            self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
             try:
                 self._child = HttpProcess(self.batcher, tokenizer, model_name, self.api_key, host, port,
-                                          limits or Limits(), freeze_gc)
+                                          limits or Limits(), freeze_gc, startup_timeout_s)
             except BaseException:
                 self.batcher.close()
                 raise
             self.records = self._child.records
-            waiting.append(self.records)
+            self.batcher.waiting_on = self.records.open_sessions  # the sessions a trainer opened, known here
             self.port = self._child.port
             return
         self.records = records if records is not None else SessionRecords()
@@ -94,9 +90,7 @@ class Server:
             self.batcher.close()
             raise
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(build_app(backend, self.api_key), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=5)
-        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn = uvicorn_server(build_app(backend, self.api_key))
         self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [sock]},
                                         name="rlvr-serve-http", daemon=True)
         self._sock = sock
