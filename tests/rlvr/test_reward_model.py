@@ -30,9 +30,15 @@ def reward_model_dir(micro_model, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("reward-model")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(micro_model, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0)
-    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+        # scaled so the test texts' largest |reward| is 2, whatever CPU pretrained the base: unscaled, the
+        # rewards sat at 7-12 on an AVX-512 machine, where the sigmoid of ``output="prob"`` is flat: the
+        # probabilities spread by ~5e-4, and the normalisation's ``+ 1e-6`` moved their std 0.2% off 1
+        texts = [t["prompt_text"] + c for c, t in zip(COMPLETIONS, [ROWS[0], ROWS[0], ROWS[1], ROWS[1]])]
+        top = max(abs(float(model(**tokenizer(t, return_tensors="pt")).logits[0, 0])) for t in texts)
+        model.score.weight.mul_(2.0 / top)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

@@ -105,15 +105,18 @@ def test_stops_and_rows_leaving_the_batch_keep_log_probs_exact(micro_model):
     groups = engine.generate(PROMPTS, SamplingConfig(n=6, temperature=1.0, max_tokens=40, seed=2, stop=["e"]),
                              on_group=lambda i, g: seen.append((i, len(g.completions))))
     assert sorted(seen) == [(i, 6) for i in range(len(PROMPTS))]
-    reasons = [c.finish_reason for g in groups for c in g.completions]
-    assert "stop" in reasons and len(set(len(c.token_ids) for g in groups for c in g.completions)) > 3
-    for g in groups:
-        for c in g.completions:
-            assert "e" not in c.text
-            if c.finish_reason == "length":
-                assert len(c.token_ids) == 40
-            else:
-                assert "e" in engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    completions = [c for g in groups for c in g.completions]
+    assert len(set(len(c.token_ids) for c in completions)) > 3
+    # "stop": the stop string or the end-of-text token (which of the two the micro base samples more
+    # depends on the CPU that pretrained it)
+    by_string = [c for c in completions if c.finish_reason == "stop" and c.token_ids[-1] != engine.eos_id]
+    assert by_string
+    for c in completions:
+        assert "e" not in c.text
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 40
+    for c in by_string:
+        assert "e" in engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
     assert worst_gap(model, groups) <= 1e-4
 
 
