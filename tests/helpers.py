@@ -142,7 +142,9 @@ CASES = {
 
 
 def sample_scored(model_dir: str) -> list[ScoredGroup]:
-    """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric."""
+    """Two steps of 4 groups x 4 completions sampled by the micro model and scored by the task's rubric,
+    each step with a group whose rewards differ (a real update). What the micro model samples depends on
+    the CPU that pretrained it, so the first of seeds 11, 12, ... whose draw gives both steps that spread."""
     from transformers import AutoTokenizer
 
     from rlvr.components import build_engine, build_rubric, load_rows
@@ -157,12 +159,16 @@ def sample_scored(model_dir: str) -> list[ScoredGroup]:
     engine = build_engine(cfg, model_dir)
     scorer = Scorer(rubric, cfg.rewards.workers)
     try:
-        sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=11)
-        groups, scores, _ = generate_and_score(engine, rows, sampling, scorer)
+        for seed in range(11, 31):
+            sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=seed)
+            groups, scores, _ = generate_and_score(engine, rows, sampling, scorer)
+            scored = [ScoredGroup(r, g, s) for r, g, s in zip(rows, groups, scores)]
+            if all(any(len(set(sg.rewards.tolist())) > 1 for sg in scored[a : a + 4]) for a in (0, 4)):
+                return scored
     finally:
         scorer.close()
         engine.close()
-    return [ScoredGroup(r, g, s) for r, g, s in zip(rows, groups, scores)]
+    raise AssertionError("seeds 11-30: in every draw a step had no group whose rewards differ")
 
 
 def batches(cfg: TrainConfig, scored: list[ScoredGroup], critic=None) -> list[tuple[RLBatch, object]]:
