@@ -290,7 +290,6 @@ def _child(conn, tokenizer, model_name: str, api_key: str, host: str, port: int,
     server.run(sockets=[sock])
 
 
-
 def child_main(fd: int) -> None:
     """The child process: ``fd`` is its end of the socket pair; the first message says what to serve."""
     conn = Connection(fd)

@@ -66,10 +66,11 @@ class Server:
         self.model_name, self.host, self.http = model_name, host, http
         self._froze_gc = False
         self._child = None
+        # waiting_on: the sessions a trainer opened, from the records (the child's with http="process")
+        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
         if http == "process":
             from rlvr.serve.http_process import HttpProcess
 
-            self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s)
             try:
                 self._child = HttpProcess(self.batcher, tokenizer, model_name, self.api_key, host, port,
                                           limits or Limits(), freeze_gc, startup_timeout_s)
@@ -77,12 +78,11 @@ class Server:
                 self.batcher.close()
                 raise
             self.records = self._child.records
-            self.batcher.waiting_on = self.records.open_sessions  # the sessions a trainer opened, known here
+            self.batcher.waiting_on = self.records.open_sessions
             self.port = self._child.port
             return
         self.records = records if records is not None else SessionRecords()
-        self.batcher = Batcher(engine, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s,
-                               waiting_on=self.records.open_sessions)
+        self.batcher.waiting_on = self.records.open_sessions
         backend = Backend(model_name, tokenizer, self.batcher, self.records, limits or Limits())
         try:
             sock = bind(host, port)
