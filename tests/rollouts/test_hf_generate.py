@@ -36,13 +36,22 @@ def test_ignore_eos_gives_exact_lengths_and_fresh_logprobs(engine):
     assert worst <= 1e-4
 
 
+def first_draw_with(engine, prompts, make, stopped, seeds=range(7, 27)):
+    """The first seed's draw (``make(seed)``) that holds a completion with ``stopped(c)``: what the micro
+    model samples depends on the CPU that pretrained it, so no one seed is counted on."""
+    for seed in seeds:
+        groups = engine.generate(prompts, make(seed))
+        if any(stopped(c) for g in groups for c in g.completions):
+            return make(seed), groups
+    raise AssertionError(f"seeds {seeds.start}-{seeds.stop - 1}: no draw had a completion that stopped")
+
+
 def test_eos_stops_and_seed_reproduces(engine):
-    s = SamplingConfig(n=4, temperature=1.0, max_tokens=40, seed=7)
-    a = engine.generate(PROMPTS, s)
+    s, a = first_draw_with(engine, PROMPTS, lambda seed: SamplingConfig(n=4, temperature=1.0, max_tokens=40, seed=seed),
+                           lambda c: c.finish_reason == "stop")
     b = engine.generate(PROMPTS, s)
     assert [c.token_ids for g in a for c in g.completions] == [c.token_ids for g in b for c in g.completions]
     stopped = [c for g in a for c in g.completions if c.finish_reason == "stop"]
-    assert stopped, "the micro model ends some answers within 40 tokens"
     for c in stopped:  # cut right after EOS: no padding after it
         assert c.token_ids[-1] == engine.eos_id and engine.eos_id not in c.token_ids[:-1]
         assert len(c.token_ids) == len(c.logprobs)
@@ -51,9 +60,10 @@ def test_eos_stops_and_seed_reproduces(engine):
 
 
 def test_stop_string_cuts_tokens_and_text(engine):
-    groups = engine.generate(PROMPTS[:2], SamplingConfig(n=3, temperature=1.0, max_tokens=40, stop=["</think>"], seed=3))
+    _, groups = first_draw_with(engine, PROMPTS[:2], lambda seed: SamplingConfig(n=3, temperature=1.0, max_tokens=40,
+                                                                                 stop=["</think>"], seed=seed),
+                                lambda c: c.finish_reason == "stop", seeds=range(3, 23))
     hits = [c for g in groups for c in g.completions if c.finish_reason == "stop"]
-    assert hits
     for c in hits:
         full = engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         before = engine.tokenizer.decode(c.token_ids[:-1], skip_special_tokens=True)
