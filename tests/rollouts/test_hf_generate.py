@@ -62,7 +62,8 @@ def test_eos_stops_and_seed_reproduces(engine):
 def test_stop_string_cuts_tokens_and_text(engine):
     _, groups = first_draw_with(engine, PROMPTS[:2], lambda seed: SamplingConfig(n=3, temperature=1.0, max_tokens=40,
                                                                                  stop=["</think>"], seed=seed),
-                                lambda c: c.finish_reason == "stop", seeds=range(3, 23))
+                                lambda c: c.finish_reason == "stop" and c.token_ids[-1] != engine.eos_id,
+                                seeds=range(3, 23))  # a draw with a cut at the stop string, not only at EOS
     hits = [c for g in groups for c in g.completions if c.finish_reason == "stop"]
     for c in hits:
         full = engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
